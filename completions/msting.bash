@@ -1,0 +1,72 @@
+# bash completion for msting                                    -*- shell-script -*-
+# Install: copy to ~/.local/share/bash-completion/completions/msting
+#          (install.sh does this), or `source` it from ~/.bashrc.
+
+_msting() {
+    local cur prev words cword
+    if declare -F _init_completion >/dev/null 2>&1; then
+        _init_completion || return
+    else
+        COMPREPLY=()
+        cur="${COMP_WORDS[COMP_CWORD]}"
+        prev="${COMP_WORDS[COMP_CWORD-1]}"
+        words=("${COMP_WORDS[@]}")
+        cword=$COMP_CWORD
+    fi
+
+    local top_opts="--help -h --version -V"
+    local llm_cmds="install start stop restart status wait logs health"
+
+    # Find the group and the subcommand typed so far.
+    local i group="" cmd=""
+    for ((i = 1; i < cword; i++)); do
+        case "${words[i]}" in
+            -*) ;;
+            *)
+                if [[ -z $group ]]; then
+                    group="${words[i]}"
+                elif [[ -z $cmd ]]; then
+                    cmd="${words[i]}"
+                fi
+                ;;
+        esac
+    done
+
+    if [[ -z $group ]]; then
+        COMPREPLY=($(compgen -W "llm $top_opts" -- "$cur"))
+        return
+    fi
+    [[ $group == llm ]] || return
+
+    if [[ -z $cmd ]]; then
+        COMPREPLY=($(compgen -W "$llm_cmds --help -h" -- "$cur"))
+        return
+    fi
+
+    case "$prev" in
+        --model)
+            compopt -o filenames 2>/dev/null
+            COMPREPLY=($(compgen -f -X '!*.gguf' -- "$cur") $(compgen -d -- "$cur"))
+            return
+            ;;
+        --timeout | -n | --lines)
+            return
+            ;;
+    esac
+
+    local opts
+    case "$cmd" in
+        install) opts="--model --no-deps --no-start --timeout --json" ;;
+        start) opts="--foreground --timeout --json" ;;
+        stop) opts="--force --timeout --json" ;;
+        restart) opts="--force --timeout --json" ;;
+        status) opts="--json" ;;
+        wait) opts="--timeout --json" ;;
+        logs) opts="--follow -f --lines -n" ;;
+        health) opts="--timeout --json" ;;
+        *) return ;;
+    esac
+    COMPREPLY=($(compgen -W "$opts --help -h" -- "$cur"))
+}
+
+complete -F _msting msting

@@ -1,0 +1,33 @@
+# fish completion for msting.
+# Install: cp completions/msting.fish ~/.config/fish/completions/  (install.sh does this)
+
+set -l llm_cmds install start stop restart status wait logs health
+
+complete -c msting -f
+complete -c msting -n __fish_use_subcommand -s h -l help -d 'Show help'
+complete -c msting -n __fish_use_subcommand -s V -l version -d 'Print the version'
+complete -c msting -n __fish_use_subcommand -a llm -d 'Manage the local LLM service'
+
+set -l in_llm "__fish_seen_subcommand_from llm; and not __fish_seen_subcommand_from $llm_cmds"
+complete -c msting -n $in_llm -a install -d 'Install and verify the local LLM service'
+complete -c msting -n $in_llm -a start -d 'Start the daemon and wait until it is ready'
+complete -c msting -n $in_llm -a stop -d 'Stop the daemon and its workers'
+complete -c msting -n $in_llm -a restart -d 'Stop, then start the daemon'
+complete -c msting -n $in_llm -a status -d 'Show the daemon, its readiness and its models'
+complete -c msting -n $in_llm -a wait -d 'Block until the daemon is ready'
+complete -c msting -n $in_llm -a logs -d 'Print (and follow) the daemon log'
+complete -c msting -n $in_llm -a health -d 'Run the readiness checks now'
+
+function __msting_llm_cmd
+    __fish_seen_subcommand_from llm; and __fish_seen_subcommand_from $argv
+end
+
+complete -c msting -n '__msting_llm_cmd install' -l model -r -F -d 'GGUF model file to serve'
+complete -c msting -n '__msting_llm_cmd install' -l no-deps -d 'Do not pip-install llama-cpp-python'
+complete -c msting -n '__msting_llm_cmd install' -l no-start -d 'Do not start the daemon'
+complete -c msting -n '__msting_llm_cmd start' -l foreground -d 'Run the daemon in this process'
+complete -c msting -n '__msting_llm_cmd stop restart' -l force -d 'Kill at once'
+complete -c msting -n '__msting_llm_cmd install start stop restart wait health' -l timeout -x -d 'Seconds to wait'
+complete -c msting -n '__msting_llm_cmd install start stop restart status wait health' -l json -d 'Print JSON'
+complete -c msting -n '__msting_llm_cmd logs' -s f -l follow -d 'Keep printing new lines'
+complete -c msting -n '__msting_llm_cmd logs' -s n -l lines -x -d 'Number of lines'

@@ -1,0 +1,5 @@
+import sys
+
+from msting.daemon.main import main
+
+sys.exit(main())

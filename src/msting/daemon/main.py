@@ -1,0 +1,192 @@
+"""The daemon process: `python -m msting.daemon` (or `msting llm start --foreground`).
+
+Start-up order: config (exit 78 on error, so an init system does not restart-loop) →
+logging → the single-instance lock (exit 75 if another daemon holds it) → bind the
+Unix socket (0600) and the TCP port → pidfile → serve → load the always-ready models.
+
+Shutdown: signal handlers only enqueue the signal. The first SIGTERM/SIGINT makes
+readiness 503 and refuses new requests, lets queued and in-flight requests finish
+within `drain_grace_sec`, stops the workers (shutdown, SIGTERM, SIGKILL) and exits 0.
+A second signal kills the workers and exits at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import logging.handlers
+import os
+import signal
+import socket
+import sys
+
+from msting.config import Config, ConfigError, Paths, load_config, resolve_paths
+from msting.daemon import runtime
+
+log = logging.getLogger("msting.daemon")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_ALREADY_RUNNING = 75  # EX_TEMPFAIL
+EXIT_CONFIG = 78  # EX_CONFIG: systemd's RestartPreventExitStatus=78 stops a restart loop
+
+
+def main(argv: list[str] | None = None) -> int:
+    paths = resolve_paths()
+    paths.ensure()
+    try:
+        config = load_config(paths)
+    except ConfigError as exc:
+        print(f"msting daemon: configuration error:\n{exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    setup_logging(config, paths)
+    lock = runtime.DaemonLock(paths.lockfile)
+    try:
+        lock.acquire()
+    except runtime.AlreadyRunning as exc:
+        print(f"msting daemon: {exc}", file=sys.stderr)
+        return EXIT_ALREADY_RUNNING
+    socket_path = config.socket_path(paths)
+    sockets: list[socket.socket] = []
+    try:
+        try:
+            sockets.append(runtime.bind_unix_socket(socket_path))
+            sockets.append(runtime.bind_tcp_socket(config.llm_service.host, config.llm_service.port))
+        except runtime.RuntimeErrorWithHint as exc:
+            log.error("%s", exc)
+            print(f"msting daemon: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
+        runtime.write_pidfile(paths.pidfile, os.getpid())
+        log.info("daemon %d starting: socket %s, url %s", os.getpid(), socket_path, config.url)
+        return asyncio.run(_serve(config, paths, sockets))
+    finally:
+        for sock in sockets:
+            sock.close()
+        # Remove our own files before releasing the lock: once the lock is free, a new
+        # daemon may already be creating its socket at the same path.
+        if runtime.read_pidfile(paths.pidfile) == os.getpid():
+            paths.pidfile.unlink(missing_ok=True)
+        if sockets:
+            socket_path.unlink(missing_ok=True)
+        lock.release()
+        log.info("daemon %d stopped", os.getpid())
+
+
+def setup_logging(config: Config, paths: Paths) -> None:
+    cfg = config.logging
+    root = logging.getLogger("msting")
+    root.handlers.clear()
+    root.setLevel(logging.DEBUG)
+    root.propagate = False
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_file = config.log_file(paths)
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    file_handler = logging.handlers.RotatingFileHandler(log_file, maxBytes=cfg.max_bytes, backupCount=cfg.backups, encoding="utf-8")
+    file_handler.setLevel(cfg.file_level.upper())
+    file_handler.setFormatter(fmt)
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(cfg.console_level.upper())
+    console.setFormatter(fmt)
+    root.addHandler(file_handler)
+    root.addHandler(console)
+    for name in ("uvicorn", "uvicorn.error"):
+        logging.getLogger(name).handlers = [file_handler, console]
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _make_server(app, sockets_timeout: float):
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self):  # the daemon owns signal handling (see _serve)
+            yield
+
+    config = uvicorn.Config(
+        app,
+        loop="asyncio",
+        lifespan="off",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=sockets_timeout,
+        timeout_keep_alive=30,
+    )
+    return Server(config)
+
+
+async def _serve(config: Config, paths: Paths, sockets: list[socket.socket]) -> int:
+    from msting.daemon.service import Service, specs_from_config
+    from msting.daemon.store import Store
+    from msting.http.app import build_app
+
+    loop = asyncio.get_running_loop()
+    signals: asyncio.Queue[int] = asyncio.Queue()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, signals.put_nowait, sig)
+
+    store = Store(paths.state_db)
+    store.record_event("daemon_start", detail=f"pid {os.getpid()}")
+    specs = await asyncio.to_thread(specs_from_config, config, paths)
+    service = Service(config, paths, specs, store)
+    server = _make_server(build_app(service), config.llm_service.stop_timeout_sec)
+    serve_task = asyncio.create_task(server.serve(sockets=sockets), name="http")
+    while not server.started:
+        if serve_task.done():
+            serve_task.result()
+            return EXIT_FAILURE
+        await asyncio.sleep(0.01)
+    service.start()
+    notifier = asyncio.create_task(_systemd_notify(service), name="systemd")
+
+    sig = await signals.get()
+    log.info("received %s: draining (grace %gs)", signal.Signals(sig).name, config.llm_service.drain_grace_sec)
+    shutdown = asyncio.create_task(service.shutdown(config.llm_service.drain_grace_sec), name="shutdown")
+    second = asyncio.create_task(signals.get())
+    done, _ = await asyncio.wait({shutdown, second}, return_when=asyncio.FIRST_COMPLETED)
+    forced = second in done
+    if forced:
+        log.warning("second signal: forcing exit")
+        service.kill_workers()
+        server.force_exit = True
+        shutdown.cancel()
+    else:
+        second.cancel()
+    notifier.cancel()
+    server.should_exit = True
+    try:
+        await asyncio.wait_for(serve_task, timeout=config.llm_service.stop_timeout_sec + 5)
+    except asyncio.TimeoutError:
+        log.warning("HTTP server did not stop in time")
+    store.record_event("daemon_stop", detail="forced" if forced else "graceful")
+    store.close()
+    return EXIT_FAILURE if forced else EXIT_OK
+
+
+async def _systemd_notify(service) -> None:
+    """READY=1 once the always-ready models settled, then watchdog pings from the event loop."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+
+    def notify(message: str) -> None:
+        with contextlib.suppress(OSError):
+            sock.sendto(message.encode(), address)
+
+    try:
+        for rt in service.models.values():
+            if rt.started:
+                await rt.wait_settled(service.config.llm_service.startup_timeout_sec)
+        status, reason = service.readiness()
+        notify(f"READY=1\nSTATUS={status}{': ' + reason if reason else ''}")
+        usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
+        if usec <= 0:
+            return
+        while True:
+            await asyncio.sleep(usec / 2e6)
+            notify("WATCHDOG=1")
+    finally:
+        sock.close()

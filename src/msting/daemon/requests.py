@@ -1,0 +1,123 @@
+"""Requests in flight inside the daemon, their queue, and the errors the API reports.
+
+A request's lifecycle is owned by the scheduler: queued → taken by one worker →
+finished (done or error). If its worker dies before the request has streamed anything,
+it goes back to the *front* of its model's queue and another attempt serves it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class ApiError(Exception):
+    """An error with the HTTP status, type and code that the API reports."""
+
+    def __init__(self, status: int, type_: str, code: str, message: str, *, headers: dict | None = None, extra: dict | None = None):
+        super().__init__(message)
+        self.status = status
+        self.type = type_
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+        self.extra = extra or {}
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "code": self.code, **self.extra}}
+
+
+def bad_request(message: str, code: str = "invalid_body", status: int = 400) -> ApiError:
+    return ApiError(status, "invalid_request_error", code, message)
+
+
+def unknown_model(name: str, known: list[str]) -> ApiError:
+    return ApiError(404, "not_found_error", "model_not_found", f"model '{name}' is not known; known models: {', '.join(known) or 'none'}")
+
+
+def unavailable(code: str, message: str, retry_after: int | None = None) -> ApiError:
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    return ApiError(503, "unavailable_error", code, message, headers=headers)
+
+
+def server_error(code: str, message: str, **extra: Any) -> ApiError:
+    return ApiError(500, "server_error", code, message, extra=extra)
+
+
+@dataclass
+class GenerationRequest:
+    model: str
+    params: dict  # prompt, max_tokens, temperature, top_p, stop, seed
+    stream: bool
+    id: str = field(default_factory=lambda: f"req-{uuid.uuid4().hex[:16]}")
+    enqueued_at: float = field(default_factory=time.monotonic)
+    events: asyncio.Queue = field(default_factory=asyncio.Queue)
+    attempts: int = 0  # workers that died while holding this request
+    streamed: bool = False  # a token reached the client side: it can no longer be retried
+    cancelled: bool = False
+    finished: bool = False
+    started_at: float | None = None
+    internal: bool = False  # the daemon's own verification generate, not a client's
+
+    def emit_token(self, text: str) -> None:
+        self.streamed = True
+        self.events.put_nowait(("token", text))
+
+    def finish(self, payload: dict) -> None:
+        if not self.finished:
+            self.finished = True
+            self.events.put_nowait(("done", payload))
+
+    def fail(self, error: ApiError) -> None:
+        if not self.finished:
+            self.finished = True
+            self.events.put_nowait(("error", error))
+
+
+class QueueFull(Exception):
+    pass
+
+
+class ModelQueue:
+    """A bounded FIFO of requests for one model, shared by that model's workers.
+
+    `take()` is cancel-safe: an item is removed only in the same step the waiter
+    resumes, so a worker that is cancelled while waiting never loses a request.
+    """
+
+    def __init__(self, maxsize: int):
+        self.maxsize = maxsize
+        self._items: deque[GenerationRequest] = deque()
+        self._changed = asyncio.Event()
+
+    def __len__(self) -> int:
+        return sum(1 for r in self._items if not r.cancelled)
+
+    def put(self, req: GenerationRequest) -> None:
+        if len(self) >= self.maxsize:
+            raise QueueFull
+        self._items.append(req)
+        self._changed.set()
+
+    def put_front(self, req: GenerationRequest) -> None:
+        """Re-queue a request whose worker died; it is not subject to the bound."""
+        self._items.appendleft(req)
+        self._changed.set()
+
+    async def take(self) -> GenerationRequest:
+        while True:
+            while self._items:
+                req = self._items.popleft()
+                if not req.cancelled and not req.finished:
+                    return req
+            self._changed.clear()
+            await self._changed.wait()
+
+    def drain_all(self) -> list[GenerationRequest]:
+        items = [r for r in self._items if not r.cancelled and not r.finished]
+        self._items.clear()
+        return items

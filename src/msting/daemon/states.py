@@ -1,0 +1,62 @@
+"""The worker state machine: one enum, one table, one transition function.
+
+    STOPPED → STARTING → LOADING → READY ⇄ BUSY → DRAINING → STOPPED
+    plus BACKOFF (waiting to restart after a crash) and FATAL (gave up; see last_error).
+
+Any live state can crash into BACKOFF or FATAL. An illegal transition raises, so a
+supervision bug shows up as a loud error instead of a worker in a state it cannot be in.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class WorkerState(str, Enum):
+    STOPPED = "STOPPED"
+    STARTING = "STARTING"  # process spawned, no hello yet
+    LOADING = "LOADING"  # hello received, loading the model
+    READY = "READY"  # idle, accepting a request
+    BUSY = "BUSY"  # serving one request
+    DRAINING = "DRAINING"  # finishing its request, then exits
+    BACKOFF = "BACKOFF"  # crashed, waiting before the next start
+    FATAL = "FATAL"  # will not be restarted automatically
+
+    @property
+    def alive(self) -> bool:
+        return self in _ALIVE
+
+    @property
+    def serving(self) -> bool:
+        return self in (WorkerState.READY, WorkerState.BUSY)
+
+
+_ALIVE = frozenset({WorkerState.STARTING, WorkerState.LOADING, WorkerState.READY, WorkerState.BUSY, WorkerState.DRAINING})
+
+_S = WorkerState
+_CRASH = {_S.BACKOFF, _S.FATAL}
+_ALLOWED: dict[WorkerState, frozenset[WorkerState]] = {
+    _S.STOPPED: frozenset({_S.STARTING}),
+    _S.STARTING: frozenset({_S.LOADING, _S.DRAINING, *_CRASH}),
+    _S.LOADING: frozenset({_S.READY, _S.DRAINING, *_CRASH}),
+    _S.READY: frozenset({_S.BUSY, _S.DRAINING, *_CRASH}),
+    _S.BUSY: frozenset({_S.READY, _S.DRAINING, *_CRASH}),
+    _S.DRAINING: frozenset({_S.STOPPED, *_CRASH}),
+    _S.BACKOFF: frozenset({_S.STARTING, _S.STOPPED, _S.FATAL}),
+    _S.FATAL: frozenset({_S.STARTING, _S.STOPPED}),
+}
+
+
+class IllegalTransition(RuntimeError):
+    def __init__(self, current: WorkerState, target: WorkerState):
+        allowed = ", ".join(sorted(s.value for s in _ALLOWED[current])) or "nothing"
+        super().__init__(f"illegal worker transition {current.value} -> {target.value} (allowed from {current.value}: {allowed})")
+        self.current = current
+        self.target = target
+
+
+def transition(current: WorkerState, target: WorkerState) -> WorkerState:
+    """Return `target` if the move is legal, else raise IllegalTransition."""
+    if target not in _ALLOWED[current]:
+        raise IllegalTransition(current, target)
+    return target

@@ -1,0 +1,82 @@
+"""The daemon's memory: one SQLite file (WAL) behind this small module.
+
+Schema changes are numbered migrations applied in order; `PRAGMA user_version`
+records how far a file has come, so an older file is upgraded in place.
+Writes are tiny and synchronous: WAL with synchronous=NORMAL keeps them well under
+a millisecond, which is fine on the event loop.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+MIGRATIONS: list[str] = [
+    # 1: daemon facts and a log of lifecycle events (starts, crashes, FATAL, restarts)
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        ts REAL NOT NULL,
+        kind TEXT NOT NULL,
+        model TEXT,
+        worker TEXT,
+        detail TEXT
+    );
+    CREATE INDEX events_ts ON events (ts);
+    """,
+]
+
+MAX_EVENTS = 5000  # older events are pruned so the file stays small
+
+
+class Store:
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=2000")
+        self._migrate()
+
+    def _migrate(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in script.split(";"):  # executescript() would COMMIT first
+                    if statement.strip():
+                        self._db.execute(statement)
+                self._db.execute(f"PRAGMA user_version={number}")
+                self._db.execute("COMMIT")
+            except Exception:
+                self._db.execute("ROLLBACK")
+                raise
+
+    @property
+    def schema_version(self) -> int:
+        return self._db.execute("PRAGMA user_version").fetchone()[0]
+
+    def set_meta(self, key: str, value) -> None:
+        self._db.execute("INSERT INTO meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                         (key, json.dumps(value)))
+
+    def get_meta(self, key: str, default=None):
+        row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return json.loads(row[0]) if row else default
+
+    def record_event(self, kind: str, *, model: str | None = None, worker: str | None = None, detail: str | None = None) -> None:
+        cur = self._db.execute("INSERT INTO events(ts, kind, model, worker, detail) VALUES(?, ?, ?, ?, ?)",
+                               (time.time(), kind, model, worker, detail))
+        if cur.lastrowid and cur.lastrowid % 500 == 0:
+            self._db.execute("DELETE FROM events WHERE id <= ?", (cur.lastrowid - MAX_EVENTS,))
+
+    def recent_events(self, limit: int = 20) -> list[dict]:
+        rows = self._db.execute("SELECT ts, kind, model, worker, detail FROM events ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+        return [{"ts": ts, "kind": kind, "model": model, "worker": worker, "detail": detail} for ts, kind, model, worker, detail in rows]
+
+    def close(self) -> None:
+        self._db.close()

@@ -1,0 +1,142 @@
+"""The native routes: /health, /health/ready, /models/load, /generate, /llm."""
+
+from __future__ import annotations
+
+import json
+from typing import AsyncIterator
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from msting.daemon.requests import ApiError, GenerationRequest
+from msting.daemon.service import Service
+from msting.http.errors import Fields, read_json_object
+
+GENERATE_KEYS = {"prompt", "max_tokens", "temperature", "top_p", "stop", "seed", "model", "stream"}
+LLM_KEYS = {"prompt", "max_tokens", "temperature"}
+
+
+def _service(request: Request) -> Service:
+    return request.app.state.service
+
+
+async def health(request: Request) -> Response:
+    return JSONResponse(_service(request).health())
+
+
+async def health_ready(request: Request) -> Response:
+    service = _service(request)
+    status, reason = service.readiness()
+    body = {"status": status, "reason": reason, "models": {n: rt.state for n, rt in service.models.items()}}
+    return JSONResponse(body, status_code=200 if status == "ready" else 503, headers=None if status == "ready" else {"Retry-After": "1"})
+
+
+async def load_model(request: Request) -> Response:
+    service = _service(request)
+    body = await read_json_object(request)
+    fields = Fields(body, {"model", "timeout"})
+    name = fields.string("model", default="default")
+    timeout = fields.number("timeout", service.config.llm_service.startup_timeout_sec, minimum=0)
+    return JSONResponse(await service.load(name, timeout))
+
+
+def parse_generation(service: Service, body: dict, allowed: set[str]) -> GenerationRequest:
+    fields = Fields(body, allowed)
+    llm = service.config.llm
+    params = {
+        "prompt": fields.string("prompt", required=True),
+        "max_tokens": fields.integer("max_tokens", llm.max_tokens, minimum=1),
+        "temperature": fields.number("temperature", llm.temperature, minimum=0.0, maximum=2.0),
+        "top_p": fields.number("top_p", 0.95, minimum=0.0, maximum=1.0),
+        "stop": fields.string_list("stop"),
+        "seed": fields.integer("seed", None),
+    }
+    return GenerationRequest(fields.string("model"), params, stream=fields.boolean("stream", False))
+
+
+async def run_to_completion(service: Service, req: GenerationRequest) -> dict:
+    """Queue a request and wait for its whole answer; raises the ApiError it failed with."""
+    service.submit(req)
+    try:
+        kind, payload = await req.events.get()
+        while kind == "token":  # not expected for a non-streamed request, but harmless
+            kind, payload = await req.events.get()
+    finally:
+        if not req.finished:
+            service.cancel(req)
+    if kind == "error":
+        raise payload
+    return _with_queue_time(req, payload)
+
+
+def _with_queue_time(req: GenerationRequest, payload: dict) -> dict:
+    timings = dict(payload.get("timings") or {})
+    if req.started_at is not None:
+        timings["queue_ms"] = round((req.started_at - req.enqueued_at) * 1000.0, 3)
+    return {**payload, "timings": timings}
+
+
+def _sse(event: str, data: dict) -> str:
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+async def stream_events(service: Service, req: GenerationRequest) -> AsyncIterator[str]:
+    """Relay a request's events as SSE. Tokens that piled up while the client was slow
+    are sent as one event, so a slow reader costs one frame per read, not per token."""
+    pending: tuple | None = None
+    try:
+        while True:
+            kind, payload = pending or await req.events.get()
+            pending = None
+            if kind == "token":
+                pieces = [payload]
+                while not req.events.empty():
+                    nxt = req.events.get_nowait()
+                    if nxt[0] != "token":
+                        pending = nxt
+                        break
+                    pieces.append(nxt[1])
+                yield _sse("token", {"text": "".join(pieces)})
+            elif kind == "done":
+                yield _sse("done", {"model": req.model, **_with_queue_time(req, {k: v for k, v in payload.items() if k != "text"})})
+                return
+            else:
+                yield _sse("error", payload.body())
+                return
+    finally:
+        if not req.finished:
+            service.cancel(req)  # the client disconnected: free the worker
+
+
+async def generate(request: Request) -> Response:
+    service = _service(request)
+    req = parse_generation(service, await read_json_object(request), GENERATE_KEYS)
+    if req.stream:
+        service.submit(req)  # errors (unknown model, full queue) surface before the 200
+        return StreamingResponse(stream_events(service, req), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    result = await run_to_completion(service, req)
+    return JSONResponse({"text": result.get("text", ""), "model": req.model, "finish_reason": result.get("finish_reason"),
+                         "usage": result.get("usage", {}), "timings": result.get("timings", {})})
+
+
+async def llm(request: Request) -> Response:
+    service = _service(request)
+    req = parse_generation(service, await read_json_object(request), LLM_KEYS)
+    try:
+        result = await run_to_completion(service, req)
+    except ApiError as exc:
+        if exc.status == 500 and "stderr" not in exc.extra:
+            exc.extra["stderr"] = ""
+        raise
+    return JSONResponse({"completion": result.get("text", "")})
+
+
+routes = [
+    Route("/health", health, methods=["GET"]),
+    Route("/health/ready", health_ready, methods=["GET"]),
+    Route("/models/load", load_model, methods=["POST"]),
+    Route("/generate", generate, methods=["POST"]),
+    Route("/llm", llm, methods=["POST"]),
+]

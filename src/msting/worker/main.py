@@ -1,0 +1,440 @@
+"""The worker process: one loaded model, served over an inherited socket.
+
+Started by the daemon as ``python -m msting.worker --fd FD --spec JSON`` where FD is
+the worker end of a ``socketpair`` (passed with ``pass_fds``) and JSON is::
+
+    {"name": str, "path": str, "n_ctx": int, "n_threads": int | null,
+     "n_gpu_layers": int, "seed": int | null}
+
+Life cycle: send ``hello`` {pid} at once, load the model, send ``ready`` {model,
+load_ms} (or ``error`` kind "boot" and exit 3), then serve frames until ``shutdown``
+or EOF on the socket (both exit 0).
+
+Threads: the main thread reads frames and answers ``ping`` at once; one generation
+thread at a time runs the engine. Both write frames, so writes go through one lock.
+Nothing is printed to stdout; stderr is the daemon's log capture.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from typing import Any
+
+from msting.worker import protocol
+from msting.worker.protocol import (
+    EXIT_BOOT_ERROR,
+    EXIT_OK,
+    MAX_FRAME_BYTES,
+    MsgType,
+    ProtocolError,
+)
+
+# A streamed token frame is sent when at least this long has passed since the
+# previous one; faster pieces are coalesced into the next frame.
+TOKEN_COALESCE_S = 0.002
+# How long shutdown/EOF waits for a cancelled generation to wind down.
+_JOIN_TIMEOUT_S = 10.0
+
+_DEFAULT_MAX_TOKENS = 256
+_DEFAULT_TEMPERATURE = 0.8
+_DEFAULT_TOP_P = 0.95
+
+
+def _log(message: str) -> None:
+    try:
+        print(f"msting-worker[{os.getpid()}]: {message}", file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
+
+
+class Connection:
+    """The worker end of the socketpair: buffered frame reads, locked frame writes."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._reader = sock.makefile("rb", buffering=1 << 16)
+        self._wlock = threading.Lock()
+        self.closed = False
+
+    def send(self, type: MsgType, id: str | None = None, **fields: Any) -> bool:
+        data = protocol.encode(type, id, **fields)
+        with self._wlock:
+            if self.closed:
+                return False
+            try:
+                self.sock.sendall(data)
+                return True
+            except OSError:
+                # the daemon end is gone; the reader will see EOF and exit
+                self.closed = True
+                return False
+
+    def read_line(self) -> bytes | None:
+        """One raw line; None at EOF. Over-long lines are consumed and raise."""
+        try:
+            line = self._reader.readline(MAX_FRAME_BYTES + 1)
+        except OSError:
+            return None
+        if not line:
+            return None
+        if len(line) > MAX_FRAME_BYTES and not line.endswith(b"\n"):
+            # discard the rest of the over-long frame, then report it
+            while True:
+                try:
+                    rest = self._reader.readline(MAX_FRAME_BYTES)
+                except OSError:
+                    return None
+                if not rest or rest.endswith(b"\n"):
+                    break
+            raise ProtocolError(f"frame is over the {MAX_FRAME_BYTES}-byte limit")
+        return line
+
+    def close(self) -> None:
+        with self._wlock:
+            self.closed = True
+        for closer in (self._reader.close, self.sock.close):
+            try:
+                closer()
+            except OSError:
+                pass
+
+
+class BadRequest(ValueError):
+    pass
+
+
+def _parse_generate(frame: dict[str, Any]) -> dict[str, Any]:
+    """Validate a ``generate`` frame; return engine keyword arguments plus ``stream``."""
+
+    def number(name: str, default: float, lo: float, hi: float) -> float:
+        value = frame.get(name)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise BadRequest(f"'{name}' must be a number")
+        if not lo <= value <= hi:
+            raise BadRequest(f"'{name}' must be between {lo} and {hi}, got {value}")
+        return float(value)
+
+    req_id = frame.get("id")
+    if not isinstance(req_id, str) or not req_id:
+        raise BadRequest("a generate frame needs a non-empty string 'id'")
+    prompt = frame.get("prompt")
+    if not isinstance(prompt, str):
+        raise BadRequest("'prompt' is required and must be a string")
+    max_tokens = frame.get("max_tokens")
+    if max_tokens is None:
+        max_tokens = _DEFAULT_MAX_TOKENS
+    elif isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise BadRequest("'max_tokens' must be a positive integer")
+    temperature = number("temperature", _DEFAULT_TEMPERATURE, 0.0, 100.0)
+    top_p = number("top_p", _DEFAULT_TOP_P, 0.0, 1.0)
+    stop = frame.get("stop")
+    if stop is None:
+        stop = []
+    elif isinstance(stop, str):
+        stop = [stop]
+    elif not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+        raise BadRequest("'stop' must be a string or a list of strings")
+    stop = [s for s in stop if s]
+    seed = frame.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise BadRequest("'seed' must be an integer or null")
+    stream = frame.get("stream", False)
+    if not isinstance(stream, bool):
+        raise BadRequest("'stream' must be a boolean")
+    return {
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "temperature": temperature,
+        "top_p": top_p,
+        "stop": stop,
+        "seed": seed,
+        "stream": stream,
+    }
+
+
+class WorkerServer:
+    def __init__(self, conn: Connection, engine: Any) -> None:
+        self.conn = conn
+        self.engine = engine
+        self._state = threading.Lock()
+        self._current_id: str | None = None
+        self._cancel: threading.Event | None = None
+        self._thread: threading.Thread | None = None
+        self._busy_since: float | None = None
+        self._last_token_at: float | None = None
+
+    # ---- main thread -------------------------------------------------------------
+
+    def serve(self) -> int:
+        while True:
+            try:
+                line = self.conn.read_line()
+            except ProtocolError as exc:
+                self.conn.send(MsgType.ERROR, None, kind="protocol", message=str(exc))
+                continue
+            if line is None:
+                self._stop_generation()
+                return EXIT_OK
+            try:
+                frame = protocol.decode(line)
+            except ProtocolError as exc:
+                self.conn.send(MsgType.ERROR, _maybe_id(line), kind="protocol", message=str(exc))
+                continue
+            if self._handle(frame):
+                self._stop_generation()
+                return EXIT_OK
+
+    def _handle(self, frame: dict[str, Any]) -> bool:
+        """Handle one frame; True means shut down."""
+        ftype, fid = frame["type"], frame["id"]
+        if ftype == MsgType.PING:
+            self.conn.send(MsgType.PONG, fid, **self._status())
+        elif ftype == MsgType.GENERATE:
+            self._start_generation(frame)
+        elif ftype == MsgType.CANCEL:
+            with self._state:
+                if self._cancel is not None and fid is not None and fid == self._current_id:
+                    self._cancel.set()
+        elif ftype == MsgType.SHUTDOWN:
+            return True
+        elif ftype == MsgType.EMBED:
+            self.conn.send(
+                MsgType.ERROR, fid, kind="bad_request",
+                message="this worker does not serve embeddings",
+            )
+        else:
+            self.conn.send(
+                MsgType.ERROR, fid, kind="protocol",
+                message=f"a worker does not accept {ftype!r} frames",
+            )
+        return False
+
+    def _status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        with self._state:
+            busy = self._current_id is not None
+            since = self._busy_since
+            last = self._last_token_at
+        return {
+            "busy": busy,
+            "busy_since": round(now - since, 6) if busy and since is not None else None,
+            "last_token_at": round(now - last, 6) if busy and last is not None else None,
+        }
+
+    def _start_generation(self, frame: dict[str, Any]) -> None:
+        fid = frame["id"]
+        try:
+            params = _parse_generate(frame)
+        except BadRequest as exc:
+            self.conn.send(MsgType.ERROR, fid, kind="bad_request", message=str(exc))
+            return
+        with self._state:
+            if self._current_id is not None:
+                busy_with = self._current_id
+            else:
+                busy_with = None
+                event = threading.Event()
+                self._current_id = fid
+                self._cancel = event
+                self._busy_since = time.monotonic()
+                self._last_token_at = None
+                thread = threading.Thread(
+                    target=self._run_generation,
+                    args=(fid, params, event),
+                    name=f"generate-{fid}",
+                    daemon=True,
+                )
+                self._thread = thread
+        if busy_with is not None:
+            self.conn.send(
+                MsgType.ERROR, fid, kind="busy",
+                message=f"worker is busy with request {busy_with!r}",
+            )
+            return
+        thread.start()
+
+    def _stop_generation(self) -> None:
+        with self._state:
+            if self._cancel is not None:
+                self._cancel.set()
+            thread = self._thread
+        if thread is not None and thread.is_alive():
+            thread.join(_JOIN_TIMEOUT_S)
+
+    # ---- generation thread -------------------------------------------------------
+
+    def _finish(self, req_id: str) -> None:
+        # cleared *before* the final frame goes out, so that a generate sent by the
+        # daemon right after it reads `done` never sees a stale "busy"
+        with self._state:
+            if self._current_id == req_id:
+                self._current_id = None
+                self._cancel = None
+                self._busy_since = None
+                self._last_token_at = None
+
+    def _run_generation(self, req_id: str, params: dict[str, Any], cancel: threading.Event) -> None:
+        from msting.worker.engine import GenerationResult, RequestError
+
+        stream = params.pop("stream")
+        send = self.conn.send
+        parts: list[str] = []
+        pending: list[str] = []
+        pending_n = 0
+        last_sent: float | None = None
+        result: GenerationResult | None = None
+        try:
+            for event in self.engine.generate(cancelled=cancel, **params):
+                if isinstance(event, GenerationResult):
+                    result = event
+                    continue
+                now = time.monotonic()
+                with self._state:
+                    self._last_token_at = now
+                if not stream:
+                    parts.append(event.text)
+                    continue
+                pending.append(event.text)
+                pending_n += event.n
+                if last_sent is None or now - last_sent >= TOKEN_COALESCE_S:
+                    send(MsgType.TOKEN, req_id, text="".join(pending), n=pending_n)
+                    pending.clear()
+                    pending_n = 0
+                    last_sent = now
+            if result is None:
+                raise RuntimeError("the engine ended without a result")
+            if pending:
+                send(MsgType.TOKEN, req_id, text="".join(pending), n=pending_n)
+            self._finish(req_id)
+            send(
+                MsgType.DONE,
+                req_id,
+                text="" if stream else "".join(parts),
+                finish_reason=result.finish_reason,
+                usage=result.usage,
+                timings=result.timings,
+            )
+        except RequestError as exc:  # e.g. the prompt does not fit the context
+            self._finish(req_id)
+            send(MsgType.ERROR, req_id, kind="bad_request", message=str(exc))
+        except Exception as exc:  # the worker keeps serving
+            _log(f"generation {req_id!r} failed: {exc.__class__.__name__}: {exc}")
+            self._finish(req_id)
+            send(MsgType.ERROR, req_id, kind="engine", message=f"{exc.__class__.__name__}: {exc}")
+
+
+def _maybe_id(line: bytes) -> str | None:
+    """Best effort: the id of a frame that failed validation, so the error can be routed."""
+    try:
+        obj = json.loads(line)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if isinstance(obj, dict) and isinstance(obj.get("id"), str):
+        return obj["id"]
+    return None
+
+
+def _parse_spec(raw: str) -> dict[str, Any]:
+    try:
+        spec = json.loads(raw)
+    except ValueError as exc:
+        raise ValueError(f"--spec is not valid JSON: {exc}") from None
+    if not isinstance(spec, dict):
+        raise ValueError("--spec must be a JSON object")
+    path = spec.get("path")
+    if not isinstance(path, str) or not path:
+        raise ValueError("--spec needs a 'path' string")
+
+    def opt_int(name: str, default: int | None) -> int | None:
+        value = spec.get(name, default)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"--spec '{name}' must be an integer")
+        return value
+
+    n_ctx = opt_int("n_ctx", 2048)
+    n_threads = opt_int("n_threads", None)
+    if n_threads is not None and n_threads <= 0:
+        n_threads = None
+    return {
+        "name": spec.get("name"),
+        "path": path,
+        "n_ctx": n_ctx if n_ctx and n_ctx > 0 else 2048,
+        "n_threads": n_threads,
+        "n_gpu_layers": opt_int("n_gpu_layers", 0) or 0,
+        "seed": opt_int("seed", None),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m msting.worker", add_help=True)
+    parser.add_argument("--fd", type=int, required=True, help="inherited socket file descriptor")
+    parser.add_argument("--spec", required=True, help="model spec as a JSON object")
+    args = parser.parse_args(argv)
+
+    # The daemon owns this process's life cycle (shutdown frame, EOF, SIGTERM); a
+    # Ctrl-C in the daemon's terminal must not kill workers behind its back.
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread (tests calling main() in-process)
+        pass
+
+    try:
+        sock = socket.socket(fileno=args.fd)
+    except OSError as exc:
+        _log(f"cannot use fd {args.fd} as a socket: {exc}")
+        return EXIT_BOOT_ERROR
+    sock.setblocking(True)
+    conn = Connection(sock)
+    conn.send(MsgType.HELLO, None, pid=os.getpid())
+
+    engine = None
+    try:
+        spec = _parse_spec(args.spec)
+        from msting.worker.engine import Engine, import_backend
+
+        import_backend()  # not part of load_ms: it is the same for every model
+        engine = Engine(
+            spec["path"],
+            n_ctx=spec["n_ctx"],
+            n_threads=spec["n_threads"],
+            n_threads_batch=spec["n_threads"],
+            n_gpu_layers=spec["n_gpu_layers"],
+            seed=spec["seed"],
+        )
+        t0 = time.perf_counter()
+        metadata = engine.load()
+        load_ms = round((time.perf_counter() - t0) * 1000.0, 3)
+    except Exception as exc:
+        message = str(exc) or exc.__class__.__name__
+        _log(f"boot failed: {message}")
+        conn.send(MsgType.ERROR, None, kind="boot", message=message)
+        conn.close()
+        return EXIT_BOOT_ERROR
+
+    conn.send(MsgType.READY, None, model=metadata, load_ms=load_ms)
+    server = WorkerServer(conn, engine)
+    code = server.serve()
+    thread = server._thread
+    conn.close()
+    if thread is not None and thread.is_alive():
+        # a generation that ignored cancellation: do not let it block interpreter exit
+        _log("generation thread still running at exit; exiting hard")
+        sys.stderr.flush()
+        os._exit(code)
+    engine.close()
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

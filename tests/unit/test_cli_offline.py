@@ -1,0 +1,162 @@
+"""The real CLI, run as a subprocess, with a temporary MSTING_HOME where no daemon runs.
+
+These need no daemon implementation: they cover help, version, exit codes, the
+not-running paths, stale-file cleanup, config errors and the lean import path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+HEAVY_MODULES = ("starlette", "uvicorn", "llama_cpp", "numpy", "gguf")
+
+
+@pytest.fixture
+def home():
+    # Short on purpose: a Unix socket path must fit in 108 bytes.
+    path = Path(tempfile.mkdtemp(prefix="ms"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def cli_env(home: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["MSTING_HOME"] = str(home)
+    env.pop("MSTING_LLM_PORT", None)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH")]))
+    env["COLUMNS"] = "200"  # keep rich from wrapping help and messages
+    env["NO_COLOR"] = "1"
+    env["TERM"] = "dumb"
+    return env
+
+
+def run(home: Path, *args: str, timeout: float = 60, python_flags: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *python_flags, "-m", "msting", *args],
+        env=cli_env(home),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_help_lists_commands_and_exit_codes(home):
+    top = run(home, "--help")
+    assert top.returncode == 0, top.stderr
+    assert "llm" in top.stdout
+    assert "Exit codes" in top.stdout
+    for fragment in ("0  ready", "1  not running", "2  usage or config error", "3  timed out"):
+        assert fragment in top.stdout, top.stdout
+
+    llm = run(home, "llm", "--help")
+    assert llm.returncode == 0, llm.stderr
+    for command in ("install", "start", "stop", "restart", "status", "wait", "logs", "health"):
+        assert command in llm.stdout, llm.stdout
+    assert "3  timed out" in llm.stdout
+
+
+def test_usage_error_exits_2(home):
+    result = run(home, "llm", "no-such-command")
+    assert result.returncode == 2
+
+
+def test_version(home):
+    from msting import __version__
+
+    result = run(home, "--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"msting {__version__}"
+
+
+def test_status_not_running(home):
+    result = run(home, "llm", "status")
+    assert result.returncode == 1
+    assert "msting daemon is not running (start it with `msting llm start`)" in result.stdout
+
+
+def test_status_json_not_running(home):
+    result = run(home, "llm", "status", "--json")
+    assert result.returncode == 1
+    data = json.loads(result.stdout)  # only JSON on stdout
+    assert data["running"] is False
+    assert data["ready"] is False
+
+
+def test_stop_not_running_removes_stale_files(home):
+    run_dir = home / "run"
+    run_dir.mkdir(mode=0o700, parents=True)
+    pidfile = run_dir / "msting.pid"
+    pidfile.write_text(f"{dead_pid()}\n")
+    sock_path = run_dir / "msting.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(sock_path))  # bound, never listening, then closed: a dead daemon's socket
+    sock.close()
+    assert sock_path.exists()
+
+    result = run(home, "llm", "stop")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "not running" in result.stdout
+    assert not pidfile.exists()
+    assert not sock_path.exists()
+
+    again = run(home, "llm", "stop", "--json")
+    assert again.returncode == 0
+    data = json.loads(again.stdout)
+    assert data["ok"] is True and data["was_running"] is False
+
+
+def test_wait_times_out_with_exit_3(home):
+    started = time.monotonic()
+    result = run(home, "llm", "wait", "--timeout", "1")
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert time.monotonic() - started < 30
+    assert "timed out" in result.stderr
+    assert "not running" in result.stderr  # the last readiness reason
+
+
+def test_start_with_unknown_config_key_exits_2(home):
+    config_dir = home / "config"
+    config_dir.mkdir(parents=True)
+    (config_dir / "config.yaml").write_text("llm_service:\n  bogus_knob: 1\n")
+
+    result = run(home, "llm", "start", "--timeout", "5")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "bogus_knob" in result.stderr
+    assert not (home / "run" / "msting.pid").exists()
+
+    as_json = run(home, "llm", "start", "--json", "--timeout", "5")
+    assert as_json.returncode == 2
+    data = json.loads(as_json.stdout)
+    assert data["ok"] is False
+    assert any("bogus_knob" in p for p in data["config_problems"])
+
+
+@pytest.mark.parametrize("args", [("--help",), ("llm", "status", "--json")])
+def test_import_path_is_lean(home, args):
+    result = run(home, *args, python_flags=("-X", "importtime"))
+    assert result.returncode in (0, 1), result.stderr
+    imported = {
+        line.split("|")[-1].strip().split(".")[0]
+        for line in result.stderr.splitlines()
+        if line.startswith("import time:") and "|" in line
+    }
+    assert imported, "no -X importtime output"
+    assert not imported & set(HEAVY_MODULES), sorted(imported & set(HEAVY_MODULES))
