@@ -233,6 +233,37 @@ class MstingClient:
         body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": temperature}
         return self._json("POST", "/llm", body, timeout=timeout)["completion"]
 
+    # -- OpenAI-compatible routes -------------------------------------------------------
+
+    def chat(
+        self,
+        messages: list[dict[str, Any]],
+        max_tokens: int = 64,
+        temperature: float | None = None,
+        model: str | None = None,
+        *,
+        timeout: float | None = LONG_TIMEOUT,
+        **params: Any,
+    ) -> dict[str, Any]:
+        """``POST /v1/chat/completions``: the OpenAI ``chat.completion`` object.
+
+        The reply text is ``result["choices"][0]["message"]["content"]``."""
+        body: dict[str, Any] = {"messages": messages, "max_tokens": max_tokens}
+        body.update({k: v for k, v in {"temperature": temperature, "model": model, **params}.items() if v is not None})
+        return self._json("POST", "/v1/chat/completions", body, timeout=timeout)
+
+    def embed(self, texts: str | list[str], model: str | None = None, *, timeout: float | None = LONG_TIMEOUT) -> list[list[float]]:
+        """``POST /v1/embeddings``: one unit-length vector per input text."""
+        body: dict[str, Any] = {"input": texts}
+        if model is not None:
+            body["model"] = model
+        data = self._json("POST", "/v1/embeddings", body, timeout=timeout)["data"]
+        return [item["embedding"] for item in sorted(data, key=lambda d: d["index"])]
+
+    def models(self, timeout: float | None = None) -> list[dict[str, Any]]:
+        """``GET /v1/models``: each model with its ``state``, ``type`` and ``context_length``."""
+        return self._json("GET", "/v1/models", timeout=timeout)["data"]
+
     # -- plumbing ----------------------------------------------------------------------
 
     def _send(self, method: str, path: str, body: Any = None, timeout: float | None = None) -> httpx.Response:

@@ -307,3 +307,35 @@ def test_queue_full_gives_503_with_retry_after(daemon_home):
         assert r.status_code == 503 and r.headers["retry-after"] == "1"
         assert r.json()["error"]["code"] == "queue_full"
         assert busy.result().status_code == 200 and queued.result().status_code == 200
+
+
+def test_second_signal_forces_exit(daemon_home):
+    daemon_home.write_config({"llm_service": {"drain_grace_sec": 120}})
+    daemon_home.start()
+    pid = daemon_home.daemon_pid()
+    results = {}
+
+    def long_stream():
+        try:
+            with daemon_home.client(timeout=120) as c:
+                with c.stream("POST", "/generate", json={"prompt": "Once", "max_tokens": 100000, "stream": True}) as resp:
+                    results["lines"] = list(resp.iter_lines())
+        except httpx.HTTPError as exc:
+            results["error"] = exc
+
+    t = threading.Thread(target=long_stream)
+    t.start()
+    daemon_home.wait_for(lambda: daemon_home.client().get("/v1/status").json()["models"][0]["in_flight"] == 1, what="request in flight")
+    os.kill(pid, signal.SIGTERM)
+    # the first signal drains: readiness turns 503 and new work is refused
+    with daemon_home.client() as c:
+        daemon_home.wait_for(lambda: c.get("/health/ready").status_code == 503, what="readiness 503 while draining")
+        refused = c.post("/generate", json={"prompt": "x", "max_tokens": 2})
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "shutting_down"
+    os.kill(pid, signal.SIGTERM)
+    daemon_home.wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
+                         timeout=20, what="forced exit")
+    t.join(timeout=30)
+    assert "done" not in "".join(results.get("lines", []))  # cut off, never reported as complete
+    assert daemon_home.our_processes() == []
+    assert not daemon_home.socket.exists() and not daemon_home.pidfile.exists()

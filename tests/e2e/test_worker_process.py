@@ -138,7 +138,8 @@ def test_hello_then_ready(spawn, builtin_model_path):
     model = ready["model"]
     assert set(model) == {
         "path", "arch", "n_ctx", "n_ctx_train", "n_vocab", "n_embd",
-        "n_params", "size_bytes", "chat_template", "backend",
+        "n_params", "size_bytes", "chat_template", "chat_format", "backend",
+        "embedding", "pooling",
     }
     assert model["arch"] == "llama"
     assert model["n_ctx"] == 2048 and model["n_ctx_train"] == 2048
@@ -146,7 +147,9 @@ def test_hello_then_ready(spawn, builtin_model_path):
     assert model["n_params"] > 250_000
     assert model["size_bytes"] == builtin_model_path.stat().st_size
     assert "<|im_start|>" in model["chat_template"]
+    assert model["chat_format"] == "gguf-template"  # the model's own template
     assert model["backend"] == "cpu"
+    assert model["embedding"] is False and model["pooling"] is None
 
 
 def test_generate_non_stream(tiny):
@@ -317,8 +320,9 @@ def test_valid_header_llama_rejects_is_a_boot_error(spawn, tmp_path):
 def test_worker_modules_import_cheaply():
     code = (
         "import sys, msting.worker.engine, msting.worker.main, msting.worker.protocol, "
+        "msting.worker.params, msting.worker.chat, msting.worker.pooling, "
         "msting.models.gguf_file, msting.models.builtin; "
-        "print(sorted(m for m in ('llama_cpp', 'numpy', 'gguf') if m in sys.modules))"
+        "print(sorted(m for m in ('llama_cpp', 'numpy', 'gguf', 'jinja2') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
@@ -357,3 +361,325 @@ def test_stories_once_upon_a_time(spawn, stories_model_path):
     # streaming agrees
     sdone, frames = w.generate("t", prompt="Once upon a time", max_tokens=40, temperature=0.0, stream=True)
     assert "".join(f["text"] for f in frames) == text
+
+
+# ---- chat messages, chat formats, sampling penalties ---------------------------------
+
+CHAT = [
+    {"role": "system", "content": "You are brief."},
+    {"role": "user", "content": "Hello, who are you?"},
+]
+# CHAT as the builtin model's own template (ChatML) renders it
+CHAT_AS_CHATML = (
+    "<|im_start|>system\nYou are brief.<|im_end|>\n"
+    "<|im_start|>user\nHello, who are you?<|im_end|>\n"
+    "<|im_start|>assistant\n"
+)
+
+
+def write_variant(src: Path, dst: Path, pooling: int | None = None, chat_template: str | None = None,
+                  edit_tensors=None) -> Path:
+    """A copy of the GGUF *src* with a pooling type declared, another chat template,
+    and/or tensors edited (``edit_tensors(name, array) -> array``)."""
+    import gguf
+    import numpy as np
+
+    reader = gguf.GGUFReader(str(src))
+    arch = reader.fields["general.architecture"].contents()
+    writer = gguf.GGUFWriter(str(dst), arch)
+    for name, field in reader.fields.items():
+        if name.startswith("GGUF.") or name == "general.architecture":
+            continue
+        if name == "tokenizer.chat_template" and chat_template is not None:
+            continue
+        if field.types[0] == gguf.GGUFValueType.ARRAY:
+            writer.add_key_value(name, field.contents(), field.types[0], sub_type=field.types[-1])
+        else:
+            writer.add_key_value(name, field.contents(), field.types[0])
+    if pooling is not None:
+        writer.add_pooling_type(gguf.PoolingType(pooling))
+    if chat_template is not None:
+        writer.add_chat_template(chat_template)
+    for t in reader.tensors:
+        data = np.array(t.data)
+        if edit_tensors is not None:
+            data = edit_tensors(t.name, data)
+        writer.add_tensor(t.name, data, raw_dtype=t.tensor_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return dst
+
+
+def test_chat_messages_use_the_gguf_template(tiny):
+    done, before = tiny.generate("c", messages=CHAT, max_tokens=12, temperature=0.0)
+    assert before == [] and done["type"] == "done", done
+    assert isinstance(done["text"], str) and done["text"].strip()
+    assert done["text"] == done["text"].lstrip()  # the reply does not start with whitespace
+    assert done["finish_reason"] in ("stop", "length")
+    usage = done["usage"]
+    assert 0 < usage["completion_tokens"] <= 12
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    # the same as completing the prompt the template renders (BOS added once)
+    plain, _ = tiny.generate("p", prompt=CHAT_AS_CHATML, max_tokens=12, temperature=0.0)
+    assert plain["text"].lstrip() == done["text"]
+    assert plain["usage"] == usage and plain["finish_reason"] == done["finish_reason"]
+    # streamed chat agrees with non-streamed chat
+    sdone, frames = tiny.generate("s", messages=CHAT, max_tokens=12, temperature=0.0, stream=True)
+    assert "".join(f["text"] for f in frames) == done["text"]
+    assert sum(f["n"] for f in frames) == sdone["usage"]["completion_tokens"] == usage["completion_tokens"]
+
+
+def test_chat_format_override(spawn, builtin_model_path):
+    w = spawn(builtin_model_path, chat_format="chatml")
+    _, ready = w.boot()
+    assert ready["model"]["chat_format"] == "chatml"
+    done, _ = w.generate("c", messages=CHAT, max_tokens=10, temperature=0.0)
+    assert done["type"] == "done" and done["text"].strip()
+    # llama-cpp-python's "chatml" format: the same turns as the model's template
+    plain, _ = w.generate("p", prompt=CHAT_AS_CHATML, max_tokens=10, temperature=0.0)
+    assert plain["text"].lstrip() == done["text"] and plain["usage"] == done["usage"]
+
+
+def test_unknown_chat_format_is_a_boot_error(spawn, builtin_model_path):
+    w = spawn(builtin_model_path, chat_format="no-such-format")
+    assert w.read()["type"] == "hello"
+    err = w.read()
+    assert err["type"] == "error" and err["kind"] == "boot", err
+    assert "unknown chat_format 'no-such-format'" in err["message"]
+    for name in ("chatml", "llama-2", "mistral-instruct", "transcript"):
+        assert name in err["message"]
+    assert w.read() is None
+    assert w.wait() == EXIT_BOOT_ERROR
+
+
+@pytest.mark.parametrize("spec", [{"embedding": "yes"}, {"chat_format": 5}])
+def test_bad_spec_is_a_boot_error(spawn, builtin_model_path, spec):
+    w = spawn(builtin_model_path, **spec)
+    assert w.read()["type"] == "hello"
+    err = w.read()
+    assert err["kind"] == "boot" and list(spec)[0] in err["message"]
+    assert w.wait() == EXIT_BOOT_ERROR
+
+
+def test_template_end_of_turn_token_stops_generation(spawn, builtin_model_path, tmp_path):
+    """A model that emits <|im_end|> (the template's end of turn) ends with "stop"."""
+    base = spawn(builtin_model_path)
+    base.boot()
+    full, _ = base.generate("a", messages=CHAT, max_tokens=30, temperature=0.0)
+    assert full["finish_reason"] == "length"  # msting-tiny never emits <|im_end|> itself
+    word = next(w for w in full["text"].split()[3:] if w.isalpha())
+
+    from msting.models.builtin import _build_vocab
+
+    tokens = _build_vocab()[0]
+    im_end, word_id = tokens.index("<|im_end|>"), tokens.index("\u2581" + word)
+
+    def im_end_instead_of_word(name, data):
+        if name == "output.weight":  # <|im_end|> now wins wherever `word` would have
+            data[im_end] = data[word_id] * 1.01
+        return data
+
+    variant = write_variant(builtin_model_path, tmp_path / "im-end.gguf", edit_tensors=im_end_instead_of_word)
+    w = spawn(variant)
+    w.boot()
+    cut, _ = w.generate("b", messages=CHAT, max_tokens=30, temperature=0.0)
+    assert cut["finish_reason"] == "stop", (cut, full)
+    assert cut["text"] and "<|im_end|>" not in cut["text"]
+    assert full["text"][len(cut["text"]):].startswith(" " + word)
+    assert cut["usage"]["completion_tokens"] < full["usage"]["completion_tokens"]
+    # streaming reports the same
+    sdone, frames = w.generate("c", messages=CHAT, max_tokens=30, temperature=0.0, stream=True)
+    assert sdone["finish_reason"] == "stop" and "".join(f["text"] for f in frames) == cut["text"]
+
+
+def test_generate_request_validation(tiny):
+    cases = [
+        {"prompt": "x", "messages": [{"role": "user", "content": "x"}]},
+        {"messages": []},
+        {"messages": "hello"},
+        {"messages": [{"role": "user"}]},
+        {"messages": [{"role": "", "content": "x"}]},
+        {"messages": [{"role": "user", "content": None}]},
+        {"messages": ["hello"]},
+        {"prompt": "x", "presence_penalty": 3},
+        {"prompt": "x", "frequency_penalty": "a lot"},
+        {"prompt": "x", "frequency_penalty": True},
+    ]
+    for i, fields in enumerate(cases):
+        tiny.send("generate", f"bad{i}", **fields)
+        err = tiny.read()
+        assert err["type"] == "error" and err["id"] == f"bad{i}", (fields, err)
+        assert err["kind"] == "bad_request" and err["message"], (fields, err)
+    tiny.send("generate", "both", prompt="x", messages=[{"role": "user", "content": "x"}])
+    assert "not both" in tiny.read()["message"]
+    # null means absent: the daemon may send prompt=None next to messages
+    done, _ = tiny.generate("ok", prompt=None, messages=[{"role": "user", "content": "Hi"}], max_tokens=2)
+    assert done["type"] == "done" and done["usage"]["completion_tokens"] == 2
+
+
+def test_chat_template_errors_are_bad_requests(spawn, builtin_model_path, tmp_path):
+    template = (
+        "{{ bos_token }}{% for m in messages %}"
+        "{% if m['role'] == 'system' %}{{ raise_exception('System messages are not supported') }}{% endif %}"
+        "[{{ m['role'] }}] {{ m['content'] }}{{ eos_token }}"
+        "{% endfor %}{% if add_generation_prompt %}[assistant]{% endif %}"
+    )
+    w = spawn(write_variant(builtin_model_path, tmp_path / "strict.gguf", chat_template=template))
+    _, ready = w.boot()
+    assert ready["model"]["chat_format"] == "gguf-template"
+    w.send("generate", "sys", messages=CHAT, max_tokens=3)
+    err = w.read()
+    assert err["type"] == "error" and err["kind"] == "bad_request", err
+    assert "System messages are not supported" in err["message"]
+    # the template's own bos_token is not doubled, and its eos_token "</s>" is a stop
+    user = [{"role": "user", "content": "Hello"}]
+    done, _ = w.generate("ok", messages=user, max_tokens=3, temperature=0.0)
+    plain, _ = w.generate("p", prompt="[user] Hello</s>[assistant]", max_tokens=3, temperature=0.0)
+    assert done["type"] == "done" and done["usage"] == plain["usage"]
+
+
+def test_presence_and_frequency_penalties(tiny):
+    args = dict(prompt="Once upon a time", max_tokens=40, temperature=0.0)
+    base, _ = tiny.generate("a", **args)
+    zero, _ = tiny.generate("b", presence_penalty=0.0, frequency_penalty=0.0, **args)
+    assert zero["text"] == base["text"]  # 0 is the default
+    pen, _ = tiny.generate("c", presence_penalty=0.5, frequency_penalty=1.5, **args)
+    assert pen["type"] == "done" and pen["usage"]["completion_tokens"] == 40
+    assert pen["text"] != base["text"]
+
+    def distinct(text):
+        words = text.split()
+        return len(set(words)) / len(words)
+
+    assert distinct(pen["text"]) > distinct(base["text"])  # fewer repeated words
+    neg, _ = tiny.generate("d", presence_penalty=-2, frequency_penalty=-2, **args)
+    assert distinct(neg["text"]) <= distinct(base["text"])
+
+
+# ---- embeddings -------------------------------------------------------------------------
+
+
+def _norm(v):
+    return sum(x * x for x in v) ** 0.5
+
+
+def embed(w, id, inputs, **fields):
+    w.send("embed", id, input=inputs, **fields)
+    return w.read_until("done", "error")[0]
+
+
+@pytest.fixture
+def tiny_embed(spawn, builtin_model_path) -> Worker:
+    w = spawn(builtin_model_path, embedding=True)
+    _, ready = w.boot()
+    assert ready["model"]["embedding"] is True
+    assert ready["model"]["pooling"] == "none"  # msting-tiny declares no pooling type
+    return w
+
+
+def test_embed(tiny_embed):
+    inputs = ["hello world", "the people of the world", "hello world"]
+    done = embed(tiny_embed, "e1", inputs)
+    assert done["type"] == "done" and done["id"] == "e1", done
+    vectors = done["embeddings"]
+    assert len(vectors) == 3
+    for v in vectors:
+        assert len(v) == 64 and all(isinstance(x, float) for x in v)
+        assert abs(_norm(v) - 1.0) < 1e-6
+    assert vectors[0] == vectors[2]
+    assert max(abs(a - b) for a, b in zip(vectors[0], vectors[1])) > 1e-3
+    assert done["usage"]["prompt_tokens"] == done["usage"]["total_tokens"] > 6
+    assert done["finish_reason"] == "stop"
+    assert set(done["timings"]) == {"prompt_ms"}
+    # deterministic across requests, and independent of the other inputs in a request
+    again = embed(tiny_embed, "e2", inputs)
+    assert again["embeddings"] == vectors
+    alone = embed(tiny_embed, "e3", ["the people of the world"])
+    assert alone["embeddings"] == [vectors[1]]
+
+
+def test_mean_pooling_matches_llama_cpp(spawn, builtin_model_path, tiny_embed, tmp_path):
+    """Mean-pooled per-token vectors equal llama.cpp's own MEAN pooling of the same
+    weights (a copy of msting-tiny that declares it)."""
+    pooled = spawn(write_variant(builtin_model_path, tmp_path / "mean.gguf", pooling=1), embedding=True)
+    _, ready = pooled.boot()
+    assert ready["model"]["pooling"] == "mean"
+    inputs = ["hello world", "the people of the world", "water"]
+    ours = embed(tiny_embed, "a", inputs)["embeddings"]
+    theirs = embed(pooled, "b", inputs)
+    assert theirs["type"] == "done", theirs
+    assert len(theirs["embeddings"]) == 3
+    for a, b in zip(ours, theirs["embeddings"]):
+        assert max(abs(x - y) for x, y in zip(a, b)) < 1e-5
+    # a dedicated (pooled) embedding model does not generate
+    pooled.send("generate", "g", prompt="Hello", max_tokens=2)
+    err = pooled.read()
+    assert err["kind"] == "bad_request" and "embeddings only" in err["message"]
+
+
+def test_embedding_worker_also_generates(tiny_embed, tiny):
+    args = dict(prompt="The people of the world", max_tokens=20, temperature=0.0)
+    a, _ = tiny_embed.generate("g", **args)
+    b, _ = tiny.generate("g", **args)
+    assert a["type"] == "done" and a["text"] == b["text"] and a["usage"] == b["usage"]
+    # embeddings are switched off while generating: llama.cpp would otherwise compute
+    # every prompt token's output and warn about it on each decode
+    assert "embeddings required" not in tiny_embed.stderr()
+    # and embeds again after generating
+    assert embed(tiny_embed, "e", ["hello"])["type"] == "done"
+
+
+def test_embed_on_a_generation_worker_is_refused(tiny):
+    err = embed(tiny, "e", ["hello"])
+    assert err["type"] == "error" and err["kind"] == "bad_request"
+    assert err["message"] == "this worker was not started for embeddings"
+
+
+def test_embed_bad_requests(tiny_embed):
+    for i, fields in enumerate([{}, {"input": []}, {"input": "hello"}, {"input": [""]}, {"input": ["a", 3]}]):
+        tiny_embed.send("embed", f"bad{i}", **fields)
+        err = tiny_embed.read()
+        assert err["type"] == "error" and err["kind"] == "bad_request", (fields, err)
+    err = embed(tiny_embed, "long", ["the " * 3000])
+    assert err["type"] == "error" and err["kind"] == "bad_request"
+    assert "context window" in err["message"]
+    assert embed(tiny_embed, "ok", ["fine"])["type"] == "done"
+
+
+def test_embed_while_generating_is_busy(spawn, builtin_model_path):
+    w = spawn(builtin_model_path, embedding=True, n_ctx=8192)
+    w.boot()
+    w.send("generate", "long", prompt="Once", max_tokens=1_000_000, stream=True)
+    assert w.read()["type"] == "token"
+    w.send("embed", "e", input=["hello"])
+    err, _ = w.read_until("error")
+    assert err["id"] == "e" and err["kind"] == "busy"
+    w.send("cancel", "long")
+    done, _ = w.read_until("done")
+    assert done["finish_reason"] == "cancelled"
+    assert embed(w, "e2", ["hello"])["type"] == "done"
+
+
+def test_stories_chat_and_embed(spawn, stories_model_path):
+    """stories260K: no chat template (the transcript fallback) and no pooling type
+    (embeddings are mean-pooled token vectors)."""
+    w = spawn(stories_model_path, embedding=True)
+    _, ready = w.boot()
+    assert ready["model"]["chat_format"] == "transcript"
+    assert ready["model"]["pooling"] == "none"
+    n_embd = ready["model"]["n_embd"]
+    messages = [{"role": "user", "content": "Once upon a time"}]
+    done, _ = w.generate("c", messages=messages, max_tokens=30, temperature=0.0)
+    plain, _ = w.generate("p", prompt="User: Once upon a time\nAssistant:", max_tokens=30, temperature=0.0)
+    assert done["type"] == "done" and done["text"]
+    assert done["usage"]["prompt_tokens"] == plain["usage"]["prompt_tokens"]
+    assert plain["text"].lstrip().startswith(done["text"])
+
+    out = embed(w, "e", ["Once upon a time", "The cat sat on the mat.", "Once upon a time"])
+    assert out["type"] == "done", out
+    vectors = out["embeddings"]
+    assert [len(v) for v in vectors] == [n_embd] * 3
+    assert all(abs(_norm(v) - 1.0) < 1e-6 for v in vectors)
+    assert vectors[0] == vectors[2] and vectors[0] != vectors[1]

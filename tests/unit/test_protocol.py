@@ -115,3 +115,95 @@ def test_protocol_module_is_dependency_free():
         elif isinstance(node, ast.ImportFrom) and node.module:
             imported.add(node.module.split(".")[0])
     assert imported <= {"__future__", "json", "enum", "typing"}
+
+
+# ---- frame field validation (msting.worker.params) --------------------------------------
+
+from msting.worker import params  # noqa: E402
+from msting.worker.params import BadRequest, parse_embed, parse_generate, parse_spec  # noqa: E402
+
+
+def _gen(**fields):
+    return parse_generate({"v": 1, "type": "generate", "id": "r", **fields})
+
+
+def test_generate_defaults_are_backward_compatible():
+    out = _gen(prompt="hi")
+    assert out == {
+        "prompt": "hi", "messages": None, "max_tokens": 256, "temperature": 0.8, "top_p": 0.95,
+        "presence_penalty": 0.0, "frequency_penalty": 0.0, "stop": [], "seed": None, "stream": False,
+    }
+
+
+def test_generate_messages():
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "", "name": "x"}]
+    out = _gen(messages=msgs, prompt=None, presence_penalty=1, frequency_penalty=-0.5, stop="\n")
+    assert out["prompt"] is None
+    assert out["messages"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": ""}]
+    assert out["presence_penalty"] == 1.0 and out["frequency_penalty"] == -0.5
+    assert out["stop"] == ["\n"]
+
+
+@pytest.mark.parametrize(
+    "fields, match",
+    [
+        ({}, "'prompt' .* or 'messages' .* is required"),
+        ({"prompt": "x", "messages": [{"role": "user", "content": "x"}]}, "not both"),
+        ({"prompt": 3}, "'prompt' must be a string"),
+        ({"messages": []}, "non-empty list"),
+        ({"messages": {"role": "user"}}, "non-empty list"),
+        ({"messages": ["hi"]}, r"messages\[0\] must be an object"),
+        ({"messages": [{"role": "user", "content": "a"}, {"content": "b"}]}, r"messages\[1\]\.role"),
+        ({"messages": [{"role": "user", "content": ["parts"]}]}, r"messages\[0\]\.content must be a string"),
+        ({"prompt": "x", "presence_penalty": 2.5}, "'presence_penalty' must be between -2 and 2"),
+        ({"prompt": "x", "frequency_penalty": "1"}, "'frequency_penalty' must be a number"),
+        ({"prompt": "x", "max_tokens": 0}, "max_tokens"),
+    ],
+)
+def test_generate_rejects(fields, match):
+    with pytest.raises(BadRequest, match=match):
+        _gen(**fields)
+
+
+def test_generate_needs_an_id():
+    with pytest.raises(BadRequest, match="non-empty string 'id'"):
+        parse_generate({"v": 1, "type": "generate", "id": None, "prompt": "x"})
+
+
+def test_embed_frame():
+    assert parse_embed({"type": "embed", "id": "e", "input": ["a", "b"]}) == {"inputs": ["a", "b"]}
+    for bad in (None, "a", [], [""], ["a", 1]):
+        with pytest.raises(BadRequest, match="input"):
+            parse_embed({"type": "embed", "id": "e", "input": bad})
+    with pytest.raises(BadRequest, match="'id'"):
+        parse_embed({"type": "embed", "id": "", "input": ["a"]})
+
+
+def test_spec():
+    spec = parse_spec({"path": "/m.gguf"})
+    assert spec == {
+        "name": None, "path": "/m.gguf", "n_ctx": 2048, "n_threads": None, "n_gpu_layers": 0,
+        "seed": None, "embedding": False, "chat_format": None,
+    }
+    spec = parse_spec({"path": "/m.gguf", "n_threads": 0, "embedding": True, "chat_format": "chatml"})
+    assert spec["n_threads"] is None and spec["embedding"] is True and spec["chat_format"] == "chatml"
+    assert parse_spec({"path": "/m.gguf", "embedding": None, "chat_format": ""})["chat_format"] is None
+    for bad, match in [
+        ([], "JSON object"), ({}, "'path'"), ({"path": "p", "n_ctx": "big"}, "n_ctx"),
+        ({"path": "p", "embedding": 1}, "embedding"), ({"path": "p", "chat_format": 5}, "chat_format"),
+    ]:
+        with pytest.raises(BadRequest, match=match):
+            parse_spec(bad)
+
+
+def test_params_module_is_dependency_free():
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(params))
+    imported = {
+        (n.module if isinstance(n, ast.ImportFrom) else a.name).split(".")[0]
+        for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))
+        for a in n.names
+    }
+    assert imported <= {"__future__", "typing"}

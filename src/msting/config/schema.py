@@ -150,6 +150,19 @@ class _Str:
         return v
 
 
+@dataclass(frozen=True)
+class _StrList:
+    nullable: bool = False
+
+    def describe(self) -> str:
+        return "a list of non-empty strings"
+
+    def check(self, v: Any) -> Any:
+        if not isinstance(v, list) or not all(isinstance(x, str) and x.strip() for x in v):
+            raise _Bad
+        return tuple(x.strip() for x in v)
+
+
 def _opt(default: Any, spec: Any) -> Any:
     return field(default=default, metadata={"spec": spec})
 
@@ -208,6 +221,7 @@ class ServiceConfig:
     stop_timeout_sec: float = _opt(10.0, _POSITIVE)
     restart: RestartPolicy = _section(RestartPolicy)
     api_key_env_var: str = _opt("LLM_API_KEY", _ENV_NAME)
+    allowed_hosts: tuple[str, ...] = _opt((), _StrList())
 
 
 @dataclass(frozen=True)
@@ -222,6 +236,8 @@ class LLMConfig:
     n_ctx: int = _opt(2048, _Num(integer=True, lo=16))
     n_threads: int | None = _opt(None, _Num(integer=True, lo=1, nullable=True))
     n_gpu_layers: int = _opt(0, _Num(integer=True, lo=-1))
+    replicas: int = _opt(1, _Num(integer=True, lo=1, hi=64))
+    chat_format: str | None = _opt(None, _Str(nullable=True))
 
     @property
     def is_builtin(self) -> bool:
@@ -426,14 +442,10 @@ def parse_config(data: object, source: Path | None) -> Config:
 # ----------------------------------------------------------------------- loading
 
 
-_LOADER: Any = None
-
-
 def _yaml_loader() -> Any:
-    """A SafeLoader that also rejects duplicate keys (PyYAML silently keeps the last)."""
-    global _LOADER
-    if _LOADER is not None:
-        return _LOADER
+    """A SafeLoader that also rejects duplicate keys (PyYAML silently keeps the last).
+
+    Built per call (microseconds) rather than cached, so the module holds no state."""
     import yaml
 
     class _Loader(yaml.SafeLoader):
@@ -457,8 +469,7 @@ def _yaml_loader() -> Any:
         return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
 
     _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
-    _LOADER = _Loader
-    return _LOADER
+    return _Loader
 
 
 def _load_yaml(text: str, source: Path | None) -> Any:

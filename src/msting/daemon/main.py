@@ -1,8 +1,9 @@
 """The daemon process: `python -m msting.daemon` (or `msting llm start --foreground`).
 
-Start-up order: config (exit 78 on error, so an init system does not restart-loop) →
-logging → the single-instance lock (exit 75 if another daemon holds it) → bind the
-Unix socket (0600) and the TCP port → pidfile → serve → load the always-ready models.
+Start-up order: config (exit 78 on error, so an init system does not restart-loop; a
+non-loopback `llm_service.host` without an API key is such an error) → logging → the
+single-instance lock (exit 75 if another daemon holds it) → bind the Unix socket (0600)
+and the TCP port → pidfile → serve → load the always-ready models.
 
 Shutdown: signal handlers only enqueue the signal. The first SIGTERM/SIGINT makes
 readiness 503 and refuses new requests, lets queued and in-flight requests finish
@@ -40,6 +41,23 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"msting daemon: configuration error:\n{exc}", file=sys.stderr)
         return EXIT_CONFIG
+    if not config.llm_service.enabled:
+        where = config.source or "the default config"
+        print(f"msting daemon: the service is disabled (llm_service.enabled is false in {where}); "
+              "set it to true to run the daemon", file=sys.stderr)
+        return EXIT_CONFIG
+    from msting.http.security import SecurityPolicy, is_loopback_address
+
+    security = SecurityPolicy.from_config(config)  # the only read of the API key
+    if not is_loopback_address(config.llm_service.host) and not security.auth_required:
+        var, host, port = config.llm_service.api_key_env_var, config.llm_service.host, config.llm_service.port
+        where = f"port {port} on any address of this machine" if host.strip("[]") in ("0.0.0.0", "::") else f"{host}:{port}"
+        print(f"msting daemon: refusing to start: llm_service.host is {host!r}, which is not a loopback address, "
+              f"and the API key variable {var} is not set (or empty) in the daemon's environment. "
+              f"Anyone who can reach {where} could use the service without a key. "
+              f"Set {var} to a secret key (clients then send 'Authorization: Bearer <key>'), "
+              f"or set llm_service.host to 127.0.0.1.", file=sys.stderr)
+        return EXIT_CONFIG
     setup_logging(config, paths)
     lock = runtime.DaemonLock(paths.lockfile)
     try:
@@ -59,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_FAILURE
         runtime.write_pidfile(paths.pidfile, os.getpid())
         log.info("daemon %d starting: socket %s, url %s", os.getpid(), socket_path, config.url)
-        return asyncio.run(_serve(config, paths, sockets))
+        log.info("security: %s", security.describe())
+        return asyncio.run(_serve(config, paths, sockets, security))
     finally:
         for sock in sockets:
             sock.close()
@@ -98,6 +117,11 @@ def setup_logging(config: Config, paths: Paths) -> None:
 def _make_server(app, sockets_timeout: float):
     import uvicorn
 
+    from msting.http.security import http_protocol_class, peer_check_available
+
+    if not peer_check_available():
+        log.info("no SO_PEERCRED on this platform: the Unix socket relies on its 0600 mode alone")
+
     class Server(uvicorn.Server):
         @contextlib.contextmanager
         def capture_signals(self):  # the daemon owns signal handling (see _serve)
@@ -109,13 +133,18 @@ def _make_server(app, sockets_timeout: float):
         lifespan="off",
         log_config=None,
         access_log=False,
+        # httptools' protocol, subclassed to drop Unix-socket peers of another uid at
+        # accept. WebSockets upgrade from a connection that protocol accepted, so the
+        # websockets implementation ("auto" picks the websockets package) needs no check.
+        http=http_protocol_class(),
+        ws="auto",
         timeout_graceful_shutdown=sockets_timeout,
         timeout_keep_alive=30,
     )
     return Server(config)
 
 
-async def _serve(config: Config, paths: Paths, sockets: list[socket.socket]) -> int:
+async def _serve(config: Config, paths: Paths, sockets: list[socket.socket], security=None) -> int:
     from msting.daemon.service import Service, specs_from_config
     from msting.daemon.store import Store
     from msting.http.app import build_app
@@ -129,7 +158,7 @@ async def _serve(config: Config, paths: Paths, sockets: list[socket.socket]) -> 
     store.record_event("daemon_start", detail=f"pid {os.getpid()}")
     specs = await asyncio.to_thread(specs_from_config, config, paths)
     service = Service(config, paths, specs, store)
-    server = _make_server(build_app(service), config.llm_service.stop_timeout_sec)
+    server = _make_server(build_app(service, security=security), config.llm_service.stop_timeout_sec)
     serve_task = asyncio.create_task(server.serve(sockets=sockets), name="http")
     while not server.started:
         if serve_task.done():

@@ -28,15 +28,16 @@ class ApiError(Exception):
         self.extra = extra or {}
 
     def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.type, "code": self.code, **self.extra}}
+        return {"error": {"message": self.message, "type": self.type, "param": None, "code": self.code, **self.extra}}
 
 
 def bad_request(message: str, code: str = "invalid_body", status: int = 400) -> ApiError:
     return ApiError(status, "invalid_request_error", code, message)
 
 
-def unknown_model(name: str, known: list[str]) -> ApiError:
-    return ApiError(404, "not_found_error", "model_not_found", f"model '{name}' is not known; known models: {', '.join(known) or 'none'}")
+def unknown_model(name: str, known: list[str], why: str | None = None) -> ApiError:
+    message = why or f"model '{name}' is not known"
+    return ApiError(404, "not_found_error", "model_not_found", f"{message}; known models: {', '.join(known) or 'none'}")
 
 
 def unavailable(code: str, message: str, retry_after: int | None = None) -> ApiError:
@@ -50,9 +51,10 @@ def server_error(code: str, message: str, **extra: Any) -> ApiError:
 
 @dataclass
 class GenerationRequest:
-    model: str
-    params: dict  # prompt, max_tokens, temperature, top_p, stop, seed
-    stream: bool
+    model: str | None
+    params: dict  # generate: prompt or messages, max_tokens, temperature, ...; embed: input
+    stream: bool = False
+    kind: str = "generate"  # "generate" | "embed"
     id: str = field(default_factory=lambda: f"req-{uuid.uuid4().hex[:16]}")
     enqueued_at: float = field(default_factory=time.monotonic)
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
@@ -62,6 +64,7 @@ class GenerationRequest:
     finished: bool = False
     started_at: float | None = None
     internal: bool = False  # the daemon's own verification generate, not a client's
+    runtime: Any = None  # the ModelRuntime serving it, set by Service.submit
 
     def emit_token(self, text: str) -> None:
         self.streamed = True

@@ -10,12 +10,12 @@ import asyncio
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from msting import __version__
 from msting.config import Config, Paths
-from msting.daemon.requests import ApiError, GenerationRequest, ModelQueue, QueueFull, server_error, unavailable, unknown_model
+from msting.daemon.requests import ApiError, GenerationRequest, ModelQueue, QueueFull, bad_request, server_error, unavailable, unknown_model
 from msting.daemon.states import WorkerState
 from msting.daemon.store import Store
 from msting.daemon.worker import WorkerSupervisor
@@ -36,6 +36,8 @@ class ModelSpec:
     n_gpu_layers: int
     replicas: int = 1
     always_ready: bool = True
+    type: str = "llm"  # "llm" | "embeddings"
+    chat_format: str | None = None
 
 
 def default_threads() -> int:
@@ -60,7 +62,15 @@ def specs_from_config(config: Config, paths: Paths) -> list[ModelSpec]:
         n_ctx=llm.n_ctx,
         n_threads=llm.n_threads or default_threads(),
         n_gpu_layers=llm.n_gpu_layers,
+        replicas=llm.replicas,
+        chat_format=llm.chat_format,
     )]
+
+
+def embeddings_spec(spec: ModelSpec) -> ModelSpec:
+    """An LLM is served for embeddings by a separate, embedding-enabled worker on the
+    same file (mmap shares the weights); it starts on the first embeddings request."""
+    return replace(spec, type="embeddings", replicas=1, always_ready=False)
 
 
 class ModelRuntime:
@@ -71,6 +81,8 @@ class ModelRuntime:
         self.store = store
         self.settings = config.llm_service
         self.queue = ModelQueue(self.settings.queue_size)
+        # Worker ids must be unique in the daemon; an embeddings companion shares its model's name.
+        self.key = spec.name if spec.type == "llm" else f"{spec.name}:embed"
         self.workers = [WorkerSupervisor(self, i) for i in range(spec.replicas)]
         self.requests_served = 0
         self.tokens_per_sec: float | None = None
@@ -83,7 +95,8 @@ class ModelRuntime:
 
     def worker_spec(self) -> dict:
         s = self.spec
-        return {"name": s.name, "path": str(s.path), "n_ctx": s.n_ctx, "n_threads": s.n_threads, "n_gpu_layers": s.n_gpu_layers, "seed": 0}
+        return {"name": s.name, "path": str(s.path), "n_ctx": s.n_ctx, "n_threads": s.n_threads, "n_gpu_layers": s.n_gpu_layers,
+                "seed": 0, "embedding": s.type == "embeddings", "chat_format": s.chat_format}
 
     # ---- lifecycle ------------------------------------------------------------------
 
@@ -172,6 +185,7 @@ class ModelRuntime:
         info = self.info or {}
         return {
             "name": self.name,
+            "type": self.spec.type,
             "source": self.spec.source,
             "path": str(self.spec.path),
             "builtin": self.spec.builtin,
@@ -199,6 +213,9 @@ class Service:
         self.paths = paths
         self.store = store
         self.models = {spec.name: ModelRuntime(spec, config, store) for spec in specs}
+        self.embedders = {
+            spec.name: ModelRuntime(embeddings_spec(spec), config, store) for spec in specs if spec.type == "llm"
+        }
         self.default_model = specs[0].name
         self.started_at = time.time()
         self.stopping = False
@@ -214,18 +231,43 @@ class Service:
     # ---- requests -------------------------------------------------------------------
 
     def resolve(self, name: str | None) -> ModelRuntime:
+        """A model by name: plain (`msting-tiny`), `service~model` (`local~msting-tiny`),
+        or `default`/omitted for the default model. Never a silent substitute."""
         if name is None or name in DEFAULT_ALIASES:
             return self.models[self.default_model]
+        service, sep, model = name.partition("~")
+        if sep:
+            if service != "local":
+                raise unknown_model(name, sorted(self.models), f"unknown service '{service}'; the services are: local")
+            name = model
+            if name in DEFAULT_ALIASES:
+                return self.models[self.default_model]
         rt = self.models.get(name)
         if rt is None:
             raise unknown_model(name, sorted(self.models))
         return rt
 
+    def runtime_for(self, req: GenerationRequest) -> ModelRuntime:
+        rt = self.resolve(req.model)
+        if req.kind == "embed" and rt.spec.type != "embeddings":
+            return self.embedders[rt.name]
+        if req.kind == "generate" and rt.spec.type == "embeddings":
+            raise bad_request(f"model '{rt.name}' is an embeddings model; it does not generate text", "model_not_generative")
+        return rt
+
+    def all_runtimes(self) -> list[ModelRuntime]:
+        return [*self.models.values(), *self.embedders.values()]
+
+    def shown_runtimes(self) -> list[ModelRuntime]:
+        """The models, plus each embeddings companion once something started it."""
+        return [*self.models.values(), *(rt for rt in self.embedders.values() if rt.started)]
+
     def submit(self, req: GenerationRequest) -> None:
         if self.stopping:
             raise unavailable("shutting_down", "the daemon is shutting down", retry_after=5)
-        rt = self.resolve(req.model)
+        rt = self.runtime_for(req)
         req.model = rt.name
+        req.runtime = rt
         if rt.state == "failed":
             raise unavailable("model_failed", f"model '{rt.name}' failed: {rt.last_error}")
         if not rt.started:
@@ -238,7 +280,7 @@ class Service:
     def cancel(self, req: GenerationRequest) -> None:
         """The client went away: drop the request, or stop its generation."""
         req.cancelled = True
-        rt = self.models.get(req.model)
+        rt = req.runtime
         if rt is None:
             return
         for w in rt.workers:
@@ -309,7 +351,7 @@ class Service:
             "ready": status == "ready",
             "readiness": {"status": status, "reason": reason},
             "default_model": self.default_model,
-            "models": [rt.snapshot() for rt in self.models.values()],
+            "models": [rt.snapshot() for rt in self.shown_runtimes()],
             "events": self.store.recent_events(10),
         }
 
@@ -319,16 +361,17 @@ class Service:
         """Refuse new work, let queued and in-flight requests finish within `grace`, stop workers."""
         self.stopping = True
         deadline = time.monotonic() + grace
+        runtimes = self.all_runtimes()
         while time.monotonic() < deadline and any(
-            (len(rt.queue) or rt.in_flight) and rt.state not in ("failed", "stopped") for rt in self.models.values()
+            (len(rt.queue) or rt.in_flight) and rt.state not in ("failed", "stopped") for rt in runtimes
         ):
             await asyncio.sleep(0.05)
-        for rt in self.models.values():
+        for rt in runtimes:
             for req in rt.queue.drain_all():
                 req.fail(unavailable("shutting_down", "the daemon shut down before this request was served", retry_after=5))
-        await asyncio.gather(*(rt.stop() for rt in self.models.values()))
+        await asyncio.gather(*(rt.stop() for rt in runtimes))
 
     def kill_workers(self) -> None:
-        for rt in self.models.values():
+        for rt in self.all_runtimes():
             for w in rt.workers:
                 w.kill_now("forced shutdown")

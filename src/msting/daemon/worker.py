@@ -53,7 +53,7 @@ class WorkerSupervisor:
     def __init__(self, model: ModelRuntime, index: int, clock=time.monotonic):
         self.model = model
         self.settings = model.settings
-        self.id = f"{model.name}#{index}"
+        self.id = f"{model.key}#{index}"
         self.state = WorkerState.STOPPED
         self.since = time.time()
         self.pid: int | None = None
@@ -68,6 +68,7 @@ class WorkerSupervisor:
         self._clock = clock
         self._task: asyncio.Task | None = None
         self._serve_task: asyncio.Task | None = None
+        self._stderr_task: asyncio.Task | None = None
         self._stop = asyncio.Event()
         self._proc: asyncio.subprocess.Process | None = None
         self._writer: asyncio.StreamWriter | None = None
@@ -238,7 +239,8 @@ class WorkerSupervisor:
             child.close()  # only the worker holds its end, so its death is our EOF
         self.pid = self._proc.pid
         self._stderr.clear()
-        asyncio.create_task(self._read_stderr(self._proc.stderr), name=f"stderr {self.id}")
+        # asyncio keeps only weak references to tasks: hold this one until the next spawn.
+        self._stderr_task = asyncio.create_task(self._read_stderr(self._proc.stderr), name=f"stderr {self.id}")
         reader, self._writer = await asyncio.open_unix_connection(sock=parent, limit=protocol.MAX_FRAME_BYTES)
         log.info("worker %s spawned, pid %d, model %s", self.id, self.pid, spec["path"])
         return reader
@@ -261,8 +263,11 @@ class WorkerSupervisor:
         raise await self._death_reason()
 
     async def _verify(self, reader_task: asyncio.Task) -> None:
-        """Readiness means "can generate": run one real token before taking traffic."""
-        probe = GenerationRequest(self.model.name, {"prompt": VERIFY_PROMPT, "max_tokens": 1, "temperature": 0.0}, stream=False, internal=True)
+        """Readiness means "can generate": one real token (or one embedding) before taking traffic."""
+        if self.model.spec.type == "embeddings":  # verify what it will serve
+            probe = GenerationRequest(self.model.name, {"input": [VERIFY_PROMPT]}, kind="embed", internal=True)
+        else:
+            probe = GenerationRequest(self.model.name, {"prompt": VERIFY_PROMPT, "max_tokens": 1, "temperature": 0.0}, internal=True)
         exchange = asyncio.create_task(self._exchange(probe))
         done, _ = await asyncio.wait({exchange, reader_task}, timeout=self.settings.startup_timeout_sec, return_when=asyncio.FIRST_COMPLETED)
         if exchange not in done:
@@ -295,12 +300,11 @@ class WorkerSupervisor:
         self._last_progress = now
         if self.state is WorkerState.READY:
             self._set(WorkerState.BUSY)
-        p = req.params
-        self._send(protocol.encode(
-            MsgType.GENERATE, req.id,
-            prompt=p["prompt"], max_tokens=p["max_tokens"], temperature=p.get("temperature", 0.7),
-            top_p=p.get("top_p", 0.95), stop=p.get("stop") or [], seed=p.get("seed"), stream=req.stream,
-        ))
+        if req.kind == "embed":
+            self._send(protocol.encode(MsgType.EMBED, req.id, input=req.params["input"]))
+        else:
+            # params were validated by the HTTP layer: prompt or messages, and sampling keys
+            self._send(protocol.encode(MsgType.GENERATE, req.id, stream=req.stream, **req.params))
         await self._current_done
         self._current = None
         self._current_done = None
@@ -386,16 +390,19 @@ class WorkerSupervisor:
             speed = (frame.get("timings") or {}).get("predicted_per_second")
             if speed and not req.internal and frame.get("finish_reason") != "cancelled":
                 self.model.record_speed(float(speed))
-            req.finish({
+            result = {
                 "text": frame.get("text", ""),
                 "finish_reason": frame.get("finish_reason"),
                 "usage": frame.get("usage") or {},
                 "timings": frame.get("timings") or {},
-            })
+            }
+            if "embeddings" in frame:
+                result["embeddings"] = frame["embeddings"]
+            req.finish(result)
         else:
             message = frame.get("message") or "the engine failed"
             if frame.get("kind") == "bad_request":
-                req.fail(ApiError(422, "invalid_request_error", "invalid_parameter", message))
+                req.fail(ApiError(400, "invalid_request_error", "invalid_request", message))
             else:
                 req.fail(server_error("engine_error", message, stderr=self.stderr_tail[-2000:]))
         if self._current_done is not None and not self._current_done.done():

@@ -4,16 +4,23 @@ from __future__ import annotations
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 
 from msting.daemon.requests import ApiError
 from msting.daemon.service import Service
-from msting.http import admin, native
+from msting.http import admin, native, openai_api, ws
 from msting.http.errors import api_error_handler, http_exception_handler, unhandled_error_handler
+from msting.http.security import SecurityMiddleware, SecurityPolicy
 
 
-def build_app(service: Service) -> Starlette:
+def build_app(service: Service, *, security: SecurityPolicy | None = None) -> Starlette:
+    """`security`: the TCP policy; the daemon passes the one it built at start (the API
+    key is read once). Without it, it is built from `service.config` and the environment."""
+    if security is None:
+        security = SecurityPolicy.from_config(service.config)
     app = Starlette(
-        routes=[*native.routes, *admin.routes],
+        middleware=[Middleware(SecurityMiddleware, policy=security)],
+        routes=[*native.routes, *openai_api.routes, *admin.routes, *ws.routes],
         exception_handlers={
             ApiError: api_error_handler,
             HTTPException: http_exception_handler,

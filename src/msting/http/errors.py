@@ -56,20 +56,24 @@ async def unhandled_error_handler(request: Request, exc: Exception) -> JSONRespo
 class Fields:
     """Typed access to a JSON body that reports every problem with its key, and unknown keys."""
 
-    def __init__(self, body: dict, allowed: set[str]):
+    def __init__(self, body: dict, allowed: set[str], status: int = 422):
+        """`status`: 422 on the native routes; the OpenAI routes answer 400, as OpenAI does."""
         self.body = body
+        self.status = status
         unknown = sorted(set(body) - allowed)
         if unknown:
-            raise ApiError(422, "invalid_request_error", "invalid_parameter",
-                           f"unsupported parameter(s): {', '.join(unknown)}; supported: {', '.join(sorted(allowed))}")
+            raise self.error(unknown[0], f"unsupported parameter(s): {', '.join(unknown)}; supported: {', '.join(sorted(allowed))}")
+
+    def error(self, key: str | None, message: str) -> ApiError:
+        return ApiError(self.status, "invalid_request_error", "invalid_parameter", message, extra={"param": key})
 
     def _problem(self, key: str, want: str) -> ApiError:
-        return ApiError(422, "invalid_request_error", "invalid_parameter", f"'{key}' must be {want}, got {json.dumps(self.body[key])}")
+        return self.error(key, f"'{key}' must be {want}, got {json.dumps(self.body[key])}")
 
     def string(self, key: str, *, required: bool = False, default: str | None = None) -> str | None:
         if key not in self.body or self.body[key] is None:
             if required:
-                raise ApiError(422, "invalid_request_error", "invalid_parameter", f"'{key}' is required")
+                raise self.error(key, f"'{key}' is required")
             return default
         value = self.body[key]
         if not isinstance(value, str):

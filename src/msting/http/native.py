@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import AsyncIterator
 
@@ -41,27 +42,53 @@ async def load_model(request: Request) -> Response:
     return JSONResponse(await service.load(name, timeout))
 
 
-def parse_generation(service: Service, body: dict, allowed: set[str]) -> GenerationRequest:
-    fields = Fields(body, allowed)
+def sampling_params(fields: Fields, service: Service, max_tokens_key: str = "max_tokens") -> dict:
+    """The sampling parameters every generation route shares, with the config's defaults."""
     llm = service.config.llm
-    params = {
-        "prompt": fields.string("prompt", required=True),
-        "max_tokens": fields.integer("max_tokens", llm.max_tokens, minimum=1),
+    return {
+        "max_tokens": fields.integer(max_tokens_key, llm.max_tokens, minimum=1),
         "temperature": fields.number("temperature", llm.temperature, minimum=0.0, maximum=2.0),
         "top_p": fields.number("top_p", 0.95, minimum=0.0, maximum=1.0),
         "stop": fields.string_list("stop"),
         "seed": fields.integer("seed", None),
     }
+
+
+def parse_generation(service: Service, body: dict, allowed: set[str]) -> GenerationRequest:
+    fields = Fields(body, allowed)
+    params = {"prompt": fields.string("prompt", required=True), **sampling_params(fields, service)}
     return GenerationRequest(fields.string("model"), params, stream=fields.boolean("stream", False))
 
 
-async def run_to_completion(service: Service, req: GenerationRequest) -> dict:
-    """Queue a request and wait for its whole answer; raises the ApiError it failed with."""
-    service.submit(req)
+class ClientGone(Exception):
+    """The client disconnected before its answer was ready."""
+
+
+async def _disconnected(request: Request) -> None:
+    # Once the body has been read, the next ASGI message is the disconnect.
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def run_to_completion(service: Service, req: GenerationRequest, request: Request | None = None, *, submitted: bool = False) -> dict:
+    """Queue a request (unless `submitted`) and wait for its whole answer; raises the
+    ApiError it failed with.
+
+    With `request`, a client that disconnects cancels the generation at once, so the
+    worker is free again within a token or two."""
+    if not submitted:
+        service.submit(req)
     try:
-        kind, payload = await req.events.get()
-        while kind == "token":  # not expected for a non-streamed request, but harmless
-            kind, payload = await req.events.get()
+        answer = asyncio.ensure_future(req.events.get())
+        watchers = {answer}
+        if request is not None:
+            watchers.add(asyncio.ensure_future(_disconnected(request)))
+        done, pending = await asyncio.wait(watchers, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        if answer not in done:
+            raise ClientGone
+        kind, payload = answer.result()
     finally:
         if not req.finished:
             service.cancel(req)
@@ -81,32 +108,44 @@ def _sse(event: str, data: dict) -> str:
     return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
 
 
-async def stream_events(service: Service, req: GenerationRequest) -> AsyncIterator[str]:
-    """Relay a request's events as SSE. Tokens that piled up while the client was slow
-    are sent as one event, so a slow reader costs one frame per read, not per token."""
+async def iter_events(service: Service, req: GenerationRequest) -> AsyncIterator[tuple[str, object]]:
+    """A request's events for a streaming response: ("token", text), then ("done", payload)
+    or ("error", ApiError). Tokens that piled up while the client read slowly come out as
+    one piece, so a slow reader costs one frame per read, not one per token. Leaving the
+    loop early (the client disconnected) cancels the generation."""
     pending: tuple | None = None
     try:
         while True:
             kind, payload = pending or await req.events.get()
             pending = None
-            if kind == "token":
-                pieces = [payload]
-                while not req.events.empty():
-                    nxt = req.events.get_nowait()
-                    if nxt[0] != "token":
-                        pending = nxt
-                        break
-                    pieces.append(nxt[1])
-                yield _sse("token", {"text": "".join(pieces)})
-            elif kind == "done":
-                yield _sse("done", {"model": req.model, **_with_queue_time(req, {k: v for k, v in payload.items() if k != "text"})})
+            if kind != "token":
+                yield kind, payload
                 return
-            else:
-                yield _sse("error", payload.body())
-                return
+            pieces = [payload]
+            while not req.events.empty():
+                nxt = req.events.get_nowait()
+                if nxt[0] != "token":
+                    pending = nxt
+                    break
+                pieces.append(nxt[1])
+            yield "token", "".join(pieces)
     finally:
         if not req.finished:
             service.cancel(req)  # the client disconnected: free the worker
+
+
+async def stream_events(service: Service, req: GenerationRequest) -> AsyncIterator[str]:
+    """The native SSE format: `event: token|done|error` with a JSON `data:` line."""
+    async for kind, payload in iter_events(service, req):
+        if kind == "token":
+            yield _sse("token", {"text": payload})
+        elif kind == "done":
+            yield _sse("done", {"model": req.model, **_with_queue_time(req, {k: v for k, v in payload.items() if k != "text"})})
+        else:
+            yield _sse("error", payload.body())
+
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 async def generate(request: Request) -> Response:
@@ -114,9 +153,11 @@ async def generate(request: Request) -> Response:
     req = parse_generation(service, await read_json_object(request), GENERATE_KEYS)
     if req.stream:
         service.submit(req)  # errors (unknown model, full queue) surface before the 200
-        return StreamingResponse(stream_events(service, req), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    result = await run_to_completion(service, req)
+        return StreamingResponse(stream_events(service, req), media_type="text/event-stream", headers=SSE_HEADERS)
+    try:
+        result = await run_to_completion(service, req, request)
+    except ClientGone:
+        return Response(status_code=499)
     return JSONResponse({"text": result.get("text", ""), "model": req.model, "finish_reason": result.get("finish_reason"),
                          "usage": result.get("usage", {}), "timings": result.get("timings", {})})
 

@@ -4,7 +4,9 @@
 types) stays cheap. One :class:`Engine` wraps one ``llama_cpp.Llama``.
 
 ``Engine.generate`` yields :class:`Piece` events (text plus how many tokens it
-covers) and, last, one :class:`GenerationResult`.
+covers) and, last, one :class:`GenerationResult`; it takes a raw prompt or chat
+messages (rendered by :mod:`msting.worker.chat`). ``Engine.embed`` returns one
+pooled, unit-length vector per input (:class:`EmbeddingResult`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from msting.models.gguf_file import ModelFileError, read_gguf_info
+from msting.worker import chat, pooling
 
 
 class EngineError(Exception):
@@ -67,6 +70,22 @@ class GenerationResult:
             "predicted_ms": round(self.predicted_ms, 3),
             "predicted_per_second": round(self.predicted_per_second, 2),
         }
+
+
+@dataclass(frozen=True)
+class EmbeddingResult:
+    embeddings: list[list[float]]  # one unit-length vector per input ([] if cancelled)
+    prompt_tokens: int
+    prompt_ms: float
+    cancelled: bool = False
+
+    @property
+    def usage(self) -> dict[str, int]:
+        return {"prompt_tokens": self.prompt_tokens, "total_tokens": self.prompt_tokens}
+
+    @property
+    def timings(self) -> dict[str, float]:
+        return {"prompt_ms": round(self.prompt_ms, 3)}
 
 
 # ---- llama.cpp log capture -----------------------------------------------------------
@@ -139,6 +158,8 @@ class Engine:
         n_threads_batch: int | None = None,
         n_gpu_layers: int = 0,
         seed: int | None = None,
+        embedding: bool = False,
+        chat_format: str | None = None,
     ) -> None:
         self.model_path = str(model_path)
         self.n_ctx = n_ctx
@@ -146,24 +167,42 @@ class Engine:
         self.n_threads_batch = n_threads_batch
         self.n_gpu_layers = n_gpu_layers
         self.seed = seed
+        self.embedding = embedding
+        self.chat_format = chat_format  # the spec's override, or None
         self.info = None
         self.metadata: dict[str, Any] | None = None
+        self.pooling: str | None = None  # embedding workers: llama.cpp's pooling type
         self._llm: Any = None
         self._vocab: Any = None
         self._lib: Any = None  # the llama_cpp module, once loaded
+        self._chat: chat.ChatFormat | None = None
         self._add_bos = True
         self._piece_buf = ctypes.create_string_buffer(64)
         self._rng = random.Random(seed) if seed is not None else random.Random()
+
+    @property
+    def serves_generate(self) -> bool:
+        """False for an embedding worker on a model that declares a pooling type (a
+        dedicated embedding model such as BERT: it may have no output head)."""
+        return not self.embedding or self.pooling == "none"
 
     def load(self) -> dict[str, Any]:
         """Validate the file, load it into llama.cpp, return the model metadata.
 
         Raises ModelFileError for a missing/unreadable/corrupt file and EngineError
-        when llama.cpp refuses a file that looked valid.
+        when llama.cpp refuses a file that looked valid, for an unknown chat_format
+        and for a reranker loaded for embeddings.
         """
         info = read_gguf_info(self.model_path)  # ModelFileError with a clear message
         self.info = info
         llama_cpp = import_backend()
+        import llama_cpp.llama_chat_format as chat_formats
+
+        names = chat.valid_names(chat_formats)
+        if self.chat_format is not None and self.chat_format not in names:  # before the load
+            raise EngineError(
+                f"unknown chat_format {self.chat_format!r}; valid names: {', '.join(names)}"
+            )
         with _LOG_LOCK:
             mark = _log_total
         kwargs: dict[str, Any] = {
@@ -177,6 +216,10 @@ class Engine:
             kwargs["n_threads_batch"] = self.n_threads_batch
         if self.seed is not None:
             kwargs["seed"] = self.seed
+        if self.embedding:
+            # an input is embedded in one micro-batch (llama.cpp requires it for
+            # non-causal models), so any input that fits the context can be embedded
+            kwargs.update(embedding=True, n_batch=self.n_ctx, n_ubatch=self.n_ctx)
         try:
             llm = llama_cpp.Llama(self.model_path, **kwargs)
         except Exception as exc:
@@ -189,6 +232,27 @@ class Engine:
         self._lib = llama_cpp
         self._vocab = llama_cpp.llama_model_get_vocab(llm.model)
         self._add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))
+        if self.embedding:
+            kind = int(llama_cpp.llama_pooling_type(llm.ctx))
+            self.pooling = pooling.POOLING_NAMES.get(kind, f"type {kind}")
+            if self.pooling not in pooling.EMBEDDING_POOLINGS:
+                self.close()
+                raise EngineError(
+                    f"{self.model_path} declares {self.pooling!r} pooling (a reranker?); "
+                    "only none, mean, cls and last pooling can serve embeddings"
+                )
+        try:
+            self._chat = chat.select(
+                chat_formats,
+                self.chat_format,
+                info.chat_template,
+                bos_token=self._token_text(llm.token_bos()),
+                eos_token=self._token_text(llm.token_eos()),
+                eos_token_id=llm.token_eos(),
+            )
+        except ValueError as exc:
+            self.close()
+            raise EngineError(str(exc)) from None
         gpu = self.n_gpu_layers != 0 and bool(llama_cpp.llama_supports_gpu_offload())
         self.metadata = {
             "path": str(Path(self.model_path).resolve()),
@@ -200,7 +264,10 @@ class Engine:
             "n_params": int(llama_cpp.llama_model_n_params(llm.model)),
             "size_bytes": info.size_bytes,
             "chat_template": info.chat_template,
+            "chat_format": self._chat.name,
             "backend": "gpu" if gpu else "cpu",
+            "embedding": self.embedding,
+            "pooling": self.pooling,
         }
         return dict(self.metadata)
 
@@ -214,22 +281,30 @@ class Engine:
 
     def generate(
         self,
-        prompt: str,
+        prompt: str | None = None,
         max_tokens: int = 256,
         temperature: float = 0.8,
         top_p: float = 0.95,
         stop: list[str] | str | None = None,
         seed: int | None = None,
         cancelled: threading.Event | None = None,
+        messages: list[dict[str, str]] | None = None,
+        presence_penalty: float = 0.0,
+        frequency_penalty: float = 0.0,
     ) -> Iterator[Piece | GenerationResult]:
-        """Stream a completion of *prompt*.
+        """Stream a completion of *prompt*, or the assistant's reply to chat *messages*.
 
         Yields Piece events as text becomes available, then exactly one
         GenerationResult. Setting *cancelled* stops generation before the next token
         (finish_reason "cancelled"). Text that could be the start of a stop sequence
         is held back until it is known not to be; the stop sequence itself is not
         returned. Raises RequestError for requests the model cannot serve (prompt
-        longer than the context window).
+        longer than the context window, messages the chat template rejects).
+
+        Chat *messages* are rendered with the model's chat format (see
+        msting.worker.chat); its stop strings join *stop*, those that are single
+        special tokens (``<|im_end|>``) end generation as tokens, and the reply's
+        leading whitespace (the space after "Assistant:", "[/INST]") is dropped.
 
         Sampling matches ``Llama.create_completion`` (top_k 40, min_p 0.05,
         repeat_penalty 1.0, the same BOS/special-token handling), but the token loop
@@ -242,12 +317,27 @@ class Engine:
         llm = self._llm
         if llm is None:
             raise EngineError("the engine is not loaded")
+        if (prompt is None) == (messages is None):
+            raise RequestError("exactly one of prompt and messages is required")
         if cancelled is None:
             cancelled = threading.Event()
         stops = [stop] if isinstance(stop, str) and stop else [s for s in (stop or []) if s]
 
         t0 = time.perf_counter()
-        prompt_tokens = self._prompt_tokens(prompt)
+        stop_ids: set[int] = set()
+        strip_leading = messages is not None
+        if messages is not None:
+            rendered = self.render_chat(messages)
+            prompt_tokens = self._prompt_tokens(rendered.prompt, is_chat=True)
+            stop_ids.update(rendered.stop_token_ids)
+            for s in rendered.stop:
+                token = self._special_token(s)
+                if token is not None:
+                    stop_ids.add(token)
+                elif s not in stops:
+                    stops.append(s)
+        else:
+            prompt_tokens = self._prompt_tokens(prompt or "")
         n_ctx = llm.n_ctx()
         if len(prompt_tokens) >= n_ctx:
             raise RequestError(
@@ -256,6 +346,8 @@ class Engine:
             )
         limit = max(1, min(max_tokens, n_ctx - len(prompt_tokens)))
         llm.set_seed(seed if seed is not None else self._rng.randrange(0, 0xFFFFFFFF))
+        if self.embedding:
+            self._lib.llama_set_embeddings(llm.ctx, False)  # logits only, as a plain worker
 
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         to_piece = self._token_to_piece
@@ -274,6 +366,8 @@ class Engine:
             typical_p=1.0,
             temp=temperature,
             repeat_penalty=1.0,
+            presence_penalty=presence_penalty,
+            frequency_penalty=frequency_penalty,
         )
         try:
             if cancelled.is_set():
@@ -282,12 +376,15 @@ class Engine:
                 for token in tokens:
                     if t_first is None:
                         t_first = time.perf_counter()
-                    if is_eog(token):
+                    if is_eog(token) or token in stop_ids:
                         finish = "stop"
                         break
                     completion += 1
                     unreported += 1
                     text = held + decoder.decode(to_piece(token))
+                    if strip_leading:
+                        text = text.lstrip()
+                        strip_leading = not text
                     keep = 0
                     if stops:
                         cut = _find_stop(text, stops)
@@ -320,6 +417,8 @@ class Engine:
         if not stopped_by_sequence:
             # held-back text (it was not a stop after all) and an incomplete UTF-8 tail
             rest = held + decoder.decode(b"", final=True)
+            if strip_leading:
+                rest = rest.lstrip()
             cut = _find_stop(rest, stops) if stops and rest else None
             if cut is not None:
                 rest, finish = rest[:cut], "stop"
@@ -336,19 +435,91 @@ class Engine:
             predicted_ms=max(t_end - t_first, 0.0) * 1000.0,
         )
 
+    def render_chat(self, messages: list[dict[str, str]]) -> chat.ChatPrompt:
+        """The prompt for chat *messages* in this model's chat format."""
+        if self._chat is None:
+            raise EngineError("the engine is not loaded")
+        try:
+            return self._chat.render(messages)
+        except chat.ChatError as exc:
+            raise RequestError(str(exc)) from None
+
+    def embed(
+        self, inputs: list[str], cancelled: threading.Event | None = None
+    ) -> EmbeddingResult:
+        """One pooled, L2-normalized vector (n_embd floats) per input.
+
+        Models that declare a pooling type are pooled by llama.cpp, several inputs
+        per decode. Models that declare none (most LLMs) give one vector per token;
+        they are mean-pooled here, one input per decode (llama-cpp-python's
+        ``Llama.embed`` misplaces the token vectors of every input but the first
+        when it batches several such inputs). Setting *cancelled* stops between
+        decodes. Raises RequestError for an input longer than the context window.
+        """
+        llm = self._llm
+        if llm is None:
+            raise EngineError("the engine is not loaded")
+        if not self.embedding:
+            raise RequestError("this worker was not started for embeddings")
+        if cancelled is None:
+            cancelled = threading.Event()
+        t0 = time.perf_counter()
+        # tokenized as Llama.embed does (BOS/EOS as the model asks, no special parsing)
+        counts = [len(llm.tokenize(text.encode("utf-8"))) for text in inputs]
+        limit = llm.n_batch
+        for i, n in enumerate(counts):
+            if n > limit:
+                raise RequestError(
+                    f"input[{i}] is {n} tokens, which does not fit the {limit}-token context window"
+                )
+        self._lib.llama_set_embeddings(llm.ctx, True)
+        per_token = self.pooling == "none"
+        vectors: list[list[float]] = []
+        done_tokens = 0
+        groups = pooling.decode_groups(
+            counts, llm.n_batch, llm.context_params.n_seq_max, one_each=per_token
+        )
+        for group in groups:
+            if cancelled.is_set():
+                return EmbeddingResult([], done_tokens, (time.perf_counter() - t0) * 1000.0, True)
+            for raw in llm.embed([inputs[i] for i in group]):
+                try:
+                    vectors.append(pooling.unit_vector(raw, mean_pool=per_token))
+                except ValueError as exc:
+                    raise EngineError(str(exc)) from None
+            done_tokens += sum(counts[i] for i in group)
+        return EmbeddingResult(vectors, done_tokens, (time.perf_counter() - t0) * 1000.0)
+
     # ---- helpers -------------------------------------------------------------------
 
-    def _prompt_tokens(self, prompt: str) -> list[int]:
+    def _prompt_tokens(self, prompt: str, is_chat: bool = False) -> list[int]:
         """Tokenize like create_completion: BOS when the model asks for it, special
-        tokens parsed; an empty prompt becomes just BOS."""
+        tokens parsed; an empty prompt becomes just BOS. A chat prompt (*is_chat*) that a
+        template already started with BOS does not get a second one."""
         llm = self._llm
         bos = llm.token_bos()
         tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True) if prompt else []
-        if bos != -1 and (self._add_bos or not tokens):
+        want = self._add_bos and not (is_chat and tokens[:1] == [bos])
+        if bos != -1 and (want or not tokens):
             tokens = [bos] + tokens
         if not tokens:
             raise RequestError("the prompt is empty and the model has no BOS token")
         return tokens
+
+    def _token_text(self, token: int) -> str:
+        """A token's text as the vocabulary spells it ("<s>", "<|im_end|>"); "" for -1."""
+        if token < 0:
+            return ""
+        raw = self._lib.llama_vocab_get_text(self._vocab, token)
+        return raw.decode("utf-8", errors="replace") if raw else ""
+
+    def _special_token(self, text: str) -> int | None:
+        """The id of *text* when it is one special token that renders as nothing
+        (so it can only end generation as a token, never as a text match)."""
+        ids = self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+        if len(ids) == 1 and self._token_to_piece(ids[0]) == b"":
+            return ids[0]
+        return None
 
     def _token_to_piece(self, token: int) -> bytes:
         """The bytes of one token (special tokens render as nothing, as in
@@ -386,6 +557,7 @@ def _stop_prefix_len(text: str, stops: list[str]) -> int:
 
 __all__ = [
     "import_backend",
+    "EmbeddingResult",
     "Engine",
     "EngineError",
     "GenerationResult",

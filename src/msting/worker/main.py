@@ -4,15 +4,17 @@ Started by the daemon as ``python -m msting.worker --fd FD --spec JSON`` where F
 the worker end of a ``socketpair`` (passed with ``pass_fds``) and JSON is::
 
     {"name": str, "path": str, "n_ctx": int, "n_threads": int | null,
-     "n_gpu_layers": int, "seed": int | null}
+     "n_gpu_layers": int, "seed": int | null,
+     "embedding": bool (default false), "chat_format": str | null (default null)}
 
 Life cycle: send ``hello`` {pid} at once, load the model, send ``ready`` {model,
 load_ms} (or ``error`` kind "boot" and exit 3), then serve frames until ``shutdown``
 or EOF on the socket (both exit 0).
 
-Threads: the main thread reads frames and answers ``ping`` at once; one generation
-thread at a time runs the engine. Both write frames, so writes go through one lock.
-Nothing is printed to stdout; stderr is the daemon's log capture.
+Threads: the main thread reads frames and answers ``ping`` at once; one job thread
+at a time runs the engine (a ``generate`` or an ``embed``). Both write frames, so
+writes go through one lock. Nothing is printed to stdout; stderr is the daemon's log
+capture.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ import socket
 import sys
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
-from msting.worker import protocol
+from msting.worker import params, protocol
+from msting.worker.params import BadRequest
 from msting.worker.protocol import (
     EXIT_BOOT_ERROR,
     EXIT_OK,
@@ -41,10 +44,6 @@ from msting.worker.protocol import (
 TOKEN_COALESCE_S = 0.002
 # How long shutdown/EOF waits for a cancelled generation to wind down.
 _JOIN_TIMEOUT_S = 10.0
-
-_DEFAULT_MAX_TOKENS = 256
-_DEFAULT_TEMPERATURE = 0.8
-_DEFAULT_TOP_P = 0.95
 
 
 def _log(message: str) -> None:
@@ -106,61 +105,6 @@ class Connection:
                 pass
 
 
-class BadRequest(ValueError):
-    pass
-
-
-def _parse_generate(frame: dict[str, Any]) -> dict[str, Any]:
-    """Validate a ``generate`` frame; return engine keyword arguments plus ``stream``."""
-
-    def number(name: str, default: float, lo: float, hi: float) -> float:
-        value = frame.get(name)
-        if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise BadRequest(f"'{name}' must be a number")
-        if not lo <= value <= hi:
-            raise BadRequest(f"'{name}' must be between {lo} and {hi}, got {value}")
-        return float(value)
-
-    req_id = frame.get("id")
-    if not isinstance(req_id, str) or not req_id:
-        raise BadRequest("a generate frame needs a non-empty string 'id'")
-    prompt = frame.get("prompt")
-    if not isinstance(prompt, str):
-        raise BadRequest("'prompt' is required and must be a string")
-    max_tokens = frame.get("max_tokens")
-    if max_tokens is None:
-        max_tokens = _DEFAULT_MAX_TOKENS
-    elif isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-        raise BadRequest("'max_tokens' must be a positive integer")
-    temperature = number("temperature", _DEFAULT_TEMPERATURE, 0.0, 100.0)
-    top_p = number("top_p", _DEFAULT_TOP_P, 0.0, 1.0)
-    stop = frame.get("stop")
-    if stop is None:
-        stop = []
-    elif isinstance(stop, str):
-        stop = [stop]
-    elif not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
-        raise BadRequest("'stop' must be a string or a list of strings")
-    stop = [s for s in stop if s]
-    seed = frame.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise BadRequest("'seed' must be an integer or null")
-    stream = frame.get("stream", False)
-    if not isinstance(stream, bool):
-        raise BadRequest("'stream' must be a boolean")
-    return {
-        "prompt": prompt,
-        "max_tokens": max_tokens,
-        "temperature": temperature,
-        "top_p": top_p,
-        "stop": stop,
-        "seed": seed,
-        "stream": stream,
-    }
-
-
 class WorkerServer:
     def __init__(self, conn: Connection, engine: Any) -> None:
         self.conn = conn
@@ -182,7 +126,7 @@ class WorkerServer:
                 self.conn.send(MsgType.ERROR, None, kind="protocol", message=str(exc))
                 continue
             if line is None:
-                self._stop_generation()
+                self._stop_job()
                 return EXIT_OK
             try:
                 frame = protocol.decode(line)
@@ -190,7 +134,7 @@ class WorkerServer:
                 self.conn.send(MsgType.ERROR, _maybe_id(line), kind="protocol", message=str(exc))
                 continue
             if self._handle(frame):
-                self._stop_generation()
+                self._stop_job()
                 return EXIT_OK
 
     def _handle(self, frame: dict[str, Any]) -> bool:
@@ -199,24 +143,33 @@ class WorkerServer:
         if ftype == MsgType.PING:
             self.conn.send(MsgType.PONG, fid, **self._status())
         elif ftype == MsgType.GENERATE:
-            self._start_generation(frame)
+            self._start_job(frame, params.parse_generate, self._generate)
+        elif ftype == MsgType.EMBED:
+            self._start_job(frame, params.parse_embed, self._embed)
         elif ftype == MsgType.CANCEL:
             with self._state:
                 if self._cancel is not None and fid is not None and fid == self._current_id:
                     self._cancel.set()
         elif ftype == MsgType.SHUTDOWN:
             return True
-        elif ftype == MsgType.EMBED:
-            self.conn.send(
-                MsgType.ERROR, fid, kind="bad_request",
-                message="this worker does not serve embeddings",
-            )
         else:
             self.conn.send(
                 MsgType.ERROR, fid, kind="protocol",
                 message=f"a worker does not accept {ftype!r} frames",
             )
         return False
+
+    def _refusal(self, ftype: str) -> str | None:
+        """Why this worker does not serve *ftype* frames at all, or None."""
+        engine = self.engine
+        if ftype == MsgType.EMBED and not engine.embedding:
+            return "this worker was not started for embeddings"
+        if ftype == MsgType.GENERATE and not engine.serves_generate:
+            return (
+                f"this worker serves embeddings only (the model declares "
+                f"{engine.pooling!r} pooling)"
+            )
+        return None
 
     def _status(self) -> dict[str, Any]:
         now = time.monotonic()
@@ -230,10 +183,15 @@ class WorkerServer:
             "last_token_at": round(now - last, 6) if busy and last is not None else None,
         }
 
-    def _start_generation(self, frame: dict[str, Any]) -> None:
+    def _start_job(self, frame: dict[str, Any], parse: Callable, work: Callable) -> None:
+        """Validate a generate/embed frame and run *work* on the job thread, or
+        answer at once: bad_request, or busy while another job runs."""
         fid = frame["id"]
         try:
-            params = _parse_generate(frame)
+            refusal = self._refusal(frame["type"])
+            if refusal:
+                raise BadRequest(refusal)
+            args = parse(frame)
         except BadRequest as exc:
             self.conn.send(MsgType.ERROR, fid, kind="bad_request", message=str(exc))
             return
@@ -248,9 +206,9 @@ class WorkerServer:
                 self._busy_since = time.monotonic()
                 self._last_token_at = None
                 thread = threading.Thread(
-                    target=self._run_generation,
-                    args=(fid, params, event),
-                    name=f"generate-{fid}",
+                    target=self._run_job,
+                    args=(fid, work, args, event),
+                    name=f"{frame['type']}-{fid}",
                     daemon=True,
                 )
                 self._thread = thread
@@ -262,7 +220,7 @@ class WorkerServer:
             return
         thread.start()
 
-    def _stop_generation(self) -> None:
+    def _stop_job(self) -> None:
         with self._state:
             if self._cancel is not None:
                 self._cancel.set()
@@ -270,10 +228,10 @@ class WorkerServer:
         if thread is not None and thread.is_alive():
             thread.join(_JOIN_TIMEOUT_S)
 
-    # ---- generation thread -------------------------------------------------------
+    # ---- job thread --------------------------------------------------------------
 
     def _finish(self, req_id: str) -> None:
-        # cleared *before* the final frame goes out, so that a generate sent by the
+        # cleared *before* the final frame goes out, so that a request sent by the
         # daemon right after it reads `done` never sees a stale "busy"
         with self._state:
             if self._current_id == req_id:
@@ -282,54 +240,77 @@ class WorkerServer:
                 self._busy_since = None
                 self._last_token_at = None
 
-    def _run_generation(self, req_id: str, params: dict[str, Any], cancel: threading.Event) -> None:
-        from msting.worker.engine import GenerationResult, RequestError
+    def _run_job(self, req_id: str, work: Callable, args: dict[str, Any], cancel: threading.Event) -> None:
+        """Run *work* (which returns the fields of the `done` frame) and answer."""
+        from msting.worker.engine import RequestError
 
-        stream = params.pop("stream")
+        send = self.conn.send
+        try:
+            fields = work(req_id, args, cancel)
+        except RequestError as exc:  # e.g. the prompt does not fit the context
+            self._finish(req_id)
+            send(MsgType.ERROR, req_id, kind="bad_request", message=str(exc))
+            return
+        except Exception as exc:  # the worker keeps serving
+            _log(f"request {req_id!r} failed: {exc.__class__.__name__}: {exc}")
+            self._finish(req_id)
+            send(MsgType.ERROR, req_id, kind="engine", message=f"{exc.__class__.__name__}: {exc}")
+            return
+        self._finish(req_id)
+        try:
+            send(MsgType.DONE, req_id, **fields)
+        except ProtocolError as exc:  # e.g. too many embeddings for one frame
+            send(
+                MsgType.ERROR, req_id, kind="bad_request",
+                message=f"the answer does not fit in one frame ({exc}); ask for less at a time",
+            )
+
+    def _generate(self, req_id: str, args: dict[str, Any], cancel: threading.Event) -> dict[str, Any]:
+        from msting.worker.engine import GenerationResult
+
+        stream = args.pop("stream")
         send = self.conn.send
         parts: list[str] = []
         pending: list[str] = []
         pending_n = 0
         last_sent: float | None = None
         result: GenerationResult | None = None
-        try:
-            for event in self.engine.generate(cancelled=cancel, **params):
-                if isinstance(event, GenerationResult):
-                    result = event
-                    continue
-                now = time.monotonic()
-                with self._state:
-                    self._last_token_at = now
-                if not stream:
-                    parts.append(event.text)
-                    continue
-                pending.append(event.text)
-                pending_n += event.n
-                if last_sent is None or now - last_sent >= TOKEN_COALESCE_S:
-                    send(MsgType.TOKEN, req_id, text="".join(pending), n=pending_n)
-                    pending.clear()
-                    pending_n = 0
-                    last_sent = now
-            if result is None:
-                raise RuntimeError("the engine ended without a result")
-            if pending:
+        for event in self.engine.generate(cancelled=cancel, **args):
+            if isinstance(event, GenerationResult):
+                result = event
+                continue
+            now = time.monotonic()
+            with self._state:
+                self._last_token_at = now
+            if not stream:
+                parts.append(event.text)
+                continue
+            pending.append(event.text)
+            pending_n += event.n
+            if last_sent is None or now - last_sent >= TOKEN_COALESCE_S:
                 send(MsgType.TOKEN, req_id, text="".join(pending), n=pending_n)
-            self._finish(req_id)
-            send(
-                MsgType.DONE,
-                req_id,
-                text="" if stream else "".join(parts),
-                finish_reason=result.finish_reason,
-                usage=result.usage,
-                timings=result.timings,
-            )
-        except RequestError as exc:  # e.g. the prompt does not fit the context
-            self._finish(req_id)
-            send(MsgType.ERROR, req_id, kind="bad_request", message=str(exc))
-        except Exception as exc:  # the worker keeps serving
-            _log(f"generation {req_id!r} failed: {exc.__class__.__name__}: {exc}")
-            self._finish(req_id)
-            send(MsgType.ERROR, req_id, kind="engine", message=f"{exc.__class__.__name__}: {exc}")
+                pending.clear()
+                pending_n = 0
+                last_sent = now
+        if result is None:
+            raise RuntimeError("the engine ended without a result")
+        if pending:
+            send(MsgType.TOKEN, req_id, text="".join(pending), n=pending_n)
+        return {
+            "text": "" if stream else "".join(parts),
+            "finish_reason": result.finish_reason,
+            "usage": result.usage,
+            "timings": result.timings,
+        }
+
+    def _embed(self, req_id: str, args: dict[str, Any], cancel: threading.Event) -> dict[str, Any]:
+        result = self.engine.embed(args["inputs"], cancelled=cancel)
+        return {
+            "embeddings": result.embeddings,
+            "finish_reason": "cancelled" if result.cancelled else "stop",
+            "usage": result.usage,
+            "timings": result.timings,
+        }
 
 
 def _maybe_id(line: bytes) -> str | None:
@@ -348,32 +329,7 @@ def _parse_spec(raw: str) -> dict[str, Any]:
         spec = json.loads(raw)
     except ValueError as exc:
         raise ValueError(f"--spec is not valid JSON: {exc}") from None
-    if not isinstance(spec, dict):
-        raise ValueError("--spec must be a JSON object")
-    path = spec.get("path")
-    if not isinstance(path, str) or not path:
-        raise ValueError("--spec needs a 'path' string")
-
-    def opt_int(name: str, default: int | None) -> int | None:
-        value = spec.get(name, default)
-        if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"--spec '{name}' must be an integer")
-        return value
-
-    n_ctx = opt_int("n_ctx", 2048)
-    n_threads = opt_int("n_threads", None)
-    if n_threads is not None and n_threads <= 0:
-        n_threads = None
-    return {
-        "name": spec.get("name"),
-        "path": path,
-        "n_ctx": n_ctx if n_ctx and n_ctx > 0 else 2048,
-        "n_threads": n_threads,
-        "n_gpu_layers": opt_int("n_gpu_layers", 0) or 0,
-        "seed": opt_int("seed", None),
-    }
+    return params.parse_spec(spec)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -411,6 +367,8 @@ def main(argv: list[str] | None = None) -> int:
             n_threads_batch=spec["n_threads"],
             n_gpu_layers=spec["n_gpu_layers"],
             seed=spec["seed"],
+            embedding=spec["embedding"],
+            chat_format=spec["chat_format"],
         )
         t0 = time.perf_counter()
         metadata = engine.load()
@@ -428,8 +386,8 @@ def main(argv: list[str] | None = None) -> int:
     thread = server._thread
     conn.close()
     if thread is not None and thread.is_alive():
-        # a generation that ignored cancellation: do not let it block interpreter exit
-        _log("generation thread still running at exit; exiting hard")
+        # a job that ignored cancellation: do not let it block interpreter exit
+        _log("job thread still running at exit; exiting hard")
         sys.stderr.flush()
         os._exit(code)
     engine.close()

@@ -1,0 +1,156 @@
+"""Validation of what the daemon sends a worker: the ``--spec`` JSON and the fields of
+``generate`` and ``embed`` frames.
+
+Dependency-free (like :mod:`msting.worker.protocol`), so it is cheap to import and
+unit-testable without llama.cpp. Every function raises :class:`BadRequest` (a
+``ValueError``) with a message meant for the API client, or returns plain keyword
+arguments for :class:`msting.worker.engine.Engine`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+DEFAULT_MAX_TOKENS = 256
+DEFAULT_TEMPERATURE = 0.8
+DEFAULT_TOP_P = 0.95
+DEFAULT_N_CTX = 2048
+
+
+class BadRequest(ValueError):
+    """A frame (or the spec) is not valid; the message says why."""
+
+
+def _number(frame: dict[str, Any], name: str, default: float, lo: float, hi: float) -> float:
+    value = frame.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise BadRequest(f"'{name}' must be a number")
+    if not lo <= value <= hi:
+        raise BadRequest(f"'{name}' must be between {lo:g} and {hi:g}, got {value}")
+    return float(value)
+
+
+def _request_id(frame: dict[str, Any]) -> str:
+    req_id = frame.get("id")
+    if not isinstance(req_id, str) or not req_id:
+        raise BadRequest(f"a {frame.get('type', '?')} frame needs a non-empty string 'id'")
+    return req_id
+
+
+def _messages(value: Any) -> list[dict[str, str]]:
+    if not isinstance(value, list) or not value:
+        raise BadRequest("'messages' must be a non-empty list of {\"role\", \"content\"} objects")
+    out = []
+    for i, message in enumerate(value):
+        if not isinstance(message, dict):
+            raise BadRequest(f"messages[{i}] must be an object with 'role' and 'content'")
+        role, content = message.get("role"), message.get("content")
+        if not isinstance(role, str) or not role:
+            raise BadRequest(f"messages[{i}].role must be a non-empty string")
+        if not isinstance(content, str):
+            raise BadRequest(f"messages[{i}].content must be a string")
+        out.append({"role": role, "content": content})  # other keys are not passed on
+    return out
+
+
+def parse_generate(frame: dict[str, Any]) -> dict[str, Any]:
+    """Validate a ``generate`` frame.
+
+    Returns the engine's keyword arguments (exactly one of ``prompt`` / ``messages``
+    is not None) plus ``stream``.
+    """
+    _request_id(frame)
+    prompt, messages = frame.get("prompt"), frame.get("messages")
+    if prompt is not None and messages is not None:
+        raise BadRequest("send either 'prompt' or 'messages', not both")
+    if prompt is None and messages is None:
+        raise BadRequest("'prompt' (a string) or 'messages' (a list) is required")
+    if prompt is not None and not isinstance(prompt, str):
+        raise BadRequest("'prompt' must be a string")
+    if messages is not None:
+        messages = _messages(messages)
+    max_tokens = frame.get("max_tokens")
+    if max_tokens is None:
+        max_tokens = DEFAULT_MAX_TOKENS
+    elif isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise BadRequest("'max_tokens' must be a positive integer")
+    stop = frame.get("stop")
+    if stop is None:
+        stop = []
+    elif isinstance(stop, str):
+        stop = [stop]
+    elif not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+        raise BadRequest("'stop' must be a string or a list of strings")
+    seed = frame.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise BadRequest("'seed' must be an integer or null")
+    stream = frame.get("stream", False)
+    if not isinstance(stream, bool):
+        raise BadRequest("'stream' must be a boolean")
+    return {
+        "prompt": prompt,
+        "messages": messages,
+        "max_tokens": max_tokens,
+        "temperature": _number(frame, "temperature", DEFAULT_TEMPERATURE, 0.0, 100.0),
+        "top_p": _number(frame, "top_p", DEFAULT_TOP_P, 0.0, 1.0),
+        "presence_penalty": _number(frame, "presence_penalty", 0.0, -2.0, 2.0),
+        "frequency_penalty": _number(frame, "frequency_penalty", 0.0, -2.0, 2.0),
+        "stop": [s for s in stop if s],
+        "seed": seed,
+        "stream": stream,
+    }
+
+
+def parse_embed(frame: dict[str, Any]) -> dict[str, Any]:
+    """Validate an ``embed`` frame; returns ``{"inputs": [str, ...]}``."""
+    _request_id(frame)
+    inputs = frame.get("input")
+    if not isinstance(inputs, list) or not inputs:
+        raise BadRequest("'input' must be a non-empty list of strings")
+    for i, text in enumerate(inputs):
+        if not isinstance(text, str) or not text:
+            raise BadRequest(f"input[{i}] must be a non-empty string")
+    return {"inputs": list(inputs)}
+
+
+def parse_spec(spec: Any) -> dict[str, Any]:
+    """Validate the worker's ``--spec`` object (already JSON-decoded).
+
+    Raises BadRequest; the worker turns that into a boot error (exit 3).
+    """
+    if not isinstance(spec, dict):
+        raise BadRequest("--spec must be a JSON object")
+    path = spec.get("path")
+    if not isinstance(path, str) or not path:
+        raise BadRequest("--spec needs a 'path' string")
+
+    def opt_int(name: str, default: int | None) -> int | None:
+        value = spec.get(name)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise BadRequest(f"--spec '{name}' must be an integer")
+        return value
+
+    n_ctx = opt_int("n_ctx", DEFAULT_N_CTX)
+    n_threads = opt_int("n_threads", None)
+    embedding = spec.get("embedding")
+    if embedding is None:
+        embedding = False
+    elif not isinstance(embedding, bool):
+        raise BadRequest("--spec 'embedding' must be a boolean")
+    chat_format = spec.get("chat_format")
+    if chat_format is not None and not isinstance(chat_format, str):
+        raise BadRequest("--spec 'chat_format' must be a string or null")
+    return {
+        "name": spec.get("name"),
+        "path": path,
+        "n_ctx": n_ctx if n_ctx and n_ctx > 0 else DEFAULT_N_CTX,
+        "n_threads": n_threads if n_threads and n_threads > 0 else None,
+        "n_gpu_layers": opt_int("n_gpu_layers", 0) or 0,
+        "seed": opt_int("seed", None),
+        "embedding": embedding,
+        "chat_format": chat_format or None,
+    }

@@ -1,0 +1,59 @@
+"""The WebSocket route: streamed generations, cancel, status pushes, bad messages."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from websockets.sync.client import connect, unix_connect
+
+pytestmark = pytest.mark.e2e
+
+
+def _until(ws, predicate, limit=5000):
+    seen = []
+    for _ in range(limit):
+        msg = json.loads(ws.recv(timeout=30))
+        seen.append(msg)
+        if predicate(msg):
+            return seen
+    raise AssertionError(f"no matching message in {limit}: {seen[-5:]}")
+
+
+def test_generate_stream_matches_http(daemon_home):
+    daemon_home.start()
+    body = {"prompt": "Once upon a time", "max_tokens": 20, "temperature": 0}
+    with daemon_home.client() as c:
+        reference = c.post("/generate", json=body).json()["text"]
+    with unix_connect(str(daemon_home.socket), uri="ws://localhost/v1/ws") as ws:
+        ws.send(json.dumps({"type": "generate", "id": "g1", **body}))
+        seen = _until(ws, lambda m: m["type"] in ("done", "error"))
+    assert seen[-1]["type"] == "done" and seen[-1]["usage"]["completion_tokens"] == 20
+    assert "".join(m["text"] for m in seen if m["type"] == "token") == reference
+
+
+def test_status_pushes_and_cancel(daemon_home):
+    daemon_home.start()
+    with connect(f"ws://127.0.0.1:{daemon_home.port}/v1/ws") as ws:
+        ws.send(json.dumps({"type": "subscribe", "topics": ["status"]}))
+        first = _until(ws, lambda m: m["type"] == "status")[-1]
+        assert first["readiness"]["status"] == "ready" and first["models"][0]["name"] == "msting-tiny"
+        ws.send(json.dumps({"type": "generate", "id": "long", "prompt": "Once", "max_tokens": 100000}))
+        _until(ws, lambda m: m["type"] == "status" and m["models"][0]["in_flight"] == 1)
+        ws.send(json.dumps({"type": "cancel", "id": "long"}))
+        seen = _until(ws, lambda m: m["type"] == "done" and m["id"] == "long")
+        assert seen[-1]["finish_reason"] == "cancelled"
+        _until(ws, lambda m: m["type"] == "status" and m["models"][0]["in_flight"] == 0)
+
+
+def test_bad_messages_get_errors_and_the_connection_survives(daemon_home):
+    daemon_home.start()
+    with unix_connect(str(daemon_home.socket), uri="ws://localhost/v1/ws") as ws:
+        for raw, code in [("not json", "invalid_json"), ("[1]", "invalid_body"), ('{"type": "fly"}', "invalid_body"),
+                          ('{"type": "generate", "id": "x", "prompt": "a", "bogus": 1}', "invalid_parameter"),
+                          ('{"type": "generate", "id": "y", "prompt": "a", "model": "nope"}', "model_not_found")]:
+            ws.send(raw)
+            msg = json.loads(ws.recv(timeout=10))
+            assert msg["type"] == "error" and msg["error"]["code"] == code, (raw, msg)
+        ws.send(json.dumps({"type": "generate", "id": "ok", "prompt": "Hi", "max_tokens": 3}))
+        assert _until(ws, lambda m: m["type"] in ("done", "error"))[-1]["type"] == "done"
