@@ -15,7 +15,7 @@ _msting() {
     fi
 
     local top_opts="--help -h --version -V"
-    local llm_cmds="install start stop restart status wait logs health"
+    local llm_cmds="install start stop restart status wait logs health profiles switch-profile models load unload"
 
     # Find the group and the subcommand typed so far.
     local i group="" cmd=""
@@ -64,6 +64,11 @@ _msting() {
         wait) opts="--timeout --json" ;;
         logs) opts="--follow -f --lines -n" ;;
         health) opts="--timeout --json" ;;
+        profiles) opts="--json" ;;
+        switch-profile) opts="--dry-run --timeout --json" ;;
+        models) opts="--json" ;;
+        load) opts="--timeout --json" ;;
+        unload) opts="--json" ;;
         *) return ;;
     esac
     COMPREPLY=($(compgen -W "$opts --help -h" -- "$cur"))

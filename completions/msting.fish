@@ -1,7 +1,7 @@
 # fish completion for msting.
 # Install: cp completions/msting.fish ~/.config/fish/completions/  (install.sh does this)
 
-set -l llm_cmds install start stop restart status wait logs health
+set -l llm_cmds install start stop restart status wait logs health profiles switch-profile models load unload
 
 complete -c msting -f
 complete -c msting -n __fish_use_subcommand -s h -l help -d 'Show help'
@@ -17,6 +17,11 @@ complete -c msting -n $in_llm -a status -d 'Show the daemon, its readiness and i
 complete -c msting -n $in_llm -a wait -d 'Block until the daemon is ready'
 complete -c msting -n $in_llm -a logs -d 'Print (and follow) the daemon log'
 complete -c msting -n $in_llm -a health -d 'Run the readiness checks now'
+complete -c msting -n $in_llm -a profiles -d 'List the profiles, their models and memory'
+complete -c msting -n $in_llm -a switch-profile -d 'Switch the daemon to another profile'
+complete -c msting -n $in_llm -a models -d 'List the models of the active profile'
+complete -c msting -n $in_llm -a load -d 'Load a model and wait until it is ready'
+complete -c msting -n $in_llm -a unload -d 'Unload a model'
 
 function __msting_llm_cmd
     __fish_seen_subcommand_from llm; and __fish_seen_subcommand_from $argv
@@ -27,7 +32,8 @@ complete -c msting -n '__msting_llm_cmd install' -l no-deps -d 'Do not pip-insta
 complete -c msting -n '__msting_llm_cmd install' -l no-start -d 'Do not start the daemon'
 complete -c msting -n '__msting_llm_cmd start' -l foreground -d 'Run the daemon in this process'
 complete -c msting -n '__msting_llm_cmd stop restart' -l force -d 'Kill at once'
-complete -c msting -n '__msting_llm_cmd install start stop restart wait health' -l timeout -x -d 'Seconds to wait'
-complete -c msting -n '__msting_llm_cmd install start stop restart status wait health' -l json -d 'Print JSON'
+complete -c msting -n '__msting_llm_cmd switch-profile' -l dry-run -d 'Print the plan, change nothing'
+complete -c msting -n '__msting_llm_cmd install start stop restart wait health switch-profile load' -l timeout -x -d 'Seconds to wait'
+complete -c msting -n '__msting_llm_cmd install start stop restart status wait health profiles switch-profile models load unload' -l json -d 'Print JSON'
 complete -c msting -n '__msting_llm_cmd logs' -s f -l follow -d 'Keep printing new lines'
 complete -c msting -n '__msting_llm_cmd logs' -s n -l lines -x -d 'Number of lines'

@@ -165,9 +165,54 @@ class MstingClient:
         """``GET /v1/status``: the daemon, its models and workers."""
         return self._json("GET", "/v1/status", timeout=timeout)
 
-    def load_model(self, name: str = "default", timeout: float | None = LONG_TIMEOUT) -> dict[str, Any]:
-        """``POST /models/load``: load (if needed) and verify a model; idempotent."""
-        return self._json("POST", "/models/load", {"model": name}, timeout=timeout)
+    def load_model(
+        self, name: str = "default", timeout: float | None = LONG_TIMEOUT, *, wait_sec: float | None = None
+    ) -> dict[str, Any]:
+        """``POST /models/load``: load (if needed) and verify a model; idempotent.
+
+        ``wait_sec`` is how long the daemon waits for the model (its default:
+        ``startup_timeout_sec``); ``timeout`` bounds the HTTP request, so keep it longer.
+        """
+        body: dict[str, Any] = {"model": name}
+        if wait_sec is not None:
+            body["timeout"] = wait_sec
+        return self._json("POST", "/models/load", body, timeout=timeout)
+
+    def unload_model(self, name: str, timeout: float | None = LONG_TIMEOUT) -> dict[str, Any]:
+        """``POST /models/unload``: stop a model's workers (after their current request).
+
+        Returns ``{"model", "state", "stopped_pids", "still_alive"}``. A model that is
+        always-ready in the active profile is refused (409 ``model_always_ready``).
+        """
+        return self._json("POST", "/models/unload", {"model": name}, timeout=timeout)
+
+    # -- profiles and jobs -------------------------------------------------------------
+
+    def profiles(self, timeout: float | None = None) -> dict[str, Any]:
+        """``GET /v1/profiles``: ``{"active": NAME, "data": [profile, ...]}``, each profile
+        with its models, estimated memory, ``valid`` and ``problems``."""
+        return self._json("GET", "/v1/profiles", timeout=timeout)
+
+    def switch_profile(self, name: str, dry_run: bool = False, timeout: float | None = None) -> dict[str, Any]:
+        """``POST /v1/profiles/switch``.
+
+        With ``dry_run``: the plan (what loads and unloads, memory needed against what is
+        available, ``mode``), changing nothing. Otherwise the switch starts in the daemon
+        and this returns its job at once: follow it with :meth:`job` until its
+        ``state`` is no longer ``"running"``. A switch already running is a 409
+        ``switch_in_progress``; an invalid or unknown profile a 400 ``invalid_profile``.
+        """
+        return self._json("POST", "/v1/profiles/switch", {"profile": name, "dry_run": bool(dry_run)}, timeout=timeout)
+
+    def job(self, job_id: str, timeout: float | None = None) -> dict[str, Any]:
+        """``GET /v1/jobs/{id}``: a long operation with its ``state``, ``progress`` and ``steps``."""
+        from urllib.parse import quote
+
+        return self._json("GET", f"/v1/jobs/{quote(job_id, safe='')}", timeout=timeout)
+
+    def jobs(self, timeout: float | None = None) -> list[dict[str, Any]]:
+        """``GET /v1/jobs``: the recent jobs, newest first."""
+        return self._json("GET", "/v1/jobs", timeout=timeout)["data"]
 
     def generate(
         self,

@@ -68,9 +68,65 @@ def test_help_lists_commands_and_exit_codes(home):
 
     llm = run(home, "llm", "--help")
     assert llm.returncode == 0, llm.stderr
-    for command in ("install", "start", "stop", "restart", "status", "wait", "logs", "health"):
+    for command in LLM_COMMANDS:
         assert command in llm.stdout, llm.stdout
     assert "3  timed out" in llm.stdout
+
+
+LLM_COMMANDS = (
+    "install", "start", "stop", "restart", "status", "wait", "logs", "health",
+    "profiles", "switch-profile", "models", "load", "unload",
+)  # fmt: skip
+NOT_RUNNING = "msting daemon is not running (start it with `msting llm start`)"
+
+#: The commands that talk to a running daemon, with their arguments.
+DAEMON_COMMANDS = [
+    ("profiles",),
+    ("switch-profile", "fast"),
+    ("switch-profile", "fast", "--dry-run"),
+    ("switch-profile", "fast", "--timeout", "5"),
+    ("models",),
+    ("load", "msting-tiny"),
+    ("load", "msting-tiny", "--timeout", "5"),
+    ("unload", "msting-tiny"),
+]
+
+
+@pytest.mark.parametrize("command", ["profiles", "switch-profile", "models", "load", "unload"])
+def test_new_command_help(home, command):
+    result = run(home, "llm", command, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "--json" in result.stdout
+    if command in ("switch-profile", "load", "unload"):
+        assert "NAME" in result.stdout
+    if command == "switch-profile":
+        assert "--dry-run" in result.stdout and "--timeout" in result.stdout
+
+
+@pytest.mark.parametrize("command", ["switch-profile", "load", "unload"])
+def test_new_command_needs_a_name(home, command):
+    result = run(home, "llm", command)
+    assert result.returncode == 2
+
+
+@pytest.mark.parametrize("args", DAEMON_COMMANDS, ids=" ".join)
+def test_daemon_command_not_running(home, args):
+    result = run(home, "llm", *args)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert NOT_RUNNING in result.stderr
+    assert result.stdout == ""
+    assert not (home / "run" / "msting.sock").exists()  # nothing was started
+
+
+@pytest.mark.parametrize("args", DAEMON_COMMANDS, ids=" ".join)
+def test_daemon_command_json_not_running(home, args):
+    result = run(home, "llm", *args, "--json")
+    assert result.returncode == 1, result.stdout + result.stderr
+    data = json.loads(result.stdout)  # only JSON on stdout
+    assert data["ok"] is False
+    assert data["running"] is False
+    assert data["error"]["message"] == NOT_RUNNING
+    assert data["error"]["exit_code"] == 1
 
 
 def test_usage_error_exits_2(home):
@@ -149,7 +205,7 @@ def test_start_with_unknown_config_key_exits_2(home):
     assert any("bogus_knob" in p for p in data["config_problems"])
 
 
-@pytest.mark.parametrize("args", [("--help",), ("llm", "status", "--json")])
+@pytest.mark.parametrize("args", [("--help",), ("llm", "status", "--json"), ("llm", "profiles", "--json"), ("llm", "models", "--json")])
 def test_import_path_is_lean(home, args):
     result = run(home, *args, python_flags=("-X", "importtime"))
     assert result.returncode in (0, 1), result.stderr

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from msting.cli import health, install, lifecycle, logs, status
+from msting.cli import health, install, lifecycle, logs, models, profiles, status
 from msting.cli.exit_codes import EXIT_CODES_EPILOG
 
 
@@ -54,7 +54,7 @@ app = typer.Typer(
 llm_app = typer.Typer(
     name="llm",
     cls=LeanGroup,
-    help="Manage the local LLM service: install, start, stop, status, logs.",
+    help="Manage the local LLM service: install, start, stop, status, logs, profiles, models.",
     epilog=EXIT_CODES_EPILOG,
     no_args_is_help=True,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -69,6 +69,11 @@ llm_app.command("status", cls=LeanCommand)(status.status)
 llm_app.command("wait", cls=LeanCommand)(lifecycle.wait)
 llm_app.command("logs", cls=LeanCommand)(logs.logs)
 llm_app.command("health", cls=LeanCommand)(health.health)
+llm_app.command("profiles", cls=LeanCommand)(profiles.profiles)
+llm_app.command("switch-profile", cls=LeanCommand)(profiles.switch_profile)
+llm_app.command("models", cls=LeanCommand)(models.models)
+llm_app.command("load", cls=LeanCommand)(models.load)
+llm_app.command("unload", cls=LeanCommand)(models.unload)
 
 
 def _version(value: bool) -> None:

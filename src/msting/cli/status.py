@@ -1,16 +1,28 @@
-"""``msting llm status``: the daemon, its readiness, and every model's workers."""
+"""``msting llm status``: the daemon, its readiness, its profile and memory, and every
+model's workers.
+
+Also the helpers the other commands that talk to a running daemon share (``profiles``,
+``switch-profile``, ``models``, ``load``, ``unload``): :func:`connect`, :func:`daemon_errors`
+and the formatting of bytes and keep-alives.
+"""
 
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from msting.cli.exit_codes import ExitCode
 from msting.cli.output import BUILTIN_MODEL_NOTE, CommandError, Terminal, fmt_duration, fmt_ms
 
+if TYPE_CHECKING:
+    from msting.client import MstingClient, MstingError
+
 NOT_RUNNING = "msting daemon is not running (start it with `msting llm start`)"
+NOT_ANSWERING = "the msting daemon is running but does not answer on its socket yet (starting?); `msting llm wait` waits for it"
 
 _STATE_STYLES = {
     "ready": "green",
@@ -61,8 +73,117 @@ def collect_status(env: Any) -> dict[str, Any]:
     return {"running": True, **body}
 
 
+# ------------------------------------------------- helpers for the daemon commands
+
+
+def connect(env: Any, timeout: float = 5.0) -> MstingClient:
+    """A client for the running daemon. No daemon: a CommandError with the same message
+    and exit code (1) as ``status``, without any HTTP."""
+    if not env.is_running():
+        raise CommandError(NOT_RUNNING, ExitCode.FAILED, data={"running": False})
+    return env.client(timeout=timeout)
+
+
+@contextmanager
+def daemon_errors(env: Any) -> Iterator[None]:
+    """Turn the daemon's error answers into CommandErrors carrying its message.
+
+    A timeout (the client's, or the daemon's 504) exits 3, anything else 1. A load
+    failure's worker stderr is shown as a log tail.
+    """
+    from msting.client import MstingError
+
+    try:
+        yield
+    except MstingError as exc:
+        raise daemon_error(exc, env) from None
+
+
+def daemon_error(exc: MstingError, env: Any = None) -> CommandError:
+    from msting.client import DaemonUnavailable, RequestTimeout
+
+    if isinstance(exc, DaemonUnavailable):
+        if env is not None and not env.is_running():
+            return CommandError(NOT_RUNNING, ExitCode.FAILED, data={"running": False})
+        return CommandError(NOT_ANSWERING, ExitCode.FAILED, hint=exc.message, data={"running": True})
+    if isinstance(exc, RequestTimeout):
+        return CommandError(exc.message, ExitCode.TIMEOUT)
+    data: dict[str, Any] = {"http_status": exc.status}
+    if exc.code:
+        data["error_code"] = exc.code
+    err = exc.body.get("error") if isinstance(exc.body.get("error"), dict) else {}
+    stderr = err.get("stderr") if isinstance(err.get("stderr"), str) else ""
+    logs = {"worker stderr (last lines)": stderr.splitlines()[-20:]} if stderr.strip() else None
+    code = ExitCode.TIMEOUT if exc.status == 504 else ExitCode.FAILED
+    return CommandError(exc.message, code, logs=logs, data=data)
+
+
+def fmt_bytes(value: Any, short: bool = False) -> str:
+    """``1.5 GiB`` (``short``: ``1.5G``, for narrow table columns); ``-`` when unknown."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return "-"
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(size) < 1024 or unit == "TiB":
+            break
+        size /= 1024
+    if short:
+        return f"{size:.0f}{unit[0]}" if unit == "B" or size >= 100 else f"{size:.1f}{unit[0]}"
+    return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+
+
+def fmt_keep_alive(model: dict[str, Any]) -> str:
+    """``always`` for an always-ready model, else how long it stays loaded when idle."""
+    if "keep_alive_sec" not in model:  # a daemon that does not report it
+        return "-"
+    sec = model["keep_alive_sec"]
+    if sec is None:
+        return "always"
+    sec = float(sec)
+    for unit, size in (("h", 3600), ("m", 60)):
+        if sec >= size and sec % size == 0:
+            return f"{sec / size:g}{unit}"
+    return fmt_duration(sec) if sec >= 60 else f"{sec:g}s"
+
+
+def model_labels(models: list[dict[str, Any]]) -> list[str]:
+    """Row labels: an llm model's embeddings companion (same name) reads ``NAME (embeddings)``."""
+    llm_names = {m.get("name") for m in models if m.get("type") != "embeddings"}
+    return [
+        f"{m.get('name', '?')} (embeddings)" if m.get("type") == "embeddings" and m.get("name") in llm_names else str(m.get("name", "?"))
+        for m in models
+    ]
+
+
+def fmt_memory(memory: dict[str, Any]) -> str:
+    parts = [
+        f"daemon {fmt_bytes(memory.get('daemon_rss_bytes'))}",
+        f"workers {fmt_bytes(memory.get('workers_rss_bytes'))}",
+        f"available {fmt_bytes(memory.get('available_bytes'))}",
+    ]
+    budget = memory.get("budget_bytes")
+    parts.append(f"budget {fmt_bytes(budget)}" if budget is not None else "no budget")
+    return " · ".join(parts)
+
+
+def fmt_switch(job: dict[str, Any]) -> str:
+    """One line for a running switch job: target, current step, progress."""
+    steps = job.get("steps") or []
+    current = next((s for s in steps if s.get("state") == "running"), None)
+    where = ""
+    if current is not None:
+        where = f": {current.get('name')}"
+        if current.get("detail"):
+            where += f" ({current['detail']})"
+    progress = job.get("progress")
+    pct = f", {float(progress):.0%} done" if isinstance(progress, (int, float)) else ""
+    return f"to '{job.get('target')}' (job {job.get('id')}){where}{pct}"
+
+
+# -------------------------------------------------------------------------- printing
+
+
 def print_status(term: Terminal, info: dict[str, Any]) -> None:
-    from rich import box
     from rich.panel import Panel
     from rich.table import Table
     from rich.text import Text
@@ -87,7 +208,9 @@ def print_status(term: Terminal, info: dict[str, Any]) -> None:
         ("socket", info.get("socket")),
         ("url", info.get("url")),
         ("profile", info.get("profile")),
+        ("switching", fmt_switch(info["switch"]) if info.get("switch") else None),
         ("default model", info.get("default_model")),
+        ("memory", fmt_memory(info["memory"]) if isinstance(info.get("memory"), dict) else None),
         ("config", info.get("config_file")),
         ("log", info.get("log_file")),
     ]
@@ -100,36 +223,48 @@ def print_status(term: Terminal, info: dict[str, Any]) -> None:
     if not models:
         term.info("no models configured")
         return
-    table = Table(title="models", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, collapse_padding=True)
-    for col in ("model", "state", "workers", "restarts", "load", "tok/s", "queue", "served"):
-        justify = "left" if col in ("model", "state", "workers") else "right"
-        table.add_column(col, justify=justify, no_wrap=True)
+    rows: list[dict[str, Any]] = []
     errors: list[tuple[str, str]] = []
-    for m in models:
+    for label, m in zip(model_labels(models), models):
         workers = m.get("workers") or []
-        pids = ", ".join(f"{w.get('pid') or '-'} {w.get('state', '?')}" for w in workers) or "-"
         last_error = m.get("last_error") or next((w.get("last_error") for w in workers if w.get("last_error")), None)
         if last_error:
-            errors.append((str(m.get("name", "?")), str(last_error)))
+            errors.append((label, str(last_error)))
         model_state = str(m.get("state", "?"))
-        name = Text(str(m.get("name", "?")))
-        if m.get("name") == info.get("default_model"):
+        name = Text(label)
+        if m.get("name") == info.get("default_model") and m.get("type") != "embeddings":
             name.append(" *", style="bold")
         tps = m.get("tokens_per_sec")
         queue = m.get("queue_depth")
         in_flight = m.get("in_flight")
-        table.add_row(
-            name,
-            Text(model_state, style=_STATE_STYLES.get(model_state, "")),
-            pids,
-            str(m.get("restarts", 0)),
-            _ms(m.get("load_ms")),
-            f"{tps:.1f}" if isinstance(tps, (int, float)) else "-",
-            "-" if queue is None else (f"{queue}+{in_flight}" if in_flight else str(queue)),
-            str(m.get("requests_served", "-")),
+        rss = m.get("rss_bytes")
+        rows.append(
+            {
+                "model": name,
+                "state": Text(model_state, style=_STATE_STYLES.get(model_state, "")),
+                "workers": "\n".join(f"{w.get('pid') or '-'} {w.get('state', '?')}" for w in workers) or "-",
+                "rss": fmt_bytes(rss, short=True) if rss else "-",
+                "keep": fmt_keep_alive(m),
+                "restarts": str(m.get("restarts", 0)),
+                "load": _ms(m.get("load_ms")),
+                "tok/s": f"{tps:.1f}" if isinstance(tps, (int, float)) else "-",
+                "queue": "-" if queue is None else (f"{queue}+{in_flight}" if in_flight else str(queue)),
+                "served": str(m.get("requests_served", "-")),
+            }
         )
+    # A narrow terminal drops the throughput columns rather than cut a state short.
+    dropped: list[str] = []
+    table = _models_table(rows, dropped)
+    unbounded = term.out.options.update_width(10_000)  # measure the natural width, not the clamped one
+    for col in _OPTIONAL_COLUMNS:
+        if term.out.measure(table, options=unbounded).maximum <= term.out.width:
+            break
+        dropped.append(col)
+        table = _models_table(rows, dropped)
     term.print(table)
-    legend = "* default model; queue = waiting(+running)"
+    legend = "* default model; keep = how long an idle model stays loaded (always: always-ready); queue = waiting(+running)"
+    if dropped:
+        legend += f"; {', '.join(dropped)} hidden: the terminal is too narrow (--json has them)"
     term.print(Text(legend, style="dim"))
     for name, error in errors:
         line = Text(f"last error ({name}): ", style="bold red")
@@ -142,9 +277,27 @@ def print_status(term: Terminal, info: dict[str, Any]) -> None:
             when = time.strftime("%H:%M:%S", time.localtime(event["ts"]))
             who = event.get("worker") or "daemon"
             term.print(Text(f"  {when}  {event['kind']:<13} {who}  {event.get('detail') or ''}".rstrip(), style="dim"))
-    for m in models:
-        if m.get("builtin") or m.get("name") == "msting-tiny":
-            term.print(Text(f"note: {m.get('name')} is the {BUILTIN_MODEL_NOTE}", style="yellow"))
+    builtin = dict.fromkeys(str(m.get("name")) for m in models if m.get("builtin") or m.get("name") == "msting-tiny")
+    for name in builtin:  # once per model, not again for its embeddings companion
+        term.print(Text(f"note: {name} is the {BUILTIN_MODEL_NOTE}", style="yellow"))
+
+
+_COLUMNS = ("model", "state", "workers", "rss", "keep", "restarts", "load", "tok/s", "queue", "served")
+#: Left out, in this order, when the table would not fit the terminal.
+_OPTIONAL_COLUMNS = ("tok/s", "served", "load")
+
+
+def _models_table(rows: list[dict[str, Any]], dropped: list[str]) -> Any:
+    from rich import box
+    from rich.table import Table
+
+    table = Table(title="models", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, collapse_padding=True)
+    columns = [c for c in _COLUMNS if c not in dropped]
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("model", "state", "workers") else "right", no_wrap=True)
+    for row in rows:
+        table.add_row(*(row[c] for c in columns))
+    return table
 
 
 def _ms(value: Any) -> str:

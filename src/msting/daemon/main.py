@@ -84,12 +84,25 @@ def main(argv: list[str] | None = None) -> int:
             sock.close()
         # Remove our own files before releasing the lock: once the lock is free, a new
         # daemon may already be creating its socket at the same path.
+        _kill_leftover_children()
         if runtime.read_pidfile(paths.pidfile) == os.getpid():
             paths.pidfile.unlink(missing_ok=True)
         if sockets:
             socket_path.unlink(missing_ok=True)
         lock.release()
         log.info("daemon %d stopped", os.getpid())
+
+
+def _kill_leftover_children() -> None:
+    """No worker outlives the daemon, whatever path the exit took."""
+    import psutil
+
+    for child in psutil.Process().children(recursive=True):
+        try:
+            child.kill()
+            log.warning("killed leftover child process %d", child.pid)
+        except psutil.Error:
+            pass
 
 
 def setup_logging(config: Config, paths: Paths) -> None:
@@ -145,8 +158,9 @@ def _make_server(app, sockets_timeout: float):
 
 
 async def _serve(config: Config, paths: Paths, sockets: list[socket.socket], security=None) -> int:
-    from msting.daemon.service import Service, specs_from_config
+    from msting.daemon.service import Service
     from msting.daemon.store import Store
+    from msting.daemon.switch import restore_routing
     from msting.http.app import build_app
 
     loop = asyncio.get_running_loop()
@@ -156,8 +170,13 @@ async def _serve(config: Config, paths: Paths, sockets: list[socket.socket], sec
 
     store = Store(paths.state_db)
     store.record_event("daemon_start", detail=f"pid {os.getpid()}")
-    specs = await asyncio.to_thread(specs_from_config, config, paths)
-    service = Service(config, paths, specs, store)
+    try:
+        routing = await asyncio.to_thread(restore_routing, config, paths, store)
+    except ConfigError as exc:
+        log.error("the default profile is invalid:\n%s", exc)
+        print(f"msting daemon: configuration error:\n{exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    service = Service(config, paths, routing, store)
     server = _make_server(build_app(service, security=security), config.llm_service.stop_timeout_sec)
     serve_task = asyncio.create_task(server.serve(sockets=sockets), name="http")
     while not server.started:

@@ -27,6 +27,34 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX events_ts ON events (ts);
     """,
+    # 2: jobs with their progress, the switch history, and the last known state of each model
+    """
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        created REAL NOT NULL,
+        state TEXT NOT NULL,
+        body TEXT NOT NULL
+    );
+    CREATE INDEX jobs_created ON jobs (created);
+    CREATE TABLE switches (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        ts REAL NOT NULL,
+        from_profile TEXT,
+        to_profile TEXT NOT NULL,
+        ok INTEGER NOT NULL,
+        duration_ms REAL,
+        detail TEXT
+    );
+    CREATE TABLE models (
+        profile TEXT NOT NULL,
+        name TEXT NOT NULL,
+        state TEXT NOT NULL,
+        last_error TEXT,
+        updated REAL NOT NULL,
+        PRIMARY KEY (profile, name)
+    );
+    """,
 ]
 
 MAX_EVENTS = 5000  # older events are pruned so the file stays small
@@ -77,6 +105,41 @@ class Store:
     def recent_events(self, limit: int = 20) -> list[dict]:
         rows = self._db.execute("SELECT ts, kind, model, worker, detail FROM events ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
         return [{"ts": ts, "kind": kind, "model": model, "worker": worker, "detail": detail} for ts, kind, model, worker, detail in rows]
+
+    def save_job(self, job: dict) -> None:
+        self._db.execute(
+            "INSERT INTO jobs(id, kind, created, state, body) VALUES(?, ?, ?, ?, ?) "
+            "ON CONFLICT(id) DO UPDATE SET state=excluded.state, body=excluded.body",
+            (job["id"], job["kind"], job["created"], job["state"], json.dumps(job)),
+        )
+
+    def get_job(self, job_id: str) -> dict | None:
+        row = self._db.execute("SELECT body FROM jobs WHERE id=?", (job_id,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def recent_jobs(self, limit: int = 20) -> list[dict]:
+        rows = self._db.execute("SELECT body FROM jobs ORDER BY created DESC LIMIT ?", (limit,)).fetchall()
+        return [json.loads(r[0]) for r in rows]
+
+    def record_switch(self, from_profile: str | None, to_profile: str, ok: bool, duration_ms: float, detail: str | None) -> None:
+        self._db.execute("INSERT INTO switches(ts, from_profile, to_profile, ok, duration_ms, detail) VALUES(?, ?, ?, ?, ?, ?)",
+                         (time.time(), from_profile, to_profile, int(ok), duration_ms, detail))
+
+    def recent_switches(self, limit: int = 10) -> list[dict]:
+        rows = self._db.execute("SELECT ts, from_profile, to_profile, ok, duration_ms, detail FROM switches ORDER BY id DESC LIMIT ?",
+                                (limit,)).fetchall()
+        return [{"ts": r[0], "from": r[1], "to": r[2], "ok": bool(r[3]), "duration_ms": r[4], "detail": r[5]} for r in rows]
+
+    def save_model_state(self, profile: str, name: str, state: str, last_error: str | None) -> None:
+        self._db.execute(
+            "INSERT INTO models(profile, name, state, last_error, updated) VALUES(?, ?, ?, ?, ?) "
+            "ON CONFLICT(profile, name) DO UPDATE SET state=excluded.state, last_error=excluded.last_error, updated=excluded.updated",
+            (profile, name, state, last_error, time.time()),
+        )
+
+    def model_states(self, profile: str) -> dict[str, dict]:
+        rows = self._db.execute("SELECT name, state, last_error, updated FROM models WHERE profile=?", (profile,)).fetchall()
+        return {r[0]: {"state": r[1], "last_error": r[2], "updated": r[3]} for r in rows}
 
     def close(self) -> None:
         self._db.close()

@@ -32,7 +32,7 @@ from msting.worker import protocol
 from msting.worker.protocol import MsgType
 
 if TYPE_CHECKING:
-    from msting.daemon.service import ModelRuntime
+    from msting.daemon.model_runtime import ModelRuntime
 
 log = logging.getLogger("msting.daemon.worker")
 
@@ -90,6 +90,9 @@ class WorkerSupervisor:
         if self.state is WorkerState.FATAL:
             self.tracker.reset()
         self._stop.clear()
+        # STARTING at once, not when the task first runs: "started" must be true the
+        # moment start() returns, or a caller checking it right away would skip the model.
+        self._set(WorkerState.STARTING)
         self._task = asyncio.create_task(self._lifecycle(), name=f"worker {self.id}")
 
     async def stop(self) -> None:
@@ -99,6 +102,11 @@ class WorkerSupervisor:
             self._serve_task.cancel()
         if self._task:
             await asyncio.shield(self._task)
+
+    def abort(self) -> None:
+        """Forced shutdown: kill the process and do not restart it."""
+        self._stop.set()
+        self.kill_now("forced shutdown")
 
     def kill_now(self, reason: str) -> None:
         """Kill the process at once (hang, or forced shutdown); the lifecycle cleans up."""

@@ -42,12 +42,12 @@ async def load_model(request: Request) -> Response:
     return JSONResponse(await service.load(name, timeout))
 
 
-def sampling_params(fields: Fields, service: Service, max_tokens_key: str = "max_tokens") -> dict:
-    """The sampling parameters every generation route shares, with the config's defaults."""
-    llm = service.config.llm
+def sampling_params(fields: Fields, max_tokens_key: str = "max_tokens") -> dict:
+    """The sampling parameters every generation route shares. `max_tokens` and
+    `temperature` left out are filled from the model's own defaults when it is queued."""
     return {
-        "max_tokens": fields.integer(max_tokens_key, llm.max_tokens, minimum=1),
-        "temperature": fields.number("temperature", llm.temperature, minimum=0.0, maximum=2.0),
+        "max_tokens": fields.integer(max_tokens_key, None, minimum=1),
+        "temperature": fields.number("temperature", None, minimum=0.0, maximum=2.0),
         "top_p": fields.number("top_p", 0.95, minimum=0.0, maximum=1.0),
         "stop": fields.string_list("stop"),
         "seed": fields.integer("seed", None),
@@ -56,7 +56,7 @@ def sampling_params(fields: Fields, service: Service, max_tokens_key: str = "max
 
 def parse_generation(service: Service, body: dict, allowed: set[str]) -> GenerationRequest:
     fields = Fields(body, allowed)
-    params = {"prompt": fields.string("prompt", required=True), **sampling_params(fields, service)}
+    params = {"prompt": fields.string("prompt", required=True), **sampling_params(fields)}
     return GenerationRequest(fields.string("model"), params, stream=fields.boolean("stream", False))
 
 

@@ -76,7 +76,7 @@ def _openai_sampling(fields: Fields, service: Service, *, chat: bool) -> dict:
         raise fields.error("n", "only n=1 is supported")
     fields.string("user")  # accepted for compatibility: an end-user id for the caller's own records
     key = "max_completion_tokens" if chat and fields.body.get("max_completion_tokens") is not None else "max_tokens"
-    params = sampling_params(fields, service, max_tokens_key=key)
+    params = sampling_params(fields, max_tokens_key=key)
     params["presence_penalty"] = fields.number("presence_penalty", 0.0, minimum=-2.0, maximum=2.0)
     params["frequency_penalty"] = fields.number("frequency_penalty", 0.0, minimum=-2.0, maximum=2.0)
     return params
@@ -250,7 +250,7 @@ async def execute(request: Request) -> Response:
     if ("prompt" in fields.body) == ("messages" in fields.body):
         raise fields.error("prompt", "give exactly one of 'prompt' or 'messages'")
     task = {"prompt": fields.string("prompt", required=True)} if "prompt" in fields.body else {"messages": parse_messages(fields)}
-    req = GenerationRequest(fields.string("model"), {**task, **sampling_params(fields, service)}, stream=fields.boolean("stream", False))
+    req = GenerationRequest(fields.string("model"), {**task, **sampling_params(fields)}, stream=fields.boolean("stream", False))
     service.submit(req)
     if req.stream:
         return StreamingResponse(stream_events(service, req), media_type="text/event-stream", headers=SSE_HEADERS)

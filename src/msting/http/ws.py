@@ -91,7 +91,7 @@ class Session:
         if ("prompt" in msg) == ("messages" in msg):
             raise fields.error("prompt", "give exactly one of 'prompt' or 'messages'")
         task = {"prompt": fields.string("prompt", required=True)} if "prompt" in msg else {"messages": parse_messages(fields)}
-        return GenerationRequest(fields.string("model"), {**task, **sampling_params(fields, self.service)}, stream=True)
+        return GenerationRequest(fields.string("model"), {**task, **sampling_params(fields)}, stream=True)
 
     async def _relay(self, rid: str, req: GenerationRequest) -> None:
         try:

@@ -1,0 +1,233 @@
+"""One model in the daemon: its spec, its replicas (workers), its queue and counters."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from msting.config import Config
+from msting.daemon.requests import GenerationRequest, ModelQueue, unavailable
+from msting.daemon.states import WorkerState
+from msting.daemon.store import Store
+from msting.daemon.worker import WorkerSupervisor
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    source: str
+    path: Path
+    builtin: bool
+    n_ctx: int
+    n_threads: int
+    n_gpu_layers: int
+    replicas: int = 1
+    always_ready: bool = True
+    type: str = "llm"  # "llm" | "embeddings"
+    chat_format: str | None = None
+    temperature: float = 0.7  # request defaults
+    max_tokens: int = 256
+    keep_alive_sec: float = 300.0  # an on-demand model unloads after this long idle
+
+
+def default_threads() -> int:
+    # On a small machine the daemon and its clients compete with llama.cpp for cores:
+    # measured on 2 cores, 1 thread served more tokens/s than 2 (see docs/architecture.md).
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
+def specs_from_profile(profile, models_dir: Path) -> list[ModelSpec]:
+    """The model specs of a validated profile, default model first; writes the built-in
+    model file if the profile uses it."""
+    specs = []
+    for name, pm in profile.models.items():
+        builtin = pm.is_builtin
+        if builtin:
+            from msting.models.builtin import ensure_builtin_model
+
+            path = ensure_builtin_model(models_dir)
+        else:
+            path = pm.path  # resolved against the profile file's folder
+        p = pm.params
+        specs.append(ModelSpec(
+            name=name, source=pm.source, path=path, builtin=builtin, n_ctx=pm.n_ctx,
+            n_threads=p.n_threads or default_threads(), n_gpu_layers=p.n_gpu_layers, replicas=pm.replicas,
+            always_ready=pm.always_ready, type=pm.type, chat_format=p.chat_format,
+            temperature=p.temperature, max_tokens=p.max_tokens, keep_alive_sec=pm.keep_alive_sec,
+        ))
+    specs.sort(key=lambda spec: spec.name != profile.default_model)
+    return specs
+
+
+def embeddings_spec(spec: ModelSpec) -> ModelSpec:
+    """An LLM is served for embeddings by a separate, embedding-enabled worker on the
+    same file (mmap shares the weights); it starts on the first embeddings request."""
+    return replace(spec, type="embeddings", replicas=1, always_ready=False)
+
+
+class ModelRuntime:
+    """One model: its replicas (workers), its bounded queue, and its counters."""
+
+    def __init__(self, spec: ModelSpec, config: Config, store: Store):
+        self.spec = spec
+        self.store = store
+        self.settings = config.llm_service
+        self.queue = ModelQueue(self.settings.queue_size)
+        # Worker ids must be unique in the daemon; an embeddings companion shares its model's name.
+        self.key = spec.name if spec.type == "llm" else f"{spec.name}:embed"
+        self.workers = [WorkerSupervisor(self, i) for i in range(spec.replicas)]
+        self.profile: str | None = None  # set by the routing that serves it, for the store's model records
+        self.requests_served = 0
+        self.tokens_per_sec: float | None = None
+        self.last_used = time.monotonic()
+        self._changed = asyncio.Event()
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def on_demand(self) -> bool:
+        """Loaded when first asked for and unloaded when idle past its keep-alive."""
+        return not (self.spec.always_ready and self.settings.always_ready)
+
+    def worker_spec(self) -> dict:
+        s = self.spec
+        return {"name": s.name, "path": str(s.path), "n_ctx": s.n_ctx, "n_threads": s.n_threads, "n_gpu_layers": s.n_gpu_layers,
+                "seed": 0, "embedding": s.type == "embeddings", "chat_format": s.chat_format}
+
+    # ---- lifecycle ------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.last_used = time.monotonic()
+        for w in self.workers:
+            w.start()
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(w.stop() for w in self.workers))
+
+    def idle_for(self, now: float) -> float:
+        """Seconds since the model last did anything (0 while it has work)."""
+        if len(self.queue) or self.in_flight:
+            return 0.0
+        return now - self.last_used
+
+    @property
+    def started(self) -> bool:
+        return any(w.state is not WorkerState.STOPPED for w in self.workers)
+
+    # ---- state ----------------------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        states = [w.state for w in self.workers]
+        if any(w.state.serving and w.verified for w in self.workers):
+            return "ready"
+        if all(s is WorkerState.FATAL for s in states):
+            return "failed"
+        if any(s is WorkerState.BACKOFF for s in states):
+            return "degraded"
+        if any(s.alive for s in states):
+            return "loading"
+        return "stopped"
+
+    @property
+    def last_error(self) -> str | None:
+        errors = [w.last_error for w in self.workers if w.last_error]
+        return errors[-1] if errors else None
+
+    def record_event(self, kind: str, worker: WorkerSupervisor, detail: str | None = None) -> None:
+        self.store.record_event(kind, model=self.name, worker=worker.id, detail=detail)
+
+    def on_worker_state(self, worker: WorkerSupervisor) -> None:
+        self._changed.set()
+        if self.profile is not None:
+            self.store.save_model_state(self.profile, self.key, self.state, self.last_error)
+        if self.state == "failed":
+            reason = self.last_error or "the model failed to load"
+            for req in self.queue.drain_all():
+                req.fail(unavailable("model_failed", f"model '{self.name}' failed: {reason}"))
+
+    async def wait_settled(self, timeout: float) -> str:
+        """Wait until the model is ready or failed; returns the state (or the current one on timeout)."""
+        deadline = time.monotonic() + timeout
+        while self.state not in ("ready", "failed"):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), timeout=remaining)
+            except asyncio.TimeoutError:
+                break
+        return self.state
+
+    @property
+    def in_flight(self) -> int:
+        return sum(1 for w in self.workers if w.current is not None and not w.current.internal)
+
+    def on_request_finished(self, worker: WorkerSupervisor, req: GenerationRequest) -> None:
+        self.requests_served += 1
+        self.last_used = time.monotonic()
+        self._changed.set()
+
+    def record_speed(self, tokens_per_sec: float) -> None:
+        # An exponentially weighted average: recent speed, without keeping a history.
+        prev = self.tokens_per_sec
+        self.tokens_per_sec = tokens_per_sec if prev is None else 0.8 * prev + 0.2 * tokens_per_sec
+
+    @property
+    def info(self) -> dict | None:
+        for w in self.workers:
+            if w.info:
+                return w.info
+        return None
+
+    @property
+    def load_ms(self) -> float | None:
+        loads = [w.load_ms for w in self.workers if w.load_ms is not None]
+        return loads[-1] if loads else None
+
+    def worker_rss(self) -> dict[int, int]:
+        """Resident memory of each live worker process, by pid."""
+        import psutil
+
+        rss = {}
+        for w in self.workers:
+            if w.pid:
+                try:
+                    rss[w.pid] = psutil.Process(w.pid).memory_info().rss
+                except psutil.Error:
+                    pass
+        return rss
+
+    def snapshot(self) -> dict:
+        info = self.info or {}
+        rss = self.worker_rss()
+        return {
+            "name": self.name,
+            "type": self.spec.type,
+            "source": self.spec.source,
+            "path": str(self.spec.path),
+            "builtin": self.spec.builtin,
+            "always_ready": self.spec.always_ready,
+            "state": self.state,
+            "verified": any(w.verified for w in self.workers),
+            "load_ms": self.load_ms,
+            "backend": info.get("backend"),
+            "n_ctx": self.spec.n_ctx,
+            "n_threads": self.spec.n_threads,
+            "replicas": len(self.workers),
+            "queue_depth": len(self.queue),
+            "in_flight": self.in_flight,
+            "requests_served": self.requests_served,
+            "tokens_per_sec": round(self.tokens_per_sec, 1) if self.tokens_per_sec else None,
+            "restarts": sum(w.restarts for w in self.workers),
+            "last_error": self.last_error,
+            "keep_alive_sec": self.spec.keep_alive_sec if self.on_demand else None,
+            "rss_bytes": sum(rss.values()),
+            "workers": [{**w.snapshot(), "rss_bytes": rss.get(w.pid)} for w in self.workers],
+        }
