@@ -52,8 +52,6 @@ def profiles(json_: JsonOpt = False) -> None:
 
 
 def print_profiles(term: Terminal, body: dict[str, Any]) -> None:
-    from rich import box
-    from rich.table import Table
     from rich.text import Text
 
     listed = body.get("data") or []
@@ -61,37 +59,21 @@ def print_profiles(term: Terminal, body: dict[str, Any]) -> None:
         term.info("no profiles")
         return
     active = body.get("active")
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, collapse_padding=True)
-    table.add_column("", no_wrap=True)
-    table.add_column("profile", no_wrap=True)
-    table.add_column("models", overflow="fold")
-    table.add_column("default", no_wrap=True)
-    table.add_column("memory", justify="right", no_wrap=True)
-    table.add_column("valid", no_wrap=True)
-    table.add_column("description", style="dim")
     for p in listed:
         is_active = bool(p.get("active")) or p.get("name") == active
         valid = p.get("valid", True)
-        table.add_row(
-            Text("●", style="bold green") if is_active else "",
-            Text(str(p.get("name", "?")), style="bold" if is_active else ""),
-            ", ".join(_model_label(m) for m in p.get("models") or []) or "-",
-            str(p.get("default_model") or "-"),
-            fmt_bytes(p.get("estimated_bytes")),
-            Text("yes", style="green") if valid else Text(f"no ({_count(len(p.get('problems') or []), 'problem')})", style="bold red"),
-            str(p.get("description") or ""),
-        )
-    term.print(table)
-    for p in listed:
-        if p.get("valid", True):
-            continue
-        line = Text(f"profile '{p.get('name')}' is invalid", style="bold red")
-        if p.get("source"):
-            line.append(f" ({p['source']})", style="dim")
-        line.append(":")
-        term.print(line)
-        for problem in p.get("problems") or ["(no reason given)"]:
-            term.print(Text(f"  - {problem}"))
+        head = Text("● " if is_active else "  ", style="bold green")
+        head.append(str(p.get("name", "?")), style="bold")
+        head.append(f"  default {p.get('default_model') or '-'}")
+        head.append(f"  ~{fmt_bytes(p.get('estimated_bytes'))}" if p.get("estimated_bytes") else "")
+        if not valid:
+            head.append(f"  invalid ({_count(len(p.get('problems') or []), 'problem')})", style="bold red")
+        term.print(head)
+        if p.get("description"):
+            term.print(Text(f"    {p['description']}", style="dim"))
+        term.print(Text("    models: " + (", ".join(_model_label(m) for m in p.get("models") or []) or "-")))
+        for problem in p.get("problems") or []:
+            term.print(Text(f"    - {problem}", style="red"))
     term.print(Text("● active profile; memory: estimated, with every model loaded; ~ loads on demand", style="dim"))
 
 

@@ -159,6 +159,13 @@ def start_switch(service: Service, name: str) -> dict:
                        f"a switch to '{running.target}' is already running (job {running.id})")
     if service.stopping:
         raise ApiError(503, "unavailable_error", "shutting_down", "the daemon is shutting down")
+    if name != "default":
+        from msting.config.profiles import find_profile
+
+        try:
+            find_profile(service.paths, name)  # a name that matches no file is a 404, not a failed job
+        except ConfigError as exc:
+            raise ApiError(404, "not_found_error", "profile_not_found", str(exc).strip()) from None
     job = service.jobs.create("switch", name, STEPS)
     service.spawn(run_switch(service, job, name), name=f"switch {name}")
     return job.to_dict()
