@@ -218,7 +218,9 @@ def run_switch(term: Terminal, client: Any, name: str, timeout: float, last: dic
         duration = (time.monotonic() - started) * 1000.0
     mode = (job.get("result") or {}).get("mode")
     how = f" ({mode})" if mode else ""
-    return job, Outcome(True, ExitCode.OK, f"switched to profile '{profile}' in {fmt_ms(duration)}{how}; it is ready")
+    switched = (job.get("result") or {}).get("switched_ms")
+    when = f"in {fmt_ms(switched)} (old workers stopped by {fmt_ms(duration)})" if isinstance(switched, (int, float)) else f"in {fmt_ms(duration)}"
+    return job, Outcome(True, ExitCode.OK, f"switched to profile '{profile}' {when}{how}; it is ready")
 
 
 def _timed_out(job: dict[str, Any], target: str, timeout: float) -> Outcome:

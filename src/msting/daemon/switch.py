@@ -233,7 +233,8 @@ async def run_switch(service: Service, job, profile_name: str) -> None:
         if service.switching.hold:
             service.release_held()
         service.switching = None
-        jobs.end(job, "switch", f"routing now on profile '{profile.name}'")
+        switched_ms = (time.monotonic() - started) * 1000.0  # the new profile serves from here on
+        jobs.end(job, "switch", f"routing now on profile '{profile.name}' after {switched_ms:.0f} ms")
         log.info("profile switched %s -> %s (%s)", old.profile, profile.name, plan["mode"])
 
         phase = advance(phase, Phase.DRAIN)
@@ -245,7 +246,7 @@ async def run_switch(service: Service, job, profile_name: str) -> None:
         duration = (time.monotonic() - started) * 1000.0
         service.store.record_switch(old.profile, profile.name, True, duration, plan["mode"])
         service.store.record_event("profile_switched", detail=f"{old.profile} -> {profile.name} in {duration:.0f} ms ({plan['mode']})")
-        jobs.finish(job, result={**plan, "duration_ms": round(duration, 1)})
+        jobs.finish(job, result={**plan, "duration_ms": round(duration, 1), "switched_ms": round(switched_ms, 1)})
     except (SwitchFailed, ApiError, OSError) as exc:
         message = str(exc) if not isinstance(exc, ApiError) else exc.message
         if phase in (Phase.LOAD, Phase.VERIFY):
