@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -180,10 +179,8 @@ def test_stop_not_running_removes_stale_files(home):
 
 
 def test_wait_times_out_with_exit_3(home):
-    started = time.monotonic()
     result = run(home, "llm", "wait", "--timeout", "1")
     assert result.returncode == 3, result.stdout + result.stderr
-    assert time.monotonic() - started < 30
     assert "timed out" in result.stderr
     assert "not running" in result.stderr  # the last readiness reason
 

@@ -81,6 +81,7 @@ class ModelRuntime:
         self.workers = [WorkerSupervisor(self, i) for i in range(spec.replicas)]
         self.profile: str | None = None  # set by the routing that serves it, for the store's model records
         self.requests_served = 0
+        self.requests_cancelled = 0  # stopped mid-generation because the client went away
         self.tokens_per_sec: float | None = None
         self.last_used = time.monotonic()
         self._changed = asyncio.Event()
@@ -224,6 +225,7 @@ class ModelRuntime:
             "queue_depth": len(self.queue),
             "in_flight": self.in_flight,
             "requests_served": self.requests_served,
+            "requests_cancelled": self.requests_cancelled,
             "tokens_per_sec": round(self.tokens_per_sec, 1) if self.tokens_per_sec else None,
             "restarts": sum(w.restarts for w in self.workers),
             "last_error": self.last_error,

@@ -395,6 +395,8 @@ class WorkerSupervisor:
         if req is None or frame["id"] != req.id:
             return  # a late answer for a request already settled elsewhere
         if frame["type"] == MsgType.DONE:
+            if frame.get("finish_reason") == "cancelled":
+                self.model.requests_cancelled += 1
             speed = (frame.get("timings") or {}).get("predicted_per_second")
             if speed and not req.internal and frame.get("finish_reason") != "cancelled":
                 self.model.record_speed(float(speed))
