@@ -186,3 +186,34 @@ def test_on_demand_model_unloads_after_keep_alive(daemon_home):
     assert main["state"] == "ready"  # always-ready models stay
     events = [e["kind"] for e in daemon_home.status()["events"]]
     assert "model_idle_unload" in events
+
+
+def test_memory_budget_unloads_the_least_recently_used_on_demand_model(daemon_home):
+    # estimates: msting-tiny at n_ctx 2048 ~97 MiB, at n_ctx 512 ~74 MiB
+    models = {
+        "main": {"source": "builtin:tiny"},
+        "e1": {"source": "builtin:tiny", "n_ctx": 512, "always_ready": False},
+        "e2": {"source": "builtin:tiny", "n_ctx": 512, "always_ready": False},
+    }
+    write_profile(daemon_home, "tight", {"default_model": "main", "memory_budget_mb": 200, "models": models})
+    write_profile(daemon_home, "tiny-budget", {"default_model": "main", "memory_budget_mb": 150, "models": models})
+    daemon_home.start()
+    assert switch(daemon_home, "tight")["state"] == "succeeded"
+
+    def state(name):
+        return next(m for m in daemon_home.status()["models"] if m["name"] == name)["state"]
+
+    with daemon_home.client() as c:
+        assert c.post("/generate", json={"prompt": "Hi", "max_tokens": 2, "model": "e1"}).status_code == 200
+        assert state("e1") == "ready"
+        assert c.post("/generate", json={"prompt": "Hi", "max_tokens": 2, "model": "e2"}).status_code == 200
+    daemon_home.wait_for(lambda: state("e1") == "stopped", what="e1 evicted to make room for e2")
+    assert state("e2") == "ready" and state("main") == "ready"
+    assert "model_evicted" in [e["kind"] for e in daemon_home.status()["events"]]
+
+    assert switch(daemon_home, "tiny-budget")["state"] == "succeeded"
+    with daemon_home.client() as c:
+        r = c.post("/generate", json={"prompt": "Hi", "max_tokens": 2, "model": "e1"})
+    assert r.status_code == 503 and r.json()["error"]["code"] == "insufficient_memory"
+    assert "budget" in r.json()["error"]["message"]
+    assert state("main") == "ready"  # the refusal harms nothing

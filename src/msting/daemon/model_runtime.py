@@ -82,6 +82,7 @@ class ModelRuntime:
         self.profile: str | None = None  # set by the routing that serves it, for the store's model records
         self.requests_served = 0
         self.requests_cancelled = 0  # stopped mid-generation because the client went away
+        self._estimate: int | None = None
         self.tokens_per_sec: float | None = None
         self.last_used = time.monotonic()
         self._changed = asyncio.Event()
@@ -109,6 +110,18 @@ class ModelRuntime:
 
     async def stop(self) -> None:
         await asyncio.gather(*(w.stop() for w in self.workers))
+
+    @property
+    def estimated_bytes(self) -> int:
+        """Memory this model needs when loaded (weights once, KV cache and overhead per replica)."""
+        if self._estimate is None:
+            from msting.models.gguf_file import read_gguf_info
+            from msting.models.memory import estimate_model
+
+            info = read_gguf_info(self.spec.path)
+            self._estimate = estimate_model(info, self.spec.n_ctx, self.spec.replicas,
+                                            embedding=self.spec.type == "embeddings").total_bytes
+        return self._estimate
 
     def idle_for(self, now: float) -> float:
         """Seconds since the model last did anything (0 while it has work)."""

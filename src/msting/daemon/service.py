@@ -178,11 +178,49 @@ class Service:
         if rt.state == "failed":
             raise unavailable("model_failed", f"model '{rt.name}' failed: {rt.last_error}")
         if not rt.started:
+            self._make_room(rt)
             rt.start()  # on demand: the request waits in the queue while the model loads
         try:
             rt.queue.put(req)
         except QueueFull:
             raise unavailable("queue_full", f"the queue for model '{rt.name}' is full ({rt.queue.maxsize} requests); retry shortly", retry_after=1) from None
+
+    def _make_room(self, rt: ModelRuntime) -> None:
+        """Before an on-demand load: check memory (available, and the profile's budget),
+        unloading idle on-demand models, least recently used first, to make room.
+        Refuse clearly rather than risk an out-of-memory kill."""
+        import psutil
+
+        from msting.models.gguf_file import ModelFileError
+        from msting.models.memory import format_bytes
+
+        try:
+            need = rt.estimated_bytes
+        except ModelFileError:
+            return  # the worker reports the file's problem as a boot error, with the reason
+        loaded = [r for r in self.all_runtimes() if r.started and r is not rt]
+        used = sum(r.estimated_bytes for r in loaded)
+        budget = self.routing.budget_bytes
+        available = psutil.virtual_memory().available
+        now = time.monotonic()
+        idle = sorted((r for r in loaded if r.on_demand and r.idle_for(now) > 0), key=lambda r: r.last_used)
+        evict: list[ModelRuntime] = []
+
+        def fits() -> bool:
+            freed = sum(r.estimated_bytes for r in evict)
+            return need <= available + freed and (budget is None or used - freed + need <= budget)
+
+        while not fits() and idle:
+            evict.append(idle.pop(0))
+        if not fits():
+            limit = f"the budget of {format_bytes(budget)} ({format_bytes(used)} in use)" if budget is not None and used + need > budget \
+                else f"{format_bytes(available)} available"
+            raise unavailable("insufficient_memory", f"model '{rt.name}' needs about {format_bytes(need)} but there is only {limit}, "
+                              "and no idle on-demand model to unload", retry_after=5)
+        for victim in evict:
+            log.info("unloading %s (idle, least recently used) to make room for %s", victim.key, rt.key)
+            self.store.record_event("model_evicted", model=victim.name, detail=f"{victim.key} unloaded to make room for {rt.key}")
+            self.spawn(victim.stop(), name=f"evict {victim.key}")
 
     def release_held(self) -> None:
         """After a paused switch swapped routing: queue what waited, on the new profile."""
