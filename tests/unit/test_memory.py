@@ -54,7 +54,7 @@ def test_builtin_model_arithmetic(builtin_model_path: Path) -> None:
     e = estimate_model(info, n_ctx=2048, replicas=3)
     # msting-tiny: 4 layers, 4 heads of 64 / 4 = 16, 4 KV heads: kv_dim 64
     per_token = 2 * 4 * 64 * 2  # K and V * layers * kv_dim * f16
-    assert per_token == 1024 == info.kv_bytes_per_token() == kv_bytes_per_token(info)
+    assert per_token == 1024 == kv_bytes_per_token(info)
     per_replica_kv = 2048 * per_token  # llama.cpp reports "KV buffer size = 2.00 MiB"
     per_replica_buffers = buffers(n_ctx=2048, n_ub=512, heads=4, embd=64, n_ff=176, vocab=640, embedding=False)
     assert e == MemoryEstimate(
@@ -123,7 +123,6 @@ def test_head_sizes_from_key_and_value_length() -> None:
             "llama.attention.value_length": 128, "llama.vocab_size": 1000}
     info = fake_info(meta)
     assert kv_bytes_per_token(info) == 28 * 8 * (128 + 128) * 2
-    assert info.kv_bytes_per_token() == 28 * 8 * (64 + 64) * 2  # the plain formula would halve it
     e = estimate_model(info, 512)
     assert e.kv_bytes == 512 * 28 * 8 * 256 * 2
 

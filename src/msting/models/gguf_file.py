@@ -186,19 +186,6 @@ class GGUFInfo:
     def n_params(self) -> int:
         return sum(t.n_elements for t in self.tensors)
 
-    def kv_bytes_per_token(self, f16: bool = True) -> int | None:
-        """Estimated KV-cache bytes per context token (K and V, all layers).
-
-        2 (K and V) * block_count * (embedding_length / head_count * head_count_kv)
-        * element size. None when the metadata lacks the numbers.
-        """
-        blocks, embd = self.block_count, self.embedding_length
-        heads, heads_kv = self.head_count, self.head_count_kv
-        if not blocks or not embd or not heads or heads_kv is None:
-            return None
-        elem = 2 if f16 else 4
-        return int(2 * blocks * (embd / heads * heads_kv) * elem)
-
 
 _U64 = struct.Struct("<Q")
 _CHUNK = 1 << 20

@@ -172,9 +172,8 @@ def kv_bytes_per_token(info: GGUFInfo) -> int | None:
 
     The head sizes are ``{arch}.attention.key_length`` / ``value_length`` when the
     file gives them (Gemma, Qwen3 and others have heads wider than
-    ``embedding_length / head_count``), else ``embedding_length / head_count``: then
-    this equals ``GGUFInfo.kv_bytes_per_token()``. None when the metadata lacks the
-    numbers (or gives per-layer arrays).
+    ``embedding_length / head_count``), else ``embedding_length / head_count``. None
+    when the metadata lacks the numbers (or gives per-layer arrays).
     """
     blocks, embd = info.block_count, info.embedding_length
     heads, heads_kv = info.head_count, info.head_count_kv
@@ -182,8 +181,6 @@ def kv_bytes_per_token(info: GGUFInfo) -> int | None:
         return None
     k_len = _arch_int(info, "attention.key_length")
     v_len = _arch_int(info, "attention.value_length")
-    if k_len is None and v_len is None:
-        return info.kv_bytes_per_token(f16=True)
     head = embd / heads
     return int(blocks * heads_kv * ((k_len or head) + (v_len or head)) * _F16)
 
