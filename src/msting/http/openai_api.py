@@ -132,12 +132,12 @@ async def _openai_stream(service: Service, req: GenerationRequest, *, chat: bool
     async for kind, payload in iter_events(service, req):
         if kind == "token":
             yield _data(chunk(payload, None))
-        elif kind == "done":
-            yield _data(chunk(None, _finish_reason(payload)))
+        elif kind == "done":  # the last events go out in one write
+            tail = _data(chunk(None, _finish_reason(payload)))
             if include_usage:
-                yield _data({"id": rid, "object": obj, "created": created, "model": req.model, "system_fingerprint": None,
-                             "choices": [], "usage": _usage(payload)})
-            yield _data("[DONE]")
+                tail += _data({"id": rid, "object": obj, "created": created, "model": req.model, "system_fingerprint": None,
+                               "choices": [], "usage": _usage(payload)})
+            yield tail + _data("[DONE]")
         else:
             # The openai client raises an APIError on an event carrying "error": the
             # reply is never mistaken for a complete one.
