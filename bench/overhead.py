@@ -1159,30 +1159,6 @@ ANALYSIS_START = "<!-- overhead-analysis: written by hand, kept when bench/overh
 ANALYSIS_END = "<!-- /overhead-analysis -->"
 
 
-def write_docs(section: str) -> None:
-    """Replace this bench's section of docs/benchmarks.md, keeping the other sections and,
-    inside it, the hand-written block between ANALYSIS_START and ANALYSIS_END."""
-    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    lines = text.splitlines()
-    start = next((i for i, ln in enumerate(lines) if ln.strip() == SECTION_TITLE), None)
-    if start is not None:
-        end = next((j for j in range(start + 1, len(lines)) if lines[j].startswith("## ")), len(lines))
-        old = lines[start:end]
-        a = next((i for i, ln in enumerate(old) if ln.strip() == ANALYSIS_START), None)
-        b = next((i for i, ln in enumerate(old) if ln.strip() == ANALYSIS_END), None)
-        if a is not None and b is not None and b > a:
-            section = section.rstrip("\n") + "\n\n" + "\n".join(old[a:b + 1]) + "\n"
-    if start is None:
-        new = text.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n"
-    else:
-        end = next((j for j in range(start + 1, len(lines)) if lines[j].startswith("## ")), len(lines))
-        before = "\n".join(lines[:start]).rstrip("\n")
-        after = "\n".join(lines[end:])
-        new = (before + "\n\n" if before else "") + section.rstrip("\n") + "\n" + ("\n" + after.rstrip("\n") + "\n" if after.strip() else "")
-    DOCS.parent.mkdir(parents=True, exist_ok=True)
-    DOCS.write_text(new)
-
-
 # ---------------------------------------------------------------------------------------
 
 
@@ -1290,7 +1266,7 @@ def main(argv: list[str] | None = None) -> int:
     args.json_out.write_text(json.dumps(res, indent=1, default=str) + "\n")
     print(f"wrote {args.json_out}")
     if not args.no_docs:
-        write_docs(markdown(res))
+        svc.write_docs(markdown(res), SECTION_TITLE, keep=(ANALYSIS_START, ANALYSIS_END))
         print(f"updated {DOCS} ({SECTION_TITLE[3:]})")
     return 1 if res["errors"] else 0
 

@@ -1003,14 +1003,24 @@ def markdown(res: dict, rows: list[dict]) -> str:
     return "\n".join(out)
 
 
-def write_docs(section: str) -> None:
+def write_docs(section: str, title: str = SECTION_TITLE, keep: tuple[str, str] | None = None) -> None:
+    """Replace the section headed `title` in docs/benchmarks.md (re-read right before
+    writing), keeping the other sections. With `keep` = (start, end) marker lines, a
+    hand-written block between them inside the old section is carried over. Shared by
+    every bench in this folder."""
     text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
     lines = text.splitlines()
-    start = next((i for i, ln in enumerate(lines) if ln.strip() == SECTION_TITLE), None)
+    start = next((i for i, ln in enumerate(lines) if ln.strip() == title), None)
     if start is None:
         new = text.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n"
     else:
         end = next((j for j in range(start + 1, len(lines)) if lines[j].startswith("## ")), len(lines))
+        if keep is not None:
+            old = lines[start:end]
+            a = next((i for i, ln in enumerate(old) if ln.strip() == keep[0]), None)
+            b = next((i for i, ln in enumerate(old) if ln.strip() == keep[1]), None)
+            if a is not None and b is not None and b > a:
+                section = section.rstrip("\n") + "\n\n" + "\n".join(old[a:b + 1]) + "\n"
         before = "\n".join(lines[:start]).rstrip("\n")
         after = "\n".join(lines[end:])
         new = (before + "\n\n" if before else "") + section.rstrip("\n") + "\n" + ("\n" + after.rstrip("\n") + "\n" if after.strip() else "")

@@ -724,22 +724,6 @@ def markdown(res: dict, rows: list[list[str]]) -> str:
     return "\n".join(out)
 
 
-def write_docs(section: str) -> None:
-    """Replace only this script's section; re-read the file right before writing."""
-    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    lines = text.splitlines()
-    start = next((i for i, ln in enumerate(lines) if ln.strip() == SECTION_TITLE), None)
-    if start is None:
-        new = text.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n"
-    else:
-        end = next((j for j in range(start + 1, len(lines)) if lines[j].startswith("## ")), len(lines))
-        before = "\n".join(lines[:start]).rstrip("\n")
-        after = "\n".join(lines[end:])
-        new = (before + "\n\n" if before else "") + section.rstrip("\n") + "\n" + ("\n" + after.rstrip("\n") + "\n" if after.strip() else "")
-    DOCS.parent.mkdir(parents=True, exist_ok=True)
-    DOCS.write_text(new)
-
-
 def _on_signal(signum, frame):
     raise SystemExit(128 + signum)
 
@@ -813,7 +797,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"the run failed: {DOCS.name} left as it was", file=sys.stderr)
         return 1
     if not args.no_docs:
-        write_docs(markdown(res, rows))
+        svc.write_docs(markdown(res, rows), SECTION_TITLE)
         print(f"updated {DOCS} ({SECTION_TITLE[3:]})")
     return 0
 
