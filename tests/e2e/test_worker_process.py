@@ -22,7 +22,8 @@ READ_TIMEOUT = 60.0
 class Worker:
     """One worker process and the daemon end of its socketpair."""
 
-    def __init__(self, model_path: Path, tmp_path: Path, **spec_overrides):
+    def __init__(self, model_path: Path | None, tmp_path: Path, **spec_overrides):
+        """model_path None: a warm spare (``--spare``), given its spec later by `load`."""
         spec = {
             "name": "test",
             "path": str(model_path),
@@ -32,11 +33,13 @@ class Worker:
             "seed": 1234,
         }
         spec.update(spec_overrides)
+        self.spec = spec
+        mode = ["--spare"] if model_path is None else ["--spec", json.dumps(spec)]
         self.sock, child = socket.socketpair()
         self.stderr_path = tmp_path / f"worker-{time.monotonic_ns()}.stderr"
         self._stderr = open(self.stderr_path, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "msting.worker", "--fd", str(child.fileno()), "--spec", json.dumps(spec)],
+            [sys.executable, "-m", "msting.worker", "--fd", str(child.fileno()), *mode],
             pass_fds=[child.fileno()],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -112,7 +115,7 @@ class Worker:
 def spawn(tmp_path):
     workers: list[Worker] = []
 
-    def _spawn(model_path: Path, **spec) -> Worker:
+    def _spawn(model_path: Path | None, **spec) -> Worker:
         w = Worker(model_path, tmp_path, **spec)
         workers.append(w)
         return w
@@ -683,3 +686,45 @@ def test_stories_chat_and_embed(spawn, stories_model_path):
     assert [len(v) for v in vectors] == [n_embd] * 3
     assert all(abs(_norm(v) - 1.0) < 1e-6 for v in vectors)
     assert vectors[0] == vectors[2] and vectors[0] != vectors[1]
+
+
+# ---- the warm spare (--spare): engine imported, waiting for a `load` frame ------------
+
+
+def test_spare_loads_on_the_load_frame_and_serves(spawn, builtin_model_path, tiny):
+    spare = spawn(None)
+    spare.send("generate", "early", prompt="Hi", max_tokens=1)  # no model yet
+    refused = spare.read()
+    assert refused["type"] == "error" and refused["id"] == "early" and refused["kind"] == "protocol"
+    assert "accepts only 'load'" in refused["message"]
+    spec = dict(spare.spec, path=str(builtin_model_path))
+    spare.send("load", None, spec=spec)
+    hello, ready = spare.boot()  # the same life cycle as a worker started with --spec
+    assert hello["pid"] == spare.proc.pid
+    assert ready["model"]["path"] == str(builtin_model_path) and ready["load_ms"] >= 0
+    args = dict(prompt="Once upon a time", max_tokens=20, temperature=0.0, stream=False)
+    mine, _ = spare.generate("a", **args)
+    theirs, _ = tiny.generate("b", **args)
+    assert mine["text"] and mine["text"] == theirs["text"]
+
+
+@pytest.mark.parametrize("ending", ["eof", "shutdown"])
+def test_spare_without_a_model_exits_zero(spawn, ending):
+    spare = spawn(None)
+    if ending == "eof":
+        spare.sock.shutdown(socket.SHUT_WR)
+    else:
+        spare.send("shutdown")
+    assert spare.wait() == 0
+    assert spare.read() is None  # it never said hello
+
+
+def test_spare_with_a_bad_spec_is_a_boot_error(spawn, tmp_path):
+    spare = spawn(None)
+    spare.send("load", None, spec={"path": str(tmp_path / "missing.gguf")})
+    hello = spare.read()
+    error = spare.read()
+    assert hello["type"] == "hello"
+    assert error["type"] == "error" and error["kind"] == "boot"
+    assert "missing.gguf" in error["message"]
+    assert spare.wait() == EXIT_BOOT_ERROR

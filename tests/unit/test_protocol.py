@@ -22,7 +22,7 @@ def test_constants():
     assert EXIT_BOOT_ERROR == 3
     assert {t.value for t in MsgType} == {
         "hello", "ready", "generate", "embed", "token", "done",
-        "error", "cancel", "ping", "pong", "shutdown",
+        "error", "cancel", "ping", "pong", "shutdown", "load",
     }
     assert MsgType.PING == "ping"
 

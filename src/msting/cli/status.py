@@ -166,6 +166,17 @@ def fmt_memory(memory: dict[str, Any]) -> str:
     return " · ".join(parts)
 
 
+def fmt_spare(spare: dict[str, Any]) -> str | None:
+    """The warm spare worker: pid and RSS, or why there is none."""
+    if not spare.get("enabled"):
+        return "off (llm_service.warm_spare)"
+    used = f", used for {spare.get('handed_out', 0)} worker start(s)"
+    if spare.get("pid") is None:
+        return f"starting once no model is loading{used}"
+    rss = spare.get("rss_bytes")
+    return f"pid {spare['pid']}" + (f", {fmt_bytes(rss)}" if rss else "") + used
+
+
 def fmt_switch(job: dict[str, Any]) -> str:
     """One line for a running switch job: target, current step, progress."""
     steps = job.get("steps") or []
@@ -211,6 +222,7 @@ def print_status(term: Terminal, info: dict[str, Any]) -> None:
         ("switching", fmt_switch(info["switch"]) if info.get("switch") else None),
         ("default model", info.get("default_model")),
         ("memory", fmt_memory(info["memory"]) if isinstance(info.get("memory"), dict) else None),
+        ("warm spare", fmt_spare(info["spare"]) if isinstance(info.get("spare"), dict) else None),
         ("config", info.get("config_file")),
         ("log", info.get("log_file")),
     ]

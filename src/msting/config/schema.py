@@ -220,6 +220,7 @@ class ServiceConfig:
     drain_grace_sec: float = _opt(30.0, _NON_NEGATIVE)  # 0 = do not wait for in-flight work
     stop_timeout_sec: float = _opt(10.0, _POSITIVE)
     restart: RestartPolicy = _section(RestartPolicy)
+    warm_spare: bool = _opt(True, _Bool())
     api_key_env_var: str = _opt("LLM_API_KEY", _ENV_NAME)
     allowed_hosts: tuple[str, ...] = _opt((), _StrList())
 

@@ -159,6 +159,7 @@ def _make_server(app, sockets_timeout: float):
 
 async def _serve(config: Config, paths: Paths, sockets: list[socket.socket], security=None) -> int:
     from msting.daemon.service import Service
+    from msting.daemon.spares import WorkerLauncher
     from msting.daemon.store import Store
     from msting.daemon.switch import restore_routing
     from msting.http.app import build_app
@@ -171,12 +172,13 @@ async def _serve(config: Config, paths: Paths, sockets: list[socket.socket], sec
     store = Store(paths.state_db)
     store.record_event("daemon_start", detail=f"pid {os.getpid()}")
     try:
-        routing = await asyncio.to_thread(restore_routing, config, paths, store)
+        launcher = WorkerLauncher(enabled=config.llm_service.warm_spare)
+        routing = await asyncio.to_thread(restore_routing, config, paths, store, launcher)
     except ConfigError as exc:
         log.error("the default profile is invalid:\n%s", exc)
         print(f"msting daemon: configuration error:\n{exc}", file=sys.stderr)
         return EXIT_CONFIG
-    service = Service(config, paths, routing, store)
+    service = Service(config, paths, routing, store, launcher)
     server = _make_server(build_app(service, security=security), config.llm_service.stop_timeout_sec)
     serve_task = asyncio.create_task(server.serve(sockets=sockets), name="http")
     while not server.started:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from msting.config import Config
 from msting.daemon.requests import GenerationRequest, ModelQueue, unavailable
+from msting.daemon.spares import WorkerLauncher
 from msting.daemon.states import WorkerState
 from msting.daemon.store import Store
 from msting.daemon.worker import WorkerSupervisor
@@ -71,8 +72,9 @@ def embeddings_spec(spec: ModelSpec) -> ModelSpec:
 class ModelRuntime:
     """One model: its replicas (workers), its bounded queue, and its counters."""
 
-    def __init__(self, spec: ModelSpec, config: Config, store: Store):
+    def __init__(self, spec: ModelSpec, config: Config, store: Store, launcher: WorkerLauncher | None = None):
         self.spec = spec
+        self.launcher = launcher or WorkerLauncher(enabled=False)  # starts its worker processes
         self.store = store
         self.settings = config.llm_service
         self.queue = ModelQueue(self.settings.queue_size)

@@ -21,6 +21,8 @@ from msting.config import Config, Paths
 from msting.daemon.jobs import Jobs
 from msting.daemon.model_runtime import ModelRuntime, ModelSpec, embeddings_spec
 from msting.daemon.requests import ApiError, GenerationRequest, QueueFull, bad_request, server_error, unavailable, unknown_model
+from msting.daemon.spares import WorkerLauncher
+from msting.daemon.states import WorkerState
 from msting.daemon.store import Store
 
 log = logging.getLogger("msting.daemon.service")
@@ -39,13 +41,13 @@ class Routing:
 
     @classmethod
     def build(cls, profile: str, specs: list[ModelSpec], config: Config, store: Store, budget_bytes: int | None = None,
-              reuse: dict[str, ModelRuntime] | None = None) -> Routing:
+              reuse: dict[str, ModelRuntime] | None = None, launcher: WorkerLauncher | None = None) -> Routing:
         """Runtimes for `specs`; a runtime in `reuse` with an identical spec is kept, not reloaded."""
         reuse = reuse or {}
 
         def runtime(spec: ModelSpec) -> ModelRuntime:
             old = reuse.get(f"{spec.type}:{spec.name}")
-            return old if old is not None and old.spec == spec else ModelRuntime(spec, config, store)
+            return old if old is not None and old.spec == spec else ModelRuntime(spec, config, store, launcher)
 
         models = {s.name: runtime(s) for s in specs}
         embedders = {s.name: runtime(embeddings_spec(s)) for s in specs if s.type == "llm"}
@@ -74,8 +76,10 @@ class SwitchProgress:
 
 
 class Service:
-    def __init__(self, config: Config, paths: Paths, routing: Routing, store: Store):
+    def __init__(self, config: Config, paths: Paths, routing: Routing, store: Store, launcher: WorkerLauncher | None = None):
         self.config = config
+        self.launcher = launcher or WorkerLauncher(enabled=False)
+        self.launcher.settled = self._settled
         self.paths = paths
         self.store = store
         self.routing = routing
@@ -89,6 +93,13 @@ class Service:
     def start(self) -> None:
         self.activate(self.routing)
         self.spawn(self._reap_idle(), name="reaper")
+        self.launcher.start()
+
+    def _settled(self) -> bool:
+        """No worker is starting or loading and no switch runs: the moment to start a spare."""
+        if self.switching is not None or self.stopping:
+            return False
+        return not any(w.state in (WorkerState.STARTING, WorkerState.LOADING) for rt in self.all_runtimes() for w in rt.workers)
 
     def spawn(self, coro, name: str) -> asyncio.Task:
         task = asyncio.create_task(coro, name=name)
@@ -342,6 +353,7 @@ class Service:
             "readiness": {"status": status, "reason": reason},
             "default_model": self.default_model,
             "memory": self.memory(),
+            "spare": self.spare_snapshot(),
             "models": [rt.snapshot() for rt in self.shown_runtimes()],
             "events": self.store.recent_events(10),
         }
@@ -356,6 +368,19 @@ class Service:
             "available_bytes": psutil.virtual_memory().available,
             "budget_bytes": self.routing.budget_bytes,
         }
+
+    def spare_snapshot(self) -> dict:
+        """The warm spare worker: its pid and RSS, and how many worker starts it served."""
+        import psutil
+
+        snap = self.launcher.snapshot()
+        snap["rss_bytes"] = None
+        if snap["pid"] is not None:
+            try:
+                snap["rss_bytes"] = psutil.Process(snap["pid"]).memory_info().rss
+            except psutil.Error:
+                pass
+        return snap
 
     # ---- shutdown -------------------------------------------------------------------
 
@@ -376,9 +401,10 @@ class Service:
         if self.switching is not None:
             for req in self.switching.held:
                 req.fail(unavailable("shutting_down", "the daemon shut down before this request was served", retry_after=5))
-        await asyncio.gather(*(rt.stop() for rt in runtimes))
+        await asyncio.gather(*(rt.stop() for rt in runtimes), self.launcher.close())
 
     def kill_workers(self) -> None:
+        self.launcher.kill()
         for rt in self.all_runtimes():
             for w in rt.workers:
                 w.abort()

@@ -71,7 +71,7 @@ class SwitchFailed(Exception):
 # ---- planning ---------------------------------------------------------------------
 
 
-def restore_routing(config, paths, store) -> Routing:
+def restore_routing(config, paths, store, launcher=None) -> Routing:
     """The routing the daemon starts with: the active profile from the store (it survives
     kill -9), or "default". A stored profile that became invalid falls back to "default",
     loudly. The default profile starts even with a broken model file: that model goes
@@ -95,7 +95,7 @@ def restore_routing(config, paths, store) -> Routing:
     budget = profile.memory_budget_mb * 1024 * 1024 if profile.memory_budget_mb else None
     if name == profile.name != "default":
         store.record_event("profile_restored", detail=profile.name)
-    return Routing.build(profile.name, specs, config, store, budget)
+    return Routing.build(profile.name, specs, config, store, budget, launcher=launcher)
 
 
 
@@ -118,7 +118,8 @@ def build_plan(service: Service, profile) -> tuple[Routing, dict]:
 
     specs = specs_from_profile(profile, service.paths.models_dir)
     budget = profile.memory_budget_mb * 1024 * 1024 if profile.memory_budget_mb else None
-    target = Routing.build(profile.name, specs, service.config, service.store, budget, reuse=service.routing.by_key())
+    target = Routing.build(profile.name, specs, service.config, service.store, budget, reuse=service.routing.by_key(),
+                            launcher=service.launcher)
     current = service.routing.runtimes()
     to_load = [rt for rt in target.models.values() if rt not in current and rt.spec.always_ready]
     kept = [rt for rt in target.runtimes() if rt in current]

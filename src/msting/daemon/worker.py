@@ -19,14 +19,13 @@ import asyncio
 import json
 import logging
 import signal
-import socket
-import sys
 import time
 from collections import deque
 from typing import TYPE_CHECKING
 
 from msting.daemon.backoff import RestartTracker
 from msting.daemon.requests import ApiError, GenerationRequest, server_error
+from msting.daemon.spares import LaunchError
 from msting.daemon.states import WorkerState, transition
 from msting.worker import protocol
 from msting.worker.protocol import MsgType
@@ -231,26 +230,20 @@ class WorkerSupervisor:
 
     async def _spawn(self) -> asyncio.StreamReader:
         spec = self.model.worker_spec()
-        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            self._proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "msting.worker", "--fd", str(child.fileno()), "--spec", json.dumps(spec),
-                pass_fds=(child.fileno(),),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.PIPE,
-            )
-        except OSError as exc:
-            parent.close()
-            raise _Exit("crash", f"cannot start the worker process: {exc}") from None
-        finally:
-            child.close()  # only the worker holds its end, so its death is our EOF
+            launched = await self.model.launcher.launch(json.dumps(spec))
+        except LaunchError as exc:
+            raise _Exit("crash", str(exc)) from None
+        self._proc = launched.proc
         self.pid = self._proc.pid
         self._stderr.clear()
         # asyncio keeps only weak references to tasks: hold this one until the next spawn.
         self._stderr_task = asyncio.create_task(self._read_stderr(self._proc.stderr), name=f"stderr {self.id}")
-        reader, self._writer = await asyncio.open_unix_connection(sock=parent, limit=protocol.MAX_FRAME_BYTES)
-        log.info("worker %s spawned, pid %d, model %s", self.id, self.pid, spec["path"])
+        reader, self._writer = await asyncio.open_unix_connection(sock=launched.sock, limit=protocol.MAX_FRAME_BYTES)
+        if launched.spare:  # already running with llama_cpp imported: give it the model
+            self._send(protocol.encode(MsgType.LOAD, None, spec=spec))
+        log.info("worker %s %s, pid %d, model %s", self.id, "took the warm spare" if launched.spare else "spawned",
+                 self.pid, spec["path"])
         return reader
 
     async def _await_boot(self, reader_task: asyncio.Task) -> None:

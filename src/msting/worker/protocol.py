@@ -36,6 +36,7 @@ class MsgType(str, Enum):
     PING = "ping"
     PONG = "pong"
     SHUTDOWN = "shutdown"
+    LOAD = "load"  # to a spare worker: {spec}
 
 
 _KNOWN_TYPES = frozenset(t.value for t in MsgType)

@@ -1,0 +1,78 @@
+"""The warm spare worker: a process with llama_cpp already imported that the next worker
+start (crash restart, switch, on-demand load) takes instead of starting from scratch."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import psutil
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+
+def _spare(dh) -> dict:
+    return dh.status()["spare"]
+
+
+def _spare_pid(dh) -> int | None:
+    return _spare(dh)["pid"]
+
+
+def test_a_crash_restart_takes_the_spare_and_a_new_spare_follows(daemon_home):
+    daemon_home.start()
+    spare_pid = daemon_home.wait_for(lambda: _spare_pid(daemon_home), what="the warm spare")
+    assert psutil.Process(spare_pid).cmdline()[-1] == "--spare"
+    worker_pid = daemon_home.worker_pids()[0]
+    os.kill(worker_pid, signal.SIGKILL)
+    with daemon_home.client() as c:
+        r = c.post("/generate", json={"prompt": "Once upon a time", "max_tokens": 8, "temperature": 0})
+    assert r.status_code == 200 and r.json()["text"]
+    # the restarted worker IS the former spare: no new interpreter, no new import
+    assert daemon_home.worker_pids() == [spare_pid]
+    new_spare = daemon_home.wait_for(lambda: (p := _spare_pid(daemon_home)) and p != spare_pid and p,
+                                     what="a new spare after the old one was taken")
+    assert psutil.pid_exists(new_spare)
+    spare = _spare(daemon_home)
+    assert spare["handed_out"] == 1 and spare["rss_bytes"] > 0
+    status = daemon_home.status()
+    assert status["ready"] is True and status["models"][0]["restarts"] == 1
+    human = daemon_home.cli("llm", "status")
+    assert f"pid {new_spare}" in human.stdout and "warm spare" in human.stdout
+
+
+def test_a_dead_spare_is_replaced_and_nothing_fails(daemon_home):
+    daemon_home.start()
+    spare_pid = daemon_home.wait_for(lambda: _spare_pid(daemon_home), what="the warm spare")
+    os.kill(spare_pid, signal.SIGKILL)
+    replaced = daemon_home.wait_for(lambda: (p := _spare_pid(daemon_home)) and p != spare_pid and p,
+                                    timeout=30, what="a replacement spare")
+    assert psutil.pid_exists(replaced)
+    status = daemon_home.status()
+    assert status["ready"] is True and status["models"][0]["restarts"] == 0  # no model was touched
+    assert status["spare"]["handed_out"] == 0
+
+
+def test_stop_ends_the_spare_too(daemon_home):
+    daemon_home.start()
+    spare_pid = daemon_home.wait_for(lambda: _spare_pid(daemon_home), what="the warm spare")
+    stop = daemon_home.cli("llm", "stop")
+    assert stop.returncode == 0, stop.stdout + stop.stderr
+    assert not psutil.pid_exists(spare_pid) or psutil.Process(spare_pid).status() == psutil.STATUS_ZOMBIE
+    assert daemon_home.our_processes() == []
+
+
+def test_warm_spare_off_starts_no_spare(daemon_home):
+    daemon_home.write_config({"llm_service": {"warm_spare": False}})
+    daemon_home.start()
+    worker_pid = daemon_home.worker_pids()[0]
+    os.kill(worker_pid, signal.SIGKILL)
+    daemon_home.wait_for(lambda: daemon_home.status()["ready"] and daemon_home.worker_pids() != [worker_pid],
+                         what="the worker restarted")
+    spare = _spare(daemon_home)
+    assert spare == {"enabled": False, "pid": None, "since": None, "handed_out": 0, "rss_bytes": None}
+    daemon_pid = daemon_home.daemon_pid()
+    children = psutil.Process(daemon_pid).children()
+    assert [p.pid for p in children] == daemon_home.worker_pids()
+    assert "off" in daemon_home.cli("llm", "status").stdout
