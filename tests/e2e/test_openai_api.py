@@ -233,6 +233,39 @@ def test_cancelled_non_streaming_request_frees_its_replica(service):
     assert service.client().get("/v1/status").json()["models"][0]["requests_cancelled"] == 1
 
 
+def test_stream_abandoned_while_queued_never_runs(daemon_home):
+    import socket as socketlib
+
+    daemon_home.write_config({"llm": {"n_ctx": 8192}})  # a long first request: seconds
+    daemon_home.start()
+
+    def model():
+        return daemon_home.client().get("/v1/status").json()["models"][0]
+
+    def post(body: dict) -> socketlib.socket:
+        data = json.dumps(body).encode()
+        raw = socketlib.socket(socketlib.AF_UNIX)
+        raw.connect(str(daemon_home.socket))
+        raw.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: msting\r\nContent-Type: application/json\r\n"
+                    + f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+        return raw
+
+    first = post({"prompt": "Once", "max_tokens": 100000})
+    daemon_home.wait_for(lambda: model()["in_flight"] == 1, interval=0.005, what="the first request to start")
+    queued = post({"prompt": "Once", "max_tokens": 100000, "stream": True})
+    daemon_home.wait_for(lambda: model()["queue_depth"] == 1, interval=0.005, what="the stream to wait in the queue")
+    assert queued.recv(4096).startswith(b"HTTP/1.1 200")  # headers went out; no token yet
+    queued.close()  # the client gives up while its request waits
+    daemon_home.wait_for(lambda: model()["queue_depth"] == 0, timeout=10, interval=0.005,
+                         what="the abandoned request to leave the queue")
+    assert model()["in_flight"] == 1  # ... while the first request still runs: it never reached a worker
+    first.close()
+    daemon_home.wait_for(lambda: model()["in_flight"] == 0, timeout=30, what="the first request to end")
+    m = model()
+    # only the first request ever reached the worker (and was cancelled there)
+    assert m["requests_served"] == 1 and m["requests_cancelled"] == 1
+
+
 def test_execute_route(service):
     with service.tcp_client() as c:
         r = c.post("/v1/execute", json={"prompt": "Hello", "max_tokens": 5})

@@ -88,6 +88,7 @@ class ModelRuntime:
         self.tokens_per_sec: float | None = None
         self.last_used = time.monotonic()
         self._changed = asyncio.Event()
+        self._saved: tuple | None = None  # (profile, state, last_error) last written to the store
 
     @property
     def name(self) -> str:
@@ -160,9 +161,15 @@ class ModelRuntime:
 
     def on_worker_state(self, worker: WorkerSupervisor) -> None:
         self._changed.set()
-        if self.profile is not None:
-            self.store.save_model_state(self.profile, self.key, self.state, self.last_error)
-        if self.state == "failed":
+        state = self.state
+        record = (self.profile, state, self.last_error)
+        # READY <-> BUSY twice per request leaves the model's state as it was: write the
+        # store only on a real change (a SQLite commit costs more than the request's own
+        # bookkeeping)
+        if self.profile is not None and record != self._saved:
+            self.store.save_model_state(self.profile, self.key, state, self.last_error)
+            self._saved = record
+        if state == "failed":
             reason = self.last_error or "the model failed to load"
             for req in self.queue.drain_all():
                 req.fail(unavailable("model_failed", f"model '{self.name}' failed: {reason}"))

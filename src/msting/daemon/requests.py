@@ -12,7 +12,7 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 
 class ApiError(Exception):
@@ -88,14 +88,20 @@ class QueueFull(Exception):
 class ModelQueue:
     """A bounded FIFO of requests for one model, shared by that model's workers.
 
-    `take()` is cancel-safe: an item is removed only in the same step the waiter
-    resumes, so a worker that is cancelled while waiting never loses a request.
+    A request that arrives while a worker waits in `take()` is handed to that worker
+    at once: `put()` calls the worker's `begin` callback synchronously, which sends the
+    request to the worker process before the HTTP handler even writes its response
+    headers, so the model starts on it while the daemon finishes the HTTP side.
+
+    `take()` is cancel-safe: a waiter whose task was cancelled is skipped, and a
+    request is only handed to a waiter whose `begin` took charge of it, so a worker
+    that is cancelled while waiting never loses a request.
     """
 
     def __init__(self, maxsize: int):
         self.maxsize = maxsize
         self._items: deque[GenerationRequest] = deque()
-        self._changed = asyncio.Event()
+        self._waiters: deque[tuple[asyncio.Future, Callable[[GenerationRequest], None]]] = deque()
 
     def __len__(self) -> int:
         return sum(1 for r in self._items if not r.cancelled)
@@ -103,22 +109,34 @@ class ModelQueue:
     def put(self, req: GenerationRequest) -> None:
         if len(self) >= self.maxsize:
             raise QueueFull
-        self._items.append(req)
-        self._changed.set()
+        if not self._hand_off(req):
+            self._items.append(req)
 
     def put_front(self, req: GenerationRequest) -> None:
         """Re-queue a request whose worker died; it is not subject to the bound."""
-        self._items.appendleft(req)
-        self._changed.set()
+        if not self._hand_off(req):
+            self._items.appendleft(req)
 
-    async def take(self) -> GenerationRequest:
-        while True:
-            while self._items:
-                req = self._items.popleft()
-                if not req.cancelled and not req.finished:
-                    return req
-            self._changed.clear()
-            await self._changed.wait()
+    def _hand_off(self, req: GenerationRequest) -> bool:
+        while self._waiters:
+            fut, begin = self._waiters.popleft()
+            if fut.done():  # its worker stopped waiting (cancelled)
+                continue
+            begin(req)
+            fut.set_result(req)
+            return True
+        return False
+
+    async def take(self, begin: Callable[[GenerationRequest], None]) -> GenerationRequest:
+        """The next live request, after `begin(req)` has been called on it."""
+        while self._items:
+            req = self._items.popleft()
+            if not req.cancelled and not req.finished:
+                begin(req)
+                return req
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.append((fut, begin))
+        return await fut
 
     def drain_all(self) -> list[GenerationRequest]:
         items = [r for r in self._items if not r.cancelled and not r.finished]

@@ -288,12 +288,18 @@ class WorkerSupervisor:
 
     async def _serve(self) -> None:
         while not self._stop.is_set():
-            req = await self.model.queue.take()
-            await self._exchange(req)
+            req = await self.model.queue.take(self._begin)
+            await self._wait_answer()
             self.model.on_request_finished(self, req)
 
     async def _exchange(self, req: GenerationRequest) -> None:
         """Send one request and wait until the worker answered it (done or error)."""
+        self._begin(req)
+        await self._wait_answer()
+
+    def _begin(self, req: GenerationRequest) -> None:
+        """Take charge of `req` and send it to the worker process (synchronous: the
+        queue calls it the moment it hands the request over)."""
         self._current = req
         self._current_done = asyncio.get_running_loop().create_future()
         now = self._clock()
@@ -306,7 +312,10 @@ class WorkerSupervisor:
         else:
             # params were validated by the HTTP layer: prompt or messages, and sampling keys
             self._send(protocol.encode(MsgType.GENERATE, req.id, stream=req.stream, **req.params))
-        await self._current_done
+
+    async def _wait_answer(self) -> None:
+        if self._current_done is not None:  # None: the worker ended and settled it already
+            await self._current_done
         self._current = None
         self._current_done = None
         if self.state is WorkerState.BUSY:

@@ -7,12 +7,13 @@ import json
 from typing import AsyncIterator
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from msting.daemon.requests import ApiError, GenerationRequest
 from msting.daemon.service import Service
 from msting.http.errors import Fields, read_json_object
+from msting.http.sse import EventStream
 
 GENERATE_KEYS = {"prompt", "max_tokens", "temperature", "top_p", "stop", "seed", "model", "stream"}
 LLM_KEYS = {"prompt", "max_tokens", "temperature"}
@@ -145,15 +146,12 @@ async def stream_events(service: Service, req: GenerationRequest) -> AsyncIterat
             yield _sse("error", payload.body())
 
 
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-
-
 async def generate(request: Request) -> Response:
     service = _service(request)
     req = parse_generation(service, await read_json_object(request), GENERATE_KEYS)
     if req.stream:
         service.submit(req)  # errors (unknown model, full queue) surface before the 200
-        return StreamingResponse(stream_events(service, req), media_type="text/event-stream", headers=SSE_HEADERS)
+        return EventStream(stream_events(service, req))
     try:
         result = await run_to_completion(service, req, request)
     except ClientGone:

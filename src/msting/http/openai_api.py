@@ -15,13 +15,14 @@ import uuid
 from typing import AsyncIterator
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from msting.daemon.requests import GenerationRequest
 from msting.daemon.service import ModelRuntime, Service
 from msting.http.errors import Fields, read_json_object
-from msting.http.native import SSE_HEADERS, ClientGone, iter_events, run_to_completion, sampling_params, stream_events
+from msting.http.native import ClientGone, iter_events, run_to_completion, sampling_params, stream_events
+from msting.http.sse import EventStream
 
 SAMPLING_KEYS = {"model", "temperature", "top_p", "max_tokens", "stop", "seed", "presence_penalty",
                  "frequency_penalty", "n", "user", "stream", "stream_options"}
@@ -147,8 +148,7 @@ async def _openai_stream(service: Service, req: GenerationRequest, *, chat: bool
 async def _answer(request: Request, service: Service, req: GenerationRequest, *, chat: bool, include_usage: bool) -> Response:
     service.submit(req)  # unknown model, failed model, full queue: an HTTP error before any 200
     if req.stream:
-        return StreamingResponse(_openai_stream(service, req, chat=chat, include_usage=include_usage),
-                                 media_type="text/event-stream", headers=SSE_HEADERS)
+        return EventStream(_openai_stream(service, req, chat=chat, include_usage=include_usage))
     try:
         payload = await run_to_completion(service, req, request, submitted=True)
     except ClientGone:
@@ -253,7 +253,7 @@ async def execute(request: Request) -> Response:
     req = GenerationRequest(fields.string("model"), {**task, **sampling_params(fields)}, stream=fields.boolean("stream", False))
     service.submit(req)
     if req.stream:
-        return StreamingResponse(stream_events(service, req), media_type="text/event-stream", headers=SSE_HEADERS)
+        return EventStream(stream_events(service, req))
     try:
         payload = await run_to_completion(service, req, request, submitted=True)
     except ClientGone:
