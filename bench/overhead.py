@@ -56,7 +56,6 @@ import json
 import os
 import random
 import select
-import signal
 import socket
 import subprocess
 import sys
@@ -71,14 +70,14 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 import httpx
-import psutil
-import service as svc  # bench/service.py: Home, statistics, machine info
+import harness as h  # bench/harness.py: Home, servers, statistics, machine info
 
 ROOT = HERE.parent
 DEFAULT_JSON = ROOT / "bench" / "results" / "overhead.json"
 DOCS = ROOT / "docs" / "benchmarks.md"
 SECTION_TITLE = "## Serving overhead (issue 3)"
-STORIES = svc.STORIES
+STORIES = h.STORIES
+CACHE = HERE / ".cache"  # generated models (gitignored)
 
 PROMPT = "Once upon a time"
 MAX_TOKENS = 256
@@ -97,6 +96,9 @@ TTFT_BLOCK = 10  # time-to-first-token iterations per foreign-load measurement
 PROFILES = {
     "quick": {"rounds": 8, "ttft_requests": 25, "warmup": 2, "max_pause_sec": 60},
     "full": {"rounds": 40, "ttft_requests": 80, "warmup": 3, "max_pause_sec": 300},
+    # bench/run.py: run.py --quick, and the full suite's share (it adds a model that is ~40x slower)
+    "suite-quick": {"rounds": 3, "ttft_requests": 6, "warmup": 1, "max_pause_sec": 10},
+    "suite-full": {"rounds": 15, "ttft_requests": 40, "warmup": 2, "max_pause_sec": 120},
 }
 
 # path -> (label, stream?, where)
@@ -522,20 +524,20 @@ class ClientProcess:
         child.close()
         kind, value = self._answer(120)
         if kind != "ok":
-            raise svc.BenchError(f"the client process failed to start: {value}")
+            raise h.BenchError(f"the client process failed to start: {value}")
         self.pid = value["pid"]
         self.direct_workers = value["direct_workers"]
 
     def _answer(self, timeout: float) -> tuple[str, Any]:
         if not self.conn.poll(timeout):
-            raise svc.BenchError(f"the client process gave no answer within {timeout:g}s")
+            raise h.BenchError(f"the client process gave no answer within {timeout:g}s")
         return self.conn.recv()
 
     def run(self, variant: str, key: str, n: int) -> dict:
         self.conn.send(("run", variant, key, n))
         kind, value = self._answer(300)
         if kind != "ok":
-            raise svc.BenchError(f"{variant} [{key}]: {value}")
+            raise h.BenchError(f"{variant} [{key}]: {value}")
         return value
 
     def close(self) -> None:
@@ -551,127 +553,14 @@ class ClientProcess:
 
 
 # ---------------------------------------------------------------------------------------
-# servers
+# harness (the servers, CPU counters and foreign-load snapshots live in bench/harness.py)
 
-SERVERS: list[LlamaServer] = []
+cpu_stat = h.cpu_stat
+steal_share = h.steal_share
+source_info = h.source_info
+cpu_seconds = h.cpu_seconds
+foreign_load = h.foreign_load_not_ours
 
-
-class LlamaServer:
-    """``python -m llama_cpp.server`` on a free loopback port, with its log in a temp file."""
-
-    def __init__(self, key: str, model: str):
-        self.key = key
-        self.port = svc.free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.dir = Path(tempfile.mkdtemp(prefix="msbsrv"))
-        self.log = self.dir / "server.log"
-        self.cmd = [sys.executable, "-m", "llama_cpp.server", "--model", model, "--n_threads", "1",
-                    "--n_threads_batch", "1", "--n_ctx", str(N_CTX), "--host", "127.0.0.1", "--port", str(self.port)]
-        SERVERS.append(self)
-        with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen(self.cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         start_new_session=True)
-        self.pid = self.proc.pid
-        deadline = time.monotonic() + 90
-        with httpx.Client(base_url=self.url, timeout=5) as c:
-            while True:
-                if self.proc.poll() is not None:
-                    raise svc.BenchError(f"llama_cpp.server exited {self.proc.returncode}:\n{self.tail()}")
-                try:
-                    if c.get("/v1/models").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise svc.BenchError(f"llama_cpp.server did not answer within 90 s:\n{self.tail()}")
-                time.sleep(0.1)
-
-    def tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-    def stop(self, keep: bool = False) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        if not keep:
-            import shutil
-
-            shutil.rmtree(self.dir, ignore_errors=True)
-
-
-# ---------------------------------------------------------------------------------------
-# harness
-
-
-def cpu_stat() -> list[int] | None:
-    """The aggregate `cpu` line of /proc/stat (user nice system idle iowait irq softirq steal ...)."""
-    try:
-        with open("/proc/stat") as f:
-            return [int(x) for x in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-
-
-def steal_share(before: list[int] | None, after: list[int] | None) -> dict | None:
-    """Share of the machine's CPU time stolen by the hypervisor, and busy, between two cpu_stat()s."""
-    if not before or not after or len(before) < 8:
-        return None
-    d = [a - b for a, b in zip(after, before)]
-    total = sum(d[:8]) or 1
-    return {"steal_pct": round(100.0 * d[7] / total, 2), "busy_pct": round(100.0 * (total - d[3] - d[4]) / total, 1)}
-
-
-def source_info() -> dict:
-    """Which msting the daemons run (PYTHONPATH may point at another source tree) and the git state."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("msting")
-    info: dict[str, Any] = {"msting_module": str(Path(spec.origin).parent) if spec and spec.origin else None,
-                            "pythonpath": os.environ.get("PYTHONPATH")}
-    try:
-        info["git_head"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                          text=True, timeout=10, check=False).stdout.strip() or None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"], cwd=ROOT, capture_output=True,
-                               text=True, timeout=10, check=False).stdout.strip()
-        info["src_dirty"] = bool(dirty)
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return info
-
-
-def cpu_seconds(pid: int | None) -> float | None:
-    if pid is None:
-        return None
-    try:
-        t = psutil.Process(pid).cpu_times()
-        return t.user + t.system
-    except psutil.Error:
-        return None
-
-
-def foreign_load() -> dict:
-    """service.py's snapshot of other busy programs, leaving out this bench's own ancestors
-    (a `timeout` or shell wrapping it)."""
-    fl = svc.foreign_load()
-    ancestors = {proc.pid for proc in psutil.Process().parents()}
-    group = os.getpgid(0)
-
-    def ours(pid: int) -> bool:
-        try:
-            return pid in ancestors or os.getpgid(pid) == group  # e.g. `... | tail` beside us
-        except OSError:
-            return False
-
-    for k in ("busy", "msting_or_pytest"):
-        fl[k] = [b for b in fl.get(k, []) if not ours(b["pid"])]
-    return fl
 
 
 class ForeignMeter:
@@ -719,21 +608,22 @@ class ForeignMeter:
 class Target:
     """One model: its msting daemon, its llama_cpp.server, and the pids to account."""
 
-    def __init__(self, key: str, title: str, path: str):
+    def __init__(self, key: str, title: str, path: str, max_tokens: int = MAX_TOKENS):
         self.key = key
         self.title = title
         self.path = path
-        self.home = svc.Home(f"overhead-{key}", {"llm": {"model": path, "n_threads": 1}})
+        self.max_tokens = max_tokens
+        self.home = h.Home(f"overhead-{key}", {"llm": {"model": path, "n_threads": 1}})
         self.started = self.home.start()
         with self.home.client() as c:
-            st = svc.status(c)
+            st = h.status(c)
             info = c.post("/models/load", json={"model": "default"}).json().get("info") or {}
         m = st["models"][0]
         self.daemon_pid = st["pid"]
-        self.worker_pid = svc.worker_of(st)["pid"]
+        self.worker_pid = h.worker_of(st)["pid"]
         self.info = {"name": m["name"], "path": m["path"], "load_ms": m["load_ms"],
                      **{k: info.get(k) for k in ("arch", "n_params", "n_vocab", "n_ctx", "size_bytes", "backend")}}
-        self.server = LlamaServer(key, path)
+        self.server = h.LlamaServer(key, path, n_ctx=N_CTX)
         self.spec = {"path": path, "socket": str(self.home.socket), "msting_url": f"http://127.0.0.1:{self.home.port}",
                      "llamasrv_url": self.server.url}
 
@@ -766,7 +656,7 @@ class Recorder:
         return out
 
     def tps_run(self, variant: str, key: str, record: bool = True) -> dict:
-        out = self.measure(variant, key, MAX_TOKENS)
+        out = self.measure(variant, key, self.targets[key].max_tokens)
         ref = self.ref.get(key)
         out["text_matches"] = ref is not None and out["text"] == ref["text"]
         tokens = out.get("completion_tokens")
@@ -793,7 +683,7 @@ def run_bench(p: dict, targets: dict[str, Target], client: ClientProcess) -> Rec
     keys = list(targets)
     # the reference text (create_completion, non-streaming) and a warm-up of every path
     for key in keys:
-        ref = client.run("inproc_cc", key, MAX_TOKENS)
+        ref = client.run("inproc_cc", key, targets[key].max_tokens)
         rec.ref[key] = {"text": ref["text"], "completion_tokens": ref["completion_tokens"], "finish_reason": ref["finish_reason"]}
         print(f"  {key}: reference create_completion gave {ref['completion_tokens']} tokens "
               f"(finish_reason {ref['finish_reason']}), {ref['completion_tokens'] / ref['wall']:.0f} tokens/s", flush=True)
@@ -826,8 +716,8 @@ def run_bench(p: dict, targets: dict[str, Target], client: ClientProcess) -> Rec
         if rnd == 0 or (rnd + 1) % 5 == 0 or rnd + 1 == p["rounds"]:
             line = []
             for key in keys:
-                base = svc.percentile([r["tps"] for r in rec.tps[key]["inproc_cc"]], 50)
-                uds = svc.percentile([r["tps"] for r in rec.tps[key]["msting_uds_stream"]], 50)
+                base = h.percentile([r["tps"] for r in rec.tps[key]["inproc_cc"]], 50)
+                uds = h.percentile([r["tps"] for r in rec.tps[key]["msting_uds_stream"]], 50)
                 line.append(f"{key}: create_completion {base:.0f} tok/s, msting uds stream {uds:.0f} tok/s")
             print(f"  round {rnd + 1}/{p['rounds']} ({time.monotonic() - t0:.0f} s): " + "; ".join(line), flush=True)
     t1 = time.monotonic()
@@ -885,31 +775,31 @@ def summarize(rec: Recorder, targets: dict[str, Target]) -> tuple[dict, dict]:
                          "ttft_blocks": len(rec.ttft_blocks), "ttft_blocks_used": len(use_blocks),
                          "only_quiet_ttft_blocks": only_quiet_ttft, "quiet_cores": QUIET_CORES,
                          "paused_sec": rec.paused_sec,
-                         "foreign_cores": svc.spread([m["foreign_cores"] for m in rec.rounds + rec.ttft_blocks], 3),
+                         "foreign_cores": h.spread([m["foreign_cores"] for m in rec.rounds + rec.ttft_blocks], 3),
                          "per_round": rec.rounds, "per_ttft_block": rec.ttft_blocks}
     for key, t in targets.items():
         ref = rec.ref[key]
         runs = {v: [r for r in rs if r["round"] in use_rounds] for v, rs in rec.tps[key].items()}
-        med = {v: svc.percentile([r["tps"] for r in rs], 50) for v, rs in runs.items()}
+        med = {v: h.percentile([r["tps"] for r in rs], 50) for v, rs in runs.items()}
         tps = {}
         for v, rs in runs.items():
             stream = TPS_VARIANTS[v][1]
             base_cc = "inproc_cc_stream" if stream else "inproc_cc"
-            s = svc.spread([r["tps"] for r in rs], 1)
+            s = h.spread([r["tps"] for r in rs], 1)
             # paired: each run against the same round's baseline run
             paired = [a["tps"] / b["tps"] for a, b in zip(rs, runs[base_cc])]
             tps[v] = {
                 "label": TPS_VARIANTS[v][0], "stream": stream, **{k: s[k] for k in ("n", "median", "min", "max")},
-                "wall_ms_median": round(svc.percentile([r["wall"] * 1000 for r in rs], 50), 2),
+                "wall_ms_median": round(h.percentile([r["wall"] * 1000 for r in rs], 50), 2),
                 "completion_tokens": sorted({r["tokens"] for r in rs}),
-                "all_max_tokens": all(r["tokens"] == MAX_TOKENS for r in rs),
+                "all_max_tokens": all(r["tokens"] == t.max_tokens for r in rs),
                 "text_matches_reference": sum(1 for r in rs if r["text_matches"]),
                 "tokens_from": sorted({r.get("tokens_from", "usage") for r in rs}),
                 "finish_reasons": sorted({str(r.get("finish_reason")) for r in rs}),
-                "chunks_median": svc.percentile([r["chunks"] for r in rs], 50),
+                "chunks_median": h.percentile([r["chunks"] for r in rs], 50),
                 "baseline_cc": base_cc,
                 "ratio_cc": round(med[v] / med[base_cc], 3),
-                "ratio_cc_paired": svc.spread(paired, 3),
+                "ratio_cc_paired": h.spread(paired, 3),
                 "ratio_generate": round(med[v] / med["inproc_generate"], 3),
                 "ratio_engine": round(med[v] / med["inproc_engine"], 3),
                 "ratio_llamasrv": round(med[v] / med["llamasrv_stream" if stream else "llamasrv"], 3),
@@ -925,7 +815,7 @@ def summarize(rec: Recorder, targets: dict[str, Target]) -> tuple[dict, dict]:
         for v, rs_all in rec.ttft[key].items():
             rs = [r for r in rs_all if r["round"] in use_blocks]
             ms = [r["ttft"] * 1000.0 for r in rs if r["ttft"] is not None]
-            lat = {"n": len(ms), "p50": round(svc.percentile(ms, 50), 3), "p95": round(svc.percentile(ms, 95), 3),
+            lat = {"n": len(ms), "p50": round(h.percentile(ms, 50), 3), "p95": round(h.percentile(ms, 95), 3),
                    "min": round(min(ms), 3), "max": round(max(ms), 3)} if ms else {"n": 0}
             lat["label"] = TTFT_VARIANTS[v]
             lat["cpu_ms_mean"] = cpu_mean(rs)
@@ -940,7 +830,7 @@ def summarize(rec: Recorder, targets: dict[str, Target]) -> tuple[dict, dict]:
                 lat["target_added_ms"] = TARGET_TTFT_ADDED_MS
                 lat["met"] = lat["added_p50_ms"] <= TARGET_TTFT_ADDED_MS and lat["added_p95_ms"] <= TARGET_TTFT_ADDED_MS
                 lat["met_p50"] = lat["added_p50_ms"] <= TARGET_TTFT_ADDED_MS
-        out[key] = {"model": t.info, "title": t.title, "reference": ref, "tps": tps, "ttft": ttft,
+        out[key] = {"model": t.info, "title": t.title, "reference": ref, "tps": tps, "ttft": ttft, "max_tokens": t.max_tokens,
                     "daemon_start_sec": round(t.started["wall_sec"], 2)}
     return out, selection
 
@@ -1032,10 +922,10 @@ def automatic_notes(res: dict) -> list[str]:
         name = m["model"]["name"]
         ref = m["reference"]
         bad = [r["label"] for r in m["tps"].values() if not r["all_max_tokens"]]
-        notes.append(f"{name}: the prompt {PROMPT!r} gives {ref['completion_tokens']} tokens with max_tokens {MAX_TOKENS} "
+        notes.append(f"{name}: the prompt {PROMPT!r} gives {ref['completion_tokens']} tokens with max_tokens {m.get('max_tokens', MAX_TOKENS)} "
                      f"(finish_reason {ref['finish_reason']}) in create_completion"
                      + (f"; paths with another count: {', '.join(bad)}" if bad else "; every timed request of every path gave "
-                        f"completion_tokens == {MAX_TOKENS}") + ".")
+                        f"completion_tokens == {m.get('max_tokens', MAX_TOKENS)}") + ".")
         mism = [f"{r['label']} ({r['text_matches_reference']}/{r['n']})" for r in m["tps"].values()
                 if r["text_matches_reference"] != r["n"]]
         if mism:
@@ -1045,7 +935,7 @@ def automatic_notes(res: dict) -> list[str]:
     for fl in (res.get("foreign_load") or {}).values():
         busy = [b for when in ("before", "after") for k in ("busy", "msting_or_pytest") for b in (fl.get(when) or {}).get(k, [])]
         if busy:
-            names = sorted({svc.short_cmd(b["cmd"]) for b in busy})
+            names = sorted({h.short_cmd(b["cmd"]) for b in busy})
             notes.append(f"Other programs were running on this machine around the run ({', '.join(f'`{n}`' for n in names)}): "
                          "its numbers are likely pessimistic and noisier.")
     sel = res.get("selection")
@@ -1099,10 +989,11 @@ def markdown(res: dict) -> str:
     for mm in models.values():
         mi = mm["model"]
         descr.append(f"`{mi['name']}` ({Path(mi['path']).name}, {mi.get('arch')}, "
-                     f"{(mi.get('n_params') or 0) / 1e3:.0f}K params, {(mi.get('size_bytes') or 0) / 1e6:.2f} MB)")
+                     f"{h.human_params(mi.get('n_params'))} params, {(mi.get('size_bytes') or 0) / 1e6:.2f} MB)")
     out.append("- **Models:** " + "; ".join(descr) + f". n_ctx {N_CTX}, 1 thread for decode and for the prompt "
                "(`n_threads=1, n_threads_batch=1` everywhere, as the msting worker runs with `llm.n_threads: 1`), CPU.")
-    out.append(f"- **Request:** prompt `{PROMPT!r}`, `max_tokens` {MAX_TOKENS}, `temperature` 0 (greedy; top_k 40, top_p 0.95, "
+    max_tokens = ", ".join(f"{mm.get('max_tokens', MAX_TOKENS)} ({mm['model']['name']})" for mm in models.values())
+    out.append(f"- **Request:** prompt `{PROMPT!r}`, `max_tokens` {max_tokens}, `temperature` 0 (greedy; top_k 40, top_p 0.95, "
                "min_p 0.05, repeat_penalty 1.0: create_completion's defaults, sent explicitly to llama_cpp.server whose "
                "repeat_penalty default is 1.1). tokens/s = completion_tokens / wall time of the request, from sending it "
                "to the last byte (in process: of the call). Streaming requests to msting ask for "
@@ -1141,7 +1032,7 @@ def markdown(res: dict) -> str:
     out.append("")
     out.extend(md_table(TTFT_HEAD, ttft_rows(models)))
     out.append("")
-    out.append(f"**CPU per request** (means over the decode runs, {MAX_TOKENS} tokens; \"chunks\": pieces of text the "
+    out.append(f"**CPU per request** (means over the decode runs, `max_tokens` {max_tokens}; \"chunks\": pieces of text the "
                "client received):")
     out.append("")
     out.extend(md_table(CPU_HEAD, cpu_rows(models)))
@@ -1162,10 +1053,6 @@ ANALYSIS_END = "<!-- /overhead-analysis -->"
 # ---------------------------------------------------------------------------------------
 
 
-def _on_signal(signum, frame):
-    raise SystemExit(128 + signum)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer repetitions (one to two minutes)")
@@ -1174,40 +1061,55 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--wait-quiet", type=float, default=0, metavar="S",
                     help="first wait up to S seconds until no other pytest/msting/busy program runs")
     ap.add_argument("--keep-homes", action="store_true", help="keep the temporary MSTING_HOMEs and server logs")
+    ap.add_argument("--model", action="append", default=[], metavar="KEY=PATH[@MAX_TOKENS]",
+                    help="measure this GGUF instead of the default pair (stories260K and msting-tiny); repeatable; "
+                         "PATH 'large' is the generated bench model (bench/harness.py large_model())")
+    ap.add_argument("--profile", choices=sorted(PROFILES), default=None, help=argparse.SUPPRESS)  # bench/run.py's own
     args = ap.parse_args(argv)
 
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGHUP, _on_signal)
-    mode = "quick" if args.quick else "full"
+    h.install_signal_handlers()
+    mode = args.profile or ("quick" if args.quick else "full")
     p = PROFILES[mode]
     t_start = time.time()
     res: dict[str, Any] = {"mode": mode, "params": {**p, "prompt": PROMPT, "max_tokens": MAX_TOKENS,
                                                     "ttft_max_tokens": TTFT_MAX_TOKENS, "n_ctx": N_CTX, "n_threads": 1,
                                                     "n_threads_batch": 1, "temperature": 0.0},
-                           "machine": svc.machine(), "source": source_info(), "started_at": _dt.datetime.now().isoformat(timespec="seconds"),
+                           "machine": h.machine(), "source": source_info(), "started_at": _dt.datetime.now().isoformat(timespec="seconds"),
                            "targets": {"ratio_nonstream": TARGET_RATIO_NONSTREAM, "ratio_stream": TARGET_RATIO_STREAM,
                                        "ttft_added_ms": TARGET_TTFT_ADDED_MS}, "errors": []}
     m = res["machine"]
     print(f"msting serving-overhead bench ({mode}) on {m['cpu']}, {m['logical_cores']} cores, {m['memory_gib']} GiB", flush=True)
     if args.wait_quiet:
-        waited = svc.wait_quiet(args.wait_quiet)
+        waited = h.wait_quiet(args.wait_quiet)
         if waited > 5:
             print(f"  waited {waited:.0f} s for other programs to finish", flush=True)
     tmp_models = Path(tempfile.mkdtemp(prefix="msbtiny"))
     from msting.models.builtin import ensure_builtin_model
 
-    models: list[tuple[str, str, str]] = []
-    if STORIES.exists():
-        models.append(("stories260K", "stories260K.gguf", str(STORIES)))
-    else:
-        res["stories_missing"] = True
-    models.append(("msting-tiny", "built-in msting-tiny", str(ensure_builtin_model(tmp_models))))
+    models: list[tuple[str, str, str, int]] = []
+    for spec in args.model:
+        key, _, rest = spec.partition("=")
+        path, _, n = rest.partition("@")
+        if path == "large":
+            path = str(h.large_model())
+        if not Path(path).is_file():
+            if Path(path) == STORIES:
+                res["stories_missing"] = True
+                continue
+            ap.error(f"--model {spec}: no such file")
+        models.append((key, Path(path).name, path, int(n) if n else MAX_TOKENS))
+    if not args.model:
+        if STORIES.exists():
+            models.append(("stories260K", "stories260K.gguf", str(STORIES), MAX_TOKENS))
+        else:
+            res["stories_missing"] = True
+        models.append(("msting-tiny", "built-in msting-tiny", str(ensure_builtin_model(tmp_models)), MAX_TOKENS))
 
     targets: dict[str, Target] = {}
     client: ClientProcess | None = None
     try:
-        for key, title, path in models:
-            t = Target(key, title, path)
+        for key, title, path, max_tokens in models:
+            t = Target(key, title, path, max_tokens)
             targets[key] = t
             print(f"  {key}: daemon ready in {t.started['wall_sec']:.2f} s (pid {t.daemon_pid}, worker {t.worker_pid}), "
                   f"llama_cpp.server pid {t.server.pid} on port {t.server.port}", flush=True)
@@ -1216,13 +1118,13 @@ def main(argv: list[str] | None = None) -> int:
         res["foreign_load"] = {"bench": {"before": before}}
         if before["busy"] or before["msting_or_pytest"]:
             print(f"  WARNING: other programs are running: "
-                  f"{sorted({svc.short_cmd(b['cmd']) for b in before['busy'] + before['msting_or_pytest']})}", flush=True)
+                  f"{sorted({h.short_cmd(b['cmd']) for b in before['busy'] + before['msting_or_pytest']})}", flush=True)
         stat0 = cpu_stat()
         try:
             rec = run_bench(p, targets, client)
             res["models"], res["selection"] = summarize(rec, targets)
             res["raw"] = {k: {"tps": rec.tps[k], "ttft": rec.ttft[k]} for k in targets}
-        except (svc.BenchError, httpx.HTTPError, OSError, KeyError, ValueError) as exc:
+        except (h.BenchError, httpx.HTTPError, OSError, KeyError, ValueError) as exc:
             print(f"  FAILED: {exc}", file=sys.stderr, flush=True)
             traceback.print_exc()
             res["errors"].append({"section": "bench", "error": str(exc)})
@@ -1231,15 +1133,12 @@ def main(argv: list[str] | None = None) -> int:
         res["foreign_load"]["bench"]["after"] = after
         if after["busy"] or after["msting_or_pytest"]:
             print(f"  WARNING: other programs are running: "
-                  f"{sorted({svc.short_cmd(b['cmd']) for b in after['busy'] + after['msting_or_pytest']})}", flush=True)
+                  f"{sorted({h.short_cmd(b['cmd']) for b in after['busy'] + after['msting_or_pytest']})}", flush=True)
     finally:
         if client is not None:
             client.close()
-        for server in SERVERS:
-            server.stop(args.keep_homes)
-        leftovers = []
-        for home in svc.HOMES:
-            leftovers += home.cleanup(args.keep_homes)
+        kept = [str(home.path) for home in h.HOMES] + [str(s.dir) for s in h.SERVERS]
+        leftovers = h.cleanup_all(args.keep_homes)
         if leftovers:
             print(f"killed leftover processes: {leftovers}", file=sys.stderr)
         res["leftover_pids_killed"] = leftovers
@@ -1247,7 +1146,7 @@ def main(argv: list[str] | None = None) -> int:
 
         shutil.rmtree(tmp_models, ignore_errors=True)
         if args.keep_homes:
-            print("kept: " + " ".join([str(h.path) for h in svc.HOMES] + [str(s.dir) for s in SERVERS]), file=sys.stderr)
+            print("kept: " + " ".join(kept), file=sys.stderr)
 
     res["finished_at"] = _dt.datetime.now().isoformat(timespec="seconds")
     res["duration_sec"] = round(time.time() - t_start, 1)
@@ -1266,7 +1165,7 @@ def main(argv: list[str] | None = None) -> int:
     args.json_out.write_text(json.dumps(res, indent=1, default=str) + "\n")
     print(f"wrote {args.json_out}")
     if not args.no_docs:
-        svc.write_docs(markdown(res), SECTION_TITLE, keep=(ANALYSIS_START, ANALYSIS_END))
+        h.write_docs(markdown(res), SECTION_TITLE, keep=(ANALYSIS_START, ANALYSIS_END))
         print(f"updated {DOCS} ({SECTION_TITLE[3:]})")
     return 1 if res["errors"] else 0
 

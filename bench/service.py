@@ -44,13 +44,9 @@ import datetime as _dt
 import hashlib
 import json
 import os
-import platform
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import traceback
@@ -58,17 +54,38 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
-import psutil
-import yaml
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
 
-ROOT = Path(__file__).resolve().parent.parent
+import httpx
+from harness import (  # noqa: E402 - bench/harness.py: the helpers every bench here shares
+    DOCS,
+    HEALTH_INTERVAL_S,
+    HOMES,
+    ROOT,
+    STORIES,
+    STORIES_SHA256,
+    BenchError,
+    HealthSampler,
+    Home,
+    foreign_load_not_ours as foreign_load,
+    install_signal_handlers,
+    latency,
+    machine,
+    merge,
+    ready_worker,
+    short_cmd,
+    spread,
+    status,
+    wait_quiet,
+    wait_until,
+    worker_of,
+    write_docs,
+)
+
 DEFAULT_JSON = ROOT / "bench" / "results" / "service.json"
-DOCS = ROOT / "docs" / "benchmarks.md"
 SECTION_TITLE = "## Always-ready service (issue 2)"
-STORIES = (ROOT / ".." / "shared" / "models" / "stories260K.gguf").resolve()
-STORIES_SHA256 = "270cba1bd5109f42d03350f60406024560464db173c0e387d91f0426d3bd256d"
-SOCKET_LIMIT = 107  # bytes in sun_path, without the terminating NUL
 
 # Targets --------------------------------------------------------------------------------
 INSTALL_TARGET_S = 10.0
@@ -76,7 +93,6 @@ HEALTH_TARGET_MS = 5.0  # "a few ms": we hold p99 to 5 ms
 RECOVERY_SLACK_MS = 1500.0  # recovery must be under load_ms + 1.5 s
 
 # Configs --------------------------------------------------------------------------------
-BASE_CONFIG: dict = {"logging": {"file_level": "INFO"}}
 # Recovery and /health: the shipped restart policy (0.5 s first backoff, x2, +/-20 %
 # jitter), except that the backoff resets after 1 s READY instead of 30 s, and the crash
 # budget is raised so that a dozen deliberate kills never make the worker FATAL.
@@ -89,7 +105,6 @@ CHURN_CONFIG: dict = {"llm_service": {"restart": {
     "stable_after_sec": 1, "max_crashes": 1000, "crash_window_sec": 1,
 }}}
 
-HEALTH_INTERVAL_S = 0.005  # pause between two /health samples
 LOAD_MAX_TOKENS = 512
 LOAD_PROMPT = "Once upon a time"
 
@@ -98,191 +113,11 @@ PROFILES = {
               "churn_kills": 5, "recovery_runs": 3},
     "full": {"install_runs": 9, "health_rounds": 6, "idle_sec": 2.5, "raw_sec": 1.0, "load_sec": 5.0,
              "churn_kills": 20, "recovery_runs": 10},
+    # bench/run.py --quick: the smallest run that still gives every number
+    "suite-quick": {"install_runs": 2, "health_rounds": 1, "idle_sec": 1.0, "raw_sec": 0.5, "load_sec": 2.0,
+                    "churn_kills": 3, "recovery_runs": 2},
 }
 
-
-# ---------------------------------------------------------------------------------------
-# statistics
-
-
-def percentile(values: list[float], p: float) -> float | None:
-    """Linear interpolation between closest ranks (numpy's default)."""
-    if not values:
-        return None
-    s = sorted(values)
-    k = (len(s) - 1) * p / 100.0
-    lo = int(k)
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
-
-
-def spread(values: list[float], digits: int = 1) -> dict:
-    vals = [v for v in values if v is not None]
-    if not vals:
-        return {"n": 0, "median": None, "min": None, "max": None, "values": []}
-    return {"n": len(vals), "median": round(percentile(vals, 50), digits), "min": round(min(vals), digits),
-            "max": round(max(vals), digits), "values": [round(v, digits) for v in vals]}
-
-
-def latency(values_ms: list[float]) -> dict:
-    if not values_ms:
-        return {"n": 0, "p50": None, "p99": None, "max": None, "mean": None}
-    return {"n": len(values_ms), "p50": round(percentile(values_ms, 50), 3), "p99": round(percentile(values_ms, 99), 3),
-            "max": round(max(values_ms), 3), "mean": round(sum(values_ms) / len(values_ms), 3)}
-
-
-# ---------------------------------------------------------------------------------------
-# one daemon home
-
-HOMES: list[Home] = []
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for key, value in extra.items():
-        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
-def msting_command() -> list[str]:
-    exe = Path(sys.executable).parent / "msting"
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "msting"]
-
-
-class BenchError(RuntimeError):
-    pass
-
-
-class Home:
-    """A fresh MSTING_HOME with a free port and a written config; remembers itself for cleanup."""
-
-    def __init__(self, label: str, extra: dict | None = None):
-        self.label = label
-        self.path = Path(tempfile.mkdtemp(prefix="msb"))
-        HOMES.append(self)
-        if len(str(self.socket).encode()) > SOCKET_LIMIT:
-            raise BenchError(f"socket path {self.socket} is over {SOCKET_LIMIT} bytes: set TMPDIR to a shorter directory")
-        self.port = free_port()
-        self.env = {**os.environ, "MSTING_HOME": str(self.path), "MSTING_LLM_PORT": str(self.port)}
-        self.env.pop("NOTIFY_SOCKET", None)
-        self.config = merge(merge(BASE_CONFIG, {"llm_service": {"port": self.port}}), extra or {})
-        cfg = self.path / "config" / "config.yaml"
-        cfg.parent.mkdir(parents=True, exist_ok=True)
-        cfg.write_text(yaml.safe_dump(self.config, sort_keys=False))
-        self.cleaned = False
-
-    @property
-    def socket(self) -> Path:
-        return self.path / "run" / "msting.sock"
-
-    @property
-    def log_file(self) -> Path:
-        return self.path / "logs" / "daemon.log"
-
-    def cli(self, *args: str, timeout: float = 120) -> tuple[subprocess.CompletedProcess, float]:
-        t0 = time.perf_counter()
-        proc = subprocess.run([*msting_command(), *args], env=self.env, capture_output=True, text=True, timeout=timeout, check=False)
-        return proc, time.perf_counter() - t0
-
-    def cli_json(self, *args: str, timeout: float = 120) -> tuple[dict, float]:
-        proc, dt = self.cli(*args, timeout=timeout)
-        try:
-            body = json.loads(proc.stdout)
-        except ValueError:
-            body = {}
-        if proc.returncode != 0:
-            raise BenchError(f"[{self.label}] msting {' '.join(args)} exited {proc.returncode}\n"
-                             f"stdout: {proc.stdout[-2000:]}\nstderr: {proc.stderr[-2000:]}\nlog:\n{self.log_tail()}")
-        return body, dt
-
-    def start(self) -> dict:
-        body, dt = self.cli_json("llm", "start", "--json", "--timeout", "90")
-        body["wall_sec"] = dt
-        return body
-
-    def client(self, timeout: float = 30) -> httpx.Client:
-        return httpx.Client(transport=httpx.HTTPTransport(uds=str(self.socket)), base_url="http://msting", timeout=timeout)
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return "(no daemon log)"
-
-    def processes(self) -> list[psutil.Process]:
-        """Every live process started with this MSTING_HOME (the daemon and its workers)."""
-        found = []
-        me = os.getpid()
-        for proc in psutil.process_iter(["pid"]):
-            try:
-                if proc.pid != me and proc.environ().get("MSTING_HOME") == str(self.path) and proc.status() != psutil.STATUS_ZOMBIE:
-                    found.append(proc)
-            except (psutil.Error, OSError):
-                continue
-        return found
-
-    def stop(self) -> list[int]:
-        """`msting llm stop --force`, then SIGKILL whatever still carries this home. Returns the pids killed."""
-        try:
-            self.cli("llm", "stop", "--force", "--timeout", "10", timeout=30)
-        except (OSError, subprocess.SubprocessError) as exc:
-            print(f"[{self.label}] msting llm stop --force failed: {exc}", file=sys.stderr)
-        leftovers = self.processes()
-        for proc in leftovers:
-            try:
-                proc.send_signal(signal.SIGCONT)
-                proc.kill()
-            except psutil.Error:
-                pass
-        psutil.wait_procs(leftovers, timeout=5)
-        return [p.pid for p in leftovers]
-
-    def cleanup(self, keep: bool = False) -> list[int]:
-        if self.cleaned:
-            return []
-        killed = self.stop()
-        self.cleaned = True
-        if not keep:
-            shutil.rmtree(self.path, ignore_errors=True)
-        return killed
-
-
-def status(client: httpx.Client) -> dict:
-    return client.get("/v1/status").json()
-
-
-def worker_of(st: dict) -> dict:
-    return st["models"][0]["workers"][0]
-
-
-def wait_until(pred: Callable[[], Any], timeout: float, interval: float = 0.01, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    last_exc = None
-    while time.monotonic() < deadline:
-        try:
-            value = pred()
-            if value:
-                return value
-        except (httpx.HTTPError, OSError, KeyError, IndexError, ValueError) as exc:
-            last_exc = exc
-        time.sleep(interval)
-    raise BenchError(f"timed out after {timeout:g}s waiting for {what} (last error: {last_exc!r})")
-
-
-def ready_worker(client: httpx.Client, not_pid: int | None = None) -> dict | None:
-    """The worker snapshot if the model is ready and verified (and its pid is not `not_pid`)."""
-    st = status(client)
-    model = st["models"][0]
-    w = worker_of(st)
-    if model["state"] == "ready" and w["verified"] and w["pid"] and w["pid"] != not_pid and w["state"] in ("READY", "BUSY"):
-        return {**w, "load_ms": model["load_ms"]}
-    return None
 
 
 # ---------------------------------------------------------------------------------------
@@ -328,96 +163,6 @@ def bench_install(p: dict, keep: bool) -> dict:
 # 2. /health latency
 
 
-def _sampler_process(conn: Any, sock_path: str) -> None:
-    """Runs in its own process (so that the bench's other threads never hold its GIL):
-    samples GET /health on command and sends the samples back."""
-    client = httpx.Client(transport=httpx.HTTPTransport(uds=sock_path), base_url="http://msting", timeout=10)
-    raw = RawHealth(sock_path)
-
-    def via_httpx() -> str:
-        r = client.get("/health")
-        return r.json().get("readiness", "?") if r.status_code == 200 else f"http {r.status_code}"
-
-    try:
-        while True:
-            cmd = conn.recv()
-            if cmd[0] != "run":
-                return
-            _, duration, kind = cmd
-            get = via_httpx if kind == "httpx" else raw.get
-            for _ in range(5):  # (re)connect and warm up; not counted
-                try:
-                    get()
-                except (httpx.HTTPError, OSError, ValueError):
-                    raw.close()
-            out: list[tuple[float, str, float]] = []
-            deadline = None if duration is None else time.perf_counter() + duration
-            while len(out) < 200_000:
-                if deadline is None:
-                    if conn.poll():
-                        conn.recv()
-                        break
-                elif time.perf_counter() >= deadline:
-                    break
-                t0 = time.perf_counter()
-                try:
-                    readiness = get()
-                except (httpx.HTTPError, OSError, ValueError):
-                    raw.close()
-                    readiness = "error"
-                out.append(((time.perf_counter() - t0) * 1000.0, readiness, t0))
-                time.sleep(HEALTH_INTERVAL_S)
-            conn.send(out)
-    finally:
-        client.close()
-        raw.close()
-
-
-class HealthSampler:
-    """GET /health from a dedicated child process, with one persistent httpx client
-    (or, for reference, hand-written HTTP on a raw socket). Samples are
-    (latency ms, reported readiness, time.perf_counter() at the start); perf_counter is
-    CLOCK_MONOTONIC, so the child's times compare with the parent's."""
-
-    def __init__(self, home: Home):
-        import multiprocessing as mp
-
-        ctx = mp.get_context("spawn")
-        self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_sampler_process, args=(child, str(home.socket)), name="health-sampler", daemon=True)
-        self.proc.start()
-        child.close()
-
-    def run(self, duration: float, kind: str = "httpx") -> list[tuple[float, str, float]]:
-        self.conn.send(("run", duration, kind))
-        return self._result(duration + 60)
-
-    def start(self, kind: str = "httpx") -> None:
-        """Sample until stop()."""
-        self.conn.send(("run", None, kind))
-
-    def stop(self) -> list[tuple[float, str, float]]:
-        self.conn.send(("stop",))
-        return self._result(60)
-
-    def _result(self, timeout: float) -> list[tuple[float, str, float]]:
-        if not self.conn.poll(timeout):
-            raise BenchError(f"the /health sampler process gave no answer within {timeout:g}s")
-        return self.conn.recv()
-
-    def close(self) -> None:
-        try:
-            self.conn.send(("close",))
-        except OSError:
-            pass
-        self.proc.join(5)
-        if self.proc.is_alive():
-            self.proc.kill()
-            self.proc.join(5)
-        self.conn.close()
-
-
-
 def generate_loop(home: Home, stop: threading.Event, deadline: float, max_requests: int) -> dict:
     """One load thread: back-to-back non-streaming /generate with max_tokens 512."""
     done = tokens = errors = 0
@@ -455,43 +200,6 @@ def health_under_load(home: Home, sampler: HealthSampler, pool: cf.ThreadPoolExe
     load["sample_sec"] = elapsed
     return samples, load
 
-
-class RawHealth:
-    """Reference only: GET /health written by hand on one persistent Unix-socket connection,
-    so that the client's own cost (httpx) can be told apart from the daemon's."""
-
-    def __init__(self, path: str):
-        self.path = path
-        self.sock: socket.socket | None = None
-
-    def get(self) -> str:
-        if self.sock is None:
-            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            self.sock.settimeout(10)
-            self.sock.connect(self.path)
-        self.sock.sendall(b"GET /health HTTP/1.1\r\nHost: msting\r\n\r\n")
-        buf = b""
-        while b"\r\n\r\n" not in buf:
-            buf += self._recv()
-        head, body = buf.split(b"\r\n\r\n", 1)
-        lengths = [int(ln.split(b":", 1)[1]) for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length:")]
-        if not lengths:
-            raise ValueError("no Content-Length in the answer")
-        while len(body) < lengths[0]:
-            body += self._recv()
-        return json.loads(body).get("readiness", "?")
-
-    def _recv(self) -> bytes:
-        assert self.sock is not None
-        chunk = self.sock.recv(65536)
-        if not chunk:
-            raise ConnectionError("the daemon closed the connection")
-        return chunk
-
-    def close(self) -> None:
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
 
 
 def summarize_health(samples: list[tuple[float, str, float]]) -> dict:
@@ -743,117 +451,6 @@ def bench_service(p: dict, models: list[tuple[str, str, str | None]], keep: bool
 # machine, reporting
 
 
-FOREIGN_MARKERS = ("pytest", "msting.daemon", "msting.worker", "-m msting", "bin/msting", "llama_cpp", "pip install")
-
-
-def foreign_load(window: float = 0.5, threshold: float = 15.0) -> dict:
-    """Other programs busy on the CPU right now (not this bench, its children, or its daemons):
-    on a small machine they distort every number here, so the report says so."""
-    me = psutil.Process()
-    ours = {me.pid} | {c.pid for c in me.children(recursive=True)}
-    homes = {str(h.path) for h in HOMES}
-    procs = []
-    for proc in psutil.process_iter(["pid", "name"]):
-        try:
-            if proc.pid in ours:
-                continue
-            proc.cpu_percent(None)
-            procs.append(proc)
-        except psutil.Error:
-            continue
-    time.sleep(window)
-    busy = []
-    for proc in procs:
-        try:
-            pct = proc.cpu_percent(None)
-            if pct < threshold:
-                continue
-            try:
-                if proc.environ().get("MSTING_HOME") in homes:
-                    continue
-            except (psutil.Error, OSError):
-                pass
-            busy.append({"pid": proc.pid, "cpu_percent": round(pct), "cmd": " ".join(proc.cmdline())[:120]})
-        except psutil.Error:
-            continue
-    # test suites and other msting daemons are bursty: count them even when idle this instant
-    present = []
-    for proc in procs:
-        try:
-            cmd = " ".join(proc.cmdline())
-            if (proc.name() not in ("grep", "pgrep") and any(m in cmd for m in FOREIGN_MARKERS)
-                    and proc.environ().get("MSTING_HOME") not in homes):
-                present.append({"pid": proc.pid, "cmd": cmd[:120]})
-        except (psutil.Error, OSError):
-            continue
-    return {"loadavg_1m": round(os.getloadavg()[0], 2), "busy": busy, "msting_or_pytest": present}
-
-
-def short_cmd(cmd: str) -> str:
-    """'/x/.venv/bin/python -m msting.worker --fd 15 ...' -> 'python -m msting.worker'."""
-    parts = cmd.split()
-    if not parts:
-        return "?"
-    words = [parts[0].rsplit("/", 1)[-1]]
-    if len(parts) > 1 and parts[1] == "-m" and len(parts) > 2:
-        words += parts[1:3]
-    elif len(parts) > 1 and not parts[1].startswith("-"):
-        words.append(parts[1].rsplit("/", 1)[-1])
-    return " ".join(words)
-
-
-def wait_quiet(limit: float) -> float:
-    """Wait up to `limit` seconds until nothing foreign is busy or running; returns the seconds waited."""
-    t0 = time.monotonic()
-    quiet = 0
-    while time.monotonic() - t0 < limit:
-        fl = foreign_load(1.0)
-        quiet = 0 if fl["busy"] or fl["msting_or_pytest"] else quiet + 1
-        if quiet >= 3:
-            break
-        time.sleep(2)
-    return time.monotonic() - t0
-
-
-def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    from importlib.metadata import PackageNotFoundError, version
-
-    def ver(name: str) -> str | None:
-        try:
-            return version(name)
-        except PackageNotFoundError:
-            return None
-
-    def git(*args: str) -> str | None:
-        try:
-            out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10, check=False)
-            return out.stdout.strip() if out.returncode == 0 else None
-        except (OSError, subprocess.SubprocessError):
-            return None
-
-    dirty = git("status", "--porcelain", "--", "src")
-    return {
-        "git_head": git("rev-parse", "--short", "HEAD"),
-        "src_uncommitted_changes": None if dirty is None else len(dirty.splitlines()),
-        "cpu": cpu,
-        "logical_cores": os.cpu_count(),
-        "physical_cores": psutil.cpu_count(logical=False),
-        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-        "os": f"{platform.system()} {platform.release()}",
-        "python": platform.python_version(),
-        "msting": ver("msting"),
-        "llama_cpp_python": ver("llama-cpp-python"),
-    }
-
-
 def le(value: float | None, limit: float) -> bool:
     return value is not None and value <= limit
 
@@ -1003,30 +600,6 @@ def markdown(res: dict, rows: list[dict]) -> str:
     return "\n".join(out)
 
 
-def write_docs(section: str, title: str = SECTION_TITLE, keep: tuple[str, str] | None = None) -> None:
-    """Replace the section headed `title` in docs/benchmarks.md (re-read right before
-    writing), keeping the other sections. With `keep` = (start, end) marker lines, a
-    hand-written block between them inside the old section is carried over. Shared by
-    every bench in this folder."""
-    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    lines = text.splitlines()
-    start = next((i for i, ln in enumerate(lines) if ln.strip() == title), None)
-    if start is None:
-        new = text.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n"
-    else:
-        end = next((j for j in range(start + 1, len(lines)) if lines[j].startswith("## ")), len(lines))
-        if keep is not None:
-            old = lines[start:end]
-            a = next((i for i, ln in enumerate(old) if ln.strip() == keep[0]), None)
-            b = next((i for i, ln in enumerate(old) if ln.strip() == keep[1]), None)
-            if a is not None and b is not None and b > a:
-                section = section.rstrip("\n") + "\n\n" + "\n".join(old[a:b + 1]) + "\n"
-        before = "\n".join(lines[:start]).rstrip("\n")
-        after = "\n".join(lines[end:])
-        new = (before + "\n\n" if before else "") + section.rstrip("\n") + "\n" + ("\n" + after.rstrip("\n") + "\n" if after.strip() else "")
-    DOCS.parent.mkdir(parents=True, exist_ok=True)
-    DOCS.write_text(new)
-
 
 def automatic_notes(res: dict) -> list[str]:
     notes = []
@@ -1073,9 +646,6 @@ def automatic_notes(res: dict) -> list[str]:
 # ---------------------------------------------------------------------------------------
 
 
-def _on_signal(signum, frame):
-    raise SystemExit(128 + signum)
-
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -1086,13 +656,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--wait-quiet", type=float, default=0, metavar="S",
                     help="before each section, wait up to S seconds until no other pytest/msting/busy program runs")
     ap.add_argument("--keep-homes", action="store_true", help="keep the temporary MSTING_HOMEs (logs) for inspection")
+    ap.add_argument("--profile", choices=sorted(PROFILES), default=None, help=argparse.SUPPRESS)  # bench/run.py's own
     args = ap.parse_args(argv)
 
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGHUP, _on_signal)
-    mode = "quick" if args.quick else "full"
+    install_signal_handlers()
+    mode = args.profile or ("quick" if args.quick else "full")
     if args.json_out is None:
-        args.json_out = DEFAULT_JSON.with_name("service.quick.json") if args.quick else DEFAULT_JSON
+        args.json_out = DEFAULT_JSON.with_name("service.quick.json") if mode != "full" else DEFAULT_JSON
     p = PROFILES[mode]
     t_start = time.time()
     res: dict[str, Any] = {"mode": mode, "params": p, "wait_quiet": args.wait_quiet, "machine": machine(), "started_at": _dt.datetime.now().isoformat(timespec="seconds"),
@@ -1162,10 +732,10 @@ def main(argv: list[str] | None = None) -> int:
     if res["errors"]:
         print(f"{len(res['errors'])} section(s) failed: {DOCS.name} left as it was", file=sys.stderr)
         return 1
-    if args.quick:
+    if mode != "full" and not args.no_docs:
         print(f"quick run: {DOCS.name} not updated (run without --quick for that)")
     elif not args.no_docs:
-        write_docs(markdown(res, rows))
+        write_docs(markdown(res, rows), SECTION_TITLE)
         print(f"updated {DOCS} ({SECTION_TITLE[3:]})")
     return 0
 

@@ -47,7 +47,6 @@ import argparse
 import datetime as _dt
 import json
 import re
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -63,14 +62,14 @@ if str(HERE) not in sys.path:
 
 import httpx
 import psutil
-import service as svc
+import harness as h  # bench/harness.py: Home, statistics, machine info
 import yaml
 
 ROOT = HERE.parent
 DEFAULT_JSON = ROOT / "bench" / "results" / "switch.json"
 DOCS = ROOT / "docs" / "benchmarks.md"
 SECTION_TITLE = "## Profile switch (issue 4)"
-STORIES = svc.STORIES
+STORIES = h.STORIES
 
 SLACK_MS = 500.0  # the issue's "+ 0.5 s"
 PROMPT = "Once upon a time"
@@ -80,6 +79,7 @@ CLIENTS = 3
 PROFILES = {
     "quick": {"switches": 4, "idle_switches": 2, "gap_sec": 0.6, "warmup_sec": 1.0, "ref_runs": 2},
     "full": {"switches": 10, "idle_switches": 10, "gap_sec": 1.0, "warmup_sec": 1.5, "ref_runs": 5},
+    "suite-quick": {"switches": 2, "idle_switches": 1, "gap_sec": 0.5, "warmup_sec": 0.5, "ref_runs": 1},
 }
 
 PROFILE_A = {"description": "bench: built-in tiny", "default_model": "a", "models": {"a": {"source": "builtin:tiny"}}}
@@ -93,7 +93,7 @@ def profile_b() -> dict:
     return {"description": "bench: stories260K", "default_model": "b", "models": {"b": model}}
 
 
-def write_profile(home: svc.Home, name: str, body: dict) -> None:
+def write_profile(home: h.Home, name: str, body: dict) -> None:
     folder = home.path / "config" / "profiles"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{name}.yaml").write_text(yaml.safe_dump(body, sort_keys=False))
@@ -106,7 +106,7 @@ def write_profile(home: svc.Home, name: str, body: dict) -> None:
 class Load:
     """CLIENTS threads of back-to-back /generate over the Unix socket, each bounded."""
 
-    def __init__(self, home: svc.Home, max_requests: int = 20000, max_sec: float = 600):
+    def __init__(self, home: h.Home, max_requests: int = 20000, max_sec: float = 600):
         self.home = home
         self.stop_event = threading.Event()
         self.results: list[tuple[float, float, int, str | None, str | None]] = []  # sent, done, status, model, error
@@ -143,7 +143,7 @@ class Load:
             t.join(timeout=90)
         alive = [t.name for t in self.threads if t.is_alive()]
         if alive:
-            raise svc.BenchError(f"load threads did not stop: {alive}")
+            raise h.BenchError(f"load threads did not stop: {alive}")
 
     def snapshot(self) -> list[tuple]:
         with self._lock:
@@ -157,17 +157,17 @@ class Load:
 def run_switch(c: httpx.Client, name: str, timeout: float = 90) -> dict:
     r = c.post("/v1/profiles/switch", json={"profile": name})
     if r.status_code != 202:
-        raise svc.BenchError(f"POST /v1/profiles/switch {name}: {r.status_code} {r.text[:500]}")
+        raise h.BenchError(f"POST /v1/profiles/switch {name}: {r.status_code} {r.text[:500]}")
     job_id = r.json()["id"]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         job = c.get(f"/v1/jobs/{job_id}").json()
         if job["state"] != "running":
             if job["state"] != "succeeded":
-                raise svc.BenchError(f"switch to {name} {job['state']}: {job.get('error')}")
+                raise h.BenchError(f"switch to {name} {job['state']}: {job.get('error')}")
             return job
         time.sleep(0.02)
-    raise svc.BenchError(f"switch to {name} did not finish within {timeout:g}s")
+    raise h.BenchError(f"switch to {name} did not finish within {timeout:g}s")
 
 
 def worker_pids(st: dict) -> dict[str, list[int]]:
@@ -209,7 +209,7 @@ def parse_log(path: Path) -> list[dict]:
     return out
 
 
-def read_events(home: svc.Home) -> list[dict]:
+def read_events(home: h.Home) -> list[dict]:
     dbs = list(home.path.rglob("state.db"))
     if not dbs:
         return []
@@ -245,16 +245,16 @@ def load_split(sw: dict, log: list[dict], events: list[dict]) -> dict:
 # the series
 
 
-def measure_series(home: svc.Home, c: httpx.Client, n: int, gap: float, start_from: str, load: Load | None) -> list[dict]:
+def measure_series(home: h.Home, c: httpx.Client, n: int, gap: float, start_from: str, load: Load | None) -> list[dict]:
     switches = []
     current = start_from
     for i in range(n):
         target = "B" if current == "A" else "A"
         new_model = "b" if target == "B" else "a"
-        before = svc.status(c)
+        before = h.status(c)
         old_pids = [p for ps in worker_pids(before).values() for p in ps]
         job = run_switch(c, target)
-        after = svc.status(c)
+        after = h.status(c)
         model = next(m for m in after["models"] if m["name"] == new_model)
         steps = {s["name"]: {"duration_ms": s["duration_ms"], "started": s["started"], "finished": s["finished"], "detail": s.get("detail")}
                  for s in job["steps"]}
@@ -300,7 +300,7 @@ def attach_requests(switches: list[dict], results: list[tuple], end: float) -> N
         sw["failed"] = sum(1 for r in window if r[2] != 200)
         sw["failures"] = [{"sent": r[0], "status": r[2], "error": r[4]} for r in window if r[2] != 200][:5]
         sw["during"] = {"n": len(during), "by_model": {m: sum(1 for r in during if r[3] == m) for m in sorted({str(r[3]) for r in during})},
-                        "latency_ms": svc.latency([(r[1] - r[0]) * 1000.0 for r in during if r[2] == 200])}
+                        "latency_ms": h.latency([(r[1] - r[0]) * 1000.0 for r in during if r[2] == 200])}
         sw["after"] = {"n": len(after), "by_model": {m: sum(1 for r in after if r[3] == m) for m in sorted({str(r[3]) for r in after})}}
         sw["after_all_new"] = bool(after) and all(r[2] == 200 and r[3] == sw["model"] for r in after)
         # drain split: the old model's last answer (from the clients) after the switch step
@@ -317,7 +317,7 @@ def steady_latency(results: list[tuple], switches: list[dict]) -> dict:
     spans = [(sw["created"], sw["finished"]) for sw in switches]
     lat = [(r[1] - r[0]) * 1000.0 for r in results
            if r[2] == 200 and r[0] > switches[0]["created"] and not any(a - 0.05 <= r[0] <= b for a, b in spans)]
-    return svc.latency(lat)
+    return h.latency(lat)
 
 
 def summarize(switches: list[dict]) -> dict:
@@ -334,20 +334,20 @@ def summarize(switches: list[dict]) -> dict:
 
     out = {
         "n": len(switches),
-        "duration_ms": svc.spread(col(lambda s: s["duration_ms"])),
-        "budget_ms": svc.spread(col(lambda s: s["budget_ms"])),
-        "over_budget_ms": svc.spread(col(lambda s: s["duration_ms"] - s["budget_ms"])),
-        "to_routing_ms": svc.spread(col(lambda s: s["to_routing_ms"])),
-        "load_ms": svc.spread(col(lambda s: s["load_ms"]), 2),
+        "duration_ms": h.spread(col(lambda s: s["duration_ms"])),
+        "budget_ms": h.spread(col(lambda s: s["budget_ms"])),
+        "over_budget_ms": h.spread(col(lambda s: s["duration_ms"] - s["budget_ms"])),
+        "to_routing_ms": h.spread(col(lambda s: s["to_routing_ms"])),
+        "load_ms": h.spread(col(lambda s: s["load_ms"]), 2),
         "met": sum(1 for s in switches if s["met"]),
-        "budget_whole_load_ms": svc.spread(col(lambda s: s["budget_whole_load_ms"])),
+        "budget_whole_load_ms": h.spread(col(lambda s: s["budget_whole_load_ms"])),
         "met_whole_load": sum(1 for s in switches if s["met_whole_load"]),
         "routing_met": sum(1 for s in switches if s["routing_met"]),
-        "steps": {name: svc.spread(col(lambda s, name=name: s["steps"][name]["duration_ms"])) for name in
+        "steps": {name: h.spread(col(lambda s, name=name: s["steps"][name]["duration_ms"])) for name in
                   ("validate", "preflight", "load", "verify", "switch", "drain")},
-        "load_split": {k: svc.spread(col(lambda s, k=k: s["load_split"].get(k)))
+        "load_split": {k: h.spread(col(lambda s, k=k: s["load_split"].get(k)))
                        for k in ("spawn_ms", "start_import_ms", "load_ms", "worker_verify_ms", "wakeup_ms")},
-        "drain_split": {k: svc.spread(col(lambda s, k=k: s["drain_split"][k])) for k in ("wait_old_requests_ms", "stop_old_worker_ms")},
+        "drain_split": {k: h.spread(col(lambda s, k=k: s["drain_split"][k])) for k in ("wait_old_requests_ms", "stop_old_worker_ms")},
         "modes": sorted({str(s.get("mode")) for s in switches}),
         "old_workers_gone": all(s.get("old_workers_gone") for s in switches),
     }
@@ -376,7 +376,7 @@ def cold_start_reference(runs: int) -> dict:
             t0 = time.perf_counter()
             subprocess.run(cmd, check=True, capture_output=True, timeout=60)
             out[key].append((time.perf_counter() - t0) * 1000.0)
-    return {k: svc.spread(v[1:]) for k, v in out.items()}
+    return {k: h.spread(v[1:]) for k, v in out.items()}
 
 
 # ---------------------------------------------------------------------------------------
@@ -390,7 +390,7 @@ def bench(p: dict, keep: bool) -> dict:
     print(f"  python -c pass {cs['python_pass_ms']['median']} ms, import msting.worker.main {cs['import_worker_main_ms']['median']} ms, "
           f"+ import_backend() (llama_cpp) {cs['import_backend_ms']['median']} ms", flush=True)
 
-    home = svc.Home("switch")
+    home = h.Home("switch")
     write_profile(home, "A", PROFILE_A)
     write_profile(home, "B", profile_b())
     res["profiles"] = {"A": PROFILE_A, "B": profile_b()}
@@ -403,7 +403,7 @@ def bench(p: dict, keep: bool) -> dict:
             for name, key in (("B", "model_b"), ("A", "model_a")):
                 warm = run_switch(c, name)
                 print(f"  warm-up switch to {name}: {warm['duration_ms']:.0f} ms (not counted)", flush=True)
-                cur = svc.status(c)["models"][0]
+                cur = h.status(c)["models"][0]
                 res[key] = {k: cur.get(k) for k in ("name", "source", "path", "n_ctx", "n_threads", "backend", "load_ms")}
                 info = c.post("/models/load", json={"model": "default"}).json().get("info") or {}
                 res[key].update({k: info.get(k) for k in ("arch", "n_params", "size_bytes")})
@@ -421,7 +421,7 @@ def bench(p: dict, keep: bool) -> dict:
             res["load"] = {"requests": len(results), "failed": sum(1 for r in results if r[2] != 200),
                            "steady_latency_ms": steady_latency(results, loaded)}
 
-            st = svc.status(c)
+            st = h.status(c)
             print("[idle: same switches, no load]", flush=True)
             start_from = st["profile"]
             idle = measure_series(home, c, p["idle_switches"], 0.3, start_from, None)
@@ -439,7 +439,7 @@ def bench(p: dict, keep: bool) -> dict:
         if load is not None:
             try:
                 load.stop()
-            except svc.BenchError as exc:
+            except h.BenchError as exc:
                 print(f"  {exc}", file=sys.stderr)
         home.cleanup(keep)
     return res
@@ -476,7 +476,7 @@ def build_rows(res: dict) -> list[list[str]]:
                      "(other reading)", f"{s['met_whole_load']}/{n}"])
         rows.append(["  job created -> routing on the new profile", *spread_cells(s["to_routing_ms"]),
                      "(same budget)", f"{s['routing_met']}/{n}"])
-        rows.append(["  step validate + preflight", *spread_cells(svc.spread(
+        rows.append(["  step validate + preflight", *spread_cells(h.spread(
             [a + b for a, b in zip(s["steps"]["validate"]["values"], s["steps"]["preflight"]["values"])])), "", ""])
         rows.append(["  step load", *spread_cells(s["steps"]["load"]), "", ""])
         ls = s["load_split"]
@@ -592,7 +592,7 @@ def automatic_notes(res: dict) -> list[str]:
     fl = res.get("foreign_load") or {}
     busy = [b for when in ("before", "after") for key in ("busy", "msting_or_pytest") for b in (fl.get(when) or {}).get(key, [])]
     if busy:
-        names = sorted({svc.short_cmd(b["cmd"]) for b in busy})
+        names = sorted({h.short_cmd(b["cmd"]) for b in busy})
         notes.append(f"Other programs were running on this machine at the start or end of the run ({', '.join(f'`{n}`' for n in names)}): "
                      "the numbers are likely pessimistic.")
     if not STORIES.exists():
@@ -724,10 +724,6 @@ def markdown(res: dict, rows: list[list[str]]) -> str:
     return "\n".join(out)
 
 
-def _on_signal(signum, frame):
-    raise SystemExit(128 + signum)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help=f"{PROFILES['quick']['switches']} switches instead of {PROFILES['full']['switches']}")
@@ -736,42 +732,40 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--wait-quiet", type=float, default=0, metavar="S",
                     help="first wait up to S seconds until no other pytest/msting/busy program runs")
     ap.add_argument("--keep-homes", action="store_true", help="keep the temporary MSTING_HOME (logs) for inspection")
+    ap.add_argument("--profile", choices=sorted(PROFILES), default=None, help=argparse.SUPPRESS)  # bench/run.py's own
     args = ap.parse_args(argv)
 
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGHUP, _on_signal)
-    mode = "quick" if args.quick else "full"
+    h.install_signal_handlers()
+    mode = args.profile or ("quick" if args.quick else "full")
     p = PROFILES[mode]
     t_start = time.time()
     res: dict[str, Any] = {"mode": mode, "params": {**p, "clients": CLIENTS, "max_tokens": MAX_TOKENS, "prompt": PROMPT, "slack_ms": SLACK_MS},
-                           "machine": svc.machine(), "started_at": _dt.datetime.now().isoformat(timespec="seconds"), "errors": []}
+                           "machine": h.machine(), "started_at": _dt.datetime.now().isoformat(timespec="seconds"), "errors": []}
     m = res["machine"]
     print(f"msting profile switch bench ({mode}) on {m['cpu']}, {m['logical_cores']} cores, {m['memory_gib']} GiB", flush=True)
     if args.wait_quiet:
-        waited = svc.wait_quiet(args.wait_quiet)
+        waited = h.wait_quiet(args.wait_quiet)
         if waited > 5:
             print(f"  waited {waited:.0f} s for other programs to finish", flush=True)
-    before = svc.foreign_load()
+    before = h.foreign_load()
     if before["busy"] or before["msting_or_pytest"]:
-        print(f"  WARNING: other programs are running: {sorted({svc.short_cmd(b['cmd']) for b in before['busy'] + before['msting_or_pytest']})}", flush=True)
+        print(f"  WARNING: other programs are running: {sorted({h.short_cmd(b['cmd']) for b in before['busy'] + before['msting_or_pytest']})}", flush=True)
     res["foreign_load"] = {"before": before}
     try:
         res.update(bench(p, args.keep_homes))
-    except (svc.BenchError, httpx.HTTPError, OSError, subprocess.SubprocessError, KeyError, ValueError, StopIteration) as exc:
+    except (h.BenchError, httpx.HTTPError, OSError, subprocess.SubprocessError, KeyError, ValueError, StopIteration) as exc:
         print(f"FAILED: {exc}", file=sys.stderr, flush=True)
         traceback.print_exc()
         res["errors"].append(f"{type(exc).__name__}: {exc}")
     finally:
-        leftovers = []
-        for home in svc.HOMES:
-            leftovers += home.cleanup(args.keep_homes)
+        leftovers = h.cleanup_all(args.keep_homes)
         if leftovers:
             print(f"killed leftover processes: {leftovers}", file=sys.stderr)
         res["leftover_pids_killed"] = leftovers
-    res["foreign_load"]["after"] = svc.foreign_load()
+    res["foreign_load"]["after"] = h.foreign_load()
     after = res["foreign_load"]["after"]
     if after["busy"] or after["msting_or_pytest"]:
-        print(f"  WARNING: other programs are running: {sorted({svc.short_cmd(b['cmd']) for b in after['busy'] + after['msting_or_pytest']})}", flush=True)
+        print(f"  WARNING: other programs are running: {sorted({h.short_cmd(b['cmd']) for b in after['busy'] + after['msting_or_pytest']})}", flush=True)
 
     res["finished_at"] = _dt.datetime.now().isoformat(timespec="seconds")
     res["duration_sec"] = round(time.time() - t_start, 1)
@@ -797,7 +791,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"the run failed: {DOCS.name} left as it was", file=sys.stderr)
         return 1
     if not args.no_docs:
-        svc.write_docs(markdown(res, rows), SECTION_TITLE)
+        h.write_docs(markdown(res, rows), SECTION_TITLE)
         print(f"updated {DOCS} ({SECTION_TITLE[3:]})")
     return 0
 

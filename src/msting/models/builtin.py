@@ -12,6 +12,7 @@ download.
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -140,45 +141,66 @@ def _build_vocab() -> tuple[list[str], list[float], list[int]]:
     return tokens, scores, types
 
 
-def write_tiny_model(path: Path) -> None:
-    """Write the msting-tiny GGUF to *path* (deterministic: same bytes every time)."""
+def write_tiny_model(
+    path: Path,
+    *,
+    n_embd: int = N_EMBD,
+    n_layer: int = N_LAYER,
+    n_head: int = N_HEAD,
+    n_head_kv: int = N_HEAD_KV,
+    n_ff: int = N_FF,
+    name: str = BUILTIN_NAME,
+    description: str = "msting built-in offline model (random weights)",
+    seed: int = SEED,
+) -> None:
+    """Write the msting-tiny GGUF to *path* (deterministic: same bytes every time).
+
+    The dimensions are parameters so that the same recipe (vocabulary, tokenizer,
+    deterministic weights) can write a larger model, e.g. for benchmarks where the
+    engine's own work dominates; with the defaults the output is msting-tiny, byte
+    for byte. Weight scales shrink with ``1/sqrt(n_embd)`` relative to the default
+    width, so activations stay in the same range."""
     import gguf
     import numpy as np
 
     path = Path(path)
     tokens, scores, types = _build_vocab()
     assert len(tokens) == N_VOCAB
+    if n_embd % n_head or n_head % n_head_kv:
+        raise ValueError(f"n_embd ({n_embd}) must be a multiple of n_head ({n_head}), n_head of n_head_kv ({n_head_kv})")
+    width = math.sqrt(N_EMBD / n_embd)  # 1.0 for the default width: same bytes
+    w = 0.08 * width
     first_normal = types.index(_NORMAL)
 
-    rng = np.random.default_rng(SEED)
+    rng = np.random.default_rng(seed)
 
     def normal(shape: tuple[int, ...], scale: float) -> np.ndarray:
         return (rng.standard_normal(shape) * scale).astype(np.float32)
 
     # numpy shapes are (rows, cols); GGUF stores them reversed (ne0 = cols).
     tensors: list[tuple[str, np.ndarray]] = []
-    tensors.append(("token_embd.weight", normal((N_VOCAB, N_EMBD), 0.5)))
-    for i in range(N_LAYER):
+    tensors.append(("token_embd.weight", normal((N_VOCAB, n_embd), 0.5)))
+    for i in range(n_layer):
         p = f"blk.{i}."
         tensors += [
-            (p + "attn_norm.weight", np.ones(N_EMBD, dtype=np.float32)),
-            (p + "attn_q.weight", normal((N_EMBD, N_EMBD), 0.08)),
-            (p + "attn_k.weight", normal((N_EMBD * N_HEAD_KV // N_HEAD, N_EMBD), 0.08)),
-            (p + "attn_v.weight", normal((N_EMBD * N_HEAD_KV // N_HEAD, N_EMBD), 0.08)),
-            (p + "attn_output.weight", normal((N_EMBD, N_EMBD), 0.08)),
-            (p + "ffn_norm.weight", np.ones(N_EMBD, dtype=np.float32)),
-            (p + "ffn_gate.weight", normal((N_FF, N_EMBD), 0.08)),
-            (p + "ffn_up.weight", normal((N_FF, N_EMBD), 0.08)),
-            (p + "ffn_down.weight", normal((N_EMBD, N_FF), 0.08)),
+            (p + "attn_norm.weight", np.ones(n_embd, dtype=np.float32)),
+            (p + "attn_q.weight", normal((n_embd, n_embd), w)),
+            (p + "attn_k.weight", normal((n_embd * n_head_kv // n_head, n_embd), w)),
+            (p + "attn_v.weight", normal((n_embd * n_head_kv // n_head, n_embd), w)),
+            (p + "attn_output.weight", normal((n_embd, n_embd), w)),
+            (p + "ffn_norm.weight", np.ones(n_embd, dtype=np.float32)),
+            (p + "ffn_gate.weight", normal((n_ff, n_embd), w)),
+            (p + "ffn_up.weight", normal((n_ff, n_embd), w)),
+            (p + "ffn_down.weight", normal((n_embd, n_ff), w)),
         ]
-    tensors.append(("output_norm.weight", np.ones(N_EMBD, dtype=np.float32)))
-    output = normal((N_VOCAB, N_EMBD), 0.25)
+    tensors.append(("output_norm.weight", np.ones(n_embd, dtype=np.float32)))
+    output = normal((N_VOCAB, n_embd), 0.25 * width)
     # Predict only whole words and a little punctuation: a zero row gives a token
     # logit 0 while the best of the others score well above it, so greedy and top-k
     # sampling skip it. No control or byte tokens (lone bytes would make invalid
     # UTF-8, an early EOS would make output lengths unpredictable), no word prefixes
     # ("▁th"), so the output reads as word salad rather than fragments.
-    speakable = {_SPACE + w for w in _WORDS} | {".", ","}
+    speakable = {_SPACE + word for word in _WORDS} | {".", ","}
     for i, tok in enumerate(tokens):
         if i < first_normal or tok not in speakable:
             output[i] = 0.0
@@ -186,18 +208,18 @@ def write_tiny_model(path: Path) -> None:
 
     writer = gguf.GGUFWriter(str(path), "llama")
     try:
-        writer.add_name(BUILTIN_NAME)
-        writer.add_description("msting built-in offline model (random weights)")
+        writer.add_name(name)
+        writer.add_description(description)
         writer.add_uint32(VERSION_KEY, BUILTIN_VERSION)
         writer.add_file_type(gguf.LlamaFileType.ALL_F32)
         writer.add_context_length(N_CTX_TRAIN)
-        writer.add_embedding_length(N_EMBD)
-        writer.add_block_count(N_LAYER)
-        writer.add_feed_forward_length(N_FF)
-        writer.add_rope_dimension_count(N_EMBD // N_HEAD)
+        writer.add_embedding_length(n_embd)
+        writer.add_block_count(n_layer)
+        writer.add_feed_forward_length(n_ff)
+        writer.add_rope_dimension_count(n_embd // n_head)
         writer.add_rope_freq_base(ROPE_FREQ_BASE)
-        writer.add_head_count(N_HEAD)
-        writer.add_head_count_kv(N_HEAD_KV)
+        writer.add_head_count(n_head)
+        writer.add_head_count_kv(n_head_kv)
         writer.add_layer_norm_rms_eps(RMS_EPS)
         writer.add_vocab_size(N_VOCAB)
 
