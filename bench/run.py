@@ -411,7 +411,7 @@ def mem_markdown(res: dict) -> str:
         out.append(f"**CLI latency**: wall time of `{cli['command']}` (`.venv/bin/msting`, the daemon above running; its "
                    f"exit code(s) {cli.get('status_exit_codes')}: it reports that no model is loaded) against "
                    f"`{cli['baseline']}` with the same interpreter, {cli['status_ms']['n']} interleaved pairs after one "
-                   "uncounted pair.")
+                   "uncounted pair" + (f"; {cli['bytecode']}" if cli.get("bytecode") else "") + ".")
         out.append("")
         rows = [["`msting llm status --json`", str(cli["status_ms"]["n"]), f"{cli['status_ms']['median']:.1f}",
                  f"{cli['status_ms']['min']:.1f}", f"{cli['status_ms']['max']:.1f}", "", ""],

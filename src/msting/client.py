@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from msting.client_transport import PlainHTTPTransport
+
 if TYPE_CHECKING:
     from msting.config import Config, Paths
 
@@ -87,13 +89,15 @@ class MstingClient:
         self.socket_path = Path(socket_path) if socket_path is not None else None
         self.url = url.rstrip("/") if url is not None else None
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        # The daemon speaks plain HTTP: verify=False skips loading the CA bundle, which
-        # would cost ~50 ms of every short-lived CLI call and is never used.
-        transport = None
+        # The daemon speaks plain HTTP/1.1: a transport on the standard library's
+        # http.client spares every short CLI call httpcore's import (~40 ms) and
+        # httpx's CA-bundle loading. An https:// URL (a daemon behind a TLS proxy)
+        # keeps httpx's own transport.
+        transport: httpx.BaseTransport | None = None
         if self.socket_path is not None:
-            transport = httpx.HTTPTransport(uds=str(self.socket_path), verify=False)
+            transport = PlainHTTPTransport(uds=str(self.socket_path))
         elif self.url.startswith("http://"):
-            transport = httpx.HTTPTransport(verify=False)
+            transport = PlainHTTPTransport()
         self._http = httpx.Client(
             base_url=SOCKET_BASE_URL if self.socket_path is not None else self.url,
             transport=transport,

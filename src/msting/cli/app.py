@@ -13,7 +13,6 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from msting.cli import health, install, lifecycle, logs, models, profiles, status
 from msting.cli.exit_codes import EXIT_CODES_EPILOG
 
 
@@ -40,40 +39,23 @@ class LeanCommand(_LeanHelpMixin, TyperCommand):
     pass
 
 
-app = typer.Typer(
-    name="msting",
-    cls=LeanGroup,
-    help="msting keeps a local LLM service always ready.",
-    epilog=EXIT_CODES_EPILOG,
-    no_args_is_help=True,
-    add_completion=False,  # static completions ship in completions/
-    context_settings={"help_option_names": ["-h", "--help"]},
-    pretty_exceptions_enable=False,
-)
-
-llm_app = typer.Typer(
-    name="llm",
-    cls=LeanGroup,
-    help="Manage the local LLM service: install, start, stop, status, logs, profiles, models.",
-    epilog=EXIT_CODES_EPILOG,
-    no_args_is_help=True,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
-app.add_typer(llm_app, name="llm")
-
-llm_app.command("install", cls=LeanCommand)(install.install)
-llm_app.command("start", cls=LeanCommand)(lifecycle.start)
-llm_app.command("stop", cls=LeanCommand)(lifecycle.stop)
-llm_app.command("restart", cls=LeanCommand)(lifecycle.restart)
-llm_app.command("status", cls=LeanCommand)(status.status)
-llm_app.command("wait", cls=LeanCommand)(lifecycle.wait)
-llm_app.command("logs", cls=LeanCommand)(logs.logs)
-llm_app.command("health", cls=LeanCommand)(health.health)
-llm_app.command("profiles", cls=LeanCommand)(profiles.profiles)
-llm_app.command("switch-profile", cls=LeanCommand)(profiles.switch_profile)
-llm_app.command("models", cls=LeanCommand)(models.models)
-llm_app.command("load", cls=LeanCommand)(models.load)
-llm_app.command("unload", cls=LeanCommand)(models.unload)
+# The `llm` commands: name -> (module in msting.cli, function). A run builds its app
+# with just the command it names (see `build_app`), so it imports only that module.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "install": ("install", "install"),
+    "start": ("lifecycle", "start"),
+    "stop": ("lifecycle", "stop"),
+    "restart": ("lifecycle", "restart"),
+    "status": ("status", "status"),
+    "wait": ("lifecycle", "wait"),
+    "logs": ("logs", "logs"),
+    "health": ("health", "health"),
+    "profiles": ("profiles", "profiles"),
+    "switch-profile": ("profiles", "switch_profile"),
+    "models": ("models", "models"),
+    "load": ("models", "load"),
+    "unload": ("models", "unload"),
+}
 
 
 def _version(value: bool) -> None:
@@ -84,7 +66,6 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
 def _root(
     # A plain bool with a bool default: Typer then skips its pydantic-based coercion,
     # so every command (status --json above all) starts without importing pydantic.
@@ -96,6 +77,50 @@ def _root(
     """msting keeps a local LLM service always ready."""
 
 
+def build_app(only: str | None = None) -> typer.Typer:
+    """The Typer app with every `llm` command, or with just `only`: Typer inspects the
+    signature of every registered command on each run, and each command module has
+    its own imports, so a run that names its command registers that one alone
+    (``msting llm status --json`` is polled by scripts; start-up time matters)."""
+    import importlib
+
+    app = typer.Typer(
+        name="msting",
+        cls=LeanGroup,
+        help="msting keeps a local LLM service always ready.",
+        epilog=EXIT_CODES_EPILOG,
+        no_args_is_help=True,
+        add_completion=False,  # static completions ship in completions/
+        context_settings={"help_option_names": ["-h", "--help"]},
+        pretty_exceptions_enable=False,
+    )
+    llm_app = typer.Typer(
+        name="llm",
+        cls=LeanGroup,
+        help="Manage the local LLM service: install, start, stop, status, logs, profiles, models.",
+        epilog=EXIT_CODES_EPILOG,
+        no_args_is_help=True,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
+    app.add_typer(llm_app, name="llm")
+    for name, (module, function) in COMMANDS.items():
+        if only is None or name == only:
+            command = getattr(importlib.import_module(f"msting.cli.{module}"), function)
+            llm_app.command(name, cls=LeanCommand)(command)
+    app.callback()(_root)
+    return app
+
+
+def _named_command(args: list[str]) -> str | None:
+    """The `llm` command these arguments run, when they name one unambiguously."""
+    if len(args) >= 2 and args[0] == "llm" and args[1] in COMMANDS:
+        return args[1]
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point. Exits the process with the command's exit code."""
-    return app(args=argv, prog_name="msting")
+    import sys
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    return build_app(_named_command(args))(args=args, prog_name="msting")
