@@ -217,3 +217,22 @@ def test_memory_budget_unloads_the_least_recently_used_on_demand_model(daemon_ho
     assert r.status_code == 503 and r.json()["error"]["code"] == "insufficient_memory"
     assert "budget" in r.json()["error"]["message"]
     assert state("main") == "ready"  # the refusal harms nothing
+
+
+def test_a_profile_of_on_demand_models_counts_as_serving(daemon_home):
+    lazy = {"default_model": "lazy", "models": {"lazy": {"source": "builtin:tiny", "always_ready": False}}}
+    write_profile(daemon_home, "lazy", lazy)
+    daemon_home.start()
+    done = daemon_home.cli("llm", "switch-profile", "lazy")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "load on their first request" in done.stdout
+    assert daemon_home.worker_pids() == []  # nothing loaded: it loads when asked
+    # a daemon started on that profile: `start` returns as soon as it serves, not at its timeout
+    assert daemon_home.cli("llm", "stop").returncode == 0
+    started = daemon_home.cli("llm", "start", "--json", "--timeout", "60")
+    assert started.returncode == 0, started.stdout + started.stderr
+    assert json.loads(started.stdout)["readiness"] == "idle"
+    with daemon_home.client() as c:
+        assert c.get("/health/ready").json()["status"] == "idle"
+        r = c.post("/generate", json={"prompt": "Hi", "max_tokens": 3})
+        assert r.status_code == 200 and r.json()["model"] == "lazy"

@@ -112,6 +112,7 @@ def start_daemon(term: Terminal, env: Env, timeout: float) -> dict[str, Any]:
         "url": env.url,
         "startup_sec": round(elapsed, 3),
         "default_model": health.get("default_model"),
+        "readiness": health.get("readiness"),
     }
 
 
@@ -124,7 +125,9 @@ def wait_ready(
     marks: LogMarks | None = None,
     fail_fast: bool = False,
 ) -> dict[str, Any]:
-    """Poll until ``/health/ready`` is 200; return the last ``/health`` body.
+    """Poll until ``/health/ready`` is 200, or reports ``idle`` (no model is to be
+    loaded: every model of the profile loads on its first request); return the last
+    ``/health`` body.
 
     With ``proc`` (a daemon this process spawned), its early exit is reported with its
     exit code and log tails. With ``fail_fast``, a daemon that dies or a model that
@@ -161,10 +164,10 @@ def wait_ready(
                     health = client.health()
                     term.dim(f"daemon is up (pid {health.get('pid')}, version {health.get('version')})")
                 ok, body = client.ready()
-                if ok:
+                status, reason = body.get("status"), body.get("reason")
+                if ok or status == "idle":
                     health = client.health()
                     return health
-                status, reason = body.get("status"), body.get("reason")
                 last_reason = f"{status}: {reason}" if reason else str(status)
                 if (status, reason) != shown:
                     shown = (status, reason)

@@ -129,6 +129,8 @@ def print_ready(term: Terminal, result: dict[str, Any]) -> None:
     for label, key in (("pid", "pid"), ("socket", "socket"), ("url", "url"), ("model", "default_model")):
         if result.get(key) is not None:
             term.info(f"  {label:<7} {result[key]}")
+    if result.get("readiness") == "idle":
+        term.info("  no model is loaded: the profile's models are on demand and load on their first request")
 
 
 def print_stopped(term: Terminal, result: dict[str, Any]) -> None:

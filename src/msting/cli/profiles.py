@@ -202,7 +202,8 @@ def run_switch(term: Terminal, client: Any, name: str, timeout: float, last: dic
     settle = min(deadline, time.monotonic() + SETTLE_SEC)
     while True:
         info = client.status()
-        if info.get("profile") == profile and info.get("ready"):
+        on_demand = (info.get("readiness") or {}).get("status") == "idle"  # every model loads on request
+        if info.get("profile") == profile and (info.get("ready") or on_demand):
             break
         if time.monotonic() >= settle:
             readiness = info.get("readiness") or {}
@@ -220,7 +221,8 @@ def run_switch(term: Terminal, client: Any, name: str, timeout: float, last: dic
     how = f" ({mode})" if mode else ""
     switched = (job.get("result") or {}).get("switched_ms")
     when = f"in {fmt_ms(switched)} (old workers stopped by {fmt_ms(duration)})" if isinstance(switched, (int, float)) else f"in {fmt_ms(duration)}"
-    return job, Outcome(True, ExitCode.OK, f"switched to profile '{profile}' {when}{how}; it is ready")
+    state = "its models load on their first request" if on_demand else "it is ready"
+    return job, Outcome(True, ExitCode.OK, f"switched to profile '{profile}' {when}{how}; {state}")
 
 
 def _timed_out(job: dict[str, Any], target: str, timeout: float) -> Outcome:
