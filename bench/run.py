@@ -469,6 +469,13 @@ def main(argv: list[str] | None = None) -> int:
                            "llama_server_cpp": h.cpp_llama_server()}
     m = res["machine"]
     print(f"msting benchmark suite ({mode}) on {h.machine_line(m)}", flush=True)
+    # as pip install does: an editable checkout under PYTHONDONTWRITEBYTECODE=1 would
+    # otherwise recompile every msting module in every CLI call, daemon and worker start
+    import compileall
+
+    import msting
+
+    compileall.compile_dir(str(Path(msting.__file__).parent), quiet=1)
     large = h.large_model()
     res["large_model"] = {"path": str(large), "size_bytes": large.stat().st_size, "dims": h.LARGE_DIMS}
     quiet = ["--wait-quiet", str(args.wait_quiet)] if args.wait_quiet else []
