@@ -26,6 +26,7 @@ capture.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import queue
@@ -397,6 +398,8 @@ def main(argv: list[str] | None = None) -> int:
             from msting.worker.engine import import_backend
 
             import_backend()
+            gc.collect()  # while nobody waits: the freeze after the load is then quick
+            gc.freeze()
         except Exception as exc:  # reported as the boot error of the model it gets
             backend_error = exc
         load = _await_load(conn)
@@ -433,6 +436,10 @@ def main(argv: list[str] | None = None) -> int:
         conn.close()
         return EXIT_BOOT_ERROR
 
+    # The engine, llama_cpp and numpy live as long as the process: keep them out of the
+    # collector's sight, so a full collection never pauses a generation to walk them.
+    gc.collect()
+    gc.freeze()
     conn.send(MsgType.READY, None, model=metadata, load_ms=load_ms)
     server = WorkerServer(conn, engine)
     code = server.serve()
