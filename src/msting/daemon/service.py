@@ -96,8 +96,9 @@ class Service:
         self.launcher.start()
 
     def _settled(self) -> bool:
-        """No worker is starting or loading and no switch runs: the moment to start a spare."""
-        if self.switching is not None or self.stopping:
+        """No worker is starting or loading: the moment to start a spare (a switch that
+        is past its load step, draining the old profile, counts as settled)."""
+        if self.stopping:
             return False
         return not any(w.state in (WorkerState.STARTING, WorkerState.LOADING) for rt in self.all_runtimes() for w in rt.workers)
 

@@ -6,8 +6,8 @@ crash restart, a profile switch or an on-demand load. So the daemon keeps one *s
 a worker process started with ``--spare`` that has already imported the engine and
 waits, silent, for a ``load`` frame. `WorkerLauncher.launch` hands it to the next
 worker start (which then pays only the model load) and starts a new spare once the
-daemon is settled again (no worker starting or loading), so the spare's own start
-never competes with a load for the cores.
+daemon is settled again (no worker starting or loading for 0.2 s), so the spare's own
+start never competes with a load for the cores.
 
 ``llm_service.warm_spare: false`` turns it off; every worker then starts from scratch.
 """
@@ -25,7 +25,7 @@ from typing import Callable
 
 log = logging.getLogger("msting.daemon.spares")
 
-SETTLE_SEC = 0.5  # the daemon has had no worker starting or loading for this long
+SETTLE_SEC = 0.2  # the daemon has had no worker starting or loading for this long
 _POLL_SEC = 0.1
 
 
