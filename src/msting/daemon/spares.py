@@ -185,11 +185,10 @@ class WorkerLauncher:
                 pass
 
 
-async def _stop(spare: Launched) -> None:
-    """EOF on its socket ends a spare that waits; SIGTERM one still importing."""
-    spare.sock.close()
-    proc = spare.proc
-    for sig, wait in ((None, 1.0), (signal.SIGTERM, 2.0), (signal.SIGKILL, 5.0)):
+async def stop_process(proc: asyncio.subprocess.Process, grace: float, term_wait: float) -> None:
+    """Wait `grace` seconds for `proc` to exit by itself (it was asked to: a shutdown
+    frame, EOF), then SIGTERM and wait `term_wait`, then SIGKILL."""
+    for sig, wait in ((None, grace), (signal.SIGTERM, term_wait), (signal.SIGKILL, 5.0)):
         if proc.returncode is not None:
             return
         if sig is not None:
@@ -202,3 +201,9 @@ async def _stop(spare: Launched) -> None:
             return
         except asyncio.TimeoutError:
             continue
+
+
+async def _stop(spare: Launched) -> None:
+    """EOF on its socket ends a spare that waits; SIGTERM one still importing."""
+    spare.sock.close()
+    await stop_process(spare.proc, 1.0, 2.0)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from msting.daemon.backoff import RestartTracker
 from msting.daemon.requests import ApiError, GenerationRequest, server_error
-from msting.daemon.spares import LaunchError
+from msting.daemon.spares import LaunchError, stop_process
 from msting.daemon.states import WorkerState, transition
 from msting.worker import protocol
 from msting.worker.protocol import MsgType
@@ -472,17 +472,7 @@ class WorkerSupervisor:
             if self.state.alive and self.state is not WorkerState.DRAINING:
                 self._set(WorkerState.DRAINING)
             self._send(protocol.encode(MsgType.SHUTDOWN, None))
-            for sig, wait in ((None, 2.0), (signal.SIGTERM, self.settings.stop_timeout_sec), (signal.SIGKILL, 5.0)):
-                if sig is not None:
-                    try:
-                        proc.send_signal(sig)
-                    except ProcessLookupError:
-                        break
-                try:
-                    await asyncio.wait_for(proc.wait(), timeout=wait)
-                    break
-                except asyncio.TimeoutError:
-                    continue
+            await stop_process(proc, 2.0, self.settings.stop_timeout_sec)
             if self.last_exit is None or proc.returncode is not None:
                 self.last_exit = _describe_exit(proc.returncode)
         if self._writer is not None:
