@@ -297,6 +297,20 @@ def _sampler_process(conn: Any, sock_path: str) -> None:
         raw.close()
 
 
+def close_child(conn: Any, proc: Any, wait: float) -> None:
+    """Stop a pipe-driven child process (multiprocessing): ask it to close, wait
+    `wait` seconds, then kill it."""
+    try:
+        conn.send(("close",))
+    except OSError:
+        pass
+    proc.join(wait)
+    if proc.is_alive():
+        proc.kill()
+        proc.join(5)
+    conn.close()
+
+
 class HealthSampler:
     """GET /health from a dedicated child process, with one persistent httpx client
     (or, for reference, hand-written HTTP on a raw socket). Samples are
@@ -330,15 +344,7 @@ class HealthSampler:
         return self.conn.recv()
 
     def close(self) -> None:
-        try:
-            self.conn.send(("close",))
-        except OSError:
-            pass
-        self.proc.join(5)
-        if self.proc.is_alive():
-            self.proc.kill()
-            self.proc.join(5)
-        self.conn.close()
+        close_child(self.conn, self.proc, 5)
 
 
 class RawHealth:

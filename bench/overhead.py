@@ -541,15 +541,7 @@ class ClientProcess:
         return value
 
     def close(self) -> None:
-        try:
-            self.conn.send(("close",))
-        except OSError:
-            pass
-        self.proc.join(10)
-        if self.proc.is_alive():
-            self.proc.kill()
-            self.proc.join(5)
-        self.conn.close()
+        h.close_child(self.conn, self.proc, 10)
 
 
 # ---------------------------------------------------------------------------------------
