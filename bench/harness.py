@@ -748,6 +748,22 @@ def dump_json(path: Path, res: dict) -> None:
     path.write_text(json.dumps(res, indent=1, default=str) + "\n")
 
 
+def save_results(res: dict, json_out: Path) -> Path:
+    """Write a bench's JSON; a run with errors goes to ``*.failed.json`` instead, so it
+    never overwrites the results of a good one. Returns the path written."""
+    out = json_out if not res.get("errors") else json_out.with_name(json_out.stem + ".failed.json")
+    dump_json(out, res)
+    print(f"wrote {out}")
+    return out
+
+
+def notes_block(notes: list[str]) -> list[str]:
+    """The "Notes:" list closing a section of docs/benchmarks.md (nothing without notes)."""
+    if not notes:
+        return []
+    return ["Notes:", "", *(f"- {n}" for n in notes), ""]
+
+
 # ---------------------------------------------------------------------------------------
 # models
 

@@ -132,6 +132,39 @@ MSTING = [v for v in TPS_VARIANTS if TPS_VARIANTS[v][2] == "msting"]
 # the client process: every timed call runs here
 
 
+class CompletionStream:
+    """What a client gathers from a streamed ``/v1/completions``: the text pieces, the
+    time to the first piece (from `t0`), usage and finish_reason. Feed it each
+    ``data:`` payload (str or bytes) as it arrives."""
+
+    def __init__(self, t0: float):
+        self.t0 = t0
+        self.ttft: float | None = None
+        self.parts: list[str] = []
+        self.usage: dict | None = None
+        self.finish: str | None = None
+
+    def feed(self, payload: str | bytes) -> None:
+        if payload in ("[DONE]", b"[DONE]"):
+            return
+        obj = json.loads(payload)
+        if "error" in obj:
+            raise RuntimeError(f"stream error: {obj['error']}")
+        if obj.get("usage"):
+            self.usage = obj["usage"]
+        for ch in obj.get("choices") or []:
+            if ch.get("text"):
+                if self.ttft is None:
+                    self.ttft = time.perf_counter() - self.t0
+                self.parts.append(ch["text"])
+            self.finish = ch.get("finish_reason") or self.finish
+
+    def result(self) -> dict:
+        return {"wall": time.perf_counter() - self.t0, "ttft": self.ttft, "text": "".join(self.parts),
+                "chunks": len(self.parts), "completion_tokens": (self.usage or {}).get("completion_tokens"),
+                "finish_reason": self.finish}
+
+
 class RawSSE:
     """POST + SSE over one persistent Unix-socket connection, HTTP written by hand (chunked
     transfer decoding included), so that httpx's own cost can be told apart from the
@@ -198,11 +231,8 @@ class RawSSE:
             raise RuntimeError(f"raw stream: {status_and_headers[0]}")
         if not any(h.lower().startswith("transfer-encoding:") and "chunked" in h.lower() for h in status_and_headers[1:]):
             raise RuntimeError("raw stream: the answer is not chunked")
-        ttft = None
-        parts: list[str] = []
-        usage = None
+        stream = CompletionStream(t0)
         pending = b""
-        chunks = 0
         while True:
             size = int(self._until(b"\r\n").split(b";")[0], 16)
             if size == 0:
@@ -213,23 +243,9 @@ class RawSSE:
             while b"\n\n" in pending:
                 event, pending = pending.split(b"\n\n", 1)
                 for line in event.split(b"\n"):
-                    if not line.startswith(b"data: "):
-                        continue
-                    payload = line[6:]
-                    if payload == b"[DONE]":
-                        continue
-                    obj = json.loads(payload)
-                    if obj.get("usage"):
-                        usage = obj["usage"]
-                    for ch in obj.get("choices") or []:
-                        if ch.get("text"):
-                            if ttft is None:
-                                ttft = time.perf_counter() - t0
-                            chunks += 1
-                            parts.append(ch["text"])
-        wall = time.perf_counter() - t0
-        return {"wall": wall, "ttft": ttft, "text": "".join(parts), "chunks": chunks,
-                "completion_tokens": (usage or {}).get("completion_tokens")}
+                    if line.startswith(b"data: "):
+                        stream.feed(line[6:])
+        return stream.result()
 
     def close(self) -> None:
         if self.sock is not None:
@@ -441,36 +457,15 @@ class Client:
                 raise RuntimeError(f"HTTP {r.status_code}: {str(j)[:300]}")
             return {"wall": wall, "ttft": None, "text": j["choices"][0]["text"], "chunks": 1,
                     "completion_tokens": j["usage"]["completion_tokens"], "finish_reason": j["choices"][0]["finish_reason"]}
-        ttft = None
-        parts = []
-        chunks = 0
-        usage = None
-        finish = None
+        stream = CompletionStream(t0)
         with client.stream("POST", "/v1/completions", json=body) as r:
             if r.status_code != 200:
                 r.read()
                 raise RuntimeError(f"HTTP {r.status_code}: {r.text[:300]}")
             for line in r.iter_lines():
-                if not line.startswith("data: "):
-                    continue
-                payload = line[6:]
-                if payload == "[DONE]":
-                    continue
-                obj = json.loads(payload)
-                if "error" in obj:
-                    raise RuntimeError(f"stream error: {obj['error']}")
-                if obj.get("usage"):
-                    usage = obj["usage"]
-                for ch in obj.get("choices") or []:
-                    if ch.get("text"):
-                        if ttft is None:
-                            ttft = time.perf_counter() - t0
-                        chunks += 1
-                        parts.append(ch["text"])
-                    finish = ch.get("finish_reason") or finish
-        wall = time.perf_counter() - t0
-        return {"wall": wall, "ttft": ttft, "text": "".join(parts), "chunks": chunks,
-                "completion_tokens": (usage or {}).get("completion_tokens"), "finish_reason": finish}
+                if line.startswith("data: "):
+                    stream.feed(line[6:])
+        return stream.result()
 
     def run(self, variant: str, key: str, n: int) -> dict:
         m = self.models[key]
@@ -1029,12 +1024,7 @@ def markdown(res: dict) -> str:
     out.append("")
     out.extend(md_table(CPU_HEAD, cpu_rows(models)))
     out.append("")
-    notes = res.get("notes") or []
-    if notes:
-        out.append("Notes:")
-        out.append("")
-        out.extend(f"- {n}" for n in notes)
-        out.append("")
+    out.extend(h.notes_block(res.get("notes") or []))
     return "\n".join(out)
 
 
@@ -1153,8 +1143,7 @@ def main(argv: list[str] | None = None) -> int:
     for n in res["notes"]:
         print(f"- {n}")
     print(f"\n{mode} run took {res['duration_sec']:.0f} s")
-    args.json_out.parent.mkdir(parents=True, exist_ok=True)
-    args.json_out.write_text(json.dumps(res, indent=1, default=str) + "\n")
+    h.dump_json(args.json_out, res)
     print(f"wrote {args.json_out}")
     if not args.no_docs:
         h.write_docs(markdown(res), SECTION_TITLE, keep=(ANALYSIS_START, ANALYSIS_END))

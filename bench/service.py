@@ -42,7 +42,6 @@ import argparse
 import concurrent.futures as cf
 import datetime as _dt
 import hashlib
-import json
 import os
 import signal
 import subprocess
@@ -74,7 +73,9 @@ from harness import (  # noqa: E402 - bench/harness.py: the helpers every bench 
     latency,
     machine,
     merge,
+    notes_block,
     ready_worker,
+    save_results,
     short_cmd,
     spread,
     status,
@@ -613,12 +614,7 @@ def markdown(res: dict, rows: list[dict]) -> str:
         c[0] = c[0].replace("  ", "↳ ", 1) if c[0].startswith("  ") else c[0]
         out.append("| " + " | ".join(x.replace("|", "\\|") for x in c) + " |")
     out.append("")
-    notes = res.get("notes") or []
-    if notes:
-        out.append("Notes:")
-        out.append("")
-        out.extend(f"- {n}" for n in notes)
-        out.append("")
+    out.extend(notes_block(res.get("notes") or []))
     return "\n".join(out)
 
 
@@ -746,11 +742,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"- {n}")
     print(f"\n{mode} run took {res['duration_sec']:.0f} s")
 
-    # a failed run must not overwrite the results of a good one
-    out = args.json_out if not res["errors"] else args.json_out.with_name(args.json_out.stem + ".failed.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=1, default=str) + "\n")
-    print(f"wrote {out}")
+    save_results(res, args.json_out)
     if res["errors"]:
         print(f"{len(res['errors'])} section(s) failed: {DOCS.name} left as it was", file=sys.stderr)
         return 1

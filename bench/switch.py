@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import re
 import sqlite3
 import subprocess
@@ -711,12 +710,7 @@ def markdown(res: dict, rows: list[list[str]]) -> str:
             head = SWITCH_HEAD if key == "loaded" else SWITCH_HEAD[:12]
             out.extend(md_table(head, [r[:len(head)] for r in rows_sw], set(range(2, len(head))) - {4}))
             out.append("")
-    notes = res.get("notes") or []
-    if notes:
-        out.append("Notes:")
-        out.append("")
-        out.extend(f"- {n}" for n in notes)
-        out.append("")
+    out.extend(h.notes_block(res.get("notes") or []))
     text = analysis(res)
     if text:
         out.extend(text)
@@ -783,10 +777,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"- {n}")
     print(f"\n{mode} run took {res['duration_sec']:.0f} s")
 
-    out = args.json_out if not res["errors"] else args.json_out.with_name(args.json_out.stem + ".failed.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=1, default=str) + "\n")
-    print(f"wrote {out}")
+    h.save_results(res, args.json_out)
     if res["errors"]:
         print(f"the run failed: {DOCS.name} left as it was", file=sys.stderr)
         return 1
