@@ -23,6 +23,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from .procs import ChildProcess
+
 log = logging.getLogger("msting.daemon.spares")
 
 SETTLE_SEC = 0.2  # the daemon has had no worker starting or loading for this long
@@ -37,7 +39,7 @@ class LaunchError(Exception):
 class Launched:
     """A started worker process and the daemon's end of its socketpair."""
 
-    proc: asyncio.subprocess.Process
+    proc: ChildProcess
     sock: socket.socket
     spare: bool  # True: it waits for a ``load`` frame with its spec
 
@@ -45,13 +47,8 @@ class Launched:
 async def _spawn(args: list[str]) -> Launched:
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "msting.worker", "--fd", str(child.fileno()), *args,
-            pass_fds=(child.fileno(),),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        proc = await ChildProcess.start(
+            [sys.executable, "-m", "msting.worker", "--fd", str(child.fileno()), *args], pass_fds=(child.fileno(),))
     except OSError as exc:
         parent.close()
         raise LaunchError(f"cannot start the worker process: {exc}") from None
@@ -178,24 +175,18 @@ class WorkerLauncher:
         """Forced shutdown: kill the spare at once."""
         self._closed = True
         spare = self._spare
-        if spare is not None and spare.proc.returncode is None:
-            try:
-                spare.proc.kill()
-            except ProcessLookupError:
-                pass
+        if spare is not None:
+            spare.proc.kill()
 
 
-async def stop_process(proc: asyncio.subprocess.Process, grace: float, term_wait: float) -> None:
+async def stop_process(proc: ChildProcess, grace: float, term_wait: float) -> None:
     """Wait `grace` seconds for `proc` to exit by itself (it was asked to: a shutdown
     frame, EOF), then SIGTERM and wait `term_wait`, then SIGKILL."""
     for sig, wait in ((None, grace), (signal.SIGTERM, term_wait), (signal.SIGKILL, 5.0)):
         if proc.returncode is not None:
             return
         if sig is not None:
-            try:
-                proc.send_signal(sig)
-            except ProcessLookupError:
-                return
+            proc.send_signal(sig)
         try:
             await asyncio.wait_for(proc.wait(), timeout=wait)
             return

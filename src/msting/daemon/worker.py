@@ -24,6 +24,7 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from msting.daemon.backoff import RestartTracker
+from msting.daemon.procs import ChildProcess
 from msting.daemon.requests import ApiError, GenerationRequest, server_error
 from msting.daemon.spares import LaunchError, stop_process
 from msting.daemon.states import WorkerState, transition
@@ -69,7 +70,7 @@ class WorkerSupervisor:
         self._serve_task: asyncio.Task | None = None
         self._stderr_task: asyncio.Task | None = None
         self._stop = asyncio.Event()
-        self._proc: asyncio.subprocess.Process | None = None
+        self._proc: ChildProcess | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._current: GenerationRequest | None = None
         self._current_done: asyncio.Future | None = None
@@ -111,10 +112,7 @@ class WorkerSupervisor:
         """Kill the process at once (hang, or forced shutdown); the lifecycle cleans up."""
         if self._proc and self._proc.returncode is None:
             self._kill_reason = reason
-            try:
-                self._proc.kill()
-            except ProcessLookupError:
-                pass
+            self._proc.kill()
 
     def cancel(self, req: GenerationRequest) -> None:
         """The client went away: stop generating for it."""
