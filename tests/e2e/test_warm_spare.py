@@ -76,3 +76,34 @@ def test_warm_spare_off_starts_no_spare(daemon_home):
     children = psutil.Process(daemon_pid).children()
     assert [p.pid for p in children] == daemon_home.worker_pids()
     assert "off" in daemon_home.cli("llm", "status").stdout
+
+
+def test_the_event_loop_has_a_short_time_slice_and_workers_the_default(daemon_home):
+    """The daemon asks for a short scheduler slice for its event loop (msting.sched);
+    worker processes inherit it through fork and put theirs back to the default."""
+    import threading
+
+    from msting.sched import SLICE_US, current_slice_ns, set_time_slice
+
+    probe: dict = {}
+
+    def _probe() -> None:  # what this kernel does with the same request, on a throwaway thread
+        probe["default"] = current_slice_ns()
+        probe["outcome"] = set_time_slice()
+
+    thread = threading.Thread(target=_probe)
+    thread.start()
+    thread.join()
+
+    daemon_home.start()
+    spare_pid = daemon_home.wait_for(lambda: _spare_pid(daemon_home), what="the warm spare")
+    daemon_pid = daemon_home.daemon_pid()
+    assert f"event loop thread: {probe['outcome']}" in daemon_home.log_file.read_text()
+    if probe["outcome"] != f"{SLICE_US} µs time slice":
+        return  # not Linux ≥ 6.12: the log line above says so, and nothing changed
+    assert current_slice_ns(daemon_pid) == SLICE_US * 1000  # the main thread runs the loop
+    for pid in [*daemon_home.worker_pids(), spare_pid]:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            text = open(f"/proc/{pid}/task/{tid}/sched").read()
+            slice_ns = int(next(line for line in text.splitlines() if line.startswith("se.slice")).split(":")[1])
+            assert slice_ns == probe["default"], (pid, tid, slice_ns)

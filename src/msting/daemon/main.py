@@ -168,6 +168,9 @@ async def _serve(config: Config, paths: Paths, sockets: list[socket.socket], sec
     from msting.daemon.switch import restore_routing
     from msting.http.app import build_app
 
+    from msting.sched import set_time_slice
+
+    log.info("event loop thread: %s", set_time_slice())
     loop = asyncio.get_running_loop()
     signals: asyncio.Queue[int] = asyncio.Queue()
     for sig in (signal.SIGTERM, signal.SIGINT):

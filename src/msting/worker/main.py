@@ -37,6 +37,7 @@ import threading
 import time
 from typing import Any, Callable
 
+from msting.sched import set_time_slice
 from msting.worker import params, protocol
 from msting.worker.params import BadRequest
 from msting.worker.protocol import (
@@ -383,6 +384,10 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     except ValueError:  # not the main thread (tests calling main() in-process)
         pass
+
+    # The daemon's event loop runs with a short time slice, and its children inherit
+    # it: a decode thread runs best with the default one.
+    set_time_slice(None)
 
     try:
         sock = socket.socket(fileno=args.fd)
