@@ -8,6 +8,8 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import psutil
+
 from msting.config import Config
 from msting.daemon.requests import GenerationRequest, ModelQueue, unavailable
 from msting.daemon.spares import WorkerLauncher
@@ -216,8 +218,6 @@ class ModelRuntime:
 
     def worker_rss(self) -> dict[int, int]:
         """Resident memory of each live worker process, by pid."""
-        import psutil
-
         rss = {}
         for w in self.workers:
             if w.pid:

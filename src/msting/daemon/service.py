@@ -16,6 +16,8 @@ import os
 import time
 from dataclasses import dataclass, field
 
+import psutil
+
 from msting import __version__
 from msting.config import Config, Paths
 from msting.daemon.jobs import Jobs
@@ -201,8 +203,6 @@ class Service:
         """Before an on-demand load: check memory (available, and the profile's budget),
         unloading idle on-demand models, least recently used first, to make room.
         Refuse clearly rather than risk an out-of-memory kill."""
-        import psutil
-
         from msting.models.gguf_file import ModelFileError
         from msting.models.memory import format_bytes
 
@@ -273,8 +273,6 @@ class Service:
 
     async def unload(self, name: str | None) -> dict:
         """Stop a model's workers (after their current request) and check they are gone."""
-        import psutil
-
         rt = self.resolve(name)
         if not rt.on_demand:
             raise ApiError(409, "invalid_request_error", "model_always_ready",
@@ -360,8 +358,6 @@ class Service:
         }
 
     def memory(self) -> dict:
-        import psutil
-
         workers_rss = sum(w_rss for rt in self.all_runtimes() for w_rss in rt.worker_rss().values())
         return {
             "daemon_rss_bytes": psutil.Process().memory_info().rss,
@@ -372,8 +368,6 @@ class Service:
 
     def spare_snapshot(self) -> dict:
         """The warm spare worker: its pid and RSS, and how many worker starts it served."""
-        import psutil
-
         snap = self.launcher.snapshot()
         snap["rss_bytes"] = None
         if snap["pid"] is not None:
