@@ -252,15 +252,52 @@ def ready_worker(client: httpx.Client, not_pid: int | None = None) -> dict | Non
     return None
 
 
-def _sampler_process(conn: Any, sock_path: str) -> None:
+def _reference_server_process(sock_path: str, body: bytes, started: Any) -> None:
+    """A stand-in for the daemon that does nothing but answer: every request on its
+    Unix socket gets the same 200 and `body` (a copy of a real /health answer). Sampled
+    with httpx under the same load, it shows the client's own floor: what an httpx
+    /health would take against a server that costs nothing."""
+    import asyncio
+
+    answer = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                await reader.readuntil(b"\r\n\r\n")  # GET: no body
+                writer.write(answer)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def main() -> None:
+        server = await asyncio.start_unix_server(handle, path=sock_path)
+        started.set()
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(main())
+
+
+def _sampler_process(conn: Any, sock_path: str, reference_path: str | None) -> None:
     """Runs in its own process (so that the bench's other threads never hold its GIL):
     samples GET /health on command and sends the samples back."""
     client = httpx.Client(transport=httpx.HTTPTransport(uds=sock_path), base_url="http://msting", timeout=10)
+    reference = (httpx.Client(transport=httpx.HTTPTransport(uds=reference_path), base_url="http://msting", timeout=10)
+                 if reference_path else None)
     raw = RawHealth(sock_path)
 
-    def via_httpx() -> str:
-        r = client.get("/health")
+    def via(c: httpx.Client) -> str:
+        r = c.get("/health")
         return r.json().get("readiness", "?") if r.status_code == 200 else f"http {r.status_code}"
+
+    def via_httpx() -> str:
+        return via(client)
+
+    def via_reference() -> str:
+        assert reference is not None, "the sampler was made without a reference server"
+        return via(reference)
 
     try:
         while True:
@@ -268,7 +305,7 @@ def _sampler_process(conn: Any, sock_path: str) -> None:
             if cmd[0] != "run":
                 return
             _, duration, kind = cmd
-            get = via_httpx if kind == "httpx" else raw.get
+            get = {"httpx": via_httpx, "raw": raw.get, "httpx_reference": via_reference}[kind]
             for _ in range(5):  # (re)connect and warm up; not counted
                 try:
                     get()
@@ -295,6 +332,8 @@ def _sampler_process(conn: Any, sock_path: str) -> None:
     finally:
         client.close()
         raw.close()
+        if reference is not None:
+            reference.close()
 
 
 def close_child(conn: Any, proc: Any, wait: float) -> None:
@@ -312,17 +351,29 @@ def close_child(conn: Any, proc: Any, wait: float) -> None:
 
 
 class HealthSampler:
-    """GET /health from a dedicated child process, with one persistent httpx client
-    (or, for reference, hand-written HTTP on a raw socket). Samples are
-    (latency ms, reported readiness, time.perf_counter() at the start); perf_counter is
-    CLOCK_MONOTONIC, so the child's times compare with the parent's."""
+    """GET /health from a dedicated child process, with one persistent httpx client.
+    For reference, two other kinds: "raw", hand-written HTTP on a raw socket (the
+    daemon's own share), and "httpx_reference", httpx against a do-nothing server in
+    its own process (the client's floor). Samples are (latency ms, reported readiness,
+    time.perf_counter() at the start); perf_counter is CLOCK_MONOTONIC, so the child's
+    times compare with the parent's."""
 
     def __init__(self, home: Home):
         import multiprocessing as mp
 
         ctx = mp.get_context("spawn")
+        with httpx.Client(transport=httpx.HTTPTransport(uds=str(home.socket)), base_url="http://msting", timeout=10) as c:
+            body = c.get("/health").content
+        reference_path = str(home.path / "reference.sock")
+        started = ctx.Event()
+        self.server = ctx.Process(target=_reference_server_process, args=(reference_path, body, started),
+                                  name="health-reference", daemon=True)
+        self.server.start()
+        if not started.wait(30):
+            raise BenchError("the reference /health server did not start")
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_sampler_process, args=(child, str(home.socket)), name="health-sampler", daemon=True)
+        self.proc = ctx.Process(target=_sampler_process, args=(child, str(home.socket), reference_path),
+                                name="health-sampler", daemon=True)
         self.proc.start()
         child.close()
 
@@ -345,6 +396,8 @@ class HealthSampler:
 
     def close(self) -> None:
         close_child(self.conn, self.proc, 5)
+        self.server.kill()
+        self.server.join(5)
 
 
 class RawHealth:

@@ -140,6 +140,9 @@ def targets(res: dict) -> list[list[str]]:
         raw = s.get("health_under_load_raw_socket")
         if raw and raw.get("p99") is not None:
             rows.append(["↳ the daemon's share: same load, hand-written HTTP on a raw socket", f"{raw['p50']:.2f} / {raw['p99']:.2f} ms", "", ""])
+        floor = s.get("health_under_load_httpx_reference")
+        if floor and floor.get("p99") is not None:
+            rows.append(["↳ the client's floor: same load, httpx against a do-nothing server", f"{floor['p50']:.2f} / {floor['p99']:.2f} ms", "", ""])
     churn = svc.get("health_churn")
     if churn:
         a = churn["not_ready"]
@@ -148,6 +151,9 @@ def targets(res: dict) -> list[list[str]]:
         raw = churn.get("not_ready_raw_socket")
         if raw and raw.get("p99") is not None:
             rows.append(["↳ the daemon's share: same churn, hand-written HTTP on a raw socket", f"{raw['p50']:.2f} / {raw['p99']:.2f} ms", "", ""])
+        floor = churn.get("httpx_reference_all")
+        if floor and floor.get("p99") is not None:
+            rows.append(["↳ the client's floor: same churn, httpx against a do-nothing server", f"{floor['p50']:.2f} / {floor['p99']:.2f} ms", "", ""])
     mc = res.get("memory_cli") or {}
     cli = mc.get("cli")
     if cli:

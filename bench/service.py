@@ -185,9 +185,10 @@ def generate_loop(home: Home, stop: threading.Event, deadline: float, max_reques
 
 
 def health_under_load(home: Home, sampler: HealthSampler, pool: cf.ThreadPoolExecutor, duration: float,
-                      raw_duration: float = 0.0) -> tuple[list, dict, list]:
-    """/health with httpx for `duration`, then hand-written HTTP on a raw socket for
-    `raw_duration` (the daemon's own share), both under the same load."""
+                      raw_duration: float = 0.0) -> tuple[list, dict, list, list]:
+    """/health with httpx for `duration`, then for `raw_duration` each: hand-written
+    HTTP on a raw socket (the daemon's own share) and httpx against the do-nothing
+    reference server (the client's floor), all under the same load."""
     stop = threading.Event()
     deadline = time.monotonic() + duration + 30
     futures = [pool.submit(generate_loop, home, stop, deadline, 500) for _ in range(2)]
@@ -198,12 +199,13 @@ def health_under_load(home: Home, sampler: HealthSampler, pool: cf.ThreadPoolExe
         samples = sampler.run(duration)
         elapsed = time.perf_counter() - t0
         raw = sampler.run(raw_duration, "raw") if raw_duration else []
+        floor = sampler.run(raw_duration, "httpx_reference") if raw_duration else []
     finally:
         stop.set()
         results = [f.result(timeout=120) for f in futures]
     load = {k: sum(r[k] for r in results) for k in ("requests", "tokens", "errors")}
     load["sample_sec"] = elapsed
-    return samples, load, raw
+    return samples, load, raw, floor
 
 
 
@@ -219,7 +221,7 @@ def summarize_health(samples: list[tuple[float, str, float]]) -> dict:
 # 2c: while the worker is killed and re-loaded in a loop
 def _churn(home: Home, p: dict, kind: str) -> tuple[list, list[float], list[dict]]:
     """Kill the worker each time it is READY again, `churn_kills` times, while /health is
-    sampled with `kind` ("httpx" or "raw") throughout."""
+    sampled with `kind` (see HealthSampler) throughout."""
     sampler = HealthSampler(home)
     samples: list = []
     cycles: list[dict] = []
@@ -255,7 +257,8 @@ def bench_health_churn(p: dict, keep: bool) -> dict:
         home.start()
         samples, kills, cycles = _churn(home, p, "httpx")
         raw_samples, _, raw_cycles = _churn(home, p, "raw")  # the daemon's share, same churn
-        cycles += raw_cycles
+        floor_samples, _, floor_cycles = _churn(home, p, "httpx_reference")  # httpx's floor, same churn
+        cycles += raw_cycles + floor_cycles
         not_ready = [s for s in samples if s[1] != "ready"]
         by_readiness = {st: latency([s[0] for s in samples if s[1] == st]) for st in sorted({s[1] for s in samples})}
         # where the slow samples fall: milliseconds after the latest kill before them
@@ -273,6 +276,9 @@ def bench_health_churn(p: dict, keep: bool) -> dict:
             "all": summarize_health(samples),
             "not_ready": summarize_health(not_ready),
             "not_ready_raw_socket": summarize_health([x for x in raw_samples if x[1] != "ready"]),
+            # the reference server always answers "ready": these are all its samples over
+            # the same churn (most of that time is not ready: see by_readiness)
+            "httpx_reference_all": summarize_health(floor_samples),
             "by_readiness": by_readiness,
             "slow_samples": slow[:100],
         }
@@ -395,6 +401,7 @@ class ModelDaemon:
         self.sampler = HealthSampler(self.home)
         self.raw_idle: list = []
         self.raw_loaded: list = []
+        self.floor_loaded: list = []
         self.idle: list = []
         self.loaded: list = []
         self.load_stats: list[dict] = []
@@ -421,9 +428,10 @@ def bench_service(p: dict, models: list[tuple[str, str, str | None]], keep: bool
                 for d in daemons:
                     d.idle += d.sampler.run(p["idle_sec"])
                     d.raw_idle += d.sampler.run(p["raw_sec"], "raw")
-                    samples, load, raw = health_under_load(d.home, d.sampler, pool, p["load_sec"], p["raw_sec"])
+                    samples, load, raw, floor = health_under_load(d.home, d.sampler, pool, p["load_sec"], p["raw_sec"])
                     d.loaded += samples
                     d.raw_loaded += raw
+                    d.floor_loaded += floor
                     d.load_stats.append(load)
                     print(f"  health round {rnd + 1}/{p['health_rounds']} {d.key}: idle p99 "
                           f"{latency([s[0] for s in d.idle])['p99']} ms, under load p99 {latency([s[0] for s in samples])['p99']} ms "
@@ -453,6 +461,7 @@ def bench_service(p: dict, models: list[tuple[str, str, str | None]], keep: bool
                 "health_idle_raw_socket": summarize_health(d.raw_idle),
                 "health_under_load": summarize_health(d.loaded),
                 "health_under_load_raw_socket": summarize_health(d.raw_loaded),
+                "health_under_load_httpx_reference": summarize_health(d.floor_loaded),
                 "load": total,
                 "recovery": summarize_recovery(d.recovery),
                 "recovery_runs": [{k: (round(v, 2) if isinstance(v, float) else v) for k, v in r.items()} for r in d.recovery],
@@ -503,6 +512,10 @@ def build_rows(res: dict) -> list[dict]:
             if raw:
                 rows.append({"metric": f"  {label.split(' (')[0]}, hand-written HTTP on a raw socket (the daemon's share)", "unit": "ms",
                              "kind": "latency", **raw, "target": "", "met": ""})
+            floor = svc.get("health_under_load_httpx_reference") if label != "idle" else None
+            if floor:
+                rows.append({"metric": "  under load, httpx against a do-nothing server (the client's floor)", "unit": "ms",
+                             "kind": "latency", **floor, "target": "", "met": ""})
         rec = svc["recovery"]
         rows.append({"metric": f"recovery kill -9 -> first 200 [{name}]", "unit": "ms", "kind": "spread", **rec["recovery_ms"],
                      "target": f"< load_ms + 1500 (~{rec['target_ms']:.0f} ms)",
@@ -523,6 +536,10 @@ def build_rows(res: dict) -> list[dict]:
         if raw:
             rows.append({"metric": "  non-ready samples, hand-written HTTP on a raw socket (the daemon's share)", "unit": "ms",
                          "kind": "latency", **raw, "target": "", "met": ""})
+        floor = churn.get("httpx_reference_all")
+        if floor:
+            rows.append({"metric": "  all samples, httpx against a do-nothing server (the client's floor)", "unit": "ms",
+                         "kind": "latency", **floor, "target": "", "met": ""})
         meaning = {"ready": "READY", "degraded": "BACKOFF", "loading": "spawn, import, load, verify"}
         for st, h in churn.get("by_readiness", {}).items():
             rows.append({"metric": f"  readiness {st} ({meaning.get(st, '?')})", "unit": "ms", "kind": "latency", **h,
