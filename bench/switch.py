@@ -479,7 +479,7 @@ def build_rows(res: dict) -> list[list[str]]:
             [a + b for a, b in zip(s["steps"]["validate"]["values"], s["steps"]["preflight"]["values"])])), "", ""])
         rows.append(["  step load", *spread_cells(s["steps"]["load"]), "", ""])
         ls = s["load_split"]
-        rows.append(["    spawn (create_subprocess_exec)", *spread_cells(ls["spawn_ms"]), "", ""])
+        rows.append(["    spawn (process start, off the loop)", *spread_cells(ls["spawn_ms"]), "", ""])
         rows.append(["    Python start + imports incl. llama_cpp", *spread_cells(ls["start_import_ms"]), "", ""])
         rows.append(["    load_ms (llama.cpp model load)", *spread_cells(ls["load_ms"]), "", ""])
         rows.append(["    worker's own 1-token verify", *spread_cells(ls["worker_verify_ms"]), "", ""])
