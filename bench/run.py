@@ -261,8 +261,8 @@ def header(res: dict, imgs: list[str]) -> str:
         "",
         "```sh",
         ".venv/bin/pip install -e '.[bench]'      # llama_cpp.server and matplotlib",
-        ".venv/bin/python bench/run.py            # full: about 15 minutes on 2 cores",
-        ".venv/bin/python bench/run.py --quick    # about 2 minutes, fewer repetitions",
+        ".venv/bin/python bench/run.py            # full: 9-15 minutes on 2 cores",
+        ".venv/bin/python bench/run.py --quick    # 1-2 minutes, fewer repetitions: p99s and ratios are noisier",
         "```",
         "",
         "It starts every daemon and peer server itself (each msting daemon under a fresh temporary "
