@@ -280,24 +280,18 @@ def _reference_server_process(sock_path: str, body: bytes, started: Any) -> None
     asyncio.run(main())
 
 
-def _sampler_process(conn: Any, sock_path: str, reference_path: str | None) -> None:
+def _sampler_process(conn: Any, sock_path: str, reference_path: str) -> None:
     """Runs in its own process (so that the bench's other threads never hold its GIL):
     samples GET /health on command and sends the samples back."""
     client = httpx.Client(transport=httpx.HTTPTransport(uds=sock_path), base_url="http://msting", timeout=10)
-    reference = (httpx.Client(transport=httpx.HTTPTransport(uds=reference_path), base_url="http://msting", timeout=10)
-                 if reference_path else None)
+    reference = httpx.Client(transport=httpx.HTTPTransport(uds=reference_path), base_url="http://msting", timeout=10)
     raw = RawHealth(sock_path)
 
     def via(c: httpx.Client) -> str:
         r = c.get("/health")
         return r.json().get("readiness", "?") if r.status_code == 200 else f"http {r.status_code}"
 
-    def via_httpx() -> str:
-        return via(client)
-
-    def via_reference() -> str:
-        assert reference is not None, "the sampler was made without a reference server"
-        return via(reference)
+    getters = {"httpx": lambda: via(client), "raw": raw.get, "httpx_reference": lambda: via(reference)}
 
     try:
         while True:
@@ -305,7 +299,7 @@ def _sampler_process(conn: Any, sock_path: str, reference_path: str | None) -> N
             if cmd[0] != "run":
                 return
             _, duration, kind = cmd
-            get = {"httpx": via_httpx, "raw": raw.get, "httpx_reference": via_reference}[kind]
+            get = getters[kind]
             for _ in range(5):  # (re)connect and warm up; not counted
                 try:
                     get()
@@ -331,9 +325,8 @@ def _sampler_process(conn: Any, sock_path: str, reference_path: str | None) -> N
             conn.send(out)
     finally:
         client.close()
+        reference.close()
         raw.close()
-        if reference is not None:
-            reference.close()
 
 
 def close_child(conn: Any, proc: Any, wait: float) -> None:

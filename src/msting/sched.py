@@ -58,10 +58,13 @@ def set_time_slice(slice_us: int | None = SLICE_US) -> str:
     return f"{slice_us} µs time slice"
 
 
-def current_slice_ns(pid: int | None = None) -> int | None:
-    """The time slice of the calling thread (or of process `pid`'s main thread), from
-    /proc; None where the kernel does not show it."""
-    path = Path("/proc/thread-self/sched") if pid is None else Path(f"/proc/{pid}/sched")
+def current_slice_ns(pid: int | None = None, tid: int | None = None) -> int | None:
+    """The time slice of the calling thread, or of process `pid`'s thread `tid` (its
+    main thread by default), from /proc; None where the kernel does not show it."""
+    if pid is None:
+        path = Path("/proc/thread-self/sched")
+    else:
+        path = Path(f"/proc/{pid}/task/{tid or pid}/sched")
     try:
         text = path.read_text()
     except OSError:

@@ -104,6 +104,5 @@ def test_the_event_loop_has_a_short_time_slice_and_workers_the_default(daemon_ho
     assert current_slice_ns(daemon_pid) == SLICE_US * 1000  # the main thread runs the loop
     for pid in [*daemon_home.worker_pids(), spare_pid]:
         for tid in os.listdir(f"/proc/{pid}/task"):
-            text = open(f"/proc/{pid}/task/{tid}/sched").read()
-            slice_ns = int(next(line for line in text.splitlines() if line.startswith("se.slice")).split(":")[1])
+            slice_ns = current_slice_ns(pid, int(tid))
             assert slice_ns == probe["default"], (pid, tid, slice_ns)

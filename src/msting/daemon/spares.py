@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from .procs import ChildProcess
+from msting.daemon.procs import ChildProcess
 
 log = logging.getLogger("msting.daemon.spares")
 
