@@ -98,7 +98,7 @@ PROFILES = {
     "full": {"rounds": 40, "ttft_requests": 80, "warmup": 3, "max_pause_sec": 300},
     # bench/run.py: run.py --quick, and the full suite's share (it adds a model that is ~40x slower)
     "suite-quick": {"rounds": 3, "ttft_requests": 6, "warmup": 1, "max_pause_sec": 10},
-    "suite-full": {"rounds": 15, "ttft_requests": 40, "warmup": 2, "max_pause_sec": 120},
+    "suite-full": {"rounds": 15, "ttft_requests": 100, "warmup": 2, "max_pause_sec": 120},
 }
 
 # path -> (label, stream?, where)

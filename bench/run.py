@@ -5,8 +5,8 @@ instead, written to docs/benchmarks.md (tables and PNG plots) and to a JSON file
     .venv/bin/pip install -e '.[bench]'
     .venv/bin/python bench/run.py [--quick] [--no-docs] [--wait-quiet S] [--keep-homes] [--only SECTION ...]
 
-``--quick`` takes a few minutes on a 2-core machine; the full run (the default) about
-20-30 minutes. Sections, in this order (each also runs on its own, see its file):
+``--quick`` takes one to two minutes on a 2-core machine; the full run (the default) about
+10 minutes. Sections, in this order (each also runs on its own, see its file):
 
 - ``memory_cli`` (bench/suite.py): daemon RSS with no model; ``msting llm status --json``
   against ``python -c "import typer, httpx"``;
