@@ -95,7 +95,7 @@ TTFT_BLOCK = 10  # time-to-first-token iterations per foreign-load measurement
 
 PROFILES = {
     "quick": {"rounds": 8, "ttft_requests": 25, "warmup": 2, "max_pause_sec": 60},
-    "full": {"rounds": 40, "ttft_requests": 80, "warmup": 3, "max_pause_sec": 300},
+    "full": {"rounds": 40, "ttft_requests": 100, "warmup": 3, "max_pause_sec": 300},
     # bench/run.py: run.py --quick, and the full suite's share (it adds a model that is ~40x slower)
     "suite-quick": {"rounds": 3, "ttft_requests": 6, "warmup": 1, "max_pause_sec": 10},
     "suite-full": {"rounds": 15, "ttft_requests": 100, "warmup": 2, "max_pause_sec": 120},
@@ -328,6 +328,43 @@ class DirectWorker:
             self.proc.wait(5)
 
 
+def inproc_completion(llm: Any, prompt: str, n: int, stream: bool) -> dict:
+    """``Llama.create_completion`` in this process: the baseline every path is compared with."""
+    t0 = time.perf_counter()
+    if not stream:
+        r = llm.create_completion(prompt, max_tokens=n, temperature=0.0)
+        wall = time.perf_counter() - t0
+        return {"wall": wall, "ttft": None, "text": r["choices"][0]["text"], "chunks": 1,
+                "completion_tokens": r["usage"]["completion_tokens"], "finish_reason": r["choices"][0]["finish_reason"]}
+    ttft = None
+    parts = []
+    chunks = 0
+    finish = None
+    for chunk in llm.create_completion(prompt, max_tokens=n, temperature=0.0, stream=True):
+        ch = chunk["choices"][0]
+        if ch.get("text"):
+            if ttft is None:
+                ttft = time.perf_counter() - t0
+            chunks += 1
+            parts.append(ch["text"])
+        finish = ch.get("finish_reason") or finish
+    wall = time.perf_counter() - t0
+    return {"wall": wall, "ttft": ttft, "text": "".join(parts), "chunks": chunks, "completion_tokens": None, "finish_reason": finish}
+
+
+def http_stream(client: httpx.Client, body: dict, t0: float) -> dict:
+    """A streamed ``POST /v1/completions`` read with httpx (timed from `t0`)."""
+    stream = CompletionStream(t0)
+    with client.stream("POST", "/v1/completions", json=body) as r:
+        if r.status_code != 200:
+            r.read()
+            raise RuntimeError(f"HTTP {r.status_code}: {r.text[:300]}")
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                stream.feed(line[6:])
+    return stream.result()
+
+
 class Client:
     """Lives in the client process: the in-process models and the HTTP clients."""
 
@@ -367,27 +404,7 @@ class Client:
     # ---- in process ------------------------------------------------------------------
 
     def inproc_cc(self, m: dict, n: int, stream: bool) -> dict:
-        llm = m["llm"]
-        t0 = time.perf_counter()
-        if not stream:
-            r = llm.create_completion(self.prompt, max_tokens=n, temperature=0.0)
-            wall = time.perf_counter() - t0
-            return {"wall": wall, "ttft": None, "text": r["choices"][0]["text"], "chunks": 1,
-                    "completion_tokens": r["usage"]["completion_tokens"], "finish_reason": r["choices"][0]["finish_reason"]}
-        ttft = None
-        parts = []
-        chunks = 0
-        finish = None
-        for chunk in llm.create_completion(self.prompt, max_tokens=n, temperature=0.0, stream=True):
-            ch = chunk["choices"][0]
-            if ch.get("text"):
-                if ttft is None:
-                    ttft = time.perf_counter() - t0
-                chunks += 1
-                parts.append(ch["text"])
-            finish = ch.get("finish_reason") or finish
-        wall = time.perf_counter() - t0
-        return {"wall": wall, "ttft": ttft, "text": "".join(parts), "chunks": chunks, "completion_tokens": None, "finish_reason": finish}
+        return inproc_completion(m["llm"], self.prompt, n, stream)
 
     def inproc_generate(self, m: dict, n: int) -> dict:
         """The bare loop: tokenize as create_completion does, sample with its defaults,
@@ -457,15 +474,7 @@ class Client:
                 raise RuntimeError(f"HTTP {r.status_code}: {str(j)[:300]}")
             return {"wall": wall, "ttft": None, "text": j["choices"][0]["text"], "chunks": 1,
                     "completion_tokens": j["usage"]["completion_tokens"], "finish_reason": j["choices"][0]["finish_reason"]}
-        stream = CompletionStream(t0)
-        with client.stream("POST", "/v1/completions", json=body) as r:
-            if r.status_code != 200:
-                r.read()
-                raise RuntimeError(f"HTTP {r.status_code}: {r.text[:300]}")
-            for line in r.iter_lines():
-                if line.startswith("data: "):
-                    stream.feed(line[6:])
-        return stream.result()
+        return http_stream(client, body, t0)
 
     def run(self, variant: str, key: str, n: int) -> dict:
         m = self.models[key]

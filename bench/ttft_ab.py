@@ -30,23 +30,9 @@ from pathlib import Path
 import httpx
 
 import harness as h  # bench/harness.py
-import overhead as o  # bench/overhead.py: RawSSE, CompletionStream, PROMPT, N_CTX
+import overhead as o  # bench/overhead.py: the clients (raw socket, httpx, in process), PROMPT, N_CTX
 
 PATHS = ("inproc", "A_raw", "B_raw", "A_httpx", "B_httpx")
-
-
-def httpx_ttft(client: httpx.Client, body: dict) -> float:
-    t0 = time.perf_counter()
-    stream = o.CompletionStream(t0)
-    with client.stream("POST", "/v1/completions", json=body) as r:
-        if r.status_code != 200:
-            raise h.BenchError(f"/v1/completions answered {r.status_code}: {r.read()[:300]!r}")
-        for line in r.iter_lines():
-            if line.startswith("data: "):
-                stream.feed(line[6:])
-    if stream.ttft is None:
-        raise h.BenchError("a stream ended without text")
-    return stream.ttft
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,13 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     llm = Llama(str(args.model), n_ctx=o.N_CTX, n_threads=1, n_threads_batch=1, seed=0, verbose=False)
 
     def inproc() -> float:
-        t0 = time.perf_counter()
-        ttft = None
-        for chunk in llm.create_completion(o.PROMPT, max_tokens=16, temperature=0.0, stream=True):
-            if ttft is None and chunk["choices"][0].get("text"):
-                ttft = time.perf_counter() - t0
-        assert ttft is not None
-        return ttft
+        return o.inproc_completion(llm, o.PROMPT, 16, True)["ttft"]
 
     raws: dict[str, o.RawSSE] = {}
     clients: dict[str, httpx.Client] = {}
@@ -93,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         timed = {"inproc": inproc}
         for side in ("A", "B"):
             timed[f"{side}_raw"] = lambda side=side: raws[side].post_stream("/v1/completions", body)["ttft"]
-            timed[f"{side}_httpx"] = lambda side=side: httpx_ttft(clients[side], body)
+            timed[f"{side}_httpx"] = lambda side=side: o.http_stream(clients[side], body, time.perf_counter())["ttft"]
         for _ in range(10):  # warm-up
             for f in timed.values():
                 f()
@@ -105,7 +85,10 @@ def main(argv: list[str] | None = None) -> int:
             rng.shuffle(order)
             for p in order:
                 time.sleep(rng.uniform(lo, hi))
-                samples[p].append(timed[p]() * 1000.0)
+                ttft = timed[p]()
+                if ttft is None:
+                    raise h.BenchError(f"{p}: a stream ended without text")
+                samples[p].append(ttft * 1000.0)
         took = time.monotonic() - t_start
     finally:
         for c in clients.values():
