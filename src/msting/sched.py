@@ -1,18 +1,29 @@
-"""The scheduler time slice of a thread: short for the daemon's event loop (Linux ≥ 6.12).
+"""Scheduler time slices (Linux ≥ 6.12): short for the daemon's event loop, long for a
+worker's job thread.
 
-The event loop does little per request (a /health answer is ~0.3 ms of CPU) but it
-shares the cores with workers that decode, load models or import llama_cpp. Under the
-EEVDF scheduler a thread that wakes up waits until its virtual deadline comes first,
-and that deadline is one *slice* (default ~1.4–3 ms) away, so a woken loop thread could
-sit behind a busy worker for a few milliseconds before it answers. Linux 6.12 lets any
-thread ask for a shorter slice (``sched_attr.sched_runtime`` for SCHED_OTHER, no
-privilege needed, clamped to 0.1–100 ms): the thread then gets an earlier deadline and
-is picked sooner when it wakes, while its share of the CPU stays the same.
+Under the EEVDF scheduler each thread has a virtual deadline one *time slice* ahead of
+it. A thread that wakes up on a busy core preempts the running thread at once when its
+own slice is shorter (and its deadline earlier); otherwise it often waits until the running
+thread's slice is used up, which the kernel checks at its next tick (4 ms at 250 Hz).
+Linux 6.12 lets any thread ask for its own slice (``sched_attr.sched_runtime`` for
+SCHED_OTHER, no privilege needed, clamped to 0.1–100 ms); its share of the CPU stays
+the same, only when it runs changes.
 
-`set_time_slice` asks for it for the calling thread and says what happened; on other
-systems it changes nothing. Threads and processes started later inherit the slice, so a
-worker process puts its own back to the default (`set_time_slice(None)`): a decode
-thread that runs for seconds is better off with long slices.
+- The daemon's event loop does little per request (a /health answer is ~0.3 ms of CPU)
+  but shares the cores with workers: it asks for the shortest slice (`SLICE_US`), so
+  it is picked soon after it wakes.
+- A worker's job thread computes for as long as a generation lasts. It asks for a long
+  slice (`JOB_SLICE_US`), longer than the default one every other program runs with
+  (0.7–2.8 ms, by core count). A thread with a shorter slice that wakes up on its core,
+  such as the client reading the stream or the worker's own frame reader, then runs
+  at once instead of waiting up to a tick behind the decode. On a 2-core machine that
+  wait was the p95 of time to first token: the client sat behind the decode of the
+  next tokens for 2–3 ms (docs/benchmarks.md).
+
+`set_time_slice` asks for a slice for the calling thread and says what happened; on
+other systems it changes nothing. Threads and processes started later inherit the
+slice, so a worker process puts its main thread back to the default
+(`set_time_slice(None)`) and its job thread asks for `JOB_SLICE_US`.
 """
 
 from __future__ import annotations
@@ -24,7 +35,8 @@ import struct
 import sys
 from pathlib import Path
 
-SLICE_US = 100  # the kernel's minimum
+SLICE_US = 100  # the kernel's minimum: the daemon's event loop
+JOB_SLICE_US = 10_000  # a worker's job thread: longer than any default slice (at most 2.8 ms)
 _SYS_SCHED_SETATTR = {"x86_64": 314, "aarch64": 274, "riscv64": 274}  # the generic table: 274
 _SCHED_OTHER = 0
 

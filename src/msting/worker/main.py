@@ -37,7 +37,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from msting.sched import set_time_slice
+from msting.sched import JOB_SLICE_US, set_time_slice
 from msting.worker import params, protocol
 from msting.worker.params import BadRequest
 from msting.worker.protocol import (
@@ -237,6 +237,9 @@ class WorkerServer:
             self._thread.join(_JOIN_TIMEOUT_S)
 
     def _job_loop(self) -> None:
+        # A long slice: whoever wakes up on this core while it decodes (the client
+        # reading the stream, this process's frame reader) runs at once (msting.sched).
+        set_time_slice(JOB_SLICE_US)
         while (job := self._jobs.get()) is not None:
             self._run_job(*job)
 
@@ -386,7 +389,8 @@ def main(argv: list[str] | None = None) -> int:
         pass
 
     # The daemon's event loop runs with a short time slice, and its children inherit
-    # it: a decode thread runs best with the default one.
+    # it: this thread (frames, pings) goes back to the default; the job thread asks
+    # for a long one when it starts.
     set_time_slice(None)
 
     try:
