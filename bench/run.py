@@ -105,14 +105,20 @@ def targets(res: dict) -> list[list[str]]:
             t = model["tps"].get(v)
             if t:
                 rows.append([f"↳ peer: {t['label']} [{model['model']['name']}]", f"{t['ratio_cc']:.3f}", "", ""])
-        tt = model["ttft"].get("msting_uds_stream")
-        base = model["ttft"].get("inproc_cc_stream")
-        peer = model["ttft"].get("llamasrv_stream")
-        if tt and base and tt.get("n"):
-            rows.append([f"time to first token p50 / p95 [{model['model']['name']}]",
-                         f"msting {tt['p50']:.1f} / {tt['p95']:.1f} ms; in process {base['p50']:.1f} / {base['p95']:.1f} ms"
-                         + (f"; llama_cpp.server {peer['p50']:.1f} / {peer['p95']:.1f} ms" if peer and peer.get("n") else ""),
-                         "", ""])
+        ttft = model["ttft"]
+        raw, hx, base = ttft.get("msting_uds_raw"), ttft.get("msting_uds_stream"), ttft.get("inproc_cc_stream")
+        peer, own = ttft.get("llamasrv_stream"), ttft.get("reject_httpx") or {}
+        if raw and base and raw.get("n") and "target_added_ms" in raw:
+            rows.append([f"time to first token added over in process, p50 / p95, Unix socket, raw client [{model['model']['name']}]",
+                         f"{raw['added_p50_ms']:+.2f} / {raw['added_p95_ms']:+.2f} ms (in process {base['p50']:.2f} / {base['p95']:.2f} ms)",
+                         f"<= +{raw['target_added_ms']:g} ms", yes(raw["met"])])
+        if hx and hx.get("n") and "added_p50_ms" in hx:
+            extra = (f"; httpx's own share {own['httpx_own_p50_ms']:+.2f} / {own['httpx_own_p95_ms']:+.2f} ms"
+                     if "httpx_own_p50_ms" in own else "")
+            extra += (f"; llama_cpp.server with httpx {peer['added_p50_ms']:+.2f} / {peer['added_p95_ms']:+.2f} ms"
+                      if peer and "added_p50_ms" in peer else "")
+            rows.append([f"↳ the same with httpx [{model['model']['name']}]",
+                         f"{hx['added_p50_ms']:+.2f} / {hx['added_p95_ms']:+.2f} ms{extra}", "", ""])
     conc = (res.get("concurrency") or {}).get("models") or {}
     for key, c in conc.items():
         if c.get("missing"):
