@@ -188,6 +188,27 @@ def test_on_demand_model_unloads_after_keep_alive(daemon_home):
     assert "model_idle_unload" in events
 
 
+def test_cli_load_of_an_unknown_model_is_a_clear_error_without_a_loading_line(daemon_home):
+    write_profile(daemon_home, "pool", {
+        "default_model": "main",
+        "models": {
+            "main": {"source": "builtin:tiny"},
+            "extra": {"source": "builtin:tiny", "n_ctx": 512, "always_ready": False},
+        },
+    })
+    daemon_home.start()
+    assert switch(daemon_home, "pool")["state"] == "succeeded"
+    bad = daemon_home.cli("llm", "load", "nosuch")
+    out = bad.stdout + bad.stderr
+    assert bad.returncode != 0
+    assert "'nosuch' is not known" in out and "extra" in out  # names the known models
+    assert "loading" not in out
+    good = daemon_home.cli("llm", "load", "extra")
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert "model 'extra' loaded" in good.stdout
+    assert next(m for m in daemon_home.status()["models"] if m["name"] == "extra")["state"] == "ready"
+
+
 def test_memory_budget_unloads_the_least_recently_used_on_demand_model(daemon_home):
     # estimates: msting-tiny at n_ctx 2048 ~97 MiB, at n_ctx 512 ~74 MiB
     models = {

@@ -3,6 +3,7 @@ loading or unloading one of them by hand."""
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Annotated, Any, Optional
 
@@ -15,6 +16,7 @@ from msting.cli.status import connect, daemon_errors, fmt_bytes, fmt_keep_alive
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object to stdout instead of text.")]
 ModelArg = Annotated[str, typer.Argument(metavar="NAME", help="A model of the active profile (`msting llm models` lists them), or 'default'.", show_default=False)]
 
+ANNOUNCE_AFTER_SEC = 0.3  # `load` says "loading ..." once the daemon has not answered for this long
 _STATE_STYLES = {"ready": "green", "loading": "yellow", "degraded": "yellow", "failed": "bold red", "stopped": "dim"}
 
 
@@ -137,10 +139,19 @@ def load(
         env = load_env()
         wait = float(env.config.llm_service.startup_timeout_sec) if timeout is None else timeout
         with connect(env) as client, daemon_errors(env):
+            # Said only when the load takes a while: an unknown name or an already
+            # loaded model answers at once, and "loading" before an error misleads.
+            announce = None
             if not json_:
-                term.dim(f"loading '{name}' (waiting up to {wait:g} s)")
+                announce = threading.Timer(ANNOUNCE_AFTER_SEC, term.dim, args=(f"loading '{name}' (waiting up to {wait:g} s)",))
+                announce.daemon = True
+                announce.start()
             started = time.perf_counter()
-            body = client.load_model(name, timeout=wait + 10.0, wait_sec=timeout)
+            try:
+                body = client.load_model(name, timeout=wait + 10.0, wait_sec=timeout)
+            finally:
+                if announce is not None:
+                    announce.cancel()
             elapsed_ms = (time.perf_counter() - started) * 1000.0
     result = {"ok": True, **body, "elapsed_ms": round(elapsed_ms, 1)}
     if json_:
