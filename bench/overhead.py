@@ -63,7 +63,7 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
@@ -222,6 +222,14 @@ class RawSSE:
         return out
 
     def post_stream(self, route: str, body: dict) -> dict:
+        return self._post(route, body, self._read_stream)
+
+    def post_reject(self, route: str, body: dict) -> dict:
+        """A POST that must be answered 400: the round trip to the end of the answer."""
+        return self._post(route, body, self._read_reject)
+
+    def _post(self, route: str, body: dict, read: Callable[[float], dict]) -> dict:
+        """Write the request in one call, timed from just before it; `read(t0)` reads the answer."""
         data = json.dumps(body).encode()
         head = (f"POST {route} HTTP/1.1\r\nHost: msting\r\nContent-Type: application/json\r\n"
                 f"Content-Length: {len(data)}\r\n\r\n").encode()
@@ -229,27 +237,16 @@ class RawSSE:
             sock = self._connect()
             t0 = time.perf_counter()
             sock.sendall(head + data)
-            return self._read_stream(t0)
+            return read(t0)
         except BaseException:
             self.close()
             raise
 
-    def post_reject(self, route: str, body: dict) -> dict:
-        """A POST that must be answered 400: the round trip to the end of the answer."""
-        data = json.dumps(body).encode()
-        head = (f"POST {route} HTTP/1.1\r\nHost: msting\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(data)}\r\n\r\n").encode()
-        try:
-            sock = self._connect()
-            t0 = time.perf_counter()
-            sock.sendall(head + data)
-            lines = self._until(b"\r\n\r\n").decode("latin-1").split("\r\n")
-            length = next(int(x.split(":", 1)[1]) for x in lines[1:] if x.lower().startswith("content-length:"))
-            self._exact(length)
-            wall = time.perf_counter() - t0
-        except BaseException:
-            self.close()
-            raise
+    def _read_reject(self, t0: float) -> dict:
+        lines = self._until(b"\r\n\r\n").decode("latin-1").split("\r\n")
+        length = next(int(x.split(":", 1)[1]) for x in lines[1:] if x.lower().startswith("content-length:"))
+        self._exact(length)
+        wall = time.perf_counter() - t0
         if " 400 " not in lines[0] + " ":
             raise RuntimeError(f"raw reject: {lines[0]}")
         return {"wall": wall, "ttft": wall, "text": "", "chunks": 0, "completion_tokens": None, "finish_reason": None}
