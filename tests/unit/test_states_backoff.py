@@ -113,3 +113,38 @@ def test_reset_forgets_history():
     assert tracker.on_crash() is None
     tracker.reset()
     assert tracker.on_crash() == 0.5
+
+
+def test_only_start_failures_count_toward_the_crash_budget():
+    clock = Clock()
+    tracker = RestartTracker(policy(max_crashes=3, crash_window_sec=60), clock)
+    # a worker that became ready and was then killed, again and again, well within the
+    # window: it proved the model works, so it is restarted every time
+    for _ in range(50):
+        tracker.on_ready()
+        clock.now += 0.5
+        assert tracker.on_crash() is not None
+    assert tracker.recent_crashes == 0
+    # three deaths before ready within the window: FATAL
+    assert tracker.on_crash() is not None
+    assert tracker.on_crash() is not None
+    assert tracker.on_crash() is None
+
+
+def test_kills_of_ready_workers_still_grow_the_backoff_until_stable():
+    clock = Clock()
+    tracker = RestartTracker(policy(backoff_max_sec=8.0), clock)
+    delays = []
+    for _ in range(5):
+        tracker.on_ready()
+        clock.now += 1  # not stable
+        delays.append(tracker.on_crash())
+    assert delays == [0.5, 1.0, 2.0, 4.0, 8.0]
+    tracker.on_ready()
+    clock.now += 31  # stayed ready past the stability window: back down
+    assert tracker.on_crash() == 0.5
+
+
+def test_waiting_cap_comes_from_the_policy():
+    tracker = RestartTracker(policy(waiting_backoff_max_sec=0.25), Clock())
+    assert tracker.waiting_cap() == 0.25

@@ -99,7 +99,7 @@ def start_daemon(term: Terminal, env: Env, timeout: float) -> dict[str, Any]:
         proc = spawn_daemon(env)
         term.info(f"started msting daemon (pid {proc.pid}); waiting until it is ready (up to {timeout:g} s)")
 
-    health = wait_ready(term, env, timeout, proc=proc, marks=marks, fail_fast=True)
+    health = wait_ready(term, env, timeout, proc=proc, marks=marks, watch_exit=True)
     elapsed = time.monotonic() - started
     pid = health.get("pid") or env.running_pid() or (proc.pid if proc else None)
     return {
@@ -123,15 +123,17 @@ def wait_ready(
     *,
     proc: subprocess.Popen[bytes] | None = None,
     marks: LogMarks | None = None,
-    fail_fast: bool = False,
+    watch_exit: bool = False,
 ) -> dict[str, Any]:
     """Poll until ``/health/ready`` is 200, or reports ``idle`` (no model is to be
     loaded: every model of the profile loads on its first request); return the last
     ``/health`` body.
 
+    A model that went FATAL (readiness ``failed``) ends the wait at once, exit 1, with
+    the daemon's reason and what it will do next, instead of waiting out the timeout.
     With ``proc`` (a daemon this process spawned), its early exit is reported with its
-    exit code and log tails. With ``fail_fast``, a daemon that dies or a model that
-    went FATAL ends the wait at once instead of at the timeout.
+    exit code and log tails. With ``watch_exit``, a running daemon that exits ends the
+    wait at once too (``wait`` alone also waits for a daemon that is not up yet).
     """
     from msting.client import DaemonUnavailable, MstingClient, MstingError
 
@@ -139,7 +141,7 @@ def wait_ready(
     client = MstingClient(socket_path=env.socket_path, timeout=PROBE_TIMEOUT)
     # While we wait for our own child, the lock is not held yet; afterwards (or for a
     # daemon that already ran) a released lock means the daemon is gone.
-    watch_lock = fail_fast and proc is None
+    watch_lock = watch_exit and proc is None
     health: dict[str, Any] | None = None
     last_reason = "the daemon is not running"
     shown: tuple[Any, Any] | None = None
@@ -172,13 +174,15 @@ def wait_ready(
                 if (status, reason) != shown:
                     shown = (status, reason)
                     term.dim(f"readiness: {last_reason}")
-                if fail_fast and status == "failed":
+                if status == "failed":
                     raise CommandError(
                         f"the daemon cannot become ready: {last_reason}",
                         ExitCode.FAILED,
-                        hint="the daemon keeps running and reports this in `msting llm status`; fix the model "
-                        "or config, then run `msting llm restart` (or `msting llm install --model PATH`)",
+                        hint="the daemon keeps running, reports this in `msting llm status` and tries again as said; "
+                        "fix the model file or config, or run `msting llm load NAME` to try now "
+                        "(or `msting llm install --model PATH`)",
                         logs=marks.tails() if marks else {},
+                        data={"readiness": last_reason},
                     )
             except DaemonUnavailable:
                 last_reason = "the daemon is not answering on its socket yet" if (proc or env.is_running()) else "the daemon is not running"

@@ -241,7 +241,8 @@ def print_status(term: Terminal, info: dict[str, Any]) -> None:
         workers = m.get("workers") or []
         last_error = m.get("last_error") or next((w.get("last_error") for w in workers if w.get("last_error")), None)
         if last_error:
-            errors.append((label, str(last_error)))
+            fatal = m.get("fatal") if isinstance(m.get("fatal"), dict) else None
+            errors.append((label, str(last_error) + (f" (FATAL: {fatal['next']})" if fatal and fatal.get("next") else "")))
         model_state = str(m.get("state", "?"))
         name = Text(label)
         if m.get("name") == info.get("default_model") and m.get("type") != "embeddings":

@@ -191,6 +191,8 @@ class RestartPolicy:
     stable_after_sec: float = _opt(30.0, _POSITIVE)
     max_crashes: int = _opt(5, _Num(integer=True, lo=1))
     crash_window_sec: float = _opt(120.0, _POSITIVE)
+    waiting_backoff_max_sec: float = _opt(0.25, _NON_NEGATIVE)
+    fatal_retry_sec: float = _opt(300.0, _POSITIVE)
 
     def _cross_checks(self, prefix: str) -> list[ConfigProblem]:
         if self.backoff_max_sec < self.backoff_initial_sec:

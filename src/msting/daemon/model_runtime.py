@@ -154,6 +154,17 @@ class ModelRuntime:
         return "stopped"
 
     @property
+    def fatal(self) -> dict | None:
+        """Why the model is failed and what will bring it back (its FATAL workers' word)."""
+        if self.state != "failed":
+            return None
+        for w in self.workers:
+            snap = w.fatal.to_dict() if w.fatal is not None else None
+            if snap is not None:
+                return snap
+        return None
+
+    @property
     def last_error(self) -> str | None:
         errors = [w.last_error for w in self.workers if w.last_error]
         return errors[-1] if errors else None
@@ -251,6 +262,7 @@ class ModelRuntime:
             "tokens_per_sec": round(self.tokens_per_sec, 1) if self.tokens_per_sec else None,
             "restarts": sum(w.restarts for w in self.workers),
             "last_error": self.last_error,
+            "fatal": self.fatal,
             "keep_alive_sec": self.spec.keep_alive_sec if self.on_demand else None,
             "rss_bytes": sum(rss.values()),
             "workers": [{**w.snapshot(), "rss_bytes": rss.get(w.pid)} for w in self.workers],

@@ -95,13 +95,16 @@ class ModelQueue:
 
     `take()` is cancel-safe: a waiter whose task was cancelled is skipped, and a
     request is only handed to a waiter whose `begin` took charge of it, so a worker
-    that is cancelled while waiting never loses a request.
+    that is cancelled while waiting never loses a request. `begin` returns False when
+    it could not send the request (it has then answered the request with an error):
+    the worker goes on waiting for the next one.
     """
 
     def __init__(self, maxsize: int):
         self.maxsize = maxsize
         self._items: deque[GenerationRequest] = deque()
-        self._waiters: deque[tuple[asyncio.Future, Callable[[GenerationRequest], None]]] = deque()
+        self._waiters: deque[tuple[asyncio.Future, Callable[[GenerationRequest], bool]]] = deque()
+        self._arrived = asyncio.Event()  # set while requests wait here (see wait_nonempty)
 
     def __len__(self) -> int:
         return sum(1 for r in self._items if not r.cancelled)
@@ -111,34 +114,48 @@ class ModelQueue:
             raise QueueFull
         if not self._hand_off(req):
             self._items.append(req)
+            self._arrived.set()
 
     def put_front(self, req: GenerationRequest) -> None:
         """Re-queue a request whose worker died; it is not subject to the bound."""
         if not self._hand_off(req):
             self._items.appendleft(req)
+            self._arrived.set()
 
     def _hand_off(self, req: GenerationRequest) -> bool:
+        """Give `req` to a waiting worker; True when it is taken care of (sent, or
+        answered with the error that kept it from being sent)."""
         while self._waiters:
-            fut, begin = self._waiters.popleft()
+            fut, begin = self._waiters[0]
             if fut.done():  # its worker stopped waiting (cancelled)
+                self._waiters.popleft()
                 continue
-            begin(req)
+            if not begin(req):
+                return True  # refused and answered; the worker keeps waiting
+            self._waiters.popleft()
             fut.set_result(req)
             return True
         return False
 
-    async def take(self, begin: Callable[[GenerationRequest], None]) -> GenerationRequest:
-        """The next live request, after `begin(req)` has been called on it."""
+    async def take(self, begin: Callable[[GenerationRequest], bool]) -> GenerationRequest:
+        """The next live request, after `begin(req)` has taken charge of it."""
         while self._items:
             req = self._items.popleft()
-            if not req.cancelled and not req.finished:
-                begin(req)
+            if not req.cancelled and not req.finished and begin(req):
                 return req
+        self._arrived.clear()
         fut = asyncio.get_running_loop().create_future()
         self._waiters.append((fut, begin))
         return await fut
 
+    async def wait_nonempty(self) -> None:
+        """Return once a request waits in the queue (at once if one does)."""
+        while not len(self):
+            self._arrived.clear()
+            await self._arrived.wait()
+
     def drain_all(self) -> list[GenerationRequest]:
         items = [r for r in self._items if not r.cancelled and not r.finished]
         self._items.clear()
+        self._arrived.clear()
         return items

@@ -190,7 +190,9 @@ class Service:
                 if req.params.get(key) is None:
                     req.params[key] = default
         if rt.state == "failed":
-            raise unavailable("model_failed", f"model '{rt.name}' failed: {rt.last_error}")
+            fatal = rt.fatal or {}
+            raise unavailable("model_failed", f"model '{rt.name}' failed: {rt.last_error}"
+                              + (f"; it is {fatal['next']}" if fatal.get("next") else ""))
         if not rt.started:
             self._make_room(rt)
             rt.start()  # on demand: the request waits in the queue while the model loads
@@ -310,14 +312,16 @@ class Service:
         if not active:
             return "idle", "no model is loaded; POST /models/load to load one"
         for state, reason in (
-            ("failed", "model '{name}' failed: {error}"),
+            ("failed", "model '{name}' failed (FATAL): {error}; {next}"),
             ("degraded", "model '{name}' is restarting after a crash: {error}"),
             ("loading", "model '{name}' is loading"),
             ("stopped", "model '{name}' is not loaded"),
         ):
             for rt in active:
                 if rt.state == state:
-                    return ("loading" if state == "stopped" else state), reason.format(name=rt.name, error=rt.last_error)
+                    fatal = rt.fatal or {}
+                    return ("loading" if state == "stopped" else state), reason.format(
+                        name=rt.name, error=rt.last_error, next=fatal.get("next") or "it is not retried automatically")
         return "ready", None
 
     def health(self) -> dict:

@@ -4,13 +4,18 @@ Each `WorkerSupervisor` runs one lifecycle task:
 
     spawn → hello (LOADING) → ready → verify with a real 1-token generate (READY)
           → serve requests from the model's queue, one at a time (READY ⇄ BUSY)
-    on crash or hang: re-queue the request in hand (or fail it if it already streamed),
-          back off, start again; a boot error or too many crashes → FATAL.
+    on crash or hang: re-queue the request in hand (or fail it if it already streamed,
+          or if it was in flight in a worker that died before), back off, start again;
+    a boot error or too many start failures → FATAL, which is not forever: a boot error
+          is retried when the model file changes, repeated failures after
+          `restart.fatal_retry_sec`, and either at once on an explicit load.
 
 Three tasks cooperate per incarnation: the frame reader (its EOF means the worker
 died), the serve loop, and the watchdog (pings, hang detection). The reader is the
 only one that reads the socket; the watchdog only kills, it never cleans up, so all
-cleanup happens in one place.
+cleanup happens in one place. Hang detection judges each process on its own clock:
+every incarnation starts with fresh `_Liveness`, so a replacement is never blamed for
+its predecessor's silence.
 """
 
 from __future__ import annotations
@@ -18,14 +23,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
 import time
 from collections import deque
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from msting.daemon.backoff import RestartTracker
 from msting.daemon.procs import ChildProcess
-from msting.daemon.requests import ApiError, GenerationRequest, server_error
+from msting.daemon.requests import ApiError, GenerationRequest, bad_request, server_error
 from msting.daemon.spares import LaunchError, stop_process
 from msting.daemon.states import WorkerState, transition
 from msting.worker import protocol
@@ -36,8 +43,37 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("msting.daemon.worker")
 
-MAX_ATTEMPTS = 3  # a request that crashed this many workers is failed, not retried forever
+# A request in flight when this many workers died is answered with an error instead of a
+# third try: one request can cost at most one restart per retry, and never the model.
+MAX_ATTEMPTS = 2
 VERIFY_PROMPT = "Hello"
+FILE_POLL_SEC = 2.0  # how often a worker FATAL on a boot error looks at its model file
+
+
+@dataclass
+class _Liveness:
+    """What the watchdog knows about one worker process (one incarnation)."""
+
+    last_progress: float
+    last_ping: float
+    ping_sent_at: float | None = None
+
+
+@dataclass(frozen=True)
+class FatalInfo:
+    """Why a worker is FATAL and what will bring it back."""
+
+    kind: str  # "boot" (the model cannot load) | "crashes" (too many start failures)
+    reason: str
+    retry_at: float | None  # wall-clock time of the next automatic try (kind "crashes")
+
+    def next_step(self) -> str:
+        if self.retry_at is not None:
+            return f"tried again at {time.strftime('%H:%M:%S', time.localtime(self.retry_at))} or on `msting llm load`"
+        return "tried again when the model file changes, or on `msting llm load`"
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "reason": self.reason, "retry_at": self.retry_at, "next": self.next_step()}
 
 
 class _Exit(Exception):
@@ -65,11 +101,13 @@ class WorkerSupervisor:
         self.load_ms: float | None = None
         self.info: dict | None = None
         self.tracker = RestartTracker(self.settings.restart, clock)
+        self.fatal: FatalInfo | None = None
         self._clock = clock
         self._task: asyncio.Task | None = None
         self._serve_task: asyncio.Task | None = None
         self._stderr_task: asyncio.Task | None = None
         self._stop = asyncio.Event()
+        self._retry = asyncio.Event()  # an explicit load while FATAL: try again now
         self._proc: ChildProcess | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._current: GenerationRequest | None = None
@@ -78,17 +116,20 @@ class WorkerSupervisor:
         self._boot_error: str | None = None
         self._kill_reason: str | None = None
         self._stderr: deque[str] = deque(maxlen=40)
-        self._last_progress = 0.0
-        self._ping_sent_at: float | None = None
-        self._last_ping = 0.0
+        self._live = _Liveness(clock(), clock())
+        self._file_stat: tuple | None = None  # the model file as it was when the process was spawned
 
     # ---- public ---------------------------------------------------------------------
 
     def start(self) -> None:
-        if self._task and not self._task.done():
-            return
+        """Start the worker; on a FATAL one, try again now (an operator's load)."""
         if self.state is WorkerState.FATAL:
             self.tracker.reset()
+        if self._task and not self._task.done():
+            if self.state is WorkerState.FATAL:
+                self._set(WorkerState.STARTING)
+                self._retry.set()  # the lifecycle is waiting in FATAL: wake it
+            return
         self._stop.clear()
         # STARTING at once, not when the task first runs: "started" must be true the
         # moment start() returns, or a caller checking it right away would skip the model.
@@ -138,6 +179,7 @@ class WorkerSupervisor:
             "last_exit": self.last_exit,
             "backoff_sec": round(self.backoff_sec, 3) if self.state is WorkerState.BACKOFF and self.backoff_sec else None,
             "verified": self.verified,
+            "fatal": self.fatal.to_dict() if self.fatal and self.state is WorkerState.FATAL else None,
         }
 
     # ---- lifecycle ------------------------------------------------------------------
@@ -169,29 +211,97 @@ class WorkerSupervisor:
             self.verified = False
             self.model.record_event("worker_fatal" if reason.kind == "boot" else "worker_crash", self, reason.reason)
             if reason.kind == "boot":
-                log.error("worker %s: boot error, not restarting: %s", self.id, reason.reason)
-                self._set(WorkerState.FATAL)
-                return
-            delay = self.tracker.on_crash()
-            if delay is None:
-                self.last_error = (
-                    f"gave up after {self.tracker.recent_crashes} crashes within "
-                    f"{self.settings.restart.crash_window_sec:g}s; last: {reason.reason}"
-                )
-                log.error("worker %s: %s", self.id, self.last_error)
-                self.model.record_event("worker_fatal", self, self.last_error)
-                self._set(WorkerState.FATAL)
-                return
-            self.backoff_sec = delay
-            self.restarts += 1
-            log.warning("worker %s crashed (%s); restart %d in %.2fs", self.id, reason.reason, self.restarts, delay)
-            self._set(WorkerState.BACKOFF)
-            try:
-                await asyncio.wait_for(self._stop.wait(), timeout=delay)
+                log.error("worker %s: boot error: %s", self.id, reason.reason)
+                stopped = await self._wait_in_fatal(FatalInfo("boot", reason.reason, None))
+            else:
+                delay = self.tracker.on_crash()
+                if delay is None:
+                    retry_in = self.settings.restart.fatal_retry_sec
+                    self.last_error = (
+                        f"gave up after {self.tracker.recent_crashes} start failures within "
+                        f"{self.settings.restart.crash_window_sec:g}s; last: {reason.reason}"
+                    )
+                    log.error("worker %s: %s; trying again in %gs", self.id, self.last_error, retry_in)
+                    self.model.record_event("worker_fatal", self, self.last_error)
+                    stopped = await self._wait_in_fatal(FatalInfo("crashes", self.last_error, time.time() + retry_in))
+                else:
+                    self.backoff_sec = delay
+                    self.restarts += 1
+                    self._set(WorkerState.BACKOFF)
+                    stopped = await self._back_off(delay)
+            if stopped:
                 self._to_stopped()
                 return
-            except asyncio.TimeoutError:
-                pass
+
+    async def _back_off(self, delay: float) -> bool:
+        """Wait `delay` before the next start, but no longer than the waiting cap once a
+        request waits for the model. True: the worker was told to stop meanwhile."""
+        began = self._clock()
+        cap = self.tracker.waiting_cap()
+        queue = self.model.queue
+        log.warning("worker %s crashed (%s); restart %d in %.2fs (at most %gs while requests wait)",
+                    self.id, self.last_error, self.restarts, delay, cap)
+        stop = asyncio.ensure_future(self._stop.wait())
+        arrival: asyncio.Future | None = asyncio.ensure_future(queue.wait_nonempty())
+        try:
+            while not self._stop.is_set():
+                until = began + delay
+                if arrival is None or arrival.done():
+                    arrival = None
+                    until = min(until, began + cap)
+                remaining = until - self._clock()
+                if remaining <= 0:
+                    return False
+                waiting = {stop} if arrival is None else {stop, arrival}
+                await asyncio.wait(waiting, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+            return True
+        finally:
+            for fut in (stop, arrival):
+                if fut is not None and not fut.done():
+                    fut.cancel()
+
+    async def _wait_in_fatal(self, fatal: FatalInfo) -> bool:
+        """FATAL until the next try: the retry time (repeated start failures), a change of
+        the model file (a boot error), or an explicit load. True: told to stop meanwhile."""
+        self.fatal = fatal
+        self.backoff_sec = None
+        self._retry.clear()
+        self._set(WorkerState.FATAL)
+        stop = asyncio.ensure_future(self._stop.wait())
+        retry = asyncio.ensure_future(self._retry.wait())
+        try:
+            while True:
+                if fatal.retry_at is not None:
+                    timeout = max(0.0, fatal.retry_at - time.time())
+                else:
+                    timeout = FILE_POLL_SEC
+                await asyncio.wait({stop, retry}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                if self._stop.is_set():
+                    return True
+                if retry.done():
+                    why = "an explicit load"
+                elif fatal.retry_at is not None and time.time() >= fatal.retry_at:
+                    why = f"fatal_retry_sec={self.settings.restart.fatal_retry_sec:g} passed"
+                elif fatal.retry_at is None and self._model_file_stat() != self._file_stat:
+                    why = "the model file changed"
+                else:
+                    continue
+                log.info("worker %s: leaving FATAL (%s)", self.id, why)
+                self.model.record_event("worker_retry", self, why)
+                self.tracker.reset()
+                return False
+        finally:
+            self.fatal = None
+            for fut in (stop, retry):
+                if not fut.done():
+                    fut.cancel()
+
+    def _model_file_stat(self) -> tuple | None:
+        try:
+            st = os.stat(self.model.spec.path)
+        except OSError:
+            return None
+        return (st.st_size, st.st_mtime_ns, st.st_ino)
 
     def _to_stopped(self) -> None:
         if self.state.alive and self.state is not WorkerState.DRAINING:
@@ -202,7 +312,10 @@ class WorkerSupervisor:
         self._set(WorkerState.STARTING)
         self._kill_reason = None
         self._boot_error = None
+        self._file_stat = self._model_file_stat()
         reader = await self._spawn()
+        now = self._clock()
+        self._live = _Liveness(last_progress=now, last_ping=now)  # this process's own clock
         reader_task = asyncio.create_task(self._read_frames(reader), name=f"reader {self.id}")
         watchdog = None
         try:
@@ -292,24 +405,32 @@ class WorkerSupervisor:
 
     async def _exchange(self, req: GenerationRequest) -> None:
         """Send one request and wait until the worker answered it (done or error)."""
-        self._begin(req)
-        await self._wait_answer()
+        if self._begin(req):
+            await self._wait_answer()
 
-    def _begin(self, req: GenerationRequest) -> None:
+    def _begin(self, req: GenerationRequest) -> bool:
         """Take charge of `req` and send it to the worker process (synchronous: the
-        queue calls it the moment it hands the request over)."""
+        queue calls it the moment it hands the request over). False: the request
+        cannot be put in a frame; it is answered with a 400 and the worker stays free."""
+        try:
+            if req.kind == "embed":
+                frame = protocol.encode(MsgType.EMBED, req.id, input=req.params["input"])
+            else:
+                # params were validated by the HTTP layer: prompt or messages, and sampling keys
+                frame = protocol.encode(MsgType.GENERATE, req.id, stream=req.stream, **req.params)
+        except (protocol.ProtocolError, KeyError, TypeError, ValueError) as exc:
+            log.warning("worker %s: refusing %s: %s", self.id, req.id, exc)
+            req.fail(bad_request(f"the request cannot be sent to the model: {exc}", "invalid_request"))
+            return False
         self._current = req
         self._current_done = asyncio.get_running_loop().create_future()
         now = self._clock()
         req.started_at = now
-        self._last_progress = now
+        self._live.last_progress = now
         if self.state is WorkerState.READY:
             self._set(WorkerState.BUSY)
-        if req.kind == "embed":
-            self._send(protocol.encode(MsgType.EMBED, req.id, input=req.params["input"]))
-        else:
-            # params were validated by the HTTP layer: prompt or messages, and sampling keys
-            self._send(protocol.encode(MsgType.GENERATE, req.id, stream=req.stream, **req.params))
+        self._send(frame)
+        return True
 
     async def _wait_answer(self) -> None:
         if self._current_done is not None:  # None: the worker ended and settled it already
@@ -323,19 +444,20 @@ class WorkerSupervisor:
         s = self.settings
         tick = max(0.05, min(1.0, s.health_interval_sec, s.hang_timeout_sec / 4))
         busy_ping = max(0.05, min(s.health_interval_sec, s.hang_timeout_sec / 4))
+        live = self._live  # this incarnation's: a new process gets a new one
         while True:
             await asyncio.sleep(tick)
             now = self._clock()
             busy = self.state is WorkerState.BUSY
-            if busy and now - self._last_progress > s.hang_timeout_sec:
-                self.kill_now(f"hung: no token progress for {now - self._last_progress:.1f}s (llm_service.hang_timeout_sec={s.hang_timeout_sec:g})")
+            if busy and now - live.last_progress > s.hang_timeout_sec:
+                self.kill_now(f"hung: no token progress for {now - live.last_progress:.1f}s (llm_service.hang_timeout_sec={s.hang_timeout_sec:g})")
                 return
-            if self._ping_sent_at is not None and now - self._ping_sent_at > s.hang_timeout_sec:
-                self.kill_now(f"hung: no answer to a ping for {now - self._ping_sent_at:.1f}s")
+            if live.ping_sent_at is not None and now - live.ping_sent_at > s.hang_timeout_sec:
+                self.kill_now(f"hung: no answer to a ping for {now - live.ping_sent_at:.1f}s (llm_service.hang_timeout_sec={s.hang_timeout_sec:g})")
                 return
             interval = busy_ping if busy else s.health_interval_sec
-            if self._ping_sent_at is None and now - self._last_ping >= interval:
-                self._last_ping = self._ping_sent_at = now
+            if live.ping_sent_at is None and now - live.last_ping >= interval:
+                live.last_ping = live.ping_sent_at = now
                 self._send(protocol.encode(MsgType.PING, None))
 
     # ---- frames ---------------------------------------------------------------------
@@ -368,18 +490,19 @@ class WorkerSupervisor:
         if kind == MsgType.TOKEN:
             req = self._current
             if req is not None and frame["id"] == req.id:
-                self._last_progress = now
+                self._live.last_progress = now
                 if req.stream and frame.get("text"):
                     req.emit_token(frame["text"])
         elif kind == MsgType.DONE or (kind == MsgType.ERROR and frame["id"] is not None):
             self._on_request_end(frame)
         elif kind == MsgType.PONG:
-            self._ping_sent_at = None
+            live = self._live
+            live.ping_sent_at = None
             ago = frame.get("last_token_at")
             if ago is None:
                 ago = frame.get("busy_since")
-            if self.state is WorkerState.BUSY and ago is not None:
-                self._last_progress = max(self._last_progress, now - float(ago))
+            if self.state is WorkerState.BUSY and isinstance(ago, (int, float)):
+                live.last_progress = max(live.last_progress, now - float(ago))
         elif kind == MsgType.HELLO:
             self._set(WorkerState.LOADING)
         elif kind == MsgType.READY:
@@ -458,7 +581,14 @@ class WorkerSupervisor:
         if req.streamed:
             req.fail(server_error("worker_crashed", f"the worker died after part of the reply was streamed; the reply is incomplete ({reason})"))
         elif req.attempts >= MAX_ATTEMPTS:
-            req.fail(server_error("worker_crashed", f"the request was tried {req.attempts} times and each worker died ({reason})", stderr=self.stderr_tail[-2000:]))
+            log.warning("worker %s: %s was in flight in %d workers that died; answering it with an error", self.id, req.id, req.attempts)
+            self.model.record_event("request_crashed_worker", self, f"{req.id}: {reason}")
+            req.fail(server_error(
+                "request_crashed_worker",
+                f"model '{self.model.name}': the request was in flight when {req.attempts} of its workers died, "
+                f"so it is not tried again; the model keeps serving other requests (last: {reason})",
+                stderr=self.stderr_tail[-2000:],
+            ))
         else:
             log.info("worker %s: re-queueing %s after the worker ended (%s)", self.id, req.id, reason)
             self.model.queue.put_front(req)

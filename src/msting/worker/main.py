@@ -39,6 +39,7 @@ from typing import Any, Callable
 
 from msting.sched import JOB_SLICE_US, set_time_slice
 from msting.worker import params, protocol
+from msting.worker.failpoints import Failpoints
 from msting.worker.params import BadRequest
 from msting.worker.protocol import (
     EXIT_BOOT_ERROR,
@@ -117,9 +118,10 @@ class Connection:
 
 
 class WorkerServer:
-    def __init__(self, conn: Connection, engine: Any) -> None:
+    def __init__(self, conn: Connection, engine: Any, failpoints: Failpoints | None = None) -> None:
         self.conn = conn
         self.engine = engine
+        self.failpoints = failpoints or Failpoints()
         self._state = threading.Lock()
         self._current_id: str | None = None
         self._cancel: threading.Event | None = None
@@ -290,6 +292,7 @@ class WorkerServer:
         pending_n = 0
         last_sent: float | None = None
         result: GenerationResult | None = None
+        self.failpoints.at_generate(args)
         for event in self.engine.generate(cancelled=cancel, **args):
             if isinstance(event, GenerationResult):
                 result = event
@@ -435,6 +438,8 @@ def main(argv: list[str] | None = None) -> int:
             embedding=spec["embedding"],
             chat_format=spec["chat_format"],
         )
+        failpoints = Failpoints.from_env()
+        failpoints.at_load()
         t0 = time.perf_counter()
         metadata = engine.load()
         load_ms = round((time.perf_counter() - t0) * 1000.0, 3)
@@ -450,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     gc.collect()
     gc.freeze()
     conn.send(MsgType.READY, None, model=metadata, load_ms=load_ms)
-    server = WorkerServer(conn, engine)
+    server = WorkerServer(conn, engine, failpoints)
     code = server.serve()
     thread = server._thread
     conn.close()
