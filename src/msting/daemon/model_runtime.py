@@ -116,6 +116,11 @@ class ModelRuntime:
     async def stop(self) -> None:
         await asyncio.gather(*(w.stop() for w in self.workers))
 
+    def recheck(self) -> None:
+        """A failed model whose file was fixed: try again now (see WorkerSupervisor.recheck)."""
+        for w in self.workers:
+            w.recheck()
+
     @property
     def estimated_bytes(self) -> int:
         """Memory this model needs when loaded (weights once, KV cache and overhead per replica)."""

@@ -190,6 +190,8 @@ class Service:
                 if req.params.get(key) is None:
                     req.params[key] = default
         if rt.state == "failed":
+            rt.recheck()
+        if rt.state == "failed":
             fatal = rt.fatal or {}
             raise unavailable("model_failed", f"model '{rt.name}' failed: {rt.last_error}"
                               + (f"; it is {fatal['next']}" if fatal.get("next") else ""))
@@ -311,6 +313,9 @@ class Service:
                   if rt.started or (self.config.llm_service.always_ready and rt.spec.always_ready)]
         if not active:
             return "idle", "no model is loaded; POST /models/load to load one"
+        for rt in active:
+            if rt.state == "failed":
+                rt.recheck()
         for state, reason in (
             ("failed", "model '{name}' failed (FATAL): {error}; {next}"),
             ("degraded", "model '{name}' is restarting after a crash: {error}"),

@@ -66,11 +66,13 @@ class FatalInfo:
     kind: str  # "boot" (the model cannot load) | "crashes" (too many start failures)
     reason: str
     retry_at: float | None  # wall-clock time of the next automatic try (kind "crashes")
+    model: str
 
     def next_step(self) -> str:
+        load = f"`msting llm load {self.model}`"
         if self.retry_at is not None:
-            return f"tried again at {time.strftime('%H:%M:%S', time.localtime(self.retry_at))} or on `msting llm load`"
-        return "tried again when the model file changes, or on `msting llm load`"
+            return f"tried again at {time.strftime('%H:%M:%S', time.localtime(self.retry_at))}, or at once on {load}"
+        return f"tried again when the model file changes, or on {load}"
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "reason": self.reason, "retry_at": self.retry_at, "next": self.next_step()}
@@ -135,6 +137,13 @@ class WorkerSupervisor:
         # moment start() returns, or a caller checking it right away would skip the model.
         self._set(WorkerState.STARTING)
         self._task = asyncio.create_task(self._lifecycle(), name=f"worker {self.id}")
+
+    def recheck(self) -> None:
+        """FATAL on a boot error and the model file changed since: try again now, so a
+        `wait` or a request right after the fix does not see the old failure."""
+        if self.state is WorkerState.FATAL and self.fatal is not None and self.fatal.kind == "boot" \
+                and self._model_file_stat() != self._file_stat:
+            self.start()
 
     async def stop(self) -> None:
         """Drain: finish the request in hand, then shut the process down."""
@@ -212,7 +221,7 @@ class WorkerSupervisor:
             self.model.record_event("worker_fatal" if reason.kind == "boot" else "worker_crash", self, reason.reason)
             if reason.kind == "boot":
                 log.error("worker %s: boot error: %s", self.id, reason.reason)
-                stopped = await self._wait_in_fatal(FatalInfo("boot", reason.reason, None))
+                stopped = await self._wait_in_fatal(FatalInfo("boot", reason.reason, None, self.model.name))
             else:
                 delay = self.tracker.on_crash()
                 if delay is None:
@@ -223,7 +232,7 @@ class WorkerSupervisor:
                     )
                     log.error("worker %s: %s; trying again in %gs", self.id, self.last_error, retry_in)
                     self.model.record_event("worker_fatal", self, self.last_error)
-                    stopped = await self._wait_in_fatal(FatalInfo("crashes", self.last_error, time.time() + retry_in))
+                    stopped = await self._wait_in_fatal(FatalInfo("crashes", self.last_error, time.time() + retry_in, self.model.name))
                 else:
                     self.backoff_sec = delay
                     self.restarts += 1
@@ -279,7 +288,8 @@ class WorkerSupervisor:
                 if self._stop.is_set():
                     return True
                 if retry.done():
-                    why = "an explicit load"
+                    why = "the model file changed" if fatal.kind == "boot" and self._model_file_stat() != self._file_stat \
+                        else "an explicit load"
                 elif fatal.retry_at is not None and time.time() >= fatal.retry_at:
                     why = f"fatal_retry_sec={self.settings.restart.fatal_retry_sec:g} passed"
                 elif fatal.retry_at is None and self._model_file_stat() != self._file_stat:
