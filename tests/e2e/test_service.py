@@ -103,11 +103,11 @@ def test_bad_input_gets_clear_errors(daemon_home):
         r = c.post("/generate", json=["a list"])
         assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
         r = c.post("/generate", json={"max_tokens": 5})
-        assert r.status_code == 422 and "'prompt' is required" in r.json()["error"]["message"]
+        assert r.status_code == 400 and "'prompt' is required" in r.json()["error"]["message"]
         r = c.post("/generate", json={"prompt": "x", "max_tokens": "ten"})
-        assert r.status_code == 422 and "max_tokens" in r.json()["error"]["message"]
+        assert r.status_code == 400 and "max_tokens" in r.json()["error"]["message"]
         r = c.post("/generate", json={"prompt": "x", "bogus": 1})
-        assert r.status_code == 422 and "bogus" in r.json()["error"]["message"]
+        assert r.status_code == 400 and "bogus" in r.json()["error"]["message"]
         r = c.post("/generate", json={"prompt": "x", "model": "no-such-model"})
         assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
         assert "msting-tiny" in r.json()["error"]["message"]

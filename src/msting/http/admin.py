@@ -10,7 +10,12 @@ from starlette.routing import Route
 
 from msting.daemon import switch
 from msting.daemon.requests import ApiError
-from msting.http.errors import Fields, read_json_object
+from msting.http import limits
+from msting.http.body import read_json_object
+from msting.http.errors import Fields
+
+SWITCH_KEYS = frozenset({"profile", "dry_run"})
+UNLOAD_KEYS = frozenset({"model"})
 
 
 async def status(request: Request) -> Response:
@@ -30,8 +35,8 @@ async def profiles(request: Request) -> Response:
 
 async def switch_profile(request: Request) -> Response:
     service = request.app.state.service
-    fields = Fields(await read_json_object(request), {"profile", "dry_run"}, status=400)
-    name = fields.string("profile", required=True)
+    fields = Fields(await read_json_object(request), SWITCH_KEYS)
+    name = fields.string("profile", required=True, max_chars=limits.MAX_NAME_CHARS)
     if fields.boolean("dry_run", False):
         return JSONResponse(await switch.dry_run(service, name))
     return JSONResponse(switch.start_switch(service, name), status_code=202)
@@ -51,8 +56,8 @@ async def job(request: Request) -> Response:
 
 async def unload_model(request: Request) -> Response:
     service = request.app.state.service
-    fields = Fields(await read_json_object(request), {"model"})
-    return JSONResponse(await service.unload(fields.string("model", required=True)))
+    fields = Fields(await read_json_object(request), UNLOAD_KEYS)
+    return JSONResponse(await service.unload(fields.string("model", required=True, max_chars=limits.MAX_NAME_CHARS)))
 
 
 routes = [

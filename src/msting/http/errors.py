@@ -1,31 +1,25 @@
-"""JSON bodies in, JSON errors out: the one place requests are parsed and errors rendered."""
+"""Errors out: ApiError responses, typed field access with its 400s, and the guard that
+turns anything unexpected into a 500 with an error id.
+
+Bodies come in through :mod:`msting.http.body` (the strict JSON parser); the limits
+are in :mod:`msting.http.limits`.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import math
+import uuid
+from typing import Any
 
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 
-from msting.daemon.requests import ApiError, bad_request
+from msting.daemon.requests import ApiError
 
 log = logging.getLogger("msting.http")
-
-
-async def read_json_object(request: Request) -> dict:
-    """Read the body as JSON whatever the Content-Type says (`curl -d` sends a form type)."""
-    raw = await request.body()
-    if not raw.strip():
-        raise bad_request("the request body is empty; send a JSON object", "invalid_json")
-    try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise bad_request(f"the request body is not valid JSON: {exc}", "invalid_json") from None
-    if not isinstance(body, dict):
-        raise bad_request(f"the request body must be a JSON object, got {type(body).__name__}", "invalid_body")
-    return body
 
 
 def error_response(error: ApiError) -> JSONResponse:
@@ -40,37 +34,110 @@ async def api_error_handler(request: Request, exc: Exception) -> JSONResponse:
 async def http_exception_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 404:
-        err = ApiError(404, "not_found_error", "route_not_found", f"no route {request.method} {request.url.path}")
+        err = ApiError(404, "not_found_error", "route_not_found", f"no route {request.method} {cut(request.url.path)}")
     elif exc.status_code == 405:
-        err = ApiError(405, "invalid_request_error", "method_not_allowed", f"{request.method} is not allowed on {request.url.path}")
+        err = ApiError(405, "invalid_request_error", "method_not_allowed", f"{request.method} is not allowed on {cut(request.url.path)}")
     else:
         err = ApiError(exc.status_code, "invalid_request_error", "http_error", str(exc.detail))
     return error_response(err)
 
 
-async def unhandled_error_handler(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return error_response(ApiError(500, "server_error", "internal_error", f"internal error: {exc}"))
+# ---- unexpected errors -------------------------------------------------------------
+
+
+def internal_error(exc: BaseException, where: str) -> ApiError:
+    """Log `exc` with its traceback under a new error id, and the 500 that names the id
+    (never the exception's own text: it is for the operator, in the daemon log)."""
+    error_id = f"err-{uuid.uuid4().hex[:12]}"
+    log.error("internal error %s on %s: %s: %s", error_id, where, exc.__class__.__name__, exc, exc_info=exc)
+    return ApiError(500, "server_error", "internal_error", f"internal error; see the daemon log, error id {error_id}",
+                    extra={"error_id": error_id})
+
+
+class ErrorGuard:
+    """Pure ASGI middleware, just inside Starlette's ServerErrorMiddleware: nothing
+    raised below it goes further up.
+
+    An exception before the response started is logged (with an error id) and answered
+    with the 500 JSON, and the connection stays open for the client's next request
+    (Starlette's own handler re-raises after its 500, and uvicorn then drops the
+    keep-alive connection). After the response started there is nothing to answer
+    with: the error is logged and the response is left unfinished, so uvicorn closes
+    the connection and the client sees a broken reply, never a complete-looking one.
+    A client that disconnected while its body was read gets nothing.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        kind = scope["type"]
+        if kind != "http" and kind != "websocket":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def guarded_send(message: dict) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, guarded_send)
+        except ClientDisconnect:
+            return
+        except Exception as exc:
+            where = f"{scope.get('method', 'WEBSOCKET')} {scope.get('path')}"
+            err = internal_error(exc, where)
+            try:
+                if kind == "websocket":
+                    await send({"type": "websocket.close", "code": 1011})  # before or after accept
+                elif not started:
+                    body = json.dumps(err.body()).encode()
+                    await send({"type": "http.response.start", "status": 500,
+                                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+                    await send({"type": "http.response.body", "body": body})
+            except Exception:  # the connection is gone or already closed
+                pass
+
+
+# ---- showing client values in messages -----------------------------------------------
+
+
+def cut(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def shown(value: object, limit: int = 80) -> str:
+    """A client value for an error message: JSON, cut to `limit` characters."""
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return cut(text, limit)
+
+
+# ---- fields ------------------------------------------------------------------------
 
 
 class Fields:
-    """Typed access to a JSON body that reports every problem with its key, and unknown keys."""
+    """Typed access to a JSON body (already strictly parsed) that reports every problem
+    as a 400 with the key in `param`, and rejects unknown keys."""
 
-    def __init__(self, body: dict, allowed: set[str], status: int = 422):
-        """`status`: 422 on the native routes; the OpenAI routes answer 400, as OpenAI does."""
+    def __init__(self, body: dict, allowed: set[str] | frozenset[str]):
         self.body = body
-        self.status = status
-        unknown = sorted(set(body) - allowed)
+        unknown = [k for k in body if k not in allowed]
         if unknown:
-            raise self.error(unknown[0], f"unsupported parameter(s): {', '.join(unknown)}; supported: {', '.join(sorted(allowed))}")
+            listed = ", ".join(cut(k, 40) for k in sorted(unknown)[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+            raise self.error(unknown[0] if len(unknown[0]) <= 100 else None,
+                             f"unsupported parameter(s): {listed}; supported: {', '.join(sorted(allowed))}")
 
     def error(self, key: str | None, message: str) -> ApiError:
-        return ApiError(self.status, "invalid_request_error", "invalid_parameter", message, extra={"param": key})
+        return ApiError(400, "invalid_request_error", "invalid_parameter", message, extra={"param": key})
 
     def _problem(self, key: str, want: str) -> ApiError:
-        return self.error(key, f"'{key}' must be {want}, got {json.dumps(self.body[key])}")
+        return self.error(key, f"'{key}' must be {want}, got {shown(self.body[key])}")
 
-    def string(self, key: str, *, required: bool = False, default: str | None = None) -> str | None:
+    def string(self, key: str, *, required: bool = False, default: str | None = None, max_chars: int | None = None) -> str | None:
         if key not in self.body or self.body[key] is None:
             if required:
                 raise self.error(key, f"'{key}' is required")
@@ -78,26 +145,30 @@ class Fields:
         value = self.body[key]
         if not isinstance(value, str):
             raise self._problem(key, "a string")
+        if max_chars is not None and len(value) > max_chars:
+            raise self.error(key, f"'{key}' must be at most {max_chars} characters, got {len(value)}")
         return value
 
-    def integer(self, key: str, default: int | None, *, minimum: int | None = None) -> int | None:
+    def integer(self, key: str, default: int | None, limits: tuple[int, int]) -> int | None:
         value = self.body.get(key)
         if value is None:
             return default
+        lo, hi = limits
         if isinstance(value, bool) or not isinstance(value, int):
-            raise self._problem(key, "an integer")
-        if minimum is not None and value < minimum:
-            raise self._problem(key, f"an integer >= {minimum}")
+            raise self._problem(key, f"an integer from {lo} to {hi}")
+        if not lo <= value <= hi:
+            raise self._problem(key, f"an integer from {lo} to {hi}")
         return value
 
-    def number(self, key: str, default: float | None, *, minimum: float | None = None, maximum: float | None = None) -> float | None:
+    def number(self, key: str, default: float | None, limits: tuple[float, float]) -> float | None:
         value = self.body.get(key)
         if value is None:
             return default
+        lo, hi = limits
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise self._problem(key, "a number")
-        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-            raise self._problem(key, f"a number between {minimum} and {maximum}" if maximum is not None else f"a number >= {minimum}")
+            raise self._problem(key, f"a number from {lo:g} to {hi:g}")
+        if isinstance(value, float) and not math.isfinite(value) or not lo <= value <= hi:
+            raise self._problem(key, f"a number from {lo:g} to {hi:g}")
         return float(value)
 
     def boolean(self, key: str, default: bool) -> bool:
@@ -108,7 +179,7 @@ class Fields:
             raise self._problem(key, "true or false")
         return value
 
-    def string_list(self, key: str) -> list[str]:
+    def string_list(self, key: str, max_items: int | None = None) -> list[str]:
         value = self.body.get(key)
         if value is None:
             return []
@@ -116,4 +187,6 @@ class Fields:
             return [value]
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise self._problem(key, "a string or a list of strings")
+        if max_items is not None and len(value) > max_items:
+            raise self.error(key, f"'{key}' may hold at most {max_items} strings, got {len(value)}")
         return value

@@ -6,17 +6,20 @@ import asyncio
 import json
 from typing import AsyncIterator
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from msting.daemon.requests import ApiError, GenerationRequest
 from msting.daemon.service import Service
-from msting.http.errors import Fields, read_json_object
+from msting.http import limits
+from msting.http.body import read_json_object
+from msting.http.errors import Fields, internal_error
 from msting.http.sse import EventStream
 
 GENERATE_KEYS = {"prompt", "max_tokens", "temperature", "top_p", "stop", "seed", "model", "stream"}
 LLM_KEYS = {"prompt", "max_tokens", "temperature"}
+LOAD_KEYS = frozenset({"model", "timeout"})
 
 
 def _service(request: Request) -> Service:
@@ -37,28 +40,34 @@ async def health_ready(request: Request) -> Response:
 async def load_model(request: Request) -> Response:
     service = _service(request)
     body = await read_json_object(request)
-    fields = Fields(body, {"model", "timeout"})
-    name = fields.string("model", default="default")
-    timeout = fields.number("timeout", service.config.llm_service.startup_timeout_sec, minimum=0)
+    fields = Fields(body, LOAD_KEYS)
+    name = fields.string("model", default="default", max_chars=limits.MAX_NAME_CHARS)
+    timeout = fields.number("timeout", service.config.llm_service.startup_timeout_sec, limits.LOAD_TIMEOUT_SEC)
     return JSONResponse(await service.load(name, timeout))
 
 
 def sampling_params(fields: Fields, max_tokens_key: str = "max_tokens") -> dict:
-    """The sampling parameters every generation route shares. `max_tokens` and
-    `temperature` left out are filled from the model's own defaults when it is queued."""
+    """The sampling parameters every generation route shares, range-checked
+    (msting.http.limits). `max_tokens` and `temperature` left out are filled from the
+    model's own defaults when it is queued; a seed of -1 means a random one, as null."""
+    seed = fields.integer("seed", None, limits.SEED)
     return {
-        "max_tokens": fields.integer(max_tokens_key, None, minimum=1),
-        "temperature": fields.number("temperature", None, minimum=0.0, maximum=2.0),
-        "top_p": fields.number("top_p", 0.95, minimum=0.0, maximum=1.0),
-        "stop": fields.string_list("stop"),
-        "seed": fields.integer("seed", None),
+        "max_tokens": fields.integer(max_tokens_key, None, limits.MAX_TOKENS),
+        "temperature": fields.number("temperature", None, limits.TEMPERATURE),
+        "top_p": fields.number("top_p", 0.95, limits.TOP_P),
+        "stop": fields.string_list("stop", max_items=limits.MAX_STOP_SEQUENCES),
+        "seed": None if seed == limits.RANDOM_SEED else seed,
     }
+
+
+def model_name(fields: Fields) -> str | None:
+    return fields.string("model", max_chars=limits.MAX_NAME_CHARS)
 
 
 def parse_generation(service: Service, body: dict, allowed: set[str]) -> GenerationRequest:
     fields = Fields(body, allowed)
     params = {"prompt": fields.string("prompt", required=True), **sampling_params(fields)}
-    return GenerationRequest(fields.string("model"), params, stream=fields.boolean("stream", False))
+    return GenerationRequest(model_name(fields), params, stream=fields.boolean("stream", False))
 
 
 class ClientGone(Exception):
@@ -162,13 +171,19 @@ async def generate(request: Request) -> Response:
 
 async def llm(request: Request) -> Response:
     service = _service(request)
-    req = parse_generation(service, await read_json_object(request), LLM_KEYS)
     try:
+        req = parse_generation(service, await read_json_object(request), LLM_KEYS)
         result = await run_to_completion(service, req)
+    except ClientDisconnect:
+        raise
     except ApiError as exc:
         if exc.status == 500 and "stderr" not in exc.extra:
             exc.extra["stderr"] = ""
         raise
+    except Exception as exc:  # this route's 500s always carry "stderr"
+        err = internal_error(exc, "POST /llm")
+        err.extra["stderr"] = ""
+        raise err from None
     return JSONResponse({"completion": result.get("text", "")})
 
 

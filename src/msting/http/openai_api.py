@@ -20,8 +20,10 @@ from starlette.routing import Route
 
 from msting.daemon.requests import GenerationRequest
 from msting.daemon.service import ModelRuntime, Service
-from msting.http.errors import Fields, read_json_object
-from msting.http.native import ClientGone, iter_events, run_to_completion, sampling_params, stream_events
+from msting.http import limits
+from msting.http.body import read_json_object
+from msting.http.errors import Fields, shown
+from msting.http.native import ClientGone, iter_events, model_name, run_to_completion, sampling_params, stream_events
 from msting.http.sse import EventStream
 
 SAMPLING_KEYS = {"model", "temperature", "top_p", "max_tokens", "stop", "seed", "presence_penalty",
@@ -53,8 +55,8 @@ def parse_messages(fields: Fields) -> list[dict]:
         if extra:
             raise fields.error("messages", f"{where} has unsupported field(s): {', '.join(sorted(extra))} (tools are not supported)")
         role = msg.get("role")
-        if role not in ROLES:
-            raise fields.error("messages", f"{where}.role must be one of {', '.join(sorted(ROLES))}, got {json.dumps(role)}")
+        if not isinstance(role, str) or role not in ROLES:
+            raise fields.error("messages", f"{where}.role must be one of {', '.join(sorted(ROLES))}, got {shown(role)}")
         out.append({"role": "system" if role == "developer" else role, "content": _content(fields, where, msg.get("content"))})
     return out
 
@@ -73,13 +75,13 @@ def _content(fields: Fields, where: str, content: object) -> str:
 
 
 def _openai_sampling(fields: Fields, service: Service, *, chat: bool) -> dict:
-    if fields.integer("n", 1, minimum=1) != 1:
+    if fields.integer("n", 1, (1, limits.INT64[1])) != 1:
         raise fields.error("n", "only n=1 is supported")
     fields.string("user")  # accepted for compatibility: an end-user id for the caller's own records
     key = "max_completion_tokens" if chat and fields.body.get("max_completion_tokens") is not None else "max_tokens"
     params = sampling_params(fields, max_tokens_key=key)
-    params["presence_penalty"] = fields.number("presence_penalty", 0.0, minimum=-2.0, maximum=2.0)
-    params["frequency_penalty"] = fields.number("frequency_penalty", 0.0, minimum=-2.0, maximum=2.0)
+    params["presence_penalty"] = fields.number("presence_penalty", 0.0, limits.PRESENCE_PENALTY)
+    params["frequency_penalty"] = fields.number("frequency_penalty", 0.0, limits.FREQUENCY_PENALTY)
     return params
 
 
@@ -174,16 +176,16 @@ async def _answer(request: Request, service: Service, req: GenerationRequest, *,
 
 async def chat_completions(request: Request) -> Response:
     service = _service(request)
-    fields = Fields(await read_json_object(request), CHAT_KEYS, status=400)
+    fields = Fields(await read_json_object(request), CHAT_KEYS)
     stream = fields.boolean("stream", False)
     params = {"messages": parse_messages(fields), **_openai_sampling(fields, service, chat=True)}
-    req = GenerationRequest(fields.string("model"), params, stream=stream)
+    req = GenerationRequest(model_name(fields), params, stream=stream)
     return await _answer(request, service, req, chat=True, include_usage=_include_usage(fields, stream))
 
 
 async def completions(request: Request) -> Response:
     service = _service(request)
-    fields = Fields(await read_json_object(request), COMPLETION_KEYS, status=400)
+    fields = Fields(await read_json_object(request), COMPLETION_KEYS)
     prompt = fields.body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
         prompt = prompt[0]
@@ -191,22 +193,24 @@ async def completions(request: Request) -> Response:
         raise fields.error("prompt", "'prompt' must be a string (or a list of exactly one string)")
     stream = fields.boolean("stream", False)
     params = {"prompt": prompt, **_openai_sampling(fields, service, chat=False)}
-    req = GenerationRequest(fields.string("model"), params, stream=stream)
+    req = GenerationRequest(model_name(fields), params, stream=stream)
     return await _answer(request, service, req, chat=False, include_usage=_include_usage(fields, stream))
 
 
 async def embeddings(request: Request) -> Response:
     service = _service(request)
-    fields = Fields(await read_json_object(request), EMBEDDING_KEYS, status=400)
+    fields = Fields(await read_json_object(request), EMBEDDING_KEYS)
     raw = fields.body.get("input")
     inputs = [raw] if isinstance(raw, str) else raw
     if not isinstance(inputs, list) or not inputs or not all(isinstance(x, str) and x for x in inputs):
         raise fields.error("input", "'input' must be a non-empty string or a non-empty list of non-empty strings (token arrays are not supported)")
+    if len(inputs) > limits.MAX_EMBEDDING_INPUTS:
+        raise fields.error("input", f"'input' may hold at most {limits.MAX_EMBEDDING_INPUTS} strings, got {len(inputs)}")
     encoding = fields.string("encoding_format", default="float")
     if encoding not in ("float", "base64"):
         raise fields.error("encoding_format", "'encoding_format' must be 'float' or 'base64'")
     fields.string("user")
-    req = GenerationRequest(fields.string("model"), {"input": inputs}, kind="embed")
+    req = GenerationRequest(model_name(fields), {"input": inputs}, kind="embed")
     try:
         payload = await run_to_completion(service, req, request)
     except ClientGone:
@@ -246,11 +250,11 @@ async def get_model(request: Request) -> Response:
 async def execute(request: Request) -> Response:
     """A task-level call: `prompt` or `messages`, through the same scheduler; SSE when streamed."""
     service = _service(request)
-    fields = Fields(await read_json_object(request), EXECUTE_KEYS, status=400)
+    fields = Fields(await read_json_object(request), EXECUTE_KEYS)
     if ("prompt" in fields.body) == ("messages" in fields.body):
         raise fields.error("prompt", "give exactly one of 'prompt' or 'messages'")
     task = {"prompt": fields.string("prompt", required=True)} if "prompt" in fields.body else {"messages": parse_messages(fields)}
-    req = GenerationRequest(fields.string("model"), {**task, **sampling_params(fields)}, stream=fields.boolean("stream", False))
+    req = GenerationRequest(model_name(fields), {**task, **sampling_params(fields)}, stream=fields.boolean("stream", False))
     service.submit(req)
     if req.stream:
         return EventStream(stream_events(service, req))
