@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -522,6 +523,50 @@ def test_generate_request_validation(tiny):
     assert done["type"] == "done" and done["usage"]["completion_tokens"] == 2
 
 
+def _frame_id(line: bytes) -> str:
+    return re.search(rb'"id":"(\w+)"', line).group(1).decode()
+
+
+HOSTILE_GENERATE_LINES = [
+    # written by hand: protocol.encode refuses every one of them
+    b'{"v":1,"type":"generate","id":"h0","prompt":"x","temperature":NaN}',
+    b'{"v":1,"type":"generate","id":"h1","prompt":"x","temperature":Infinity}',
+    b'{"v":1,"type":"generate","id":"h2","prompt":"x","temperature":1e400}',
+    b'{"v":1,"type":"generate","id":"h3","prompt":"x","seed":' + b"9" * 6000 + b"}",
+    b'{"v":1,"type":"generate","id":"h4","prompt":' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+    b'{"v":1,"type":"generate","id":"h5","prompt":"\\ud800"}',
+    b'{"v":1,"type":"generate","id":"h6","messages":[{"role":"user","content":"a\\udfffb"}]}',
+    b'{"v":1,"type":"generate","id":"h7","prompt":"x","stop":["\\ud800"]}',
+    b'{"v":1,"type":"generate","id":"h8","prompt":"x","seed":4294967296}',
+    b'{"v":1,"type":"generate","id":"h9","prompt":"x","seed":-2}',
+    b'{"v":1,"type":"generate","id":"h10","prompt":"x","seed":18446744073709551616}',
+    b'{"v":1,"type":"generate","id":"h11","prompt":"x","max_tokens":1099511627776}',
+    b'{"v":1,"type":"generate","id":"h12","prompt":"x","temperature":2.5}',
+    b'{"v":1,"type":"generate","id":"h13","prompt":"x","stop":[' + b",".join([b'"s"'] * 17) + b"]}",
+    b'{"v":1,"type":"generate","id":"h14","prompt":"x","top_p":-1e-300}',
+    b'{"v":1,"type":"generate","id":"h15","prompt":"x","presence_penalty":' + b"1" * 400 + b"}",
+]
+
+
+def test_hostile_generate_frames_are_bad_requests_and_the_worker_keeps_serving(tiny):
+    for line in HOSTILE_GENERATE_LINES:
+        tiny.sock.sendall(line + b"\n")
+        err = tiny.read()
+        assert err["type"] == "error" and err["kind"] == "bad_request", (line[:80], err)
+        assert err["id"] == _frame_id(line), (line[:80], err)
+        assert "Traceback" not in err["message"] and len(err["message"]) < 500, err
+    # still READY: idle, and serving
+    tiny.send("ping", "p")
+    pong = tiny.read()
+    assert pong["type"] == "pong" and pong["busy"] is False
+    done, _ = tiny.generate("ok", prompt="Hello", max_tokens=2, seed=0xFFFFFFFE)
+    assert done["type"] == "done" and done["usage"]["completion_tokens"] == 2
+    # -1 is a random seed, as null is
+    done, _ = tiny.generate("random", prompt="Hello", max_tokens=2, seed=-1)
+    assert done["type"] == "done"
+    assert tiny.proc.poll() is None
+
+
 def test_chat_template_errors_are_bad_requests(spawn, builtin_model_path, tmp_path):
     template = (
         "{{ bos_token }}{% for m in messages %}"
@@ -648,6 +693,20 @@ def test_embed_bad_requests(tiny_embed):
     err = embed(tiny_embed, "long", ["the " * 3000])
     assert err["type"] == "error" and err["kind"] == "bad_request"
     assert "context window" in err["message"]
+    assert embed(tiny_embed, "ok", ["fine"])["type"] == "done"
+
+
+def test_hostile_embed_frames_are_bad_requests(tiny_embed):
+    lines = [
+        b'{"v":1,"type":"embed","id":"e0","input":["\\ud800"]}',
+        b'{"v":1,"type":"embed","id":"e1","input":["ok", NaN]}',
+        b'{"v":1,"type":"embed","id":"e2","input":' + b"[" * 50_000 + b"]" * 50_000 + b"}",
+        b'{"v":1,"type":"embed","id":"e3","input":[' + b",".join([b'"a"'] * 2049) + b"]}",
+    ]
+    for line in lines:
+        tiny_embed.sock.sendall(line + b"\n")
+        err = tiny_embed.read()
+        assert err["type"] == "error" and err["kind"] == "bad_request" and err["id"] == _frame_id(line), (line[:60], err)
     assert embed(tiny_embed, "ok", ["fine"])["type"] == "done"
 
 

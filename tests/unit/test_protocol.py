@@ -103,6 +103,29 @@ def test_non_object_and_garbage():
         decode("{}")  # type: ignore[arg-type]
 
 
+def test_encode_refuses_what_json_cannot_carry():
+    for fields in ({"prompt": "\ud800"}, {"messages": [{"role": "user", "content": "a\udfffb"}]},
+                   {"stop": ["\ud800"]}, {"temperature": float("nan")}, {"temperature": float("inf")},
+                   {"seed": 10**6000}):
+        with pytest.raises(ProtocolError, match="cannot encode 'generate' frame"):
+            encode(MsgType.GENERATE, "r", **fields)
+    deep: list = []
+    for _ in range(100_000):
+        deep = [deep]
+    with pytest.raises(ProtocolError, match="cannot encode"):
+        encode(MsgType.GENERATE, "r", prompt=deep)
+
+
+def test_decode_refuses_non_json_numbers_and_deep_nesting():
+    for literal in (b"NaN", b"Infinity", b"-Infinity"):
+        with pytest.raises(ProtocolError, match="not a JSON number"):
+            decode(b'{"v":1,"type":"ping","id":null,"x":' + literal + b"}")
+    with pytest.raises(ProtocolError, match="not valid JSON"):
+        decode(b'{"v":1,"type":"ping","id":null,"x":' + b"9" * 6000 + b"}")
+    with pytest.raises(ProtocolError, match="nested too deeply"):
+        decode(b'{"v":1,"type":"ping","id":null,"x":' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+
+
 def test_protocol_module_is_dependency_free():
     import ast
     import inspect
@@ -165,6 +188,52 @@ def test_generate_rejects(fields, match):
         _gen(**fields)
 
 
+@pytest.mark.parametrize(
+    "fields, match",
+    [
+        ({"prompt": "x", "seed": 2**32}, "'seed' must be an integer from -1 to 4294967294"),
+        ({"prompt": "x", "seed": 0xFFFFFFFF}, "'seed'"),
+        ({"prompt": "x", "seed": -2}, "'seed'"),
+        ({"prompt": "x", "seed": 10**30}, "'seed'"),
+        ({"prompt": "x", "seed": 1.0}, "'seed'"),
+        ({"prompt": "x", "max_tokens": 2**40}, "'max_tokens' must be an integer from 1 to 1048576"),
+        ({"prompt": "x", "temperature": float("nan")}, "'temperature'"),
+        ({"prompt": "x", "temperature": float("inf")}, "'temperature'"),
+        ({"prompt": "x", "temperature": 2.5}, "'temperature' must be between 0 and 2"),
+        ({"prompt": "x", "top_p": float("-inf")}, "'top_p'"),
+        ({"prompt": "x", "presence_penalty": 10**400}, "'presence_penalty'"),
+        ({"prompt": "x", "stop": ["s"] * 17}, "at most 16"),
+        ({"prompt": "a\ud800b"}, "'prompt' is not valid Unicode"),
+        ({"messages": [{"role": "user", "content": "\udfff"}]}, r"messages\[0\]\.content is not valid Unicode"),
+        ({"messages": [{"role": "\ud800", "content": "x"}]}, r"messages\[0\]\.role is not valid Unicode"),
+        ({"prompt": "x", "stop": ["ok", "\ud800"]}, r"stop\[1\] is not valid Unicode"),
+    ],
+)
+def test_generate_range_checks(fields, match):
+    with pytest.raises(BadRequest, match=match):
+        _gen(**fields)
+
+
+def test_generate_range_edges():
+    out = _gen(prompt="x", seed=0xFFFFFFFE, max_tokens=1_048_576, temperature=2, top_p=0, presence_penalty=-2)
+    assert out["seed"] == 0xFFFFFFFE and out["max_tokens"] == 1_048_576 and out["temperature"] == 2.0
+    assert _gen(prompt="x", seed=-1)["seed"] is None  # -1: a random seed, as null
+    assert _gen(prompt="x", seed=0)["seed"] == 0
+
+
+def test_embed_range_checks():
+    for bad, match in ((["a"] * 2049, "at most 2048"), (["ok", "\ud800"], r"input\[1\] is not valid Unicode")):
+        with pytest.raises(BadRequest, match=match):
+            parse_embed({"type": "embed", "id": "e", "input": bad})
+
+
+def test_spec_seed():
+    assert parse_spec({"path": "p", "seed": -1})["seed"] is None
+    assert parse_spec({"path": "p", "seed": 7})["seed"] == 7
+    with pytest.raises(BadRequest, match="seed"):
+        parse_spec({"path": "p", "seed": 2**40})
+
+
 def test_generate_needs_an_id():
     with pytest.raises(BadRequest, match="non-empty string 'id'"):
         parse_generate({"v": 1, "type": "generate", "id": None, "prompt": "x"})
@@ -196,14 +265,167 @@ def test_spec():
             parse_spec(bad)
 
 
-def test_params_module_is_dependency_free():
+def _imports(module) -> set[str]:
     import ast
     import inspect
 
-    tree = ast.parse(inspect.getsource(params))
-    imported = {
-        (n.module if isinstance(n, ast.ImportFrom) else a.name).split(".")[0]
+    tree = ast.parse(inspect.getsource(module))
+    return {
+        n.module if isinstance(n, ast.ImportFrom) else a.name
         for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))
         for a in n.names
     }
-    assert imported <= {"__future__", "typing"}
+
+
+def test_params_module_is_dependency_free():
+    from msting.http import limits
+
+    # params shares its ranges with the HTTP layer through msting.http.limits, which
+    # imports nothing itself
+    assert _imports(params) <= {"__future__", "typing", "math", "msting.http"}
+    assert _imports(limits) <= {"__future__"}
+
+
+# ---- the worker's frame loop against hostile frames (msting.worker.main.WorkerServer) --
+
+import socket  # noqa: E402
+import threading  # noqa: E402
+
+from msting.worker.engine import GenerationResult, Piece  # noqa: E402
+from msting.worker.main import Connection, WorkerServer  # noqa: E402
+
+
+class _FakeEngine:
+    """Just enough of Engine: prompts name what goes wrong."""
+
+    embedding = False
+    serves_generate = True
+    pooling = None
+
+    def generate(self, cancelled, prompt=None, messages=None, **kwargs):
+        if prompt == "boom":
+            raise RuntimeError("secret engine detail")
+        yield Piece("hi", 1)
+        if prompt == "late":
+            raise ValueError("secret late detail")
+        yield GenerationResult("stop", 1, 1, 0.1, 0.1)
+
+
+class _Harness:
+    def __init__(self, engine):
+        self.sock, worker_end = socket.socketpair()
+        self.sock.settimeout(10)
+        self.server = WorkerServer(Connection(worker_end), engine)
+        self.thread = threading.Thread(target=self.server.serve, daemon=True)
+        self.thread.start()
+        self.reader = self.sock.makefile("rb")
+
+    def send_line(self, line: bytes) -> None:
+        self.sock.sendall(line + b"\n")
+
+    def send(self, type: str, id: str | None = None, **fields) -> None:
+        self.sock.sendall(encode(type, id, **fields))
+
+    def read(self) -> dict:
+        return decode(self.reader.readline())
+
+    def until(self, *types: str) -> dict:
+        while True:
+            frame = self.read()
+            if frame["type"] in types:
+                return frame
+
+    def close(self) -> None:
+        self.send("shutdown")
+        self.thread.join(10)
+        self.reader.close()
+        self.sock.close()
+
+
+@pytest.fixture
+def harness():
+    h = _Harness(_FakeEngine())
+    yield h
+    h.close()
+
+
+def _idle_and_serving(h: _Harness) -> None:
+    h.send("ping", "p")
+    pong = h.read()
+    assert pong["type"] == "pong" and pong["busy"] is False
+    h.send("generate", "ok", prompt="fine", stream=True)
+    assert h.until("done", "error")["type"] == "done"
+
+
+def test_engine_exceptions_are_error_frames_with_an_id_not_the_text(harness, capfd):
+    for prompt in ("boom", "late"):
+        harness.send("generate", prompt, prompt=prompt, stream=True)
+        err = harness.until("error")
+        assert err["id"] == prompt and err["kind"] == "engine"
+        assert "secret" not in err["message"] and "Error" not in err["message"]
+        error_id = err["message"].rsplit(" ", 1)[-1]
+        assert error_id.startswith("err-")
+        logged = capfd.readouterr().err
+        assert error_id in logged and "Traceback" in logged and "secret" in logged  # for the operator
+        _idle_and_serving(harness)
+
+
+def test_undecodable_request_frames_are_bad_requests(harness):
+    lines = [
+        b'{"v":1,"type":"generate","id":"a","prompt":"x","seed":' + b"9" * 6000 + b"}",
+        b'{"v":1,"type":"generate","id":"b","prompt":' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        b'{"v":1,"type":"embed","id":"c","input":["x", NaN]}',
+        b'{"v":1,"type":"generate","id":"d","prompt":"\\ud800"}',
+        b'{"v":1,"type":"generate","id":"e","prompt":"x","seed":4294967296}',
+        b'{"v":1,"type":"generate","id":"f","prompt":"x","temperature":1e400}',
+    ]
+    for line in lines:
+        harness.send_line(line)
+        err = harness.read()
+        assert err["type"] == "error" and err["kind"] == "bad_request", (line[:60], err)
+        assert err["id"] == line.split(b'"id":"')[1][:1].decode()
+    harness.send_line(b"[" * 100_000)  # no id to answer: a protocol error, and no crash
+    assert harness.read()["kind"] == "protocol"
+    _idle_and_serving(harness)
+
+
+def test_a_bug_in_frame_handling_is_answered_and_serving_goes_on(harness, monkeypatch):
+    def broken_status():
+        raise AttributeError("secret status detail")
+
+    monkeypatch.setattr(harness.server, "_status", broken_status)
+    harness.send("ping", "p1")
+    err = harness.read()
+    assert err["type"] == "error" and err["id"] == "p1" and err["kind"] == "engine" and "secret" not in err["message"]
+    monkeypatch.undo()
+    _idle_and_serving(harness)
+
+
+def test_a_bug_in_validation_is_a_bad_request(harness, monkeypatch):
+    def broken_parse(frame):
+        raise TypeError("secret parse detail")
+
+    monkeypatch.setattr(params, "parse_generate", broken_parse)
+    harness.send("generate", "g", prompt="x")
+    err = harness.read()
+    assert err["id"] == "g" and err["kind"] == "bad_request" and "secret" not in err["message"]
+    monkeypatch.undo()
+    _idle_and_serving(harness)
+
+
+def test_a_bug_around_the_job_does_not_lose_the_job_thread(harness, monkeypatch):
+    calls = {"n": 0}
+    finish = harness.server._finish
+
+    def finish_once_broken(req_id):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("secret finish detail")
+        finish(req_id)
+
+    monkeypatch.setattr(harness.server, "_finish", finish_once_broken)
+    harness.send("generate", "j", prompt="fine")
+    err = harness.until("error")
+    assert err["id"] == "j" and err["kind"] == "engine" and "secret" not in err["message"]
+    monkeypatch.undo()
+    _idle_and_serving(harness)

@@ -21,6 +21,12 @@ Threads: the main thread reads frames and answers ``ping`` at once; one job thre
 at a time runs the engine (a ``generate`` or an ``embed``). Both write frames, so
 writes go through one lock. Nothing is printed to stdout; stderr is the daemon's log
 capture.
+
+Whatever a frame holds, the worker answers and keeps serving: a frame it cannot serve
+is an ``error`` kind ``bad_request``; a Python exception while handling a frame or
+running a job is logged to stderr with its traceback under an error id
+(``err-<hex>``) and answered with an ``error`` (kind ``engine``) that names the id,
+never the exception's text.
 """
 
 from __future__ import annotations
@@ -30,11 +36,14 @@ import gc
 import json
 import os
 import queue
+import re
 import signal
 import socket
 import sys
 import threading
 import time
+import traceback
+import uuid
 from typing import Any, Callable
 
 from msting.sched import JOB_SLICE_US, set_time_slice
@@ -63,6 +72,16 @@ def _log(message: str) -> None:
         print(f"msting-worker[{os.getpid()}]: {message}", file=sys.stderr, flush=True)
     except (OSError, ValueError):
         pass
+
+
+def _internal_error(exc: BaseException, where: str) -> str:
+    """Log `exc` with its traceback under a new error id; the message for the error frame."""
+    error_id = f"err-{uuid.uuid4().hex[:12]}"
+    lines = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip().splitlines()
+    _log(f"internal error {error_id} {where}: {exc.__class__.__name__}: {exc}")
+    for line in lines:
+        _log(f"  {line}")
+    return f"internal error in the worker; see the daemon log, error id {error_id}"
 
 
 class Connection:
@@ -148,11 +167,23 @@ class WorkerServer:
             try:
                 frame = protocol.decode(line)
             except ProtocolError as exc:
-                self.conn.send(MsgType.ERROR, _maybe_id(line), kind="protocol", message=str(exc))
+                fid = _maybe_id(line)
+                self._send_error(fid, _undecodable_kind(line, fid), str(exc))
                 continue
-            if self._handle(frame):
-                self._stop_job()
-                return EXIT_OK
+            try:
+                if self._handle(frame):
+                    self._stop_job()
+                    return EXIT_OK
+            except Exception as exc:  # a bug in frame handling: answer it, keep serving
+                message = _internal_error(exc, f"handling a {frame['type']!r} frame")
+                self._send_error(frame["id"], "engine", message)
+
+    def _send_error(self, fid: str | None, kind: str, message: str) -> None:
+        """An error frame, whatever happens: a message that cannot be encoded is replaced."""
+        try:
+            self.conn.send(MsgType.ERROR, fid, kind=kind, message=message)
+        except ProtocolError:
+            self.conn.send(MsgType.ERROR, fid, kind=kind, message="the error message could not be encoded")
 
     def _handle(self, frame: dict[str, Any]) -> bool:
         """Handle one frame; True means shut down."""
@@ -210,7 +241,11 @@ class WorkerServer:
                 raise BadRequest(refusal)
             args = parse(frame)
         except BadRequest as exc:
-            self.conn.send(MsgType.ERROR, fid, kind="bad_request", message=str(exc))
+            self._send_error(fid, "bad_request", str(exc))
+            return
+        except Exception as exc:  # a frame the validation did not foresee: still not servable
+            message = _internal_error(exc, f"reading a {frame['type']!r} frame")
+            self._send_error(fid, "bad_request", f"the worker cannot serve this {frame['type']} frame ({message})")
             return
         with self._state:
             if self._current_id is not None:
@@ -243,7 +278,15 @@ class WorkerServer:
         # reading the stream, this process's frame reader) runs at once (msting.sched).
         set_time_slice(JOB_SLICE_US)
         while (job := self._jobs.get()) is not None:
-            self._run_job(*job)
+            try:
+                self._run_job(*job)
+            except Exception as exc:  # never lose the job thread: the worker would stay busy forever
+                req_id = job[0]
+                self._finish(req_id)
+                try:
+                    self._send_error(req_id, "engine", _internal_error(exc, f"answering request {req_id!r}"))
+                except Exception:
+                    pass
 
     # ---- job thread --------------------------------------------------------------
 
@@ -266,21 +309,17 @@ class WorkerServer:
             fields = work(req_id, args, cancel)
         except RequestError as exc:  # e.g. the prompt does not fit the context
             self._finish(req_id)
-            send(MsgType.ERROR, req_id, kind="bad_request", message=str(exc))
+            self._send_error(req_id, "bad_request", str(exc))
             return
         except Exception as exc:  # the worker keeps serving
-            _log(f"request {req_id!r} failed: {exc.__class__.__name__}: {exc}")
             self._finish(req_id)
-            send(MsgType.ERROR, req_id, kind="engine", message=f"{exc.__class__.__name__}: {exc}")
+            self._send_error(req_id, "engine", _internal_error(exc, f"running request {req_id!r}"))
             return
         self._finish(req_id)
         try:
             send(MsgType.DONE, req_id, **fields)
         except ProtocolError as exc:  # e.g. too many embeddings for one frame
-            send(
-                MsgType.ERROR, req_id, kind="bad_request",
-                message=f"the answer does not fit in one frame ({exc}); ask for less at a time",
-            )
+            self._send_error(req_id, "bad_request", f"the answer does not fit in one frame ({exc}); ask for less at a time")
 
     def _generate(self, req_id: str, args: dict[str, Any], cancel: threading.Event) -> dict[str, Any]:
         from msting.worker.engine import GenerationResult
@@ -331,15 +370,33 @@ class WorkerServer:
         }
 
 
+_ID_RE = re.compile(rb'"id"\s*:\s*"([^"\\]{1,256})"')
+_TYPE_RE = re.compile(rb'"type"\s*:\s*"([a-z]{1,16})"')
+
+
 def _maybe_id(line: bytes) -> str | None:
-    """Best effort: the id of a frame that failed validation, so the error can be routed."""
+    """Best effort: the id of a frame that failed validation, so the error can be routed
+    (also from a line that is not JSON at all: a request left unanswered would look
+    like a hung worker to the daemon)."""
     try:
         obj = json.loads(line)
-    except (ValueError, UnicodeDecodeError):
-        return None
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        m = _ID_RE.search(line)
+        return m.group(1).decode("utf-8", "replace") if m else None
     if isinstance(obj, dict) and isinstance(obj.get("id"), str):
         return obj["id"]
     return None
+
+
+def _undecodable_kind(line: bytes, fid: str | None) -> str:
+    """A generate or embed frame with an id whose content cannot be decoded (NaN,
+    a 6000-digit number, deep nesting) is a request the worker cannot serve:
+    ``bad_request``; anything else that fails to decode is ``protocol``."""
+    if fid is not None:
+        m = _TYPE_RE.search(line)
+        if m is not None and m.group(1) in (b"generate", b"embed"):
+            return "bad_request"
+    return "protocol"
 
 
 def _parse_spec(raw: str) -> dict[str, Any]:

@@ -5,11 +5,19 @@ Dependency-free (like :mod:`msting.worker.protocol`), so it is cheap to import a
 unit-testable without llama.cpp. Every function raises :class:`BadRequest` (a
 ``ValueError``) with a message meant for the API client, or returns plain keyword
 arguments for :class:`msting.worker.engine.Engine`.
+
+The HTTP layer has checked a client's request already; the same ranges are checked
+here again (:mod:`msting.http.limits`, one definition), so that no frame, whoever
+wrote it, hands llama.cpp a value it would wrap or choke on: a seed beyond uint32, a
+non-finite temperature, a text that is not valid Unicode.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
+
+from msting.http import limits
 
 DEFAULT_MAX_TOKENS = 256
 DEFAULT_TEMPERATURE = 0.8
@@ -21,15 +29,41 @@ class BadRequest(ValueError):
     """A frame (or the spec) is not valid; the message says why."""
 
 
-def _number(frame: dict[str, Any], name: str, default: float, lo: float, hi: float) -> float:
+def _number(frame: dict[str, Any], name: str, default: float, bounds: tuple[float, float]) -> float:
     value = frame.get(name)
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise BadRequest(f"'{name}' must be a number")
-    if not lo <= value <= hi:
-        raise BadRequest(f"'{name}' must be between {lo:g} and {hi:g}, got {value}")
+    lo, hi = bounds
+    if isinstance(value, float) and not math.isfinite(value) or not lo <= value <= hi:
+        raise BadRequest(f"'{name}' must be between {lo:g} and {hi:g}, got {_shown(value)}")
     return float(value)
+
+
+def _integer(frame: dict[str, Any], name: str, default: int | None, bounds: tuple[int, int]) -> int | None:
+    value = frame.get(name)
+    if value is None:
+        return default
+    lo, hi = bounds
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise BadRequest(f"'{name}' must be an integer from {lo} to {hi}, got {_shown(value)}")
+    return value
+
+
+def _text(value: str, where: str) -> str:
+    """`value`, if it is valid Unicode (a lone surrogate cannot be tokenized)."""
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise BadRequest(f"{where} is not valid Unicode (a lone surrogate at character {exc.start})") from None
+    return value
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:40] + "..."
 
 
 def _request_id(frame: dict[str, Any]) -> str:
@@ -51,7 +85,8 @@ def _messages(value: Any) -> list[dict[str, str]]:
             raise BadRequest(f"messages[{i}].role must be a non-empty string")
         if not isinstance(content, str):
             raise BadRequest(f"messages[{i}].content must be a string")
-        out.append({"role": role, "content": content})  # other keys are not passed on
+        out.append({"role": _text(role, f"messages[{i}].role"), "content": _text(content, f"messages[{i}].content")})
+        # other keys are not passed on
     return out
 
 
@@ -67,15 +102,13 @@ def parse_generate(frame: dict[str, Any]) -> dict[str, Any]:
         raise BadRequest("send either 'prompt' or 'messages', not both")
     if prompt is None and messages is None:
         raise BadRequest("'prompt' (a string) or 'messages' (a list) is required")
-    if prompt is not None and not isinstance(prompt, str):
-        raise BadRequest("'prompt' must be a string")
+    if prompt is not None:
+        if not isinstance(prompt, str):
+            raise BadRequest("'prompt' must be a string")
+        _text(prompt, "'prompt'")
     if messages is not None:
         messages = _messages(messages)
-    max_tokens = frame.get("max_tokens")
-    if max_tokens is None:
-        max_tokens = DEFAULT_MAX_TOKENS
-    elif isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-        raise BadRequest("'max_tokens' must be a positive integer")
+    max_tokens = _integer(frame, "max_tokens", DEFAULT_MAX_TOKENS, limits.MAX_TOKENS)
     stop = frame.get("stop")
     if stop is None:
         stop = []
@@ -83,9 +116,11 @@ def parse_generate(frame: dict[str, Any]) -> dict[str, Any]:
         stop = [stop]
     elif not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
         raise BadRequest("'stop' must be a string or a list of strings")
-    seed = frame.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise BadRequest("'seed' must be an integer or null")
+    if len(stop) > limits.MAX_STOP_SEQUENCES:
+        raise BadRequest(f"'stop' may hold at most {limits.MAX_STOP_SEQUENCES} strings, got {len(stop)}")
+    for i, s in enumerate(stop):
+        _text(s, f"stop[{i}]")
+    seed = _integer(frame, "seed", None, limits.SEED)
     stream = frame.get("stream", False)
     if not isinstance(stream, bool):
         raise BadRequest("'stream' must be a boolean")
@@ -93,12 +128,12 @@ def parse_generate(frame: dict[str, Any]) -> dict[str, Any]:
         "prompt": prompt,
         "messages": messages,
         "max_tokens": max_tokens,
-        "temperature": _number(frame, "temperature", DEFAULT_TEMPERATURE, 0.0, 100.0),
-        "top_p": _number(frame, "top_p", DEFAULT_TOP_P, 0.0, 1.0),
-        "presence_penalty": _number(frame, "presence_penalty", 0.0, -2.0, 2.0),
-        "frequency_penalty": _number(frame, "frequency_penalty", 0.0, -2.0, 2.0),
+        "temperature": _number(frame, "temperature", DEFAULT_TEMPERATURE, limits.TEMPERATURE),
+        "top_p": _number(frame, "top_p", DEFAULT_TOP_P, limits.TOP_P),
+        "presence_penalty": _number(frame, "presence_penalty", 0.0, limits.PRESENCE_PENALTY),
+        "frequency_penalty": _number(frame, "frequency_penalty", 0.0, limits.FREQUENCY_PENALTY),
         "stop": [s for s in stop if s],
-        "seed": seed,
+        "seed": None if seed == limits.RANDOM_SEED else seed,  # None: a random seed
         "stream": stream,
     }
 
@@ -109,9 +144,12 @@ def parse_embed(frame: dict[str, Any]) -> dict[str, Any]:
     inputs = frame.get("input")
     if not isinstance(inputs, list) or not inputs:
         raise BadRequest("'input' must be a non-empty list of strings")
+    if len(inputs) > limits.MAX_EMBEDDING_INPUTS:
+        raise BadRequest(f"'input' may hold at most {limits.MAX_EMBEDDING_INPUTS} strings, got {len(inputs)}")
     for i, text in enumerate(inputs):
         if not isinstance(text, str) or not text:
             raise BadRequest(f"input[{i}] must be a non-empty string")
+        _text(text, f"input[{i}]")
     return {"inputs": list(inputs)}
 
 
@@ -150,7 +188,16 @@ def parse_spec(spec: Any) -> dict[str, Any]:
         "n_ctx": n_ctx if n_ctx and n_ctx > 0 else DEFAULT_N_CTX,
         "n_threads": n_threads if n_threads and n_threads > 0 else None,
         "n_gpu_layers": opt_int("n_gpu_layers", 0) or 0,
-        "seed": opt_int("seed", None),
+        "seed": _spec_seed(opt_int("seed", None)),
         "embedding": embedding,
         "chat_format": chat_format or None,
     }
+
+
+def _spec_seed(seed: int | None) -> int | None:
+    if seed is None or seed == limits.RANDOM_SEED:
+        return None
+    lo, hi = limits.SEED
+    if not lo <= seed <= hi:
+        raise BadRequest(f"--spec 'seed' must be an integer from {lo} to {hi}, got {seed}")
+    return seed

@@ -61,9 +61,12 @@ def encode(type: MsgType | str, id: str | None = None, **fields: Any) -> bytes:
     frame.update(fields)
     try:
         data = json.dumps(frame, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError) as exc:
+        out = data.encode("utf-8") + b"\n"
+    except UnicodeEncodeError as exc:  # a lone surrogate in a string
+        raise ProtocolError(f"cannot encode {type_value!r} frame: a string is not valid Unicode "
+                            f"(a lone surrogate at character {exc.start})") from None
+    except (TypeError, ValueError, RecursionError) as exc:  # also non-finite floats, cycles
         raise ProtocolError(f"cannot encode {type_value!r} frame: {exc}") from None
-    out = data.encode("utf-8") + b"\n"
     if len(out) > MAX_FRAME_BYTES:
         raise ProtocolError(
             f"{type_value!r} frame is {len(out)} bytes, over the {MAX_FRAME_BYTES}-byte limit"
@@ -83,11 +86,13 @@ def decode(line: bytes) -> dict[str, Any]:
     if not raw.strip():
         raise ProtocolError("empty frame")
     try:
-        frame = json.loads(raw)
+        frame = json.loads(raw, parse_constant=_refuse_constant)
     except UnicodeDecodeError as exc:
         raise ProtocolError(f"frame is not valid UTF-8: {exc}") from None
-    except ValueError as exc:
+    except ValueError as exc:  # also integers of more than 4300 digits
         raise ProtocolError(f"frame is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ProtocolError("frame is nested too deeply") from None
     if not isinstance(frame, dict):
         raise ProtocolError(f"frame must be a JSON object, not {_json_kind(frame)}")
     if "v" not in frame:
@@ -108,6 +113,11 @@ def decode(line: bytes) -> dict[str, Any]:
     if fid is not None and not isinstance(fid, str):
         raise ProtocolError(f"{ftype!r} frame 'id' must be a string or null, got {fid!r}")
     return frame
+
+
+def _refuse_constant(name: str) -> Any:
+    # NaN, Infinity and -Infinity: Python's json reads them, JSON has no such numbers
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def _json_kind(value: Any) -> str:
