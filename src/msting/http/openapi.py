@@ -1,0 +1,460 @@
+"""The API contract: an OpenAPI 3.1 document of every HTTP route the daemon serves.
+
+Served at ``GET /openapi.json``; ``docs/openapi.json`` is a copy written with
+``python -m msting.http.openapi > docs/openapi.json`` (a unit test checks that the two are
+equal and that every route of ``build_app`` is in the document).
+
+The request bodies are built from the same constants the routes use (the key sets
+``GENERATE_KEYS``, ``CHAT_KEYS``, ...): each body schema lists exactly the keys its route
+accepts, with ``additionalProperties: false`` where unknown keys are rejected, and
+``_body`` refuses to build a schema whose keys differ from the route's set, so a key
+added to a route without a schema fails at import (and in CI). The document is built
+once, on the first request, and the bytes are kept.
+
+The WebSocket route (``/v1/ws``) is not an HTTP operation; its messages are described
+under the top-level extension ``x-websockets``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from msting import __version__
+from msting.http import limits, native, openai_api, ws
+
+OPENAPI_VERSION = "3.1.0"
+
+# Keys of the routes whose key set is written inside the handler (msting.http.native.load_model,
+# msting.http.admin.unload_model and switch_profile).
+LOAD_KEYS = frozenset({"model", "timeout"})
+UNLOAD_KEYS = frozenset({"model"})
+SWITCH_KEYS = frozenset({"profile", "dry_run"})
+
+JSON = "application/json"
+SSE = "text/event-stream"
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _nullable(schema: dict) -> dict:
+    """A key that may be null: the routes treat a null like a key left out."""
+    out = dict(schema)
+    t = out.get("type")
+    if isinstance(t, str):
+        out["type"] = [t, "null"]
+    elif isinstance(t, list) and "null" not in t:
+        out["type"] = [*t, "null"]
+    elif "anyOf" in out:
+        out["anyOf"] = [*out["anyOf"], {"type": "null"}]
+    return out
+
+
+def _numeric(key: str, description: str) -> dict:
+    """A numeric field with the range msting.http.limits gives it (integer when both ends are)."""
+    lo, hi = limits.NUMERIC_FIELDS[key]
+    kind = "integer" if isinstance(lo, int) and isinstance(hi, int) else "number"
+    return _nullable({"type": kind, "minimum": lo, "maximum": hi, "description": description})
+
+
+NAME = {"type": "string", "maxLength": limits.MAX_NAME_CHARS}
+
+
+STRING_LIST = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": limits.MAX_STOP_SEQUENCES}]}
+
+# One schema per request key, shared by every route that accepts the key.
+PROPERTIES: dict[str, dict] = {
+    "model": _nullable({**NAME, "description": "A model name, `local~NAME`, or `default` (also when left out or null)."}),
+    "prompt": {"type": "string", "description": "The text to continue."},
+    "max_tokens": _numeric("max_tokens", "Tokens to generate at most (the context window caps it too); "
+                                         "left out: the model's `max_tokens`."),
+    "max_completion_tokens": _numeric("max_completion_tokens", "OpenAI's newer name for `max_tokens`; wins over it when both are given."),
+    "temperature": _numeric("temperature", "Sampling temperature (0 = greedy); left out: the model's `temperature`."),
+    "top_p": _numeric("top_p", "Nucleus sampling (default 0.95)."),
+    "presence_penalty": _numeric("presence_penalty", "Default 0."),
+    "frequency_penalty": _numeric("frequency_penalty", "Default 0."),
+    "stop": _nullable({**STRING_LIST, "description": "A stop string or a list of them."}),
+    "seed": _numeric("seed", f"Sampling seed; {limits.RANDOM_SEED} (like null) asks for a random one."),
+    "stream": _nullable({"type": "boolean", "description": "Answer with Server-Sent Events (default false)."}),
+    "n": _numeric("n", "Only 1 is supported."),
+    "user": _nullable({"type": "string", "description": "Accepted for compatibility; not used."}),
+    "stream_options": _nullable({
+        "type": "object", "additionalProperties": False,
+        "properties": {"include_usage": {"type": "boolean"}},
+        "description": "Only with `stream: true` (else a 400): `include_usage` adds a last chunk with the usage.",
+    }),
+    "messages": _ref("Messages"),
+    "timeout": _numeric("timeout", "Seconds to wait for the model (default `llm_service.startup_timeout_sec`)."),
+    "profile": {**NAME, "description": "A profile name (see `GET /v1/profiles`)."},
+    "dry_run": _nullable({"type": "boolean", "description": "Only plan the switch (default false)."}),
+    "input": {"anyOf": [{"type": "string", "minLength": 1},
+                        {"type": "array", "minItems": 1, "maxItems": limits.MAX_EMBEDDING_INPUTS,
+                         "items": {"type": "string", "minLength": 1}}],
+              "description": "A non-empty string or a non-empty list of non-empty strings (token arrays are not supported)."},
+    "encoding_format": _nullable({"type": "string", "enum": ["float", "base64"], "description": "Default `float`."}),
+}
+
+
+def _body(keys: set[str] | frozenset[str], *, required: tuple[str, ...] = (), override: dict | None = None,
+          description: str | None = None, extra: dict | None = None) -> dict:
+    """A request body schema with exactly `keys` (the route's own key set)."""
+    props = {**{k: PROPERTIES[k] for k in sorted(keys) if k in PROPERTIES}, **(override or {})}
+    missing = set(keys) - set(props)
+    stray = set(props) - set(keys)
+    if missing or stray:
+        raise RuntimeError(f"openapi: body schema does not match the route's keys (missing {sorted(missing)}, extra {sorted(stray)})")
+    schema: dict[str, Any] = {"type": "object", "properties": props, "additionalProperties": False}
+    if required:
+        schema["required"] = list(required)
+    if description:
+        schema["description"] = description
+    schema.update(extra or {})
+    return schema
+
+
+# ---- components -------------------------------------------------------------------
+
+ERROR_TYPES = ["invalid_request_error", "authentication_error", "permission_error", "not_found_error",
+               "server_error", "unavailable_error", "timeout_error"]
+
+USAGE = {"type": "object", "required": ["prompt_tokens", "completion_tokens", "total_tokens"],
+         "properties": {"prompt_tokens": {"type": "integer", "minimum": 0}, "completion_tokens": {"type": "integer", "minimum": 0},
+                        "total_tokens": {"type": "integer", "minimum": 0}}}
+TIMINGS = {"type": "object", "additionalProperties": {"type": ["number", "null"]},
+           "description": "`queue_ms`, `prompt_ms`, `predicted_ms`, `predicted_per_second`."}
+NATIVE_FINISH = {"type": ["string", "null"], "enum": ["stop", "length", "cancelled", None]}
+OPENAI_FINISH = {"type": "string", "enum": ["stop", "length"]}
+
+
+def _components() -> dict:
+    schemas: dict[str, dict] = {
+        "Error": {
+            "type": "object", "required": ["error"],
+            "description": "Every error, on every route, has this shape and a matching HTTP status.",
+            "properties": {"error": {
+                "type": "object", "required": ["message", "type", "code"],
+                "properties": {
+                    "message": {"type": "string"},
+                    "type": {"type": "string", "enum": ERROR_TYPES},
+                    "param": {"type": ["string", "null"], "description": "The request key at fault, when there is one."},
+                    "code": {"type": "string", "description": "e.g. `invalid_json`, `invalid_parameter`, `model_not_found`, "
+                                                              "`queue_full`, `worker_crashed`."},
+                    "stderr": {"type": "string", "description": "`POST /llm` and load failures: the worker's last stderr lines."},
+                    "error_id": {"type": "string", "description": "A 500 `internal_error`: the id under which the daemon log "
+                                                                  "has the details (the reply never carries exception text)."},
+                },
+                "additionalProperties": True,
+            }},
+        },
+        "Messages": {
+            "type": "array", "minItems": 1,
+            "items": {
+                "type": "object", "required": ["role", "content"], "additionalProperties": False,
+                "properties": {
+                    "role": {"type": "string", "enum": sorted(openai_api.ROLES)},
+                    "content": {"anyOf": [
+                        {"type": "string"},
+                        {"type": "array", "items": {"type": "object", "required": ["type", "text"],
+                                                    "properties": {"type": {"const": "text"}, "text": {"type": "string"}}}},
+                    ]},
+                    "name": {"type": "string"},
+                },
+            },
+            "description": "`developer` is read as `system`. Only text content; no tools.",
+        },
+        "Usage": USAGE,
+        "Timings": TIMINGS,
+        "GenerateResult": {
+            "type": "object", "required": ["text", "model", "finish_reason", "usage", "timings"],
+            "properties": {"text": {"type": "string"}, "model": {"type": "string"}, "finish_reason": NATIVE_FINISH,
+                           "usage": _ref("Usage"), "timings": _ref("Timings")},
+        },
+        "ChatCompletion": {
+            "type": "object", "required": ["id", "object", "created", "model", "choices", "usage"],
+            "properties": {
+                "id": {"type": "string"}, "object": {"const": "chat.completion"}, "created": {"type": "integer"},
+                "model": {"type": "string"}, "system_fingerprint": {"type": "null"},
+                "choices": {"type": "array", "minItems": 1, "maxItems": 1, "items": {
+                    "type": "object", "required": ["index", "message", "finish_reason"],
+                    "properties": {"index": {"type": "integer"}, "logprobs": {"type": "null"}, "finish_reason": OPENAI_FINISH,
+                                   "message": {"type": "object", "required": ["role", "content"],
+                                               "properties": {"role": {"const": "assistant"}, "content": {"type": "string"}}}}}},
+                "usage": _ref("Usage"),
+            },
+        },
+        "Completion": {
+            "type": "object", "required": ["id", "object", "created", "model", "choices", "usage"],
+            "properties": {
+                "id": {"type": "string"}, "object": {"const": "text_completion"}, "created": {"type": "integer"},
+                "model": {"type": "string"}, "system_fingerprint": {"type": "null"},
+                "choices": {"type": "array", "minItems": 1, "maxItems": 1, "items": {
+                    "type": "object", "required": ["index", "text", "finish_reason"],
+                    "properties": {"index": {"type": "integer"}, "text": {"type": "string"}, "logprobs": {"type": "null"},
+                                   "finish_reason": OPENAI_FINISH}}},
+                "usage": _ref("Usage"),
+            },
+        },
+        "Embeddings": {
+            "type": "object", "required": ["object", "data", "model", "usage"],
+            "properties": {
+                "object": {"const": "list"}, "model": {"type": "string"},
+                "data": {"type": "array", "items": {
+                    "type": "object", "required": ["object", "index", "embedding"],
+                    "properties": {"object": {"const": "embedding"}, "index": {"type": "integer"},
+                                   "embedding": {"anyOf": [{"type": "array", "items": {"type": "number"}},
+                                                           {"type": "string", "description": "base64 little-endian float32"}]}}}},
+                "usage": {"type": "object", "required": ["prompt_tokens", "total_tokens"],
+                          "properties": {"prompt_tokens": {"type": "integer"}, "total_tokens": {"type": "integer"}}},
+            },
+        },
+        "Execution": {
+            "type": "object", "required": ["id", "object", "model", "output", "finish_reason", "usage", "timings"],
+            "properties": {"id": {"type": "string"}, "object": {"const": "execution"}, "model": {"type": "string"},
+                           "output": {"type": "string"}, "finish_reason": NATIVE_FINISH, "usage": _ref("Usage"),
+                           "timings": _ref("Timings")},
+        },
+        "Model": {
+            "type": "object", "required": ["id", "object", "created", "owned_by", "state", "type"],
+            "properties": {"id": {"type": "string"}, "object": {"const": "model"}, "created": {"type": "integer"},
+                           "owned_by": {"type": "string"}, "state": {"type": "string"},
+                           "type": {"type": "string", "enum": ["llm", "embeddings"]}, "context_length": {"type": "integer"},
+                           "aliases": {"type": "array", "items": {"type": "string"}}},
+        },
+        "Health": {
+            "type": "object", "required": ["status", "version", "pid", "ready", "readiness", "default_model", "models"],
+            "properties": {"status": {"const": "ok"}, "version": {"type": "string"}, "pid": {"type": "integer"},
+                           "uptime_sec": {"type": "number"}, "ready": {"type": "boolean"}, "readiness": {"type": "string"},
+                           "profile": {"type": "string"}, "default_model": {"type": "string"},
+                           "models": {"type": "object", "additionalProperties": {"type": "string"}}},
+        },
+        "Readiness": {
+            "type": "object", "required": ["status"],
+            "properties": {"status": {"type": "string", "enum": ["ready", "loading", "degraded", "failed", "stopping", "idle"]},
+                           "reason": {"type": ["string", "null"]},
+                           "models": {"type": "object", "additionalProperties": {"type": "string"}}},
+        },
+        "Job": {
+            "type": "object", "required": ["id", "kind", "state"],
+            "properties": {"id": {"type": "string"}, "kind": {"type": "string"}, "target": {"type": ["string", "null"]},
+                           "state": {"type": "string", "enum": ["running", "succeeded", "failed"]},
+                           "progress": {"type": ["number", "null"]}, "error": {"type": ["string", "null"]},
+                           "result": {"type": ["object", "null"]}, "duration_ms": {"type": ["number", "null"]},
+                           "steps": {"type": "array", "items": {"type": "object"}}},
+        },
+        "Object": {"type": "object", "description": "A JSON object; see docs/api.md for its fields."},
+        "SseStream": {"type": "string", "description": "Server-Sent Events (`text/event-stream`); see the operation's description."},
+    }
+    statuses = {
+        "BadRequest": ("400", "Invalid JSON (`invalid_json`, `invalid_unicode`, `invalid_number`, `nesting_too_deep`), "
+                              "not an object (`invalid_body`), an unknown parameter, a wrong type or a value out of range "
+                              "(`invalid_parameter`, with `param`), on every route."),
+        "Unauthorized": ("401", "TCP only, when an API key is set: a missing or wrong `Authorization: Bearer` key."),
+        "Forbidden": ("403", "TCP only: a `Host` header that is not loopback or an allowed host."),
+        "NotFound": ("404", "An unknown model, job or route."),
+        "Conflict": ("409", "`switch_in_progress`, `model_always_ready`."),
+        "PayloadTooLarge": ("413", f"`body_too_large`: over {limits.MAX_BODY_BYTES} bytes."),
+        "ServerError": ("500", "The engine failed, a worker died, or an internal error."),
+        "Unavailable": ("503", "`queue_full` (with `Retry-After`), `shutting_down`, `model_failed`, `insufficient_memory`."),
+        "Timeout": ("504", "`load_timeout`: the model was not ready in time; it keeps loading."),
+    }
+    responses = {name: {"description": f"{code}: {text}", "content": {JSON: {"schema": _ref("Error")}}}
+                 for name, (code, text) in statuses.items()}
+    return {
+        "schemas": schemas,
+        "responses": responses,
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                       "description": "TCP only, and only when the daemon's API key variable "
+                                                      "(`llm_service.api_key_env_var`) is set. The Unix socket needs none."}},
+    }
+
+
+def _errors(*names: str) -> dict:
+    codes = {"BadRequest": "400", "Unauthorized": "401", "Forbidden": "403", "NotFound": "404", "Conflict": "409",
+             "PayloadTooLarge": "413", "ServerError": "500", "Unavailable": "503", "Timeout": "504"}
+    common = ("Unauthorized", "Forbidden", "ServerError")
+    return {codes[n]: {"$ref": f"#/components/responses/{n}"} for n in (*names, *common)}
+
+
+def _ok(schema: dict, description: str = "OK", *, stream: str | None = None) -> dict:
+    content: dict = {JSON: {"schema": schema}}
+    if stream:
+        content[SSE] = {"schema": _ref("SseStream")}
+        description = f"{description}. With `\"stream\": true`: {stream}"
+    return {"description": description, "content": content}
+
+
+def _post(op_id: str, summary: str, body: dict, ok: dict, errors: dict, *, tags: list[str], description: str | None = None,
+          ok_status: str = "200") -> dict:
+    op = {"operationId": op_id, "summary": summary, "tags": tags,
+          "requestBody": {"required": True, "content": {JSON: {"schema": body}},
+                          "description": "Read as JSON whatever the Content-Type says."},
+          "responses": {ok_status: ok, **errors}}
+    if description:
+        op["description"] = description
+    return {"post": op}
+
+
+def _get(op_id: str, summary: str, ok: dict, errors: dict, *, tags: list[str], parameters: list | None = None,
+         security: list | None = None, description: str | None = None) -> dict:
+    op: dict = {"operationId": op_id, "summary": summary, "tags": tags, "responses": {"200": ok, **errors}}
+    if parameters:
+        op["parameters"] = parameters
+    if security is not None:
+        op["security"] = security
+    if description:
+        op["description"] = description
+    return {"get": op}
+
+
+NATIVE_SSE = ("`event: token` (`data: {\"text\"}`) lines, then `event: done` (the result without `text`), or "
+              "`event: error` (an Error object) when it fails after the 200: never a silent truncation.")
+OPENAI_SSE = ("`data:` chunks (`{kind}`), then `data: [DONE]`; with `stream_options.include_usage` a last chunk with "
+              "empty `choices` carries the usage. A stream that fails after the 200 ends with a `data: {{\"error\": ...}}` "
+              "event and no `[DONE]`.")
+
+
+def _paths() -> dict:
+    gen_errors = _errors("BadRequest", "NotFound", "PayloadTooLarge", "Unavailable")
+    oai_errors = gen_errors
+    native_tags, oai_tags, admin_tags = ["native"], ["openai"], ["admin"]
+    return {
+        "/health": _get("health", "Liveness: 200 whenever the daemon serves", _ok(_ref("Health")), {}, tags=native_tags, security=[],
+                        description="Open on TCP even when an API key is set (liveness probes); the Host check still applies."),
+        "/health/ready": _get("health_ready", "Readiness: 200 only when every always-ready model is loaded and verified",
+                              _ok(_ref("Readiness")), {"503": {"description": "Not ready (`Retry-After: 1`)",
+                                                               "content": {JSON: {"schema": _ref("Readiness")}}},
+                                                       **_errors()}, tags=native_tags),
+        "/models/load": _post("load_model", "Load a model (idempotent) and wait until it is ready and verified",
+                              _body(LOAD_KEYS), _ok(_ref("Object")),
+                              _errors("BadRequest", "NotFound", "PayloadTooLarge", "Unavailable", "Timeout"), tags=native_tags),
+        "/models/unload": _post("unload_model", "Stop an on-demand model's workers", _body(UNLOAD_KEYS, required=("model",)),
+                                _ok(_ref("Object")), _errors("BadRequest", "NotFound", "Conflict", "PayloadTooLarge"), tags=native_tags),
+        "/generate": _post("generate", "Generate text", _body(native.GENERATE_KEYS, required=("prompt",)),
+                           _ok(_ref("GenerateResult"), stream=NATIVE_SSE), gen_errors, tags=native_tags),
+        "/llm": _post("llm", "Generate text (minimal form)", _body(native.LLM_KEYS, required=("prompt",)),
+                      _ok({"type": "object", "required": ["completion"], "properties": {"completion": {"type": "string"}}}),
+                      gen_errors, tags=native_tags, description="A 500 carries `error.stderr`, the worker's last stderr lines."),
+        "/v1/chat/completions": _post(
+            "chat_completions", "OpenAI chat completions",
+            _body(openai_api.CHAT_KEYS, required=("messages",)),
+            _ok(_ref("ChatCompletion"), stream=OPENAI_SSE.format(kind="chat.completion.chunk")), oai_errors, tags=oai_tags,
+            description="Any other OpenAI parameter (`tools`, `logprobs`, `response_format`, ...) is a 400 naming it."),
+        "/v1/completions": _post(
+            "completions", "OpenAI completions",
+            _body(openai_api.COMPLETION_KEYS, required=("prompt",), override={
+                "prompt": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 1}],
+                           "description": "A string, or a list of exactly one string."}}),
+            _ok(_ref("Completion"), stream=OPENAI_SSE.format(kind="text_completion")), oai_errors, tags=oai_tags),
+        "/v1/embeddings": _post("embeddings", "OpenAI embeddings: one L2-normalised vector per input",
+                                _body(openai_api.EMBEDDING_KEYS, required=("input",)), _ok(_ref("Embeddings")),
+                                oai_errors, tags=oai_tags),
+        "/v1/models": _get("list_models", "The models of the active profile",
+                           _ok({"type": "object", "required": ["object", "data"],
+                                "properties": {"object": {"const": "list"}, "data": {"type": "array", "items": _ref("Model")}}}),
+                           _errors(), tags=oai_tags),
+        "/v1/models/{model_id}": _get("get_model", "One model", _ok(_ref("Model")), _errors("NotFound"), tags=oai_tags,
+                                      parameters=[{"name": "model_id", "in": "path", "required": True,
+                                                   "schema": {"type": "string"}, "description": "A model name or `local~NAME`."}]),
+        "/v1/execute": _post(
+            "execute", "A task-level call: `prompt` or `messages`, through the same scheduler",
+            _body(openai_api.EXECUTE_KEYS, extra={"oneOf": [{"required": ["prompt"]}, {"required": ["messages"]}]},
+                  description="Exactly one of `prompt` and `messages`."),
+            _ok(_ref("Execution"), stream=NATIVE_SSE), oai_errors, tags=oai_tags),
+        "/v1/status": _get("status", "Daemon, models, workers, memory, events", _ok(_ref("Object")), _errors(), tags=admin_tags),
+        "/v1/profiles": _get("profiles", "Every profile, with its models and the active one",
+                             _ok(_ref("Object")), _errors(), tags=admin_tags),
+        "/v1/profiles/switch": _post(
+            "switch_profile", "Switch profiles (a job), or plan a switch (`dry_run`)",
+            _body(SWITCH_KEYS, required=("profile",)),
+            _ok(_ref("Object"), "The plan of a dry run"),
+            {"202": {"description": "The switch job", "content": {JSON: {"schema": _ref("Job")}}},
+             **_errors("BadRequest", "Conflict", "PayloadTooLarge")}, tags=admin_tags),
+        "/v1/jobs": _get("jobs", "The last jobs", _ok({"type": "object", "required": ["object", "data"],
+                                                       "properties": {"object": {"const": "list"},
+                                                                      "data": {"type": "array", "items": _ref("Job")}}}),
+                         _errors(), tags=admin_tags),
+        "/v1/jobs/{job_id}": _get("job", "One job", _ok(_ref("Job")), _errors("NotFound"), tags=admin_tags,
+                                  parameters=[{"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}]),
+        "/openapi.json": _get("openapi", "This document", _ok({"type": "object"}), _errors(), tags=admin_tags),
+    }
+
+
+def _websockets() -> dict:
+    generate = _body(ws.GENERATE_KEYS, required=("type", "id"), override={
+        "type": {"const": "generate"},
+        "id": {"type": "string", "minLength": 1, "maxLength": limits.MAX_NAME_CHARS, "description": "Not used by a running generation."}},
+        extra={"oneOf": [{"required": ["prompt"]}, {"required": ["messages"]}]})
+    return {"/v1/ws": {
+        "description": "JSON text messages, each with a `type`. Several generations may run at once on one connection; "
+                       "closing it cancels them. A bad message is answered with an `error` message; the connection stays open.",
+        "client_messages": {
+            "generate": generate,
+            "cancel": {"type": "object", "required": ["type", "id"], "properties": {"type": {"const": "cancel"}, "id": {"type": "string"}}},
+            "subscribe": {"type": "object", "required": ["type", "topics"],
+                          "properties": {"type": {"const": "subscribe"}, "topics": {"const": ["status"]}}},
+        },
+        "server_messages": {
+            "token": {"type": "object", "properties": {"type": {"const": "token"}, "id": {"type": "string"}, "text": {"type": "string"}}},
+            "done": {"type": "object", "properties": {"type": {"const": "done"}, "id": {"type": "string"}, "model": {"type": "string"},
+                                                      "finish_reason": NATIVE_FINISH, "usage": _ref("Usage"), "timings": _ref("Timings")}},
+            "error": {"type": "object", "properties": {"type": {"const": "error"}, "id": {"type": ["string", "null"]},
+                                                       "error": {"$ref": "#/components/schemas/Error/properties/error"}}},
+            "status": {"type": "object", "properties": {"type": {"const": "status"}, "readiness": {"type": "object"},
+                                                        "models": {"type": "array", "items": {"type": "object"}}}},
+        },
+    }}
+
+
+def build_document() -> dict:
+    return {
+        "openapi": OPENAPI_VERSION,
+        "info": {
+            "title": "msting daemon API", "version": __version__,
+            "description": "The always-ready local LLM service. Served on the daemon's Unix socket (mode 0600, own uid) and on "
+                           "127.0.0.1 TCP (Host-checked; API-key protected when a key is set). Errors always have the `Error` "
+                           f"shape. Every body (and WebSocket message) is parsed strictly: at most {limits.MAX_BODY_BYTES} "
+                           f"bytes (else 413), valid UTF-8 without lone surrogates, finite numbers, integers within "
+                           f"64 bits, objects and arrays nested at most {limits.MAX_DEPTH} deep (else 400). "
+                           "See docs/api.md.",
+        },
+        "servers": [{"url": "http://127.0.0.1:8086", "description": "the default TCP address (`llm_service.port`)"}],
+        "security": [{}, {"bearer": []}],
+        "tags": [{"name": "native"}, {"name": "openai", "description": "OpenAI-compatible"}, {"name": "admin"}],
+        "paths": _paths(),
+        "components": _components(),
+        "x-websockets": _websockets(),
+    }
+
+
+def document_bytes() -> bytes:
+    """The document as served and as committed in docs/openapi.json (built once)."""
+    global _BYTES
+    if _BYTES is None:
+        _BYTES = (json.dumps(build_document(), indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    return _BYTES
+
+
+_BYTES: bytes | None = None
+
+
+async def openapi_json(request: Request) -> Response:
+    return Response(document_bytes(), media_type=JSON)
+
+
+routes = [Route("/openapi.json", openapi_json, methods=["GET"])]
+
+
+def main() -> int:
+    sys.stdout.buffer.write(document_bytes())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
