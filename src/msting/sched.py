@@ -21,9 +21,15 @@ the same, only when it runs changes.
   next tokens for 2–3 ms (docs/benchmarks.md).
 
 `set_time_slice` asks for a slice for the calling thread and says what happened; on
-other systems it changes nothing. Threads and processes started later inherit the
-slice, so a worker process puts its main thread back to the default
-(`set_time_slice(None)`) and its job thread asks for `JOB_SLICE_US`.
+other systems it changes nothing. A slice shorter than any default is for that thread
+alone: it is asked with ``SCHED_FLAG_RESET_ON_FORK``, so every thread and process the
+thread starts afterwards begins with the kernel's default. The daemon's executor
+threads, and the worker processes they fork, never run with the event loop's slice,
+not even for the interpreter start before a worker's ``main()``. (The flag also puts
+a negative nice value back to 0 in children, so a thread with one asks without it;
+its children then inherit the short slice, and a worker's main thread still resets
+itself with ``set_time_slice(None)``.) A longer slice is inherited: the compute
+threads a job thread starts on its first decode (OpenMP's) run with it too.
 """
 
 from __future__ import annotations
@@ -39,6 +45,9 @@ SLICE_US = 100  # the kernel's minimum: the daemon's event loop
 JOB_SLICE_US = 10_000  # a worker's job thread: longer than any default slice (at most 2.8 ms)
 _SYS_SCHED_SETATTR = {"x86_64": 314, "aarch64": 274, "riscv64": 274}  # the generic table: 274
 _SCHED_OTHER = 0
+_SCHED_FLAG_RESET_ON_FORK = 0x01  # sched_attr.sched_flags
+_SCHED_RESET_ON_FORK = 0x40000000  # the same, as sched_getscheduler() shows it
+_SHORTER_THAN_ANY_DEFAULT_US = 700  # the kernel's default: 0.7 ms × (1 + log2 of the cores, counted up to 8)
 
 
 def set_time_slice(slice_us: int | None = SLICE_US) -> str:
@@ -49,14 +58,21 @@ def set_time_slice(slice_us: int | None = SLICE_US) -> str:
     nr = _SYS_SCHED_SETATTR.get(platform.machine())
     if nr is None:
         return f"unknown syscall number on {platform.machine()}: default time slice"
-    if os.sched_getscheduler(0) != _SCHED_OTHER:
+    policy = os.sched_getscheduler(0)
+    if policy & ~_SCHED_RESET_ON_FORK != _SCHED_OTHER:
         return "not SCHED_OTHER (set by the operator): left as it is"
-    nice = os.getpriority(os.PRIO_PROCESS, 0)
+    nice = os.getpriority(os.PRIO_PROCESS, 0)  # Linux: the calling thread's
+    short = slice_us is not None and slice_us < _SHORTER_THAN_ANY_DEFAULT_US
+    # Reset on fork: what this thread starts begins with the default slice (and a
+    # negative nice value back at 0, hence not then). Once set, an unprivileged thread
+    # cannot clear it (EPERM), so a thread that has it keeps it.
+    alone = (short and nice >= 0) or bool(policy & _SCHED_RESET_ON_FORK)
     # struct sched_attr (version 0, 48 bytes): size, policy, flags, nice, priority,
     # runtime (the slice for SCHED_OTHER), deadline, period. The current nice value
     # is passed back unchanged.
+    flags = _SCHED_FLAG_RESET_ON_FORK if alone else 0
     runtime_ns = 0 if slice_us is None else slice_us * 1000
-    attr = ctypes.create_string_buffer(struct.pack("IIQiIQQQ", 48, _SCHED_OTHER, 0, nice, 0, runtime_ns, 0, 0))
+    attr = ctypes.create_string_buffer(struct.pack("IIQiIQQQ", 48, _SCHED_OTHER, flags, nice, 0, runtime_ns, 0, 0))
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.syscall(nr, 0, attr, 0) != 0:
         return f"sched_setattr failed ({os.strerror(ctypes.get_errno())}): time slice unchanged"
@@ -67,6 +83,10 @@ def set_time_slice(slice_us: int | None = SLICE_US) -> str:
         return f"asked for a {slice_us} µs time slice (the kernel does not show it)"
     if got != slice_us * 1000:
         return f"the kernel kept a {got / 1000:g} µs time slice (custom slices need Linux 6.12)"
+    if short and alone:
+        return f"{slice_us} µs time slice, for this thread only"
+    if short:
+        return f"{slice_us} µs time slice, inherited (reset on fork would set children's nice {nice} to 0)"
     return f"{slice_us} µs time slice"
 
 

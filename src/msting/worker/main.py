@@ -448,9 +448,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:  # not the main thread (tests calling main() in-process)
         pass
 
-    # The daemon's event loop runs with a short time slice, and its children inherit
-    # it: this thread (frames, pings) goes back to the default; the job thread asks
-    # for a long one when it starts.
+    # This thread (frames, pings) runs with the default time slice; the job thread asks
+    # for a long one when it starts. The daemon's event loop keeps its short slice to
+    # itself (msting.sched), except at a negative nice value: then it is reset here.
     set_time_slice(None)
 
     try:
