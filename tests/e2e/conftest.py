@@ -22,6 +22,7 @@ import httpx
 import psutil
 import pytest
 import yaml
+from child_env import child_env
 
 FAST_SUPERVISION = {
     "llm_service": {
@@ -53,8 +54,9 @@ class DaemonHome:
     def __init__(self, home: Path):
         self.home = home
         self.port = free_port()
-        self.env = {**os.environ, "MSTING_HOME": str(home), "MSTING_LLM_PORT": str(self.port)}
-        self.env.pop("NOTIFY_SOCKET", None)
+        # Not os.environ: the developer's own LLM_API_KEY, MSTING_*, NOTIFY_SOCKET ...
+        # must not reach the daemon (tests/child_env.py).
+        self.env = child_env(MSTING_HOME=str(home), MSTING_LLM_PORT=str(self.port))
 
     # paths --------------------------------------------------------------------------
     @property
@@ -105,10 +107,12 @@ class DaemonHome:
         return [w["pid"] for m in body["models"] for w in m["workers"] if w["pid"]]
 
     def client(self, timeout: float = 60) -> httpx.Client:
-        return httpx.Client(transport=httpx.HTTPTransport(uds=str(self.socket)), base_url="http://msting", timeout=timeout)
+        return httpx.Client(transport=httpx.HTTPTransport(uds=str(self.socket)), base_url="http://msting", timeout=timeout,
+                            trust_env=False)
 
     def tcp_client(self, timeout: float = 60) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=timeout)
+        # trust_env=False: a developer's HTTP_PROXY/ALL_PROXY would otherwise carry it
+        return httpx.Client(base_url=self.url, timeout=timeout, trust_env=False)
 
     def wait_for(self, predicate, timeout: float = 30, interval: float = 0.05, what: str = "condition"):
         deadline = time.monotonic() + timeout

@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from child_env import child_env
 
 ROOT = Path(__file__).resolve().parents[2]
 HEAVY_MODULES = ("starlette", "uvicorn", "llama_cpp", "numpy", "gguf")
@@ -30,14 +31,14 @@ def home():
 
 
 def cli_env(home: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env["MSTING_HOME"] = str(home)
-    env.pop("MSTING_LLM_PORT", None)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH")]))
-    env["COLUMNS"] = "200"  # keep rich from wrapping help and messages
-    env["NO_COLOR"] = "1"
-    env["TERM"] = "dumb"
-    return env
+    # Not os.environ: the developer's own LLM_API_KEY, MSTING_* ... stay out (tests/child_env.py).
+    return child_env(
+        MSTING_HOME=str(home),
+        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")])),
+        COLUMNS="200",  # keep rich from wrapping help and messages
+        NO_COLOR="1",
+        TERM="dumb",
+    )
 
 
 def run(home: Path, *args: str, timeout: float = 60, python_flags: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
