@@ -243,7 +243,7 @@ def test_every_schema_problem_is_listed_at_once() -> None:
         "models.story.replicas": "must be an integer between 1 and 64, got 0",
         "models.story.always_ready": "must be true or false, got 'yes'",
         "models.story.params.top_k": "unknown key (expected one of: temperature, max_tokens, n_threads, n_gpu_layers, chat_format)",
-        "models.story.params.temperature": "must be a number >= 0, got 'hot'",
+        "models.story.params.temperature": "must be a number between 0 and 2, got 'hot'",
         "models.story.params.n_threads": "must be an integer >= 1 or null, got 0",
         "models.bad name": "a model name uses letters, digits, '.', '_' and '-', starting with a letter or digit; got 'bad name'",
         "models.local~x": "a model name must not contain '~' (it separates service and model, as in local~localx)",
@@ -422,7 +422,7 @@ def test_more_ranges() -> None:
     )
     assert problems == {
         "models.story.keep_alive_sec": "must be a number > 0, got 0",
-        "models.story.params.max_tokens": "must be an integer >= 1, got 0",
+        "models.story.params.max_tokens": "must be an integer between 1 and 1048576, got 0",
         "models.story.params.n_gpu_layers": "must be an integer >= -1, got -2",
         "models.story.params.chat_format": "must be a non-empty string or null, got ''",
     }

@@ -547,7 +547,8 @@ class WorkerSupervisor:
             if frame.get("kind") == "bad_request":
                 req.fail(ApiError(400, "invalid_request_error", "invalid_request", message))
             else:
-                req.fail(server_error("engine_error", message, stderr=self.stderr_tail[-2000:]))
+                # the worker's own stderr may hold a traceback: it goes to the log, never to a client
+                req.fail(server_error("engine_error", message))
         if self._current_done is not None and not self._current_done.done():
             self._current_done.set_result(None)
 
@@ -559,7 +560,9 @@ class WorkerSupervisor:
             text = line.decode("utf-8", "replace").rstrip()
             if text:
                 self._stderr.append(text)
-                log.debug("worker %s stderr: %s", self.id, text)
+                # the worker's own lines (internal errors with their id, boot failures) are
+                # for the operator; llama.cpp's chatter stays at debug level
+                log.log(logging.WARNING if text.startswith("msting-worker[") else logging.DEBUG, "worker %s stderr: %s", self.id, text)
 
     # ---- endings --------------------------------------------------------------------
 
@@ -597,7 +600,6 @@ class WorkerSupervisor:
                 "request_crashed_worker",
                 f"model '{self.model.name}': the request was in flight when {req.attempts} of its workers died, "
                 f"so it is not tried again; the model keeps serving other requests (last: {reason})",
-                stderr=self.stderr_tail[-2000:],
             ))
         else:
             log.info("worker %s: re-queueing %s after the worker ended (%s)", self.id, req.id, reason)
