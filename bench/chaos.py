@@ -935,6 +935,72 @@ class Senders:
             c.close()
 
 
+def ws_fuzz(ctx: Ctx, msgs: list[fuzz.FuzzRequest], timeout: float = 30.0) -> dict:
+    """Hostile messages on /v1/ws, one at a time on one connection: each must be answered
+    by an `error` (or, valid after all, `done`) message, and the connection must stay open."""
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import unix_connect
+
+    results: list[tuple[fuzz.FuzzRequest, str, str, str]] = []  # req, class, code, detail
+    conn = None
+    reconnects = 0
+    t0 = time.monotonic()
+    try:
+        for req in msgs:
+            if conn is None:
+                conn = unix_connect(str(ctx.home.socket), uri="ws://msting/v1/ws", max_size=None, open_timeout=10)
+                reconnects += 1
+            try:
+                body = req.body or b""
+                try:
+                    silent = json.loads(body).get("type") == "cancel"  # a cancel is never answered
+                except (ValueError, AttributeError, RecursionError):
+                    silent = False
+                if silent:
+                    conn.send(body.decode("utf-8", "replace"))
+                    results.append((req, "ok", "cancel", ""))
+                    continue
+                try:
+                    conn.send(body.decode("utf-8"))
+                except UnicodeDecodeError:
+                    conn.send(body)  # not UTF-8: a binary message
+                end = time.monotonic() + timeout
+                while True:
+                    msg = json.loads(conn.recv(timeout=max(0.01, end - time.monotonic())))
+                    if msg.get("type") == "error":
+                        err = {"error": msg.get("error")}
+                        code = str((msg.get("error") or {}).get("code"))
+                        if not ctx.contract.error.is_valid(err):
+                            results.append((req, "error", code, "error message off the Error schema"))
+                        elif (msg.get("error") or {}).get("type") == "server_error":
+                            results.append((req, "server_error", code, json.dumps(msg)[:200]))
+                        else:
+                            results.append((req, "error", code, ""))
+                        break
+                    if msg.get("type") == "done":
+                        results.append((req, "ok", str(msg.get("finish_reason")), ""))
+                        break
+            except TimeoutError:
+                results.append((req, "lost", "timeout", "no error or done message"))
+                conn.close()
+                conn = None
+            except ConnectionClosed as exc:
+                code = exc.rcvd.code if exc.rcvd is not None else None
+                results.append((req, "lost", f"closed {code}", str(exc)[:200]))
+                conn = None
+    finally:
+        if conn is not None:
+            conn.close()
+    elapsed = time.monotonic() - t0
+    bad = [r for r in results if r[1] in ("lost", "server_error")]
+    return {"sent": len(results), "classes": dict(Counter(r[1] for r in results)), "codes": dict(Counter(r[2] for r in results)),
+            "by_source": {s: dict(Counter(r[1] for r in results if r[0].source == s)) for s in sorted({r[0].source for r in results})},
+            "lost": sum(1 for r in results if r[1] == "lost"), "server_errors": sum(1 for r in results if r[1] == "server_error"),
+            "connections": reconnects, "messages_per_sec": round(len(results) / elapsed, 1) if elapsed else None,
+            "examples_bad": [{"source": r[0].source, "note": r[0].note, "body": r[0].excerpt(160), "class": r[1], "code": r[2],
+                              "detail": r[3]} for r in bad[:15]]}
+
+
 def _body_limit() -> int:
     try:
         from msting.http.limits import MAX_BODY_BYTES
@@ -988,12 +1054,16 @@ def phase_fuzz(ctx: Ctx, n_schema: int, n_hostile: int, n_huge: int) -> dict:
     finally:
         senders.close()
         sampler.close()
+    ws_msgs = fuzz.hostile_ws_messages(max(1, n_hostile // 4), ctx.plan.seed + 2, huge=min(2, n_huge), limit=_body_limit())
+    ws_res = ws_fuzz(ctx, ws_msgs)
     after = ctx.wait_ready(ctx.models, 120)
     restarts1 = ctx.restarts(after)
-    return fuzz_report(results, samples, windows, restarts0, restarts1, draw_stats,
-                       {"schemathesis_draw_sec": round(t_schema, 1), "hostile_draw_sec": round(t_hostile, 1),
-                        "positive_sec": round(positive_sec, 1), "senders": ctx.plan.fuzz_senders, "window_sec": window,
-                        "max_tokens_cap": fuzz.MAX_TOKENS_CAP, "seed": ctx.plan.seed})
+    out = fuzz_report(results, samples, windows, restarts0, restarts1, draw_stats,
+                      {"schemathesis_draw_sec": round(t_schema, 1), "hostile_draw_sec": round(t_hostile, 1),
+                       "positive_sec": round(positive_sec, 1), "senders": ctx.plan.fuzz_senders, "window_sec": window,
+                       "max_tokens_cap": fuzz.MAX_TOKENS_CAP, "seed": ctx.plan.seed})
+    out["websocket"] = ws_res
+    return out
 
 
 def fuzz_report(results: list[FuzzResult], samples: list, windows: list, restarts0: dict, restarts1: dict, draw_stats: dict,
@@ -1180,6 +1250,14 @@ def phase_soak(ctx: Ctx, seconds: float) -> dict:
 
 
 MUST_BE_ZERO = ("truncated", "lost", "input_restarts", "fuzz_5xx")
+STOP = threading.Event()  # SIGTERM/SIGHUP: stop after the current phase's cleanup
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    """KeyboardInterrupt, not SystemExit: hypothesis would take a SystemExit raised while
+    it draws for a failure of its own and go on."""
+    STOP.set()
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def run_chaos(plan: Plan, *, log: Callable[[str], None] = print, keep: bool = False, phases: list[str] | None = None) -> dict:
@@ -1206,6 +1284,8 @@ def run_chaos(plan: Plan, *, log: Callable[[str], None] = print, keep: bool = Fa
             ("soak", lambda: phase_soak(ctx, plan.soak_sec), plan.soak_sec > 0),
         ]
         for name, fn, wanted in steps:
+            if STOP.is_set():
+                break
             if not wanted or name not in phases:
                 continue
             log(f"[{name}]")
@@ -1246,8 +1326,10 @@ def totals(res: dict) -> dict:
         "cut_by_daemon_kill": sum(x.get("cut_by_daemon_kill", 0) for x in loads),
         "refused_while_daemon_down": sum(x.get("refused", 0) for x in loads),
         "input_restarts": fz.get("input_restarts", 0),
-        "fuzz_5xx": fz.get("5xx", 0),
+        "fuzz_5xx": fz.get("5xx", 0) + (fz.get("websocket") or {}).get("server_errors", 0),
     }
+    t["lost"] += (fz.get("websocket") or {}).get("lost", 0)
+    t["sent"] += (fz.get("websocket") or {}).get("sent", 0)
     t["must_be_zero_failed"] = [k for k in MUST_BE_ZERO if t[k]]
     return t
 
@@ -1306,6 +1388,11 @@ def figure_rows(res: dict) -> list[list[str]]:
         rj = fz["rejection"]
         rows.append(["fuzz throughput through the rejection path", f"{rj['requests_per_sec']} requests/s ({rj['requests']} in {rj['burst_sec']} s)",
                      f">= {FUZZ_MIN_RPS:g}/s", yes(rj["met"])])
+        wsr = fz.get("websocket")
+        if wsr:
+            rows.append(["hostile WebSocket messages: answered with an error message / lost / server errors",
+                         f"{wsr['classes'].get('error', 0)} of {wsr['sent']} / {wsr['lost']} / {wsr['server_errors']}", "lost 0, server errors 0",
+                         yes(wsr["lost"] == 0 and wsr["server_errors"] == 0)])
         hh = fz["health"]
         rows.append(["/health p99 idle vs during the fuzz (raw socket)", f"{hh['before']['p99']} / {hh['during']['p99']} ms, ratio {hh['p99_ratio']}",
                      f"ratio within the idle windows' spread ({hh['noise_ratio']})", yes(hh["met"])])
@@ -1396,7 +1483,10 @@ def markdown(res: dict, command: str) -> str:
             f"hand on {plan['fuzz_senders']} raw connections. Drawn with a fixed seed ({plan['seed']}). The rejected kinds "
             "(negative and hostile) go in 1 s bursts between 1 s idle windows while another process samples `GET /health` on a "
             "raw socket; the valid-shaped ones (positive; `max_tokens` capped at "
-            f"{fuzz.MAX_TOKENS_CAP}, a switch made a dry run) reach the models afterwards. Restarts are read from `/v1/status` before and after.",
+            f"{fuzz.MAX_TOKENS_CAP}, a switch made a dry run) reach the models afterwards. Then the same hostile kinds as "
+            f"{max(1, plan['hostile'] // 4)} WebSocket messages on `/v1/ws` (a generate message mutated; binary when not UTF-8; "
+            "one at a time, each must get an `error` or `done` message and the connection must stay open). Restarts are read "
+            "from `/v1/status` before and after.",
             f"- **Daemon kills:** {plan['daemon_kills']} `kill -9` of the daemon, each followed by `msting llm start --json`; then "
             "the profile, default model and models in `/v1/status` are compared with what was active, and every process of the "
             "killed daemon (workers, spare) must be gone within 5 s.",
@@ -1490,7 +1580,8 @@ def main(argv: list[str] | None = None) -> int:
         DOCS.write_text(markdown(res, res["command"]))
         print(f"wrote {DOCS} from {args.render}")
         return 0
-    h.install_signal_handlers()
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGHUP, _on_signal)
     mode = "quick" if args.quick else "full"
     plan = PLANS[mode]
     if args.soak is not None:

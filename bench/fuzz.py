@@ -36,6 +36,7 @@ TEMPLATES: dict[str, dict] = {  # a valid body per route, the base the hostile b
     "/models/unload": {"model": "no-such-model"},
     "/v1/profiles/switch": {"profile": "no-such-profile", "dry_run": True},
 }
+WS_TEMPLATE = {"type": "generate", "id": "f1", "prompt": "Once upon a time", "max_tokens": 4}
 
 
 @dataclass
@@ -207,17 +208,21 @@ def _nested(depth: int, kind: str) -> bytes:
     return b'{"a":' * depth + b"1" + b"}" * depth
 
 
-def hostile_strategy() -> Any:
+def _template(route: str) -> dict:
+    return WS_TEMPLATE if route == "/v1/ws" else TEMPLATES[route]
+
+
+def hostile_strategy(route_list: list[str] | None = None) -> Any:
     from hypothesis import strategies as st
 
-    routes = st.sampled_from(sorted(TEMPLATES))
+    routes = st.sampled_from(route_list or sorted(TEMPLATES))
 
     @st.composite
     def non_finite(draw):
         route = draw(routes)
         key = draw(st.sampled_from([*_numeric_keys(route), "prompt", "model", "extra"]))
         token = draw(st.sampled_from(NON_FINITE))
-        return route, _with_raw(TEMPLATES[route], key, token.encode()), "non-finite", f"{key}={token}"
+        return route, _with_raw(_template(route), key, token.encode()), "non-finite", f"{key}={token}"
 
     @st.composite
     def bad_unicode(draw):
@@ -225,10 +230,10 @@ def hostile_strategy() -> Any:
         raw = draw(st.sampled_from(BAD_STRINGS))
         where = draw(st.sampled_from(["value", "key"]))
         if where == "key":
-            body = json.dumps(TEMPLATES[route]).encode()
+            body = json.dumps(_template(route)).encode()
             return route, body[:-1] + b", " + raw + b": 1}", "unicode", f"key {raw!r}"
         key = draw(st.sampled_from([k for k in ("prompt", "model", "input", "profile", "stop") if k in _keys(route)] or ["model"]))
-        return route, _with_raw(TEMPLATES[route], key, raw), "unicode", f"{key}={raw!r}"
+        return route, _with_raw(_template(route), key, raw), "unicode", f"{key}={raw!r}"
 
     @st.composite
     def deep(draw):
@@ -239,7 +244,7 @@ def hostile_strategy() -> Any:
         if whole:
             return route, _nested(depth, kind), "deep", f"whole body nested {depth} ({kind})"
         key = draw(st.sampled_from([*_keys(route), "extra"]))
-        return route, _with_raw(TEMPLATES[route], key, _nested(depth, kind)), "deep", f"{key} nested {depth} ({kind})"
+        return route, _with_raw(_template(route), key, _nested(depth, kind)), "deep", f"{key} nested {depth} ({kind})"
 
     @st.composite
     def huge_number(draw):
@@ -254,7 +259,7 @@ def hostile_strategy() -> Any:
         else:
             raw = f"{sign}1e{digits}".encode()
         key = draw(st.sampled_from([*_numeric_keys(route), *_keys(route), "extra"]))
-        return route, _with_raw(TEMPLATES[route], key, raw), "huge-number", f"{key}={raw[:24].decode()}... ({len(raw)} chars)"
+        return route, _with_raw(_template(route), key, raw), "huge-number", f"{key}={raw[:24].decode()}... ({len(raw)} chars)"
 
     @st.composite
     def wrong_type(draw):
@@ -264,7 +269,7 @@ def hostile_strategy() -> Any:
                                st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
                                             | st.text(max_size=8), lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=4), c, max_size=3),
                                             max_leaves=6)))
-        body = {**TEMPLATES[route], key: value}
+        body = {**_template(route), key: value}
         return route, json.dumps(body).encode(), "wrong-type", f"{key}={json.dumps(value)[:40]}"
 
     @st.composite
@@ -277,8 +282,10 @@ def hostile_strategy() -> Any:
 
 
 def _keys(route: str) -> set[str]:
-    from msting.http import native, openai_api, openapi
+    from msting.http import native, openai_api, openapi, ws
 
+    if route == "/v1/ws":
+        return set(ws.GENERATE_KEYS)
     return {"/generate": native.GENERATE_KEYS, "/llm": native.LLM_KEYS, "/v1/chat/completions": openai_api.CHAT_KEYS,
             "/v1/completions": openai_api.COMPLETION_KEYS, "/v1/embeddings": openai_api.EMBEDDING_KEYS,
             "/v1/execute": openai_api.EXECUTE_KEYS, "/models/load": openapi.LOAD_KEYS, "/models/unload": openapi.UNLOAD_KEYS,
@@ -317,6 +324,17 @@ def hostile_requests(n: int, seed: int = 20261202, huge: int = 0, limit: int = 4
     out = [FuzzRequest(f"hostile-{kind}", f"POST {route}", "POST", route, body, note=note) for route, body, kind, note in drawn]
     return out + huge_bodies(huge, limit)
 
+
+
+def hostile_ws_messages(n: int, seed: int = 20261203, huge: int = 0, limit: int = 4 * 1024 * 1024) -> list[FuzzRequest]:
+    """The same hostile kinds as WebSocket messages on /v1/ws (a generate message mutated),
+    plus `huge` messages over the size limit."""
+    drawn = _draw(hostile_strategy(["/v1/ws"]), n, seed)
+    out = [FuzzRequest(f"ws-{kind}", "WS /v1/ws", "WS", "/v1/ws", body, note=note) for _, body, kind, note in drawn]
+    for i in range(huge):
+        body = json.dumps({**WS_TEMPLATE, "prompt": "a " * ((limit + 1 + i * limit) // 2)}).encode()
+        out.append(FuzzRequest("ws-huge", "WS /v1/ws", "WS", "/v1/ws", body, note=f"{len(body)} bytes"))
+    return out
 
 
 def shuffled(reqs: list[FuzzRequest], seed: int) -> list[FuzzRequest]:

@@ -93,7 +93,8 @@ def test_schemathesis_loads_it_and_draws_a_case_per_operation():
     for op in operations:
         drawn = []
 
-        @settings(max_examples=3, database=None, deadline=None, phases=[Phase.generate], suppress_health_check=list(HealthCheck))
+        @settings(max_examples=3, database=None, deadline=None, phases=[Phase.generate], derandomize=True,
+                  suppress_health_check=list(HealthCheck))
         @given(op.as_strategy())
         def draw(case):
             drawn.append(case)
