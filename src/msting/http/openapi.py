@@ -146,7 +146,8 @@ def _components() -> dict:
                     "param": {"type": ["string", "null"], "description": "The request key at fault, when there is one."},
                     "code": {"type": "string", "description": "e.g. `invalid_json`, `invalid_parameter`, `model_not_found`, "
                                                               "`queue_full`, `worker_crashed`."},
-                    "stderr": {"type": "string", "description": "`POST /llm` and load failures: the worker's last stderr lines."},
+                    "stderr": {"type": "string", "description": "A 500 of `POST /llm` (always there) and `model_load_failed`: the lines "
+                                                                  "the worker wrote when a model failed to load, empty otherwise."},
                     "error_id": {"type": "string", "description": "A 500 `internal_error`: the id under which the daemon log "
                                                                   "has the details (the reply never carries exception text)."},
                 },
@@ -340,7 +341,8 @@ def _paths() -> dict:
                            _ok(_ref("GenerateResult"), stream=NATIVE_SSE), gen_errors, tags=native_tags),
         "/llm": _post("llm", "Generate text (minimal form)", _body(native.LLM_KEYS, required=("prompt",)),
                       _ok({"type": "object", "required": ["completion"], "properties": {"completion": {"type": "string"}}}),
-                      gen_errors, tags=native_tags, description="A 500 carries `error.stderr`, the worker's last stderr lines."),
+                      gen_errors, tags=native_tags, description="A 500 always has `error.stderr`: the lines the worker wrote when a model failed to load, "
+                                  "empty otherwise (a worker's own errors go to the daemon log)."),
         "/v1/chat/completions": _post(
             "chat_completions", "OpenAI chat completions",
             _body(openai_api.CHAT_KEYS, required=("messages",)),
