@@ -456,7 +456,6 @@ class WorkerSupervisor:
         busy_ping = max(0.05, min(s.health_interval_sec, s.hang_timeout_sec / 4))
         live = self._live  # this incarnation's: a new process gets a new one
         while True:
-            await asyncio.sleep(tick)
             now = self._clock()
             busy = self.state is WorkerState.BUSY
             if busy and now - live.last_progress > s.hang_timeout_sec:
@@ -469,6 +468,13 @@ class WorkerSupervisor:
             if live.ping_sent_at is None and now - live.last_ping >= interval:
                 live.last_ping = live.ping_sent_at = now
                 self._send(protocol.encode(MsgType.PING, None))
+            # Wake at the next deadline, not on a coarse tick: a hang is seen within a few
+            # milliseconds of hang_timeout_sec (the tick bounds how late a change of state,
+            # idle to busy, is noticed).
+            due = live.last_ping + interval if live.ping_sent_at is None else live.ping_sent_at + s.hang_timeout_sec
+            if busy:
+                due = min(due, live.last_progress + s.hang_timeout_sec)
+            await asyncio.sleep(min(tick, max(0.005, due - now + 0.002)))
 
     # ---- frames ---------------------------------------------------------------------
 
