@@ -158,6 +158,19 @@ class DaemonHome:
                 pass
 
 
+PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "ws_proxy", "wss_proxy")
+
+
+@pytest.fixture(autouse=True)
+def _no_proxies(monkeypatch):
+    """The tests only talk to their own daemons (127.0.0.1 and Unix sockets). The clients
+    they use in this process (httpx, the openai package, websockets, curl) would send
+    that through a developer's proxy settings."""
+    for name in list(os.environ):
+        if name.lower() in PROXY_VARIABLES:
+            monkeypatch.delenv(name)
+
+
 @pytest.fixture
 def daemon_home():
     home = Path(tempfile.mkdtemp(prefix="ms"))
