@@ -82,7 +82,7 @@ def test_api_key_guards_tcp_but_not_health_or_the_socket(daemon_home):
         assert unix.get("/health/ready").status_code == 200
         assert unix.get("/v1/status").status_code == 200
     # curl, as in the README
-    out = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", f"{daemon_home.url}/generate",
+    out = subprocess.run(["curl", "-q", "-sS", "-o", "/dev/null", "-w", "%{http_code}", f"{daemon_home.url}/generate",
                           "-H", f"Authorization: Bearer {KEY}", "-d", json.dumps(GEN)],
                          capture_output=True, text=True, timeout=60, check=True).stdout
     assert out == "200"
@@ -221,7 +221,7 @@ def test_unix_socket_drops_peers_of_another_uid(daemon_home):
     os.chmod(daemon_home.socket, 0o666)
 
     def curl(*prefix: str) -> subprocess.CompletedProcess:
-        return subprocess.run([*prefix, "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10",
+        return subprocess.run([*prefix, "curl", "-q", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10",
                                "--unix-socket", str(daemon_home.socket), "http://localhost/health"],
                               capture_output=True, text=True, timeout=30, check=False)
 

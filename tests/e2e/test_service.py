@@ -41,7 +41,7 @@ def test_curl_readiness_sequence_over_socket_and_tcp(daemon_home):
 
     def curl(*args: str, via_tcp: bool = False) -> tuple[int, dict]:
         base = [daemon_home.url] if via_tcp else ["--unix-socket", sock, "http://localhost"]
-        cmd = ["curl", "-sS", "-w", "\n%{http_code}"]
+        cmd = ["curl", "-q", "-sS", "-w", "\n%{http_code}"]
         if via_tcp:
             path, rest = args[0], args[1:]
             cmd += [base[0] + path, *rest]

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from msting.worker.protocol import EXIT_BOOT_ERROR, decode, encode
+from child_env import child_env
 
 pytestmark = pytest.mark.e2e
 
@@ -45,7 +46,7 @@ class Worker:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=self._stderr,
-            env=os.environ.copy(),
+            env=child_env(),  # a developer's MSTING_* (failpoints) must not reach it
         )
         child.close()
         self._buf = b""
