@@ -32,6 +32,7 @@ from starlette.requests import ClientDisconnect, Request
 
 from msting.daemon.requests import ApiError
 from msting.http.limits import INT64, MAX_BODY_BYTES, MAX_DEPTH
+from msting.worker.protocol import json_kind
 
 _INT_MIN, _INT_MAX = INT64
 _INF = float("inf")
@@ -95,7 +96,7 @@ def parse_object(data: bytes | str, what: str = "the request body") -> dict:
     """:func:`parse_json` that also wants a JSON object at the top."""
     value = parse_json(data, what)
     if type(value) is not dict:
-        raise _error(400, "invalid_body", f"{what} must be a JSON object, got {_kind(value)}")
+        raise _error(400, "invalid_body", f"{what} must be a JSON object, got {json_kind(value)}")
     return value
 
 
@@ -243,15 +244,3 @@ def _lone_surrogate(data: bytes) -> int | None:
 def _shown_key(key: object) -> str:
     text = str(key)
     return text if len(text) <= 40 else text[:40] + "..."
-
-
-def _kind(value: Any) -> str:
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, str):
-        return "a string"
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    return "a number"

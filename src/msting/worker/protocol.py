@@ -94,7 +94,7 @@ def decode(line: bytes) -> dict[str, Any]:
     except RecursionError:
         raise ProtocolError("frame is nested too deeply") from None
     if not isinstance(frame, dict):
-        raise ProtocolError(f"frame must be a JSON object, not {_json_kind(frame)}")
+        raise ProtocolError(f"frame must be a JSON object, not {json_kind(frame)}")
     if "v" not in frame:
         raise ProtocolError("frame has no protocol version 'v'")
     version = frame["v"]
@@ -120,7 +120,8 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
-def _json_kind(value: Any) -> str:
+def json_kind(value: Any) -> str:
+    """How a JSON value is named in an error message: 'an array', 'null', ..."""
     if isinstance(value, list):
         return "an array"
     if isinstance(value, str):
