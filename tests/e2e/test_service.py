@@ -129,11 +129,13 @@ def test_worker_kill_during_a_burst_loses_no_request(daemon_home):
         with daemon_home.client(timeout=120) as c:
             return c.post("/generate", json=body)
 
+    # Freeze the worker first, so the burst piles up behind it whatever the machine's
+    # load: one request in its hands, the rest queued. Then kill -9 it.
+    os.kill(worker_pid, signal.SIGSTOP)
     with ThreadPoolExecutor(max_workers=n) as pool:
         futures = [pool.submit(one, i) for i in range(n)]
-        # kill -9 while requests are queued behind the busy worker
-        daemon_home.wait_for(lambda: daemon_home.client().get("/v1/status").json()["models"][0]["queue_depth"] >= 3,
-                             timeout=30, interval=0.005, what="a queue to build up")
+        daemon_home.wait_for(lambda: daemon_home.client().get("/v1/status").json()["models"][0]["queue_depth"] >= n - 1,
+                             timeout=60, interval=0.01, what="the burst queued behind the frozen worker")
         os.kill(worker_pid, signal.SIGKILL)
         responses = [f.result() for f in futures]
 
