@@ -37,6 +37,9 @@ import httpx
 import psutil
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from child_env import child_env  # noqa: E402  the same explicit environment as the tests
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "benchmarks.md"
 RESULTS = ROOT / "bench" / "results"
@@ -119,8 +122,9 @@ class Home:
         if len(str(self.socket).encode()) > SOCKET_LIMIT:
             raise BenchError(f"socket path {self.socket} is over {SOCKET_LIMIT} bytes: set TMPDIR to a shorter directory")
         self.port = free_port()
-        self.env = {**os.environ, "MSTING_HOME": str(self.path), "MSTING_LLM_PORT": str(self.port)}
-        self.env.pop("NOTIFY_SOCKET", None)
+        # An explicit environment, as in the tests: a developer's LLM_API_KEY, MSTING_*
+        # or proxy variables must not change what the bench measures.
+        self.env = child_env(MSTING_HOME=str(self.path), MSTING_LLM_PORT=str(self.port))
         self.config = merge(merge(BASE_CONFIG, {"llm_service": {"port": self.port}}), extra or {})
         cfg = self.path / "config" / "config.yaml"
         cfg.parent.mkdir(parents=True, exist_ok=True)

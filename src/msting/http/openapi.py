@@ -27,14 +27,10 @@ from starlette.routing import Route
 
 from msting import __version__
 from msting.http import limits, native, openai_api, ws
+from msting.http.admin import SWITCH_KEYS, UNLOAD_KEYS
+from msting.http.native import LOAD_KEYS
 
 OPENAPI_VERSION = "3.1.0"
-
-# Keys of the routes whose key set is written inside the handler (msting.http.native.load_model,
-# msting.http.admin.unload_model and switch_profile).
-LOAD_KEYS = frozenset({"model", "timeout"})
-UNLOAD_KEYS = frozenset({"model"})
-SWITCH_KEYS = frozenset({"profile", "dry_run"})
 
 JSON = "application/json"
 SSE = "text/event-stream"
