@@ -1016,7 +1016,7 @@ def ws_fuzz(ctx: Ctx, msgs: list[fuzz.FuzzRequest], timeout: float = 30.0) -> di
 
 def _body_limit() -> int:
     try:
-        from msting.http.limits import MAX_BODY_BYTES
+        from msting.api.limits import MAX_BODY_BYTES
 
         return MAX_BODY_BYTES
     except ImportError:  # a daemon without a body limit

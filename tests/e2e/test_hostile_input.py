@@ -17,7 +17,7 @@ import socket
 import pytest
 from websockets.sync.client import unix_connect
 
-from msting.http.limits import MAX_BODY_BYTES, MAX_DEPTH
+from msting.api.limits import MAX_BODY_BYTES, MAX_DEPTH
 
 pytestmark = pytest.mark.e2e
 

@@ -278,9 +278,9 @@ def _imports(module) -> set[str]:
 
 
 def test_params_module_is_dependency_free():
-    from msting.http import limits
+    from msting.api import limits
 
-    # params shares its ranges with the HTTP layer through msting.http.limits, which
+    # params shares its ranges with the HTTP layer through msting.api.limits, which
     # imports nothing itself
     assert _imports(params) <= {"__future__", "typing", "math", "msting.http"}
     assert _imports(limits) <= {"__future__"}

@@ -1,5 +1,5 @@
 """The strict request path: the body parser (msting.http.body), field ranges
-(msting.http.errors.Fields and msting.http.limits), and the ErrorGuard that turns an
+(msting.http.errors.Fields and msting.api.limits), and the ErrorGuard that turns an
 unexpected exception into a 500 with an error id without dropping the connection."""
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import time
 import pytest
 
 from msting.daemon.requests import ApiError
-from msting.http import limits
+from msting.api import limits
 from msting.http.body import parse_json, parse_object
 from msting.http.errors import Fields
-from msting.http.limits import INT64, MAX_BODY_BYTES, MAX_DEPTH
+from msting.api.limits import INT64, MAX_BODY_BYTES, MAX_DEPTH
 
 
 def refused(data, status=400) -> ApiError:

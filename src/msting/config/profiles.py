@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from msting.config.paths import Paths
-from msting.http.limits import MAX_TOKENS, TEMPERATURE  # dependency-free: a request default must be a valid request value
+from msting.api.limits import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, MAX_TOKENS, TEMPERATURE  # dependency-free: a request default must be a valid request value
 from msting.config.schema import (
     BUILTIN_TINY,
     BUILTIN_TINY_NAME,
@@ -113,8 +113,8 @@ class ModelParams:
     """A model's generation defaults and worker parameters (``models.<name>.params``).
     The defaults are those of config.yaml's ``llm`` section."""
 
-    temperature: float = _opt(0.7, _Num(integer=False, lo=TEMPERATURE[0], hi=TEMPERATURE[1]))  # the API's own range
-    max_tokens: int = _opt(256, _Num(integer=True, lo=MAX_TOKENS[0], hi=MAX_TOKENS[1]))
+    temperature: float = _opt(DEFAULT_TEMPERATURE, _Num(integer=False, lo=TEMPERATURE[0], hi=TEMPERATURE[1]))  # the API's own range
+    max_tokens: int = _opt(DEFAULT_MAX_TOKENS, _Num(integer=True, lo=MAX_TOKENS[0], hi=MAX_TOKENS[1]))
     n_threads: int | None = _opt(None, _Num(integer=True, lo=1, nullable=True))  # null = automatic
     n_gpu_layers: int = _opt(0, _Num(integer=True, lo=-1))  # -1 = all
     chat_format: str | None = _opt(None, _Str(nullable=True))

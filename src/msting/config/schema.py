@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from msting.config.paths import Paths
-from msting.http.limits import MAX_TOKENS, TEMPERATURE  # dependency-free: a request default must be a valid request value
+from msting.api.limits import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, MAX_TOKENS, TEMPERATURE  # dependency-free: a request default must be a valid request value
 
 BUILTIN_TINY = "builtin:tiny"
 BUILTIN_TINY_NAME = "msting-tiny"
@@ -237,8 +237,8 @@ class LLMConfig:
     default_service: str = _opt("local", _Str())
     model: str = _opt(BUILTIN_TINY, _Str())
     model_name: str | None = _opt(None, _Str(nullable=True))
-    temperature: float = _opt(0.7, _Num(integer=False, lo=TEMPERATURE[0], hi=TEMPERATURE[1]))  # the API's own range
-    max_tokens: int = _opt(256, _Num(integer=True, lo=MAX_TOKENS[0], hi=MAX_TOKENS[1]))
+    temperature: float = _opt(DEFAULT_TEMPERATURE, _Num(integer=False, lo=TEMPERATURE[0], hi=TEMPERATURE[1]))  # the API's own range
+    max_tokens: int = _opt(DEFAULT_MAX_TOKENS, _Num(integer=True, lo=MAX_TOKENS[0], hi=MAX_TOKENS[1]))
     n_ctx: int = _opt(2048, _Num(integer=True, lo=16))
     n_threads: int | None = _opt(None, _Num(integer=True, lo=1, nullable=True))
     n_gpu_layers: int = _opt(0, _Num(integer=True, lo=-1))

@@ -10,7 +10,7 @@ from starlette.routing import Route
 
 from msting.daemon import switch
 from msting.daemon.requests import ApiError
-from msting.http import limits
+from msting.api import limits
 from msting.http.body import read_json_object
 from msting.http.errors import Fields
 

@@ -4,14 +4,14 @@ Every route that takes a body, and every message on ``/v1/ws``, goes through
 :func:`parse_json`; nothing else in the daemon decodes client JSON. What it accepts is
 JSON (RFC 8259) that a worker can take without surprise:
 
-- at most :data:`~msting.http.limits.MAX_BODY_BYTES` bytes (413, ``body_too_large``;
+- at most :data:`~msting.api.limits.MAX_BODY_BYTES` bytes (413, ``body_too_large``;
   Content-Length is checked before a byte is read, and a chunked body is counted as it
   arrives);
 - valid UTF-8 and valid Unicode: no invalid bytes, no lone surrogate escape such as
   ``"\\ud800"``, in keys or values (``invalid_unicode``);
 - finite numbers only: no ``NaN``/``Infinity`` literals, no ``1e400``; every integer
   within 64 bits (``invalid_number``);
-- objects and arrays nested at most :data:`~msting.http.limits.MAX_DEPTH` deep
+- objects and arrays nested at most :data:`~msting.api.limits.MAX_DEPTH` deep
   (``nesting_too_deep``).
 
 msgspec decodes in C and already refuses the literals, invalid UTF-8, lone surrogates,
@@ -31,7 +31,7 @@ import msgspec
 from starlette.requests import ClientDisconnect, Request
 
 from msting.daemon.requests import ApiError
-from msting.http.limits import INT64, MAX_BODY_BYTES, MAX_DEPTH
+from msting.api.limits import INT64, MAX_BODY_BYTES, MAX_DEPTH
 from msting.worker.protocol import json_kind
 
 _INT_MIN, _INT_MAX = INT64

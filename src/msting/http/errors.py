@@ -2,7 +2,7 @@
 turns anything unexpected into a 500 with an error id.
 
 Bodies come in through :mod:`msting.http.body` (the strict JSON parser); the limits
-are in :mod:`msting.http.limits`.
+are in :mod:`msting.api.limits`.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from starlette.routing import Route
 
 from msting.daemon.requests import ApiError, GenerationRequest
 from msting.daemon.service import Service
-from msting.http import limits
+from msting.api import limits
 from msting.http.body import read_json_object
 from msting.http.errors import Fields, internal_error
 from msting.http.sse import EventStream
@@ -48,7 +48,7 @@ async def load_model(request: Request) -> Response:
 
 def sampling_params(fields: Fields, max_tokens_key: str = "max_tokens") -> dict:
     """The sampling parameters every generation route shares, range-checked
-    (msting.http.limits). `max_tokens` and `temperature` left out are filled from the
+    (msting.api.limits). `max_tokens` and `temperature` left out are filled from the
     model's own defaults when it is queued; a seed of -1 means a random one, as null."""
     seed = fields.integer("seed", None, limits.SEED)
     return {

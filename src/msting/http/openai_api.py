@@ -20,7 +20,7 @@ from starlette.routing import Route
 
 from msting.daemon.requests import GenerationRequest
 from msting.daemon.service import ModelRuntime, Service
-from msting.http import limits
+from msting.api import limits
 from msting.http.body import read_json_object
 from msting.http.errors import Fields, shown
 from msting.http.native import ClientGone, iter_events, model_name, run_to_completion, sampling_params, stream_events

@@ -26,7 +26,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from msting import __version__
-from msting.http import limits, native, openai_api, ws
+from msting.api import limits
+from msting.http import native, openai_api, ws
 from msting.http.admin import SWITCH_KEYS, UNLOAD_KEYS
 from msting.http.native import LOAD_KEYS
 
@@ -54,7 +55,7 @@ def _nullable(schema: dict) -> dict:
 
 
 def _numeric(key: str, description: str) -> dict:
-    """A numeric field with the range msting.http.limits gives it (integer when both ends are)."""
+    """A numeric field with the range msting.api.limits gives it (integer when both ends are)."""
     lo, hi = limits.NUMERIC_FIELDS[key]
     kind = "integer" if isinstance(lo, int) and isinstance(hi, int) else "number"
     return _nullable({"type": kind, "minimum": lo, "maximum": hi, "description": description})

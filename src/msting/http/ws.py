@@ -32,7 +32,7 @@ from starlette.websockets import WebSocket
 
 from msting.daemon.requests import ApiError, GenerationRequest, bad_request
 from msting.daemon.service import Service
-from msting.http import limits
+from msting.api import limits
 from msting.http.body import parse_object
 from msting.http.errors import Fields, internal_error, shown
 from msting.http.native import iter_events, model_name, sampling_params

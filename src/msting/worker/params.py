@@ -7,7 +7,7 @@ unit-testable without llama.cpp. Every function raises :class:`BadRequest` (a
 arguments for :class:`msting.worker.engine.Engine`.
 
 The HTTP layer has checked a client's request already; the same ranges are checked
-here again (:mod:`msting.http.limits`, one definition), so that no frame, whoever
+here again (:mod:`msting.api.limits`, one definition), so that no frame, whoever
 wrote it, hands llama.cpp a value it would wrap or choke on: a seed beyond uint32, a
 non-finite temperature, a text that is not valid Unicode.
 """
@@ -17,11 +17,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from msting.http import limits
+from msting.api import limits
 
-DEFAULT_MAX_TOKENS = 256
-DEFAULT_TEMPERATURE = 0.8
-DEFAULT_TOP_P = 0.95
 DEFAULT_N_CTX = 2048
 
 
@@ -108,7 +105,7 @@ def parse_generate(frame: dict[str, Any]) -> dict[str, Any]:
         _text(prompt, "'prompt'")
     if messages is not None:
         messages = _messages(messages)
-    max_tokens = _integer(frame, "max_tokens", DEFAULT_MAX_TOKENS, limits.MAX_TOKENS)
+    max_tokens = _integer(frame, "max_tokens", limits.DEFAULT_MAX_TOKENS, limits.MAX_TOKENS)
     stop = frame.get("stop")
     if stop is None:
         stop = []
@@ -128,10 +125,10 @@ def parse_generate(frame: dict[str, Any]) -> dict[str, Any]:
         "prompt": prompt,
         "messages": messages,
         "max_tokens": max_tokens,
-        "temperature": _number(frame, "temperature", DEFAULT_TEMPERATURE, limits.TEMPERATURE),
-        "top_p": _number(frame, "top_p", DEFAULT_TOP_P, limits.TOP_P),
-        "presence_penalty": _number(frame, "presence_penalty", 0.0, limits.PRESENCE_PENALTY),
-        "frequency_penalty": _number(frame, "frequency_penalty", 0.0, limits.FREQUENCY_PENALTY),
+        "temperature": _number(frame, "temperature", limits.DEFAULT_TEMPERATURE, limits.TEMPERATURE),
+        "top_p": _number(frame, "top_p", limits.DEFAULT_TOP_P, limits.TOP_P),
+        "presence_penalty": _number(frame, "presence_penalty", limits.DEFAULT_PRESENCE_PENALTY, limits.PRESENCE_PENALTY),
+        "frequency_penalty": _number(frame, "frequency_penalty", limits.DEFAULT_FREQUENCY_PENALTY, limits.FREQUENCY_PENALTY),
         "stop": [s for s in stop if s],
         "seed": None if seed == limits.RANDOM_SEED else seed,  # None: a random seed
         "stream": stream,

@@ -1,4 +1,5 @@
-"""What a request may hold: the body limits and the range of every numeric field.
+"""What a request may hold: the body limits, the range of every numeric field, and the
+sampling defaults.
 
 Defined once, here. The HTTP routes (through :mod:`msting.http.body` and
 :class:`msting.http.errors.Fields`) and the WebSocket enforce them; the worker
@@ -43,6 +44,14 @@ SEED = (-1, 0xFFFF_FFFE)
 RANDOM_SEED = -1
 N = (1, 1)  # the OpenAI routes' n: one choice per request
 MAX_STOP_SEQUENCES = 16  # each is searched for after every token
+
+# The defaults of what a request leaves out. A model's profile entry may set its own
+# `temperature` and `max_tokens` (config.yaml's and a profile's default are these).
+DEFAULT_MAX_TOKENS = 256
+DEFAULT_TEMPERATURE = 0.7
+DEFAULT_TOP_P = 0.95
+DEFAULT_PRESENCE_PENALTY = 0.0
+DEFAULT_FREQUENCY_PENALTY = 0.0
 
 # ---- other fields ------------------------------------------------------------------
 
