@@ -153,7 +153,7 @@ def _gen(**fields):
 def test_generate_defaults_are_backward_compatible():
     out = _gen(prompt="hi")
     assert out == {
-        "prompt": "hi", "messages": None, "max_tokens": 256, "temperature": 0.8, "top_p": 0.95,
+        "prompt": "hi", "messages": None, "max_tokens": 256, "temperature": 0.7, "top_p": 0.95,
         "presence_penalty": 0.0, "frequency_penalty": 0.0, "stop": [], "seed": None, "stream": False,
     }
 
