@@ -1,4 +1,4 @@
-"""msting.daemon.procs.ChildProcess: real child processes started off the event loop,
+"""msting.daemon.local.procs.ChildProcess: real child processes started off the event loop,
 their exit seen through a pidfd (or the waiter thread where there is none), stderr as
 a stream, signals, and no orphan when the start is cancelled."""
 
@@ -13,8 +13,8 @@ import time
 import psutil
 import pytest
 
-from msting.daemon import procs
-from msting.daemon.procs import ChildProcess
+from msting.daemon.local import procs
+from msting.daemon.local.procs import ChildProcess
 
 PY = sys.executable
 

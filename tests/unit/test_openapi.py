@@ -22,8 +22,8 @@ IGNORED_METHODS = {"HEAD"}  # Starlette adds HEAD to every GET route
 
 
 def _app():
-    # build_app only stores the service; routing and the document need none
-    return build_app(SimpleNamespace(), security=SecurityPolicy())
+    # build_app only stores the router and the control; routing and the document need neither
+    return build_app(SimpleNamespace(), SimpleNamespace(), security=SecurityPolicy())
 
 
 def _doc() -> dict:

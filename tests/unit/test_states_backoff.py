@@ -5,18 +5,18 @@ import random
 import pytest
 
 from msting.config.schema import RestartPolicy
-from msting.daemon.backoff import RestartTracker
-from msting.daemon.states import IllegalTransition, WorkerState as S, transition
+from msting.daemon.local.backoff import RestartTracker
+from msting.daemon.local.states import IllegalTransition, WorkerState as S, transition
 
 
 def test_happy_path_is_legal():
     state = S.STOPPED
-    for target in (S.STARTING, S.LOADING, S.READY, S.BUSY, S.READY, S.DRAINING, S.STOPPED):
+    for target in (S.STARTING, S.LOADING, S.VERIFYING, S.READY, S.BUSY, S.READY, S.DRAINING, S.STOPPED):
         state = transition(state, target)
     assert state is S.STOPPED
 
 
-@pytest.mark.parametrize("current", [S.STARTING, S.LOADING, S.READY, S.BUSY, S.DRAINING])
+@pytest.mark.parametrize("current", [S.STARTING, S.LOADING, S.VERIFYING, S.READY, S.BUSY, S.DRAINING])
 def test_any_live_state_can_crash(current):
     assert transition(current, S.BACKOFF) is S.BACKOFF
     assert transition(current, S.FATAL) is S.FATAL
@@ -25,6 +25,8 @@ def test_any_live_state_can_crash(current):
 @pytest.mark.parametrize("current,target", [
     (S.STOPPED, S.READY),  # readiness only ever comes from a ready message after a load
     (S.STARTING, S.READY),
+    (S.LOADING, S.READY),  # a loaded worker takes traffic only after its verification generate
+    (S.VERIFYING, S.BUSY),
     (S.STOPPED, S.BUSY),
     (S.BACKOFF, S.READY),
     (S.READY, S.STOPPED),  # stopping a serving worker drains it first

@@ -10,20 +10,22 @@ import socket
 import threading
 import time
 
+from types import SimpleNamespace
+
 import pytest
 
-from msting.daemon.requests import ApiError
+from msting.api.errors import InvalidRequest
+from msting.http.errors import status_of
 from msting.api import limits
 from msting.http.body import parse_json, parse_object
 from msting.http.errors import Fields
 from msting.api.limits import INT64, MAX_BODY_BYTES, MAX_DEPTH
 
 
-def refused(data, status=400) -> ApiError:
-    with pytest.raises(ApiError) as info:
+def refused(data, status=400) -> InvalidRequest:
+    with pytest.raises(InvalidRequest) as info:
         parse_object(data)
-    assert info.value.status == status, info.value.message
-    assert info.value.type == "invalid_request_error"
+    assert status_of(info.value) == (status, "invalid_request_error"), info.value.message
     for leak in ("Traceback", "RecursionError", "ValueError", "UnicodeEncodeError", "maximum recursion"):
         assert leak not in info.value.message
     return info.value
@@ -120,7 +122,7 @@ def test_rejections_are_fast():
     n = 0
     for _ in range(100):
         for raw in hostile:
-            with pytest.raises(ApiError):
+            with pytest.raises(InvalidRequest):
                 parse_object(raw)
             n += 1
     per_second = n / (time.perf_counter() - t0)
@@ -138,19 +140,19 @@ def test_fields_ranges_and_status():
                       (lambda: f.integer("seed", None, limits.SEED), "seed"),
                       (lambda: f.integer("n", 1, limits.N), "n"),
                       (lambda: f.string("model", max_chars=limits.MAX_NAME_CHARS), "model")]:
-        with pytest.raises(ApiError) as info:
+        with pytest.raises(InvalidRequest) as info:
             call()
-        assert info.value.status == 400 and info.value.code == "invalid_parameter"
-        assert info.value.extra["param"] == key
+        assert status_of(info.value)[0] == 400 and info.value.code == "invalid_parameter"
+        assert info.value.details["param"] == key
     assert f.number("top_p", None, limits.TOP_P) == 0.5
     assert f.integer("missing", 7, limits.MAX_TOKENS) == 7
 
 
 def test_unknown_keys_message_is_bounded():
     body = {f"k{i}" * 50: i for i in range(10_000)}
-    with pytest.raises(ApiError) as info:
+    with pytest.raises(InvalidRequest) as info:
         Fields(body, {"prompt"})
-    assert info.value.status == 400 and len(info.value.message) < 600 and "more" in info.value.message
+    assert status_of(info.value)[0] == 400 and len(info.value.message) < 600 and "more" in info.value.message
 
 
 def test_limits_are_coherent():
@@ -165,11 +167,8 @@ def test_limits_are_coherent():
 # ---- through the real app: the guard ------------------------------------------------
 
 
-class _BrokenService:
-    """Enough of a Service for build_app: every call that reaches it is a bug."""
-
-    config = None
-    started_at = 0.0
+class _BrokenControl:
+    """Enough of a Control for build_app: every call that reaches it is a bug."""
 
     def health(self):
         raise RuntimeError("secret detail of the failure")
@@ -208,7 +207,7 @@ def served_app(tmp_path):
     from msting.http.app import build_app
     from msting.http.security import SecurityPolicy
 
-    app = build_app(_BrokenService(), security=SecurityPolicy())
+    app = build_app(SimpleNamespace(), _BrokenControl(), security=SecurityPolicy())
     path = str(tmp_path / "s.sock")
     server = uvicorn.Server(uvicorn.Config(app, uds=path, lifespan="off", log_config=None, access_log=False))
     thread = threading.Thread(target=server.run, daemon=True)

@@ -47,12 +47,12 @@ class Env:
         return float(svc.stop_timeout_sec) + float(svc.drain_grace_sec) + 5.0
 
     def running_pid(self) -> int | None:
-        from msting.daemon.runtime import running_daemon_pid
+        from msting.daemon.instance import running_daemon_pid
 
         return running_daemon_pid(self.paths.pidfile, self.paths.lockfile)
 
     def is_running(self) -> bool:
-        from msting.daemon.runtime import lock_is_held
+        from msting.daemon.instance import lock_is_held
 
         return lock_is_held(self.paths.lockfile)
 

@@ -1,7 +1,7 @@
 """Starting, stopping and waiting for the daemon: the logic behind ``start``, ``stop``,
 ``restart``, ``wait`` and the daemon step of ``install``.
 
-The flock held by the daemon (``msting.daemon.runtime``) is the truth about whether a
+The flock held by the daemon (``msting.daemon.instance``) is the truth about whether a
 daemon runs; the pidfile only says which process it is.
 """
 
@@ -77,12 +77,12 @@ def spawn_daemon(env: Env) -> subprocess.Popen[bytes]:
 
 def start_daemon(term: Terminal, env: Env, timeout: float) -> dict[str, Any]:
     """Make sure a daemon runs and is ready. Idempotent. Raises CommandError."""
-    from msting.daemon import runtime
+    from msting.daemon import instance
 
     env.paths.ensure()
     try:
-        runtime.check_socket_path(env.socket_path)
-    except runtime.SocketPathError as exc:
+        instance.check_socket_path(env.socket_path)
+    except instance.SocketPathError as exc:
         raise CommandError(str(exc), ExitCode.USAGE) from None
 
     started = time.monotonic()
@@ -94,7 +94,7 @@ def start_daemon(term: Terminal, env: Env, timeout: float) -> dict[str, Any]:
         shown = f" (pid {pid})" if pid else ""
         term.info(f"msting daemon already running{shown}; waiting until it is ready")
     else:
-        for path in runtime.remove_stale(env.paths.pidfile, env.socket_path, env.paths.lockfile):
+        for path in instance.remove_stale(env.paths.pidfile, env.socket_path, env.paths.lockfile):
             term.dim(f"removed stale {path}")
         proc = spawn_daemon(env)
         term.info(f"started msting daemon (pid {proc.pid}); waiting until it is ready (up to {timeout:g} s)")
@@ -230,11 +230,11 @@ def run_foreground() -> int:
 def stop_daemon(term: Terminal, env: Env, timeout: float, force: bool = False) -> dict[str, Any]:
     """Stop the daemon and everything it started; idempotent. Raises CommandError when
     something survives."""
-    from msting.daemon import runtime
+    from msting.daemon import instance
 
     sock = env.socket_path
     if not env.is_running():
-        removed = runtime.remove_stale(env.paths.pidfile, sock, env.paths.lockfile)
+        removed = instance.remove_stale(env.paths.pidfile, sock, env.paths.lockfile)
         for path in removed:
             term.dim(f"removed stale {path}")
         return {"ok": True, "was_running": False, "pid": None, "forced": False, "removed": [str(p) for p in removed], "remaining": []}
@@ -279,7 +279,7 @@ def stop_daemon(term: Terminal, env: Env, timeout: float, force: bool = False) -
             _kill(proc)
         alive = _alive(alive, wait=3.0)
 
-    removed = runtime.remove_stale(env.paths.pidfile, sock, env.paths.lockfile)
+    removed = instance.remove_stale(env.paths.pidfile, sock, env.paths.lockfile)
     remaining = [f"process {p.pid} ({_name(p)})" for p in alive]
     if env.is_running():
         remaining.append(f"lock {env.paths.lockfile} is still held")

@@ -24,7 +24,7 @@ import socket
 import sys
 
 from msting.config import Config, ConfigError, Paths, load_config, resolve_paths
-from msting.daemon import runtime
+from msting.daemon import instance
 
 log = logging.getLogger("msting.daemon")
 
@@ -60,23 +60,23 @@ def main(argv: list[str] | None = None) -> int:
               f"or set llm_service.host to 127.0.0.1.", file=sys.stderr)
         return EXIT_CONFIG
     setup_logging(config, paths)
-    lock = runtime.DaemonLock(paths.lockfile)
+    lock = instance.DaemonLock(paths.lockfile)
     try:
         lock.acquire()
-    except runtime.AlreadyRunning as exc:
+    except instance.AlreadyRunning as exc:
         print(f"msting daemon: {exc}", file=sys.stderr)
         return EXIT_ALREADY_RUNNING
     socket_path = config.socket_path(paths)
     sockets: list[socket.socket] = []
     try:
         try:
-            sockets.append(runtime.bind_unix_socket(socket_path))
-            sockets.append(runtime.bind_tcp_socket(config.llm_service.host, config.llm_service.port))
-        except runtime.RuntimeErrorWithHint as exc:
+            sockets.append(instance.bind_unix_socket(socket_path))
+            sockets.append(instance.bind_tcp_socket(config.llm_service.host, config.llm_service.port))
+        except instance.RuntimeErrorWithHint as exc:
             log.error("%s", exc)
             print(f"msting daemon: {exc}", file=sys.stderr)
             return EXIT_FAILURE
-        runtime.write_pidfile(paths.pidfile, os.getpid())
+        instance.write_pidfile(paths.pidfile, os.getpid())
         log.info("daemon %d starting: socket %s, url %s", os.getpid(), socket_path, config.url)
         log.info("security: %s", security.describe())
         return asyncio.run(_serve(config, paths, sockets, security))
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         # Remove our own files before releasing the lock: once the lock is free, a new
         # daemon may already be creating its socket at the same path.
         _kill_leftover_children()
-        if runtime.read_pidfile(paths.pidfile) == os.getpid():
+        if instance.read_pidfile(paths.pidfile) == os.getpid():
             paths.pidfile.unlink(missing_ok=True)
         if sockets:
             socket_path.unlink(missing_ok=True)
@@ -162,11 +162,16 @@ def _make_server(app, sockets_timeout: float):
 
 
 async def _serve(config: Config, paths: Paths, sockets: list[socket.socket], security=None) -> int:
-    from msting.daemon.service import Service
-    from msting.daemon.spares import WorkerLauncher
+    from msting.daemon.control import DaemonControl
+    from msting.daemon.jobs import Jobs
+    from msting.daemon.local.plan import restore_routing
+    from msting.daemon.local.service import LocalService
+    from msting.daemon.local.spares import WorkerLauncher
     from msting.daemon.store import Store
-    from msting.daemon.switch import restore_routing
     from msting.http.app import build_app
+    from msting.http.security import SecurityPolicy
+    from msting.providers.local import LocalProvider
+    from msting.providers.router import Router
 
     from msting.sched import set_time_slice
 
@@ -185,8 +190,10 @@ async def _serve(config: Config, paths: Paths, sockets: list[socket.socket], sec
         log.error("the default profile is invalid:\n%s", exc)
         print(f"msting daemon: configuration error:\n{exc}", file=sys.stderr)
         return EXIT_CONFIG
-    service = Service(config, paths, routing, store, launcher)
-    server = _make_server(build_app(service, security=security), config.llm_service.stop_timeout_sec)
+    service = LocalService(config, paths, routing, store, launcher)
+    control = DaemonControl(service, Jobs(store))
+    app = build_app(Router([LocalProvider(service)]), control, security=security or SecurityPolicy.from_config(config))
+    server = _make_server(app, config.llm_service.stop_timeout_sec)
     serve_task = asyncio.create_task(server.serve(sockets=sockets), name="http")
     while not server.started:
         if serve_task.done():
@@ -200,7 +207,7 @@ async def _serve(config: Config, paths: Paths, sockets: list[socket.socket], sec
     # stall). Collect first so nothing collectable is frozen.
     gc.collect()
     gc.freeze()
-    notifier = asyncio.create_task(_systemd_notify(service), name="systemd")
+    notifier = asyncio.create_task(_systemd_notify(service, control), name="systemd")
 
     sig = await signals.get()
     log.info("received %s: draining (grace %gs)", signal.Signals(sig).name, config.llm_service.drain_grace_sec)
@@ -226,7 +233,7 @@ async def _serve(config: Config, paths: Paths, sockets: list[socket.socket], sec
     return EXIT_FAILURE if forced else EXIT_OK
 
 
-async def _systemd_notify(service) -> None:
+async def _systemd_notify(service, control) -> None:
     """READY=1 once the always-ready models settled, then watchdog pings from the event loop."""
     address = os.environ.get("NOTIFY_SOCKET")
     if not address:
@@ -240,10 +247,10 @@ async def _systemd_notify(service) -> None:
             sock.sendto(message.encode(), address)
 
     try:
-        for rt in service.models.values():
-            if rt.started:
-                await rt.wait_settled(service.config.llm_service.startup_timeout_sec)
-        status, reason = service.readiness()
+        for model in service.routing.models.values():
+            if model.started:
+                await model.wait_settled(service.config.llm_service.startup_timeout_sec)
+        status, reason, _ = control.readiness()
         notify(f"READY=1\nSTATUS={status}{': ' + reason if reason else ''}")
         usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
         if usec <= 0:

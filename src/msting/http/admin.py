@@ -2,62 +2,50 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from msting.daemon import switch
-from msting.daemon.requests import ApiError
 from msting.api import limits
 from msting.http.body import read_json_object
 from msting.http.errors import Fields
+from msting.http.native import control_of
 
 SWITCH_KEYS = frozenset({"profile", "dry_run"})
 UNLOAD_KEYS = frozenset({"model"})
 
 
 async def status(request: Request) -> Response:
-    return JSONResponse(request.app.state.service.status())
+    return JSONResponse(control_of(request).status())
 
 
 async def profiles(request: Request) -> Response:
     """Each profile with its models, estimated memory and capabilities; the active one marked."""
-    from msting.config.profiles import describe_profiles
-
-    service = request.app.state.service
-    listed = await asyncio.to_thread(describe_profiles, service.paths, service.config)
-    for entry in listed:
-        entry["active"] = entry["name"] == service.routing.profile
-    return JSONResponse({"object": "list", "active": service.routing.profile, "data": listed})
+    return JSONResponse(await control_of(request).profiles())
 
 
 async def switch_profile(request: Request) -> Response:
-    service = request.app.state.service
     fields = Fields(await read_json_object(request), SWITCH_KEYS)
     name = fields.string("profile", required=True, max_chars=limits.MAX_NAME_CHARS)
-    if fields.boolean("dry_run", False):
-        return JSONResponse(await switch.dry_run(service, name))
-    return JSONResponse(switch.start_switch(service, name), status_code=202)
+    assert name is not None
+    dry_run = fields.boolean("dry_run", False)
+    result = await control_of(request).switch(name, dry_run=dry_run)
+    return JSONResponse(result, status_code=200 if dry_run else 202)
 
 
 async def jobs(request: Request) -> Response:
-    service = request.app.state.service
-    return JSONResponse({"object": "list", "data": service.store.recent_jobs(20)})
+    return JSONResponse({"object": "list", "data": control_of(request).jobs()})
 
 
 async def job(request: Request) -> Response:
-    found = request.app.state.service.jobs.get(request.path_params["job_id"])
-    if found is None:
-        raise ApiError(404, "not_found_error", "job_not_found", f"no job {request.path_params['job_id']}")
-    return JSONResponse(found)
+    return JSONResponse(control_of(request).job(request.path_params["job_id"]))
 
 
 async def unload_model(request: Request) -> Response:
-    service = request.app.state.service
     fields = Fields(await read_json_object(request), UNLOAD_KEYS)
-    return JSONResponse(await service.unload(fields.string("model", required=True, max_chars=limits.MAX_NAME_CHARS)))
+    name = fields.string("model", required=True, max_chars=limits.MAX_NAME_CHARS)
+    assert name is not None
+    return JSONResponse(await control_of(request).unload(name))
 
 
 routes = [

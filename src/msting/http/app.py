@@ -6,22 +6,22 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 
-from msting.daemon.requests import ApiError
-from msting.daemon.service import Service
+from msting.api.errors import MstingError
 from msting.http import admin, native, openai_api, openapi, ws
+from msting.http.control import Control
 from msting.http.errors import ErrorGuard, api_error_handler, http_exception_handler
 from msting.http.security import SecurityMiddleware, SecurityPolicy
+from msting.providers.router import Router
 
 
-def build_app(service: Service, *, security: SecurityPolicy | None = None) -> Starlette:
-    """`security`: the TCP policy; the daemon passes the one it built at start (the API
-    key is read once). Without it, it is built from `service.config` and the environment.
+def build_app(router: Router, control: Control, *, security: SecurityPolicy) -> Starlette:
+    """`router` serves every generation route, `control` the operator routes.
+    `security`: the TCP policy; the daemon builds it once at start (the API key is read
+    once).
 
     ErrorGuard comes first, so that nothing raised below it (the security check
     included) reaches Starlette's ServerErrorMiddleware, whose 500 drops the keep-alive
     connection. No handler is registered for Exception: the guard is that handler."""
-    if security is None:
-        security = SecurityPolicy.from_config(service.config)
     app = Starlette(
         middleware=[Middleware(ErrorGuard), Middleware(SecurityMiddleware, policy=security)],
         routes=[
@@ -32,9 +32,10 @@ def build_app(service: Service, *, security: SecurityPolicy | None = None) -> St
             *openapi.routes,
         ],
         exception_handlers={
-            ApiError: api_error_handler,
+            MstingError: api_error_handler,
             HTTPException: http_exception_handler,
         },
     )
-    app.state.service = service
+    app.state.router = router
+    app.state.control = control
     return app

@@ -30,7 +30,7 @@ from typing import Any
 import msgspec
 from starlette.requests import ClientDisconnect, Request
 
-from msting.daemon.requests import ApiError
+from msting.api.errors import InvalidRequest, TooLarge
 from msting.api.limits import INT64, MAX_BODY_BYTES, MAX_DEPTH
 from msting.worker.protocol import json_kind
 
@@ -43,11 +43,11 @@ _ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u([0-9a-fA-F]{4})")
 _NON_FINITE = (b"NaN", b"Infinity", b"-Infinity", b"+Infinity", b"-NaN", b"+NaN")
 
 
-def _error(status: int, code: str, message: str) -> ApiError:
-    return ApiError(status, "invalid_request_error", code, message)
+def _error(status: int, code: str, message: str) -> InvalidRequest:
+    return TooLarge(code, message) if status == 413 else InvalidRequest(code, message)
 
 
-def too_large(size: int | None, what: str = "the request body") -> ApiError:
+def too_large(size: int | None, what: str = "the request body") -> InvalidRequest:
     told = f"{size} bytes" if size is not None else "larger than that"
     return _error(413, "body_too_large", f"{what} is {told}, over the limit of {MAX_BODY_BYTES} bytes ({MAX_BODY_BYTES / 1048576:g} MiB)")
 
@@ -56,7 +56,7 @@ def too_large(size: int | None, what: str = "the request body") -> ApiError:
 
 
 async def read_body(request: Request) -> bytes:
-    """The whole body, at most MAX_BODY_BYTES (else a 413 ApiError). A client that
+    """The whole body, at most MAX_BODY_BYTES (else a 413 InvalidRequest). A client that
     disconnects meanwhile raises starlette's ClientDisconnect."""
     length = None
     for name, value in request.scope["headers"]:
@@ -101,7 +101,7 @@ def parse_object(data: bytes | str, what: str = "the request body") -> dict:
 
 
 def parse_json(data: bytes | str, what: str = "the request body") -> Any:
-    """Decode one JSON document under the rules above, or raise a 400/413 ApiError.
+    """Decode one JSON document under the rules above, or raise a 400/413 InvalidRequest.
     `what` names the input in messages ("the request body", "the message")."""
     if isinstance(data, str):
         try:
@@ -162,7 +162,7 @@ class _Bad(Exception):
         self.problem = problem
         self.path = path
 
-    def error(self, what: str) -> ApiError:
+    def error(self, what: str) -> InvalidRequest:
         where = "$" + "".join(f"[{k}]" if type(k) is int else f".{_shown_key(k)}" for k in self.path)
         if len(where) > 120:
             where = where[:120] + "..."
@@ -195,12 +195,12 @@ def _number_problem(value: int | float) -> str:
     return f"an integer of {len(str(abs(value)))} digits, outside the 64-bit range ({_INT_MIN} to {_INT_MAX})"
 
 
-def _too_deep(what: str, where: str | None) -> ApiError:
+def _too_deep(what: str, where: str | None) -> InvalidRequest:
     at = f" (at {where})" if where else ""
     return _error(400, "nesting_too_deep", f"{what} nests objects and arrays deeper than {MAX_DEPTH} levels{at}")
 
 
-def _decode_error(data: bytes, message: str, what: str) -> ApiError:
+def _decode_error(data: bytes, message: str, what: str) -> InvalidRequest:
     """A 400 for what msgspec refused, in words a client can act on."""
     if "out of range" in message:  # a float beyond double, an integer beyond 4300 digits
         kind = "an integer with too many digits" if message.startswith("Integer") else "a number too large to be finite (beyond 1.8e308)"

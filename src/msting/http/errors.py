@@ -1,5 +1,6 @@
-"""Errors out: ApiError responses, typed field access with its 400s, and the guard that
-turns anything unexpected into a 500 with an error id.
+"""Errors out: the one mapping from msting.api.errors to HTTP statuses and bodies, typed
+field access with its 400s, and the guard that turns anything unexpected into a 500
+with an error id.
 
 Bodies come in through :mod:`msting.http.body` (the strict JSON parser); the limits
 are in :mod:`msting.api.limits`.
@@ -17,41 +18,80 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 
-from msting.daemon.requests import ApiError
+from msting.api.errors import Conflict, InvalidRequest, MstingError, NotAllowed, NotFound, ServerError, Timeout, TooLarge, Unavailable
 
 log = logging.getLogger("msting.http")
 
+# Each error class's HTTP status and OpenAI-style error type; a subclass not listed
+# takes its nearest listed base's.
+STATUS: dict[type[MstingError], tuple[int, str]] = {
+    InvalidRequest: (400, "invalid_request_error"),
+    TooLarge: (413, "invalid_request_error"),
+    NotFound: (404, "not_found_error"),
+    NotAllowed: (405, "invalid_request_error"),
+    Conflict: (409, "invalid_request_error"),
+    Unavailable: (503, "unavailable_error"),
+    Timeout: (504, "timeout_error"),
+    ServerError: (500, "server_error"),
+    MstingError: (500, "server_error"),
+}
 
-def error_response(error: ApiError) -> JSONResponse:
-    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+class HttpStatusError(MstingError):
+    """An HTTP-level failure Starlette reported with a status of its own."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(code, message)
+        self.status = status
+
+
+def status_of(error: MstingError) -> tuple[int, str]:
+    if isinstance(error, HttpStatusError):
+        return error.status, "invalid_request_error"
+    for cls in type(error).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]
+    return STATUS[MstingError]
+
+
+def error_body(error: MstingError) -> dict:
+    """The OpenAI-shaped error body: message, type, param, code, and the error's details."""
+    _, kind = status_of(error)
+    return {"error": {"message": error.message, "type": kind, "param": None, "code": error.code, **error.details}}
+
+
+def error_response(error: MstingError) -> JSONResponse:
+    status, _ = status_of(error)
+    headers = {"Retry-After": str(error.retry_after)} if error.retry_after is not None else None
+    return JSONResponse(error_body(error), status_code=status, headers=headers)
 
 
 async def api_error_handler(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, ApiError)
+    assert isinstance(exc, MstingError)
     return error_response(exc)
 
 
 async def http_exception_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
+    err: MstingError
     if exc.status_code == 404:
-        err = ApiError(404, "not_found_error", "route_not_found", f"no route {request.method} {cut(request.url.path)}")
+        err = NotFound("route_not_found", f"no route {request.method} {cut(request.url.path)}")
     elif exc.status_code == 405:
-        err = ApiError(405, "invalid_request_error", "method_not_allowed", f"{request.method} is not allowed on {cut(request.url.path)}")
+        err = NotAllowed("method_not_allowed", f"{request.method} is not allowed on {cut(request.url.path)}")
     else:
-        err = ApiError(exc.status_code, "invalid_request_error", "http_error", str(exc.detail))
+        err = HttpStatusError(exc.status_code, "http_error", str(exc.detail))
     return error_response(err)
 
 
 # ---- unexpected errors -------------------------------------------------------------
 
 
-def internal_error(exc: BaseException, where: str) -> ApiError:
+def internal_error(exc: BaseException, where: str) -> ServerError:
     """Log `exc` with its traceback under a new error id, and the 500 that names the id
     (never the exception's own text: it is for the operator, in the daemon log)."""
     error_id = f"err-{uuid.uuid4().hex[:12]}"
     log.error("internal error %s on %s: %s: %s", error_id, where, exc.__class__.__name__, exc, exc_info=exc)
-    return ApiError(500, "server_error", "internal_error", f"internal error; see the daemon log, error id {error_id}",
-                    extra={"error_id": error_id})
+    return ServerError("internal_error", f"internal error; see the daemon log, error id {error_id}", error_id=error_id)
 
 
 class ErrorGuard:
@@ -92,7 +132,7 @@ class ErrorGuard:
                 if kind == "websocket":
                     await send({"type": "websocket.close", "code": 1011})  # before or after accept
                 elif not started:
-                    body = json.dumps(err.body()).encode()
+                    body = json.dumps(error_body(err)).encode()
                     await send({"type": "http.response.start", "status": 500,
                                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
                     await send({"type": "http.response.body", "body": body})
@@ -131,10 +171,10 @@ class Fields:
             raise self.error(unknown[0] if len(unknown[0]) <= 100 else None,
                              f"unsupported parameter(s): {listed}; supported: {', '.join(sorted(allowed))}")
 
-    def error(self, key: str | None, message: str) -> ApiError:
-        return ApiError(400, "invalid_request_error", "invalid_parameter", message, extra={"param": key})
+    def error(self, key: str | None, message: str) -> InvalidRequest:
+        return InvalidRequest("invalid_parameter", message, param=key)
 
-    def _problem(self, key: str, want: str) -> ApiError:
+    def _problem(self, key: str, want: str) -> InvalidRequest:
         return self.error(key, f"'{key}' must be {want}, got {shown(self.body[key])}")
 
     def string(self, key: str, *, required: bool = False, default: str | None = None, max_chars: int | None = None) -> str | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import AsyncIterator
 
@@ -10,181 +9,102 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from msting.daemon.requests import ApiError, GenerationRequest
-from msting.daemon.service import Service
 from msting.api import limits
+from msting.api.errors import MstingError
+from msting.api.events import Done, Failed, Token
+from msting.api.requests import CompletionRequest
 from msting.http.body import read_json_object
-from msting.http.errors import Fields, internal_error
+from msting.http.calls import ClientGone, answer
+from msting.http.control import Control
+from msting.http.errors import Fields, error_body, internal_error, status_of
+from msting.http.parsing import model_name, sampling
 from msting.http.sse import EventStream
+from msting.providers.base import Stream
+from msting.providers.router import Router
 
 GENERATE_KEYS = {"prompt", "max_tokens", "temperature", "top_p", "stop", "seed", "model", "stream"}
 LLM_KEYS = {"prompt", "max_tokens", "temperature"}
 LOAD_KEYS = frozenset({"model", "timeout"})
 
 
-def _service(request: Request) -> Service:
-    return request.app.state.service
+def router_of(request: Request) -> Router:
+    return request.app.state.router
+
+
+def control_of(request: Request) -> Control:
+    return request.app.state.control
 
 
 async def health(request: Request) -> Response:
-    return JSONResponse(_service(request).health())
+    return JSONResponse(control_of(request).health())
 
 
 async def health_ready(request: Request) -> Response:
-    service = _service(request)
-    status, reason = service.readiness()
-    body = {"status": status, "reason": reason, "models": {n: rt.state for n, rt in service.models.items()}}
+    status, reason, models = control_of(request).readiness()
+    body = {"status": status, "reason": reason, "models": models}
     return JSONResponse(body, status_code=200 if status == "ready" else 503, headers=None if status == "ready" else {"Retry-After": "1"})
 
 
 async def load_model(request: Request) -> Response:
-    service = _service(request)
-    body = await read_json_object(request)
-    fields = Fields(body, LOAD_KEYS)
+    control = control_of(request)
+    fields = Fields(await read_json_object(request), LOAD_KEYS)
     name = fields.string("model", default="default", max_chars=limits.MAX_NAME_CHARS)
-    timeout = fields.number("timeout", service.config.llm_service.startup_timeout_sec, limits.LOAD_TIMEOUT_SEC)
-    return JSONResponse(await service.load(name, timeout))
+    timeout = fields.number("timeout", control.default_load_timeout, limits.LOAD_TIMEOUT_SEC)
+    return JSONResponse(await control.load(name, timeout))
 
 
-def sampling_params(fields: Fields, max_tokens_key: str = "max_tokens") -> dict:
-    """The sampling parameters every generation route shares, range-checked
-    (msting.api.limits). `max_tokens` and `temperature` left out are filled from the
-    model's own defaults when it is queued; a seed of -1 means a random one, as null."""
-    seed = fields.integer("seed", None, limits.SEED)
-    return {
-        "max_tokens": fields.integer(max_tokens_key, None, limits.MAX_TOKENS),
-        "temperature": fields.number("temperature", None, limits.TEMPERATURE),
-        "top_p": fields.number("top_p", 0.95, limits.TOP_P),
-        "stop": fields.string_list("stop", max_items=limits.MAX_STOP_SEQUENCES),
-        "seed": None if seed == limits.RANDOM_SEED else seed,
-    }
-
-
-def model_name(fields: Fields) -> str | None:
-    return fields.string("model", max_chars=limits.MAX_NAME_CHARS)
-
-
-def parse_generation(service: Service, body: dict, allowed: set[str]) -> GenerationRequest:
-    fields = Fields(body, allowed)
-    params = {"prompt": fields.string("prompt", required=True), **sampling_params(fields)}
-    return GenerationRequest(model_name(fields), params, stream=fields.boolean("stream", False))
-
-
-class ClientGone(Exception):
-    """The client disconnected before its answer was ready."""
-
-
-async def _disconnected(request: Request) -> None:
-    # Once the body has been read, the next ASGI message is the disconnect.
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
-async def run_to_completion(service: Service, req: GenerationRequest, request: Request | None = None, *, submitted: bool = False) -> dict:
-    """Queue a request (unless `submitted`) and wait for its whole answer; raises the
-    ApiError it failed with.
-
-    With `request`, a client that disconnects cancels the generation at once, so the
-    worker is free again within a token or two."""
-    if not submitted:
-        service.submit(req)
-    try:
-        answer = asyncio.ensure_future(req.events.get())
-        watchers = {answer}
-        if request is not None:
-            watchers.add(asyncio.ensure_future(_disconnected(request)))
-        done, pending = await asyncio.wait(watchers, return_when=asyncio.FIRST_COMPLETED)
-        for task in pending:
-            task.cancel()
-        if answer not in done:
-            raise ClientGone
-        kind, payload = answer.result()
-    finally:
-        if not req.finished:
-            service.cancel(req)
-    if kind == "error":
-        raise payload
-    return _with_queue_time(req, payload)
-
-
-def _with_queue_time(req: GenerationRequest, payload: dict) -> dict:
-    timings = dict(payload.get("timings") or {})
-    if req.started_at is not None:
-        timings["queue_ms"] = round((req.started_at - req.enqueued_at) * 1000.0, 3)
-    return {**payload, "timings": timings}
+def completion(fields: Fields) -> CompletionRequest:
+    prompt = fields.string("prompt", required=True)
+    assert prompt is not None
+    params = sampling(fields)
+    return CompletionRequest(prompt, model_name(fields), params)
 
 
 def _sse(event: str, data: dict) -> str:
     return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
 
 
-async def iter_events(service: Service, req: GenerationRequest) -> AsyncIterator[tuple[str, object]]:
-    """A request's events for a streaming response: ("token", text), then ("done", payload)
-    or ("error", ApiError). Tokens that piled up while the client read slowly come out as
-    one piece, so a slow reader costs one frame per read, not one per token. Leaving the
-    loop early (the client disconnected) cancels the generation."""
-    pending: tuple | None = None
-    try:
-        while True:
-            kind, payload = pending or await req.events.get()
-            pending = None
-            if kind != "token":
-                yield kind, payload
-                return
-            pieces = [payload]
-            while not req.events.empty():
-                nxt = req.events.get_nowait()
-                if nxt[0] != "token":
-                    pending = nxt
-                    break
-                pieces.append(nxt[1])
-            yield "token", "".join(pieces)
-    finally:
-        if not req.finished:
-            service.cancel(req)  # the client disconnected: free the worker
-
-
-async def stream_events(service: Service, req: GenerationRequest) -> AsyncIterator[str]:
+async def native_events(stream: Stream) -> AsyncIterator[str]:
     """The native SSE format: `event: token|done|error` with a JSON `data:` line."""
-    async for kind, payload in iter_events(service, req):
-        if kind == "token":
-            yield _sse("token", {"text": payload})
-        elif kind == "done":
-            yield _sse("done", {"model": req.model, **_with_queue_time(req, {k: v for k, v in payload.items() if k != "text"})})
-        else:
-            yield _sse("error", payload.body())
+    async with stream:
+        async for event in stream:
+            if isinstance(event, Token):
+                yield _sse("token", {"text": event.text})
+            elif isinstance(event, Done):
+                yield _sse("done", {"model": event.model, **event.summary()})
+            elif isinstance(event, Failed):
+                yield _sse("error", error_body(event.error))
 
 
 async def generate(request: Request) -> Response:
-    service = _service(request)
-    req = parse_generation(service, await read_json_object(request), GENERATE_KEYS)
-    if req.stream:
-        service.submit(req)  # errors (unknown model, full queue) surface before the 200
-        return EventStream(stream_events(service, req))
+    router = router_of(request)
+    fields = Fields(await read_json_object(request), GENERATE_KEYS)
+    req = completion(fields)
+    if fields.boolean("stream", False):
+        return EventStream(native_events(router.stream(req)))  # errors (unknown model, full queue) surface before the 200
     try:
-        result = await run_to_completion(service, req, request)
+        done = await answer(request, router.generate(req))
     except ClientGone:
         return Response(status_code=499)
-    return JSONResponse({"text": result.get("text", ""), "model": req.model, "finish_reason": result.get("finish_reason"),
-                         "usage": result.get("usage", {}), "timings": result.get("timings", {})})
+    return JSONResponse({"text": done.text, "model": done.model, "finish_reason": done.finish_reason,
+                         "usage": done.usage.as_dict(), "timings": done.timings})
 
 
 async def llm(request: Request) -> Response:
-    service = _service(request)
     try:
-        req = parse_generation(service, await read_json_object(request), LLM_KEYS)
-        result = await run_to_completion(service, req)
+        req = completion(Fields(await read_json_object(request), LLM_KEYS))
+        done = await router_of(request).generate(req)
     except ClientDisconnect:
         raise
-    except ApiError as exc:
-        if exc.status == 500 and "stderr" not in exc.extra:
-            exc.extra["stderr"] = ""
+    except MstingError as exc:  # this route's 500s always carry "stderr"
+        if status_of(exc)[0] == 500 and "stderr" not in exc.details:
+            exc.details["stderr"] = ""
         raise
-    except Exception as exc:  # this route's 500s always carry "stderr"
+    except Exception as exc:
         err = internal_error(exc, "POST /llm")
-        err.extra["stderr"] = ""
+        err.details["stderr"] = ""
         raise err from None
-    return JSONResponse({"completion": result.get("text", "")})
+    return JSONResponse({"completion": done.text})
 
 
 routes = [

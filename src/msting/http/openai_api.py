@@ -18,13 +18,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from msting.daemon.requests import GenerationRequest
-from msting.daemon.service import ModelRuntime, Service
 from msting.api import limits
+from msting.api.events import Done, Failed, Token
+from msting.api.requests import ChatRequest, CompletionRequest, EmbeddingRequest, SamplingParams
 from msting.http.body import read_json_object
-from msting.http.errors import Fields, shown
-from msting.http.native import ClientGone, iter_events, model_name, run_to_completion, sampling_params, stream_events
+from msting.http.calls import ClientGone, answer
+from msting.http.errors import Fields, error_body
+from msting.http.native import native_events, router_of
+from msting.http.parsing import messages, model_name, prompt_or_messages, sampling
 from msting.http.sse import EventStream
+from msting.providers.base import ModelInfo, Stream
+from msting.providers.router import Router
 
 SAMPLING_KEYS = {"model", "temperature", "top_p", "max_tokens", "stop", "seed", "presence_penalty",
                  "frequency_penalty", "n", "user", "stream", "stream_options"}
@@ -32,57 +36,17 @@ CHAT_KEYS = SAMPLING_KEYS | {"messages", "max_completion_tokens"}
 COMPLETION_KEYS = SAMPLING_KEYS | {"prompt"}
 EMBEDDING_KEYS = {"model", "input", "encoding_format", "user"}
 EXECUTE_KEYS = {"model", "prompt", "messages", "max_tokens", "temperature", "top_p", "stop", "seed", "stream"}
-ROLES = {"system", "developer", "user", "assistant"}
-
-
-def _service(request: Request) -> Service:
-    return request.app.state.service
 
 
 # ---- parsing ----------------------------------------------------------------------
 
 
-def parse_messages(fields: Fields) -> list[dict]:
-    raw = fields.body.get("messages")
-    if not isinstance(raw, list) or not raw:
-        raise fields.error("messages", "'messages' must be a non-empty list of {role, content} objects")
-    out = []
-    for i, msg in enumerate(raw):
-        where = f"messages[{i}]"
-        if not isinstance(msg, dict):
-            raise fields.error("messages", f"{where} must be an object with 'role' and 'content'")
-        extra = set(msg) - {"role", "content", "name"}
-        if extra:
-            raise fields.error("messages", f"{where} has unsupported field(s): {', '.join(sorted(extra))} (tools are not supported)")
-        role = msg.get("role")
-        if not isinstance(role, str) or role not in ROLES:
-            raise fields.error("messages", f"{where}.role must be one of {', '.join(sorted(ROLES))}, got {shown(role)}")
-        out.append({"role": "system" if role == "developer" else role, "content": _content(fields, where, msg.get("content"))})
-    return out
-
-
-def _content(fields: Fields, where: str, content: object) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        texts = []
-        for part in content:
-            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-                raise fields.error("messages", f"{where}.content: only text parts are supported")
-            texts.append(part["text"])
-        return "".join(texts)
-    raise fields.error("messages", f"{where}.content must be a string or a list of text parts")
-
-
-def _openai_sampling(fields: Fields, service: Service, *, chat: bool) -> dict:
+def _openai_sampling(fields: Fields, *, chat: bool) -> SamplingParams:
     if fields.integer("n", 1, (1, limits.INT64[1])) != 1:
         raise fields.error("n", "only n=1 is supported")
     fields.string("user")  # accepted for compatibility: an end-user id for the caller's own records
     key = "max_completion_tokens" if chat and fields.body.get("max_completion_tokens") is not None else "max_tokens"
-    params = sampling_params(fields, max_tokens_key=key)
-    params["presence_penalty"] = fields.number("presence_penalty", 0.0, limits.PRESENCE_PENALTY)
-    params["frequency_penalty"] = fields.number("frequency_penalty", 0.0, limits.FREQUENCY_PENALTY)
-    return params
+    return sampling(fields, max_tokens_key=key, penalties=True)
 
 
 def _include_usage(fields: Fields, stream: bool) -> bool:
@@ -99,25 +63,23 @@ def _include_usage(fields: Fields, stream: bool) -> bool:
 # ---- responses --------------------------------------------------------------------
 
 
-def _usage(payload: dict) -> dict:
-    u = payload.get("usage") or {}
-    prompt, completion = int(u.get("prompt_tokens", 0)), int(u.get("completion_tokens", 0))
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+def _usage(done: Done) -> dict:
+    return done.usage.as_dict()
 
 
-def _finish_reason(payload: dict) -> str:
-    reason = payload.get("finish_reason")
-    return reason if reason in ("stop", "length") else "stop"
+def _finish_reason(done: Done) -> str:
+    return done.finish_reason if done.finish_reason in ("stop", "length") else "stop"
 
 
 def _data(obj: dict | str) -> str:
     return f"data: {obj if isinstance(obj, str) else json.dumps(obj, separators=(',', ':'))}\n\n"
 
 
-async def _openai_stream(service: Service, req: GenerationRequest, *, chat: bool, include_usage: bool) -> AsyncIterator[str]:
+async def _openai_stream(stream: Stream, *, chat: bool, include_usage: bool) -> AsyncIterator[str]:
     rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
     created = int(time.time())
     obj = "chat.completion.chunk" if chat else "text_completion"
+    model = stream.model
 
     def chunk(text: str | None, finish: str | None, first: bool = False) -> dict:
         if chat:
@@ -125,49 +87,49 @@ async def _openai_stream(service: Service, req: GenerationRequest, *, chat: bool
             choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
         else:
             choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
-        body = {"id": rid, "object": obj, "created": created, "model": req.model, "system_fingerprint": None, "choices": [choice]}
+        body = {"id": rid, "object": obj, "created": created, "model": model, "system_fingerprint": None, "choices": [choice]}
         if include_usage:
             body["usage"] = None
         return body
 
-    if chat:
-        yield _data(chunk(None, None, first=True))
-    async for kind, payload in iter_events(service, req):
-        if kind == "token":
-            yield _data(chunk(payload, None))
-        elif kind == "done":  # the last events go out in one write
-            tail = _data(chunk(None, _finish_reason(payload)))
-            if include_usage:
-                tail += _data({"id": rid, "object": obj, "created": created, "model": req.model, "system_fingerprint": None,
-                               "choices": [], "usage": _usage(payload)})
-            yield tail + _data("[DONE]")
-        else:
-            # The openai client raises an APIError on an event carrying "error": the
-            # reply is never mistaken for a complete one.
-            yield _data(payload.body())
+    async with stream:
+        if chat:
+            yield _data(chunk(None, None, first=True))
+        async for event in stream:
+            if isinstance(event, Token):
+                yield _data(chunk(event.text, None))
+            elif isinstance(event, Done):  # the last events go out in one write
+                tail = _data(chunk(None, _finish_reason(event)))
+                if include_usage:
+                    tail += _data({"id": rid, "object": obj, "created": created, "model": model, "system_fingerprint": None,
+                                   "choices": [], "usage": _usage(event)})
+                yield tail + _data("[DONE]")
+            elif isinstance(event, Failed):
+                # The openai client raises an APIError on an event carrying "error": the
+                # reply is never mistaken for a complete one.
+                yield _data(error_body(event.error))
 
 
-async def _answer(request: Request, service: Service, req: GenerationRequest, *, chat: bool, include_usage: bool) -> Response:
-    service.submit(req)  # unknown model, failed model, full queue: an HTTP error before any 200
-    if req.stream:
-        return EventStream(_openai_stream(service, req, chat=chat, include_usage=include_usage))
+async def _answer(request: Request, router: Router, req: ChatRequest | CompletionRequest, *, stream: bool, chat: bool,
+                  include_usage: bool) -> Response:
+    if stream:  # unknown model, failed model, full queue: an HTTP error before any 200
+        return EventStream(_openai_stream(router.stream(req), chat=chat, include_usage=include_usage))
     try:
-        payload = await run_to_completion(service, req, request, submitted=True)
+        done = await answer(request, router.generate(req))
     except ClientGone:
         return Response(status_code=499)
-    text = payload.get("text", "")
     if chat:
-        choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None, "finish_reason": _finish_reason(payload)}
+        choice = {"index": 0, "message": {"role": "assistant", "content": done.text}, "logprobs": None, "finish_reason": _finish_reason(done)}
     else:
-        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": _finish_reason(payload)}
+        choice = {"index": 0, "text": done.text, "logprobs": None, "finish_reason": _finish_reason(done)}
     return JSONResponse({
         "id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}",
         "object": "chat.completion" if chat else "text_completion",
         "created": int(time.time()),
-        "model": req.model,
+        "model": done.model,
         "system_fingerprint": None,
         "choices": [choice],
-        "usage": _usage(payload),
+        "usage": _usage(done),
     })
 
 
@@ -175,16 +137,15 @@ async def _answer(request: Request, service: Service, req: GenerationRequest, *,
 
 
 async def chat_completions(request: Request) -> Response:
-    service = _service(request)
     fields = Fields(await read_json_object(request), CHAT_KEYS)
     stream = fields.boolean("stream", False)
-    params = {"messages": parse_messages(fields), **_openai_sampling(fields, service, chat=True)}
-    req = GenerationRequest(model_name(fields), params, stream=stream)
-    return await _answer(request, service, req, chat=True, include_usage=_include_usage(fields, stream))
+    chat = messages(fields)
+    params = _openai_sampling(fields, chat=True)
+    req = ChatRequest(chat, model_name(fields), params)
+    return await _answer(request, router_of(request), req, stream=stream, chat=True, include_usage=_include_usage(fields, stream))
 
 
 async def completions(request: Request) -> Response:
-    service = _service(request)
     fields = Fields(await read_json_object(request), COMPLETION_KEYS)
     prompt = fields.body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
@@ -192,13 +153,12 @@ async def completions(request: Request) -> Response:
     if not isinstance(prompt, str):
         raise fields.error("prompt", "'prompt' must be a string (or a list of exactly one string)")
     stream = fields.boolean("stream", False)
-    params = {"prompt": prompt, **_openai_sampling(fields, service, chat=False)}
-    req = GenerationRequest(model_name(fields), params, stream=stream)
-    return await _answer(request, service, req, chat=False, include_usage=_include_usage(fields, stream))
+    params = _openai_sampling(fields, chat=False)
+    req = CompletionRequest(prompt, model_name(fields), params)
+    return await _answer(request, router_of(request), req, stream=stream, chat=False, include_usage=_include_usage(fields, stream))
 
 
 async def embeddings(request: Request) -> Response:
-    service = _service(request)
     fields = Fields(await read_json_object(request), EMBEDDING_KEYS)
     raw = fields.body.get("input")
     inputs = [raw] if isinstance(raw, str) else raw
@@ -210,61 +170,54 @@ async def embeddings(request: Request) -> Response:
     if encoding not in ("float", "base64"):
         raise fields.error("encoding_format", "'encoding_format' must be 'float' or 'base64'")
     fields.string("user")
-    req = GenerationRequest(model_name(fields), {"input": inputs}, kind="embed")
+    req = EmbeddingRequest(tuple(inputs), model_name(fields))
     try:
-        payload = await run_to_completion(service, req, request)
+        result = await answer(request, router_of(request).embed(req))
     except ClientGone:
         return Response(status_code=499)
     data = []
-    for i, vector in enumerate(payload.get("embeddings") or []):
+    for i, vector in enumerate(result.vectors):
         value = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode() if encoding == "base64" else vector
         data.append({"object": "embedding", "index": i, "embedding": value})
-    usage = payload.get("usage") or {}
-    tokens = int(usage.get("prompt_tokens", 0))
-    return JSONResponse({"object": "list", "data": data, "model": req.model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+    tokens = result.usage.prompt_tokens
+    return JSONResponse({"object": "list", "data": data, "model": result.model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
 
-def _model_object(service: Service, rt: ModelRuntime) -> dict:
+def _model_object(info: ModelInfo) -> dict:
     return {
-        "id": rt.name,
+        "id": info.id,
         "object": "model",
-        "created": int(service.started_at),
+        "created": info.created,
         "owned_by": "msting",
-        "state": rt.state,
-        "type": rt.spec.type,
-        "context_length": rt.spec.n_ctx,
-        "aliases": [f"local~{rt.name}"] + (["default"] if rt.name == service.default_model else []),
+        "state": info.state,
+        "type": info.type,
+        "context_length": info.context_length,
+        "aliases": [f"{info.service}~{info.id}"] + (["default"] if info.is_default else []),
     }
 
 
 async def list_models(request: Request) -> Response:
-    service = _service(request)
-    return JSONResponse({"object": "list", "data": [_model_object(service, rt) for rt in service.models.values()]})
+    return JSONResponse({"object": "list", "data": [_model_object(info) for info in router_of(request).models()]})
 
 
 async def get_model(request: Request) -> Response:
-    service = _service(request)
-    return JSONResponse(_model_object(service, service.resolve(request.path_params["model_id"])))
+    return JSONResponse(_model_object(router_of(request).model(request.path_params["model_id"])))
 
 
 async def execute(request: Request) -> Response:
-    """A task-level call: `prompt` or `messages`, through the same scheduler; SSE when streamed."""
-    service = _service(request)
+    """A task-level call: `prompt` or `messages`; SSE when streamed."""
+    router = router_of(request)
     fields = Fields(await read_json_object(request), EXECUTE_KEYS)
-    if ("prompt" in fields.body) == ("messages" in fields.body):
-        raise fields.error("prompt", "give exactly one of 'prompt' or 'messages'")
-    task = {"prompt": fields.string("prompt", required=True)} if "prompt" in fields.body else {"messages": parse_messages(fields)}
-    req = GenerationRequest(model_name(fields), {**task, **sampling_params(fields)}, stream=fields.boolean("stream", False))
-    service.submit(req)
-    if req.stream:
-        return EventStream(stream_events(service, req))
+    req = prompt_or_messages(fields)
+    if fields.boolean("stream", False):
+        return EventStream(native_events(router.stream(req)))
     try:
-        payload = await run_to_completion(service, req, request, submitted=True)
+        done = await answer(request, router.generate(req))
     except ClientGone:
         return Response(status_code=499)
-    return JSONResponse({"id": f"exec-{uuid.uuid4().hex[:24]}", "object": "execution", "model": req.model,
-                         "output": payload.get("text", ""), "finish_reason": payload.get("finish_reason"),
-                         "usage": _usage(payload), "timings": payload.get("timings", {})})
+    return JSONResponse({"id": f"exec-{uuid.uuid4().hex[:24]}", "object": "execution", "model": done.model,
+                         "output": done.text, "finish_reason": done.finish_reason,
+                         "usage": _usage(done), "timings": done.timings})
 
 
 routes = [

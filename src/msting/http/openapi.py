@@ -30,6 +30,7 @@ from msting.api import limits
 from msting.http import native, openai_api, ws
 from msting.http.admin import SWITCH_KEYS, UNLOAD_KEYS
 from msting.http.native import LOAD_KEYS
+from msting.http.parsing import ROLES
 
 OPENAPI_VERSION = "3.1.0"
 
@@ -156,7 +157,7 @@ def _components() -> dict:
             "items": {
                 "type": "object", "required": ["role", "content"], "additionalProperties": False,
                 "properties": {
-                    "role": {"type": "string", "enum": sorted(openai_api.ROLES)},
+                    "role": {"type": "string", "enum": sorted(ROLES)},
                     "content": {"anyOf": [
                         {"type": "string"},
                         {"type": "array", "items": {"type": "object", "required": ["type", "text"],

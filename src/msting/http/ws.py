@@ -30,22 +30,25 @@ import json
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
 
-from msting.daemon.requests import ApiError, GenerationRequest, bad_request
-from msting.daemon.service import Service
 from msting.api import limits
+from msting.api.errors import InvalidRequest, MstingError
+from msting.api.events import Done, Failed, Token
 from msting.http.body import parse_object
-from msting.http.errors import Fields, internal_error, shown
-from msting.http.native import iter_events, model_name, sampling_params
-from msting.http.openai_api import parse_messages
+from msting.http.control import Control
+from msting.http.errors import Fields, error_body, internal_error, shown
+from msting.http.parsing import prompt_or_messages
+from msting.providers.base import Stream
+from msting.providers.router import Router
 
 GENERATE_KEYS = {"type", "id", "model", "prompt", "messages", "max_tokens", "temperature", "top_p", "stop", "seed"}
 STATUS_POLL_SEC = 0.25
 
 
 class Session:
-    def __init__(self, ws: WebSocket, service: Service):
+    def __init__(self, ws: WebSocket, router: Router, control: Control):
         self.ws = ws
-        self.service = service
+        self.router = router
+        self.control = control
         self.outbox: asyncio.Queue[dict] = asyncio.Queue()
         self.running: dict[str, asyncio.Task] = {}
         self.status_task: asyncio.Task | None = None
@@ -73,71 +76,58 @@ class Session:
     def _handle(self, data: str | bytes) -> None:
         try:
             msg = parse_object(data, "the message")
-        except ApiError as err:
+        except MstingError as err:
             return self._error(None, err)
         kind, rid = msg.get("type"), msg.get("id")
         if kind == "generate":
             if not isinstance(rid, str) or not rid or len(rid) > limits.MAX_NAME_CHARS or rid in self.running:
                 return self._error(rid if isinstance(rid, str) else None,
-                                   bad_request(f"'id' must be a string of 1 to {limits.MAX_NAME_CHARS} characters "
-                                               "not used by a running generation", "invalid_body"))
+                                   InvalidRequest("invalid_body", f"'id' must be a string of 1 to {limits.MAX_NAME_CHARS} characters "
+                                                  "not used by a running generation"))
             try:
-                req = self._parse(msg)
-                self.service.submit(req)
-            except ApiError as err:
+                stream = self.router.stream(prompt_or_messages(Fields(msg, GENERATE_KEYS)))
+            except MstingError as err:
                 return self._error(rid, err)
-            self.running[rid] = asyncio.create_task(self._relay(rid, req))
+            self.running[rid] = asyncio.create_task(self._relay(rid, stream))
         elif kind == "cancel":
             task = self.running.get(rid) if isinstance(rid, str) else None
             if task is not None:
-                task.cancel()  # leaving iter_events cancels the generation in the worker
+                task.cancel()  # leaving the stream cancels the generation in the worker
         elif kind == "subscribe":
             if msg.get("topics") != ["status"]:
-                return self._error(rid, bad_request("the only subscription topic is 'status'", "invalid_body"))
+                return self._error(rid, InvalidRequest("invalid_body", "the only subscription topic is 'status'"))
             if self.status_task is None:
                 self.status_task = asyncio.create_task(self._status_loop())
         else:
-            self._error(rid, bad_request(f"unknown message type {shown(kind)}; expected generate, cancel or subscribe", "invalid_body"))
+            self._error(rid, InvalidRequest("invalid_body", f"unknown message type {shown(kind)}; expected generate, cancel or subscribe"))
 
-    def _parse(self, msg: dict) -> GenerationRequest:
-        fields = Fields(msg, GENERATE_KEYS)
-        if ("prompt" in msg) == ("messages" in msg):
-            raise fields.error("prompt", "give exactly one of 'prompt' or 'messages'")
-        task = {"prompt": fields.string("prompt", required=True)} if "prompt" in msg else {"messages": parse_messages(fields)}
-        return GenerationRequest(model_name(fields), {**task, **sampling_params(fields)}, stream=True)
-
-    async def _relay(self, rid: str, req: GenerationRequest) -> None:
+    async def _relay(self, rid: str, stream: Stream) -> None:
         try:
-            async for kind, payload in iter_events(self.service, req):
-                if kind == "token":
-                    self.outbox.put_nowait({"type": "token", "id": rid, "text": payload})
-                elif kind == "done":
-                    body = {k: v for k, v in payload.items() if k != "text"}
-                    self.outbox.put_nowait({"type": "done", "id": rid, "model": req.model, **body})
-                else:
-                    self._error(rid, payload)
+            async with stream:
+                async for event in stream:
+                    if isinstance(event, Token):
+                        self.outbox.put_nowait({"type": "token", "id": rid, "text": event.text})
+                    elif isinstance(event, Done):
+                        self.outbox.put_nowait({"type": "done", "id": rid, "model": event.model, **event.summary()})
+                    elif isinstance(event, Failed):
+                        self._error(rid, event.error)
         except asyncio.CancelledError:
-            self.outbox.put_nowait({"type": "done", "id": rid, "model": req.model, "finish_reason": "cancelled"})
+            self.outbox.put_nowait({"type": "done", "id": rid, "model": stream.model, "finish_reason": "cancelled"})
         except Exception as exc:  # the client gets an answer, whatever went wrong
             self._error(rid, internal_error(exc, f"WEBSOCKET /v1/ws generation {rid!r}"))
         finally:
             self.running.pop(rid, None)
 
-    def _error(self, rid: object, err: ApiError) -> None:
+    def _error(self, rid: object, err: MstingError) -> None:
         if rid is not None and (not isinstance(rid, str) or len(rid) > limits.MAX_NAME_CHARS):
             rid = None  # only an id the client could have used is echoed
-        self.outbox.put_nowait({"type": "error", "id": rid, **err.body()})
+        self.outbox.put_nowait({"type": "error", "id": rid, **error_body(err)})
 
     async def _status_loop(self) -> None:
         last = None
         while True:
-            status, reason = self.service.readiness()
-            snapshot = {
-                "type": "status",
-                "readiness": {"status": status, "reason": reason},
-                "models": [{"name": rt.name, "type": rt.spec.type, "state": rt.state, "queue_depth": len(rt.queue), "in_flight": rt.in_flight}
-                           for rt in self.service.shown_runtimes()],
-            }
+            status, reason, _ = self.control.readiness()
+            snapshot = {"type": "status", "readiness": {"status": status, "reason": reason}, "models": self.control.model_summaries()}
             if snapshot != last:
                 self.outbox.put_nowait(snapshot)
                 last = snapshot
@@ -150,12 +140,12 @@ class Session:
                 text = json.dumps(message, separators=(",", ":"))
             except (TypeError, ValueError) as exc:
                 err = internal_error(exc, "WEBSOCKET /v1/ws send")
-                text = json.dumps({"type": "error", "id": message.get("id"), **err.body()}, separators=(",", ":"))
+                text = json.dumps({"type": "error", "id": message.get("id"), **error_body(err)}, separators=(",", ":"))
             await self.ws.send_text(text)
 
 
 async def websocket_endpoint(ws: WebSocket) -> None:
-    await Session(ws, ws.app.state.service).run()
+    await Session(ws, ws.app.state.router, ws.app.state.control).run()
 
 
 routes = [WebSocketRoute("/v1/ws", websocket_endpoint)]

@@ -1,4 +1,10 @@
-"""One model in the daemon: its spec, its replicas (workers), its queue and counters."""
+"""One local model: its spec, its replicas (supervised workers), its queue, its state
+and its counters.
+
+A model's state is derived from its workers' states (`ModelState`, one function). The
+model is its workers' events sink: they report state changes, events for the store,
+and the end of each request, and the model keeps the counts.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +16,40 @@ from pathlib import Path
 
 import psutil
 
+from enum import Enum
+
+from msting.api import limits
+from msting.api.errors import Unavailable
 from msting.config import Config
-from msting.daemon.requests import GenerationRequest, ModelQueue, unavailable
-from msting.daemon.spares import WorkerLauncher
-from msting.daemon.states import WorkerState
+from msting.daemon.local.queue import LocalJob, ModelQueue
+from msting.daemon.local.spares import WorkerLauncher
+from msting.daemon.local.states import WorkerState
+from msting.daemon.local.supervisor import WorkerSupervisor
 from msting.daemon.store import Store
-from msting.daemon.worker import WorkerSupervisor
+
+
+class ModelState(str, Enum):
+    READY = "ready"  # a worker has verified it can generate and takes requests
+    LOADING = "loading"
+    DEGRADED = "degraded"  # a worker is backing off after a crash, none is ready
+    FAILED = "failed"  # every worker is FATAL
+    STOPPED = "stopped"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def model_state(workers: list[WorkerState]) -> ModelState:
+    """A model's state from its workers' states."""
+    if any(s.serving for s in workers):
+        return ModelState.READY
+    if all(s is WorkerState.FATAL for s in workers):
+        return ModelState.FAILED
+    if any(s is WorkerState.BACKOFF for s in workers):
+        return ModelState.DEGRADED
+    if any(s.alive for s in workers):
+        return ModelState.LOADING
+    return ModelState.STOPPED
 
 
 @dataclass(frozen=True)
@@ -31,8 +65,8 @@ class ModelSpec:
     always_ready: bool = True
     type: str = "llm"  # "llm" | "embeddings"
     chat_format: str | None = None
-    temperature: float = 0.7  # request defaults
-    max_tokens: int = 256
+    temperature: float = limits.DEFAULT_TEMPERATURE  # request defaults
+    max_tokens: int = limits.DEFAULT_MAX_TOKENS
     keep_alive_sec: float = 300.0  # an on-demand model unloads after this long idle
 
 
@@ -71,7 +105,7 @@ def embeddings_spec(spec: ModelSpec) -> ModelSpec:
     return replace(spec, type="embeddings", replicas=1, always_ready=False)
 
 
-class ModelRuntime:
+class LocalModel:
     """One model: its replicas (workers), its bounded queue, and its counters."""
 
     def __init__(self, spec: ModelSpec, config: Config, store: Store, launcher: WorkerLauncher | None = None):
@@ -82,7 +116,9 @@ class ModelRuntime:
         self.queue = ModelQueue(self.settings.queue_size)
         # Worker ids must be unique in the daemon; an embeddings companion shares its model's name.
         self.key = spec.name if spec.type == "llm" else f"{spec.name}:embed"
-        self.workers = [WorkerSupervisor(self, i) for i in range(spec.replicas)]
+        worker_spec = self.worker_spec()
+        self.workers = [WorkerSupervisor(f"{self.key}#{i}", spec.name, worker_spec, self.settings, self.launcher, self.queue, self)
+                        for i in range(spec.replicas)]
         self.profile: str | None = None  # set by the routing that serves it, for the store's model records
         self.requests_served = 0
         self.requests_cancelled = 0  # stopped mid-generation because the client went away
@@ -146,22 +182,13 @@ class ModelRuntime:
     # ---- state ----------------------------------------------------------------------
 
     @property
-    def state(self) -> str:
-        states = [w.state for w in self.workers]
-        if any(w.state.serving and w.verified for w in self.workers):
-            return "ready"
-        if all(s is WorkerState.FATAL for s in states):
-            return "failed"
-        if any(s is WorkerState.BACKOFF for s in states):
-            return "degraded"
-        if any(s.alive for s in states):
-            return "loading"
-        return "stopped"
+    def state(self) -> ModelState:
+        return model_state([w.state for w in self.workers])
 
     @property
     def fatal(self) -> dict | None:
         """Why the model is failed and what will bring it back (its FATAL workers' word)."""
-        if self.state != "failed":
+        if self.state is not ModelState.FAILED:
             return None
         for w in self.workers:
             snap = w.fatal.to_dict() if w.fatal is not None else None
@@ -174,10 +201,12 @@ class ModelRuntime:
         errors = [w.last_error for w in self.workers if w.last_error]
         return errors[-1] if errors else None
 
-    def record_event(self, kind: str, worker: WorkerSupervisor, detail: str | None = None) -> None:
+    # ---- the workers' events sink (msting.daemon.local.supervisor.SupervisorEvents) ----
+
+    def on_event(self, kind: str, worker: WorkerSupervisor, detail: str | None = None) -> None:
         self.store.record_event(kind, model=self.name, worker=worker.id, detail=detail)
 
-    def on_worker_state(self, worker: WorkerSupervisor) -> None:
+    def on_state(self, worker: WorkerSupervisor) -> None:
         self._changed.set()
         state = self.state
         record = (self.profile, state, self.last_error)
@@ -185,17 +214,32 @@ class ModelRuntime:
         # store only on a real change (a SQLite commit costs more than the request's own
         # bookkeeping)
         if self.profile is not None and record != self._saved:
-            self.store.save_model_state(self.profile, self.key, state, self.last_error)
+            self.store.save_model_state(self.profile, self.key, state.value, self.last_error)
             self._saved = record
-        if state == "failed":
+        if state is ModelState.FAILED:
             reason = self.last_error or "the model failed to load"
-            for req in self.queue.drain_all():
-                req.fail(unavailable("model_failed", f"model '{self.name}' failed: {reason}"))
+            for job in self.queue.drain_all():
+                job.fail(Unavailable("model_failed", f"model '{self.name}' failed: {reason}"))
 
-    async def wait_settled(self, timeout: float) -> str:
+    def on_answer(self, worker: WorkerSupervisor, job: LocalJob, finish_reason: str | None, tokens_per_sec: float | None) -> None:
+        """A worker answered `job` (a done frame)."""
+        if finish_reason == "cancelled":
+            self.requests_cancelled += 1
+        elif tokens_per_sec and not job.internal:
+            # An exponentially weighted average: recent speed, without keeping a history.
+            prev = self.tokens_per_sec
+            self.tokens_per_sec = tokens_per_sec if prev is None else 0.8 * prev + 0.2 * tokens_per_sec
+
+    def on_finished(self, worker: WorkerSupervisor, job: LocalJob) -> None:
+        """A worker is done with `job` and free again."""
+        self.requests_served += 1
+        self.last_used = time.monotonic()
+        self._changed.set()
+
+    async def wait_settled(self, timeout: float) -> ModelState:
         """Wait until the model is ready or failed; returns the state (or the current one on timeout)."""
         deadline = time.monotonic() + timeout
-        while self.state not in ("ready", "failed"):
+        while self.state not in (ModelState.READY, ModelState.FAILED):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
@@ -209,16 +253,6 @@ class ModelRuntime:
     @property
     def in_flight(self) -> int:
         return sum(1 for w in self.workers if w.current is not None and not w.current.internal)
-
-    def on_request_finished(self, worker: WorkerSupervisor, req: GenerationRequest) -> None:
-        self.requests_served += 1
-        self.last_used = time.monotonic()
-        self._changed.set()
-
-    def record_speed(self, tokens_per_sec: float) -> None:
-        # An exponentially weighted average: recent speed, without keeping a history.
-        prev = self.tokens_per_sec
-        self.tokens_per_sec = tokens_per_sec if prev is None else 0.8 * prev + 0.2 * tokens_per_sec
 
     @property
     def info(self) -> dict | None:
@@ -253,7 +287,7 @@ class ModelRuntime:
             "path": str(self.spec.path),
             "builtin": self.spec.builtin,
             "always_ready": self.spec.always_ready,
-            "state": self.state,
+            "state": self.state.value,
             "verified": any(w.verified for w in self.workers),
             "load_ms": self.load_ms,
             "backend": info.get("backend"),

@@ -1,6 +1,6 @@
 """The worker state machine: one enum, one table, one transition function.
 
-    STOPPED → STARTING → LOADING → READY ⇄ BUSY → DRAINING → STOPPED
+    STOPPED → STARTING → LOADING → VERIFYING → READY ⇄ BUSY → DRAINING → STOPPED
     plus BACKOFF (waiting to restart after a crash) and FATAL (gave up; see last_error).
 
 Any live state can crash into BACKOFF or FATAL. An illegal transition raises, so a
@@ -16,6 +16,7 @@ class WorkerState(str, Enum):
     STOPPED = "STOPPED"
     STARTING = "STARTING"  # process spawned, no hello yet
     LOADING = "LOADING"  # hello received, loading the model
+    VERIFYING = "VERIFYING"  # loaded; a real generate proves it can serve before it takes traffic
     READY = "READY"  # idle, accepting a request
     BUSY = "BUSY"  # serving one request
     DRAINING = "DRAINING"  # finishing its request, then exits
@@ -31,14 +32,15 @@ class WorkerState(str, Enum):
         return self in (WorkerState.READY, WorkerState.BUSY)
 
 
-_ALIVE = frozenset({WorkerState.STARTING, WorkerState.LOADING, WorkerState.READY, WorkerState.BUSY, WorkerState.DRAINING})
+_ALIVE = frozenset({WorkerState.STARTING, WorkerState.LOADING, WorkerState.VERIFYING, WorkerState.READY, WorkerState.BUSY, WorkerState.DRAINING})
 
 _S = WorkerState
 _CRASH = {_S.BACKOFF, _S.FATAL}
 _ALLOWED: dict[WorkerState, frozenset[WorkerState]] = {
     _S.STOPPED: frozenset({_S.STARTING}),
     _S.STARTING: frozenset({_S.LOADING, _S.DRAINING, *_CRASH}),
-    _S.LOADING: frozenset({_S.READY, _S.DRAINING, *_CRASH}),
+    _S.LOADING: frozenset({_S.VERIFYING, _S.DRAINING, *_CRASH}),
+    _S.VERIFYING: frozenset({_S.READY, _S.DRAINING, *_CRASH}),
     _S.READY: frozenset({_S.BUSY, _S.DRAINING, *_CRASH}),
     _S.BUSY: frozenset({_S.READY, _S.DRAINING, *_CRASH}),
     _S.DRAINING: frozenset({_S.STOPPED, *_CRASH}),

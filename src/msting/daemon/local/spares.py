@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from msting.daemon.procs import ChildProcess
+from msting.daemon.local.procs import ChildProcess
 
 log = logging.getLogger("msting.daemon.spares")
 

@@ -2,7 +2,7 @@
 
 Each `WorkerSupervisor` runs one lifecycle task:
 
-    spawn → hello (LOADING) → ready → verify with a real 1-token generate (READY)
+    spawn → hello (LOADING) → ready (VERIFYING) → a real 1-token generate (READY)
           → serve requests from the model's queue, one at a time (READY ⇄ BUSY)
     on crash or hang: re-queue the request in hand (or fail it if it already streamed,
           or if it was in flight in a worker that died before), back off, start again;
@@ -16,6 +16,10 @@ only one that reads the socket; the watchdog only kills, it never cleans up, so 
 cleanup happens in one place. Hang detection judges each process on its own clock:
 every incarnation starts with fresh `_Liveness`, so a replacement is never blamed for
 its predecessor's silence.
+
+A supervisor knows its model only through what it was given when built (its worker
+spec, the settings, the launcher, the model's queue) and the `SupervisorEvents` sink it
+reports to.
 """
 
 from __future__ import annotations
@@ -28,25 +32,24 @@ import signal
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
-from msting.daemon.backoff import RestartTracker
-from msting.daemon.procs import ChildProcess
-from msting.daemon.requests import ApiError, GenerationRequest, bad_request, server_error
-from msting.daemon.spares import LaunchError, stop_process
-from msting.daemon.states import WorkerState, transition
+from msting.api.errors import InvalidRequest, ServerError
+from msting.api.events import Done, Embeddings, Usage
+from msting.daemon.local import verify
+from msting.daemon.local.backoff import RestartTracker
+from msting.daemon.local.procs import ChildProcess
+from msting.daemon.local.queue import JobStatus, LocalJob, ModelQueue
+from msting.daemon.local.spares import LaunchError, WorkerLauncher, stop_process
+from msting.daemon.local.states import WorkerState, transition
 from msting.worker import protocol
 from msting.worker.protocol import MsgType
 
-if TYPE_CHECKING:
-    from msting.daemon.model_runtime import ModelRuntime
-
-log = logging.getLogger("msting.daemon.worker")
+log = logging.getLogger("msting.daemon.supervisor")
 
 # A request in flight when this many workers died is answered with an error instead of a
 # third try: one request can cost at most one restart per retry, and never the model.
 MAX_ATTEMPTS = 2
-VERIFY_PROMPT = "Hello"
 FILE_POLL_SEC = 2.0  # how often a worker FATAL on a boot error looks at its model file
 
 
@@ -87,11 +90,28 @@ class _Exit(Exception):
         self.reason = reason
 
 
+class SupervisorEvents(Protocol):
+    """What a supervisor tells its model."""
+
+    def on_state(self, worker: WorkerSupervisor) -> None: ...
+
+    def on_event(self, kind: str, worker: WorkerSupervisor, detail: str | None = None) -> None: ...
+
+    def on_answer(self, worker: WorkerSupervisor, job: LocalJob, finish_reason: str | None, tokens_per_sec: float | None) -> None: ...
+
+    def on_finished(self, worker: WorkerSupervisor, job: LocalJob) -> None: ...
+
+
 class WorkerSupervisor:
-    def __init__(self, model: ModelRuntime, index: int, clock=time.monotonic):
-        self.model = model
-        self.settings = model.settings
-        self.id = f"{model.key}#{index}"
+    def __init__(self, worker_id: str, model_name: str, spec: dict[str, Any], settings: Any, launcher: WorkerLauncher,
+                 queue: ModelQueue, events: SupervisorEvents, clock=time.monotonic):
+        self.id = worker_id
+        self.model_name = model_name
+        self.spec = spec  # the worker's --spec: name, path, n_ctx, ..., embedding
+        self.settings = settings  # the config's llm_service section
+        self.launcher = launcher
+        self.queue = queue
+        self.events = events
         self.state = WorkerState.STOPPED
         self.since = time.time()
         self.pid: int | None = None
@@ -99,7 +119,6 @@ class WorkerSupervisor:
         self.last_error: str | None = None
         self.last_exit: str | None = None
         self.backoff_sec: float | None = None
-        self.verified = False
         self.load_ms: float | None = None
         self.info: dict | None = None
         self.tracker = RestartTracker(self.settings.restart, clock)
@@ -112,7 +131,7 @@ class WorkerSupervisor:
         self._retry = asyncio.Event()  # an explicit load while FATAL: try again now
         self._proc: ChildProcess | None = None
         self._writer: asyncio.StreamWriter | None = None
-        self._current: GenerationRequest | None = None
+        self._current: LocalJob | None = None
         self._current_done: asyncio.Future | None = None
         self._boot: asyncio.Future | None = None
         self._boot_error: str | None = None
@@ -164,18 +183,23 @@ class WorkerSupervisor:
             self._kill_reason = reason
             self._proc.kill()
 
-    def cancel(self, req: GenerationRequest) -> None:
+    def cancel(self, job: LocalJob) -> None:
         """The client went away: stop generating for it."""
-        if self._current is req and self._writer is not None:
-            self._send(protocol.encode(MsgType.CANCEL, req.id))
+        if self._current is job and self._writer is not None:
+            self._send(protocol.encode(MsgType.CANCEL, job.id))
 
     @property
     def stderr_tail(self) -> str:
         return "\n".join(self._stderr)
 
     @property
-    def current(self) -> GenerationRequest | None:
+    def current(self) -> LocalJob | None:
         return self._current
+
+    @property
+    def verified(self) -> bool:
+        """It generated a token in this incarnation and takes requests."""
+        return self.state.serving
 
     def snapshot(self) -> dict:
         return {
@@ -198,7 +222,7 @@ class WorkerSupervisor:
             return
         self.state = transition(self.state, target)
         self.since = time.time()
-        self.model.on_worker_state(self)
+        self.events.on_state(self)
 
     async def _lifecycle(self) -> None:
         while True:
@@ -217,11 +241,10 @@ class WorkerSupervisor:
                 self._to_stopped()
                 return
             self.last_error = reason.reason
-            self.verified = False
-            self.model.record_event("worker_fatal" if reason.kind == "boot" else "worker_crash", self, reason.reason)
+            self.events.on_event("worker_fatal" if reason.kind == "boot" else "worker_crash", self, reason.reason)
             if reason.kind == "boot":
                 log.error("worker %s: boot error: %s", self.id, reason.reason)
-                stopped = await self._wait_in_fatal(FatalInfo("boot", reason.reason, None, self.model.name))
+                stopped = await self._wait_in_fatal(FatalInfo("boot", reason.reason, None, self.model_name))
             else:
                 delay = self.tracker.on_crash()
                 if delay is None:
@@ -231,8 +254,8 @@ class WorkerSupervisor:
                         f"{self.settings.restart.crash_window_sec:g}s; last: {reason.reason}"
                     )
                     log.error("worker %s: %s; trying again in %gs", self.id, self.last_error, retry_in)
-                    self.model.record_event("worker_fatal", self, self.last_error)
-                    stopped = await self._wait_in_fatal(FatalInfo("crashes", self.last_error, time.time() + retry_in, self.model.name))
+                    self.events.on_event("worker_fatal", self, self.last_error)
+                    stopped = await self._wait_in_fatal(FatalInfo("crashes", self.last_error, time.time() + retry_in, self.model_name))
                 else:
                     self.backoff_sec = delay
                     self.restarts += 1
@@ -247,7 +270,7 @@ class WorkerSupervisor:
         request waits for the model. True: the worker was told to stop meanwhile."""
         began = self._clock()
         cap = self.tracker.waiting_cap()
-        queue = self.model.queue
+        queue = self.queue
         log.warning("worker %s crashed (%s); restart %d in %.2fs (at most %gs while requests wait)",
                     self.id, self.last_error, self.restarts, delay, cap)
         stop = asyncio.ensure_future(self._stop.wait())
@@ -297,7 +320,7 @@ class WorkerSupervisor:
                 else:
                     continue
                 log.info("worker %s: leaving FATAL (%s)", self.id, why)
-                self.model.record_event("worker_retry", self, why)
+                self.events.on_event("worker_retry", self, why)
                 self.tracker.reset()
                 return False
         finally:
@@ -308,7 +331,7 @@ class WorkerSupervisor:
 
     def _model_file_stat(self) -> tuple | None:
         try:
-            st = os.stat(self.model.spec.path)
+            st = os.stat(self.spec["path"])
         except OSError:
             return None
         return (st.st_size, st.st_mtime_ns, st.st_ino)
@@ -350,9 +373,9 @@ class WorkerSupervisor:
                 reader_task.cancel()
 
     async def _spawn(self) -> asyncio.StreamReader:
-        spec = self.model.worker_spec()
+        spec = self.spec
         try:
-            launched = await self.model.launcher.launch(json.dumps(spec))
+            launched = await self.launcher.launch(json.dumps(spec))
         except LaunchError as exc:
             raise _Exit("crash", str(exc)) from None
         self._proc = launched.proc
@@ -376,8 +399,8 @@ class WorkerSupervisor:
             ready = self._boot.result()
             self.info = ready.get("model") or {}
             self.load_ms = ready.get("load_ms")
-            self._set(WorkerState.READY)
-            log.info("worker %s ready: model loaded in %.1f ms", self.id, self.load_ms or 0.0)
+            self._set(WorkerState.VERIFYING)
+            log.info("worker %s loaded the model in %.1f ms", self.id, self.load_ms or 0.0)
             return
         if reader_task in done:
             raise await self._death_reason()
@@ -386,56 +409,52 @@ class WorkerSupervisor:
 
     async def _verify(self, reader_task: asyncio.Task) -> None:
         """Readiness means "can generate": one real token (or one embedding) before taking traffic."""
-        if self.model.spec.type == "embeddings":  # verify what it will serve
-            probe = GenerationRequest(self.model.name, {"input": [VERIFY_PROMPT]}, kind="embed", internal=True)
-        else:
-            probe = GenerationRequest(self.model.name, {"prompt": VERIFY_PROMPT, "max_tokens": 1, "temperature": 0.0}, internal=True)
+        probe = verify.probe(self.model_name, embedding=bool(self.spec.get("embedding")))
         exchange = asyncio.create_task(self._exchange(probe))
         done, _ = await asyncio.wait({exchange, reader_task}, timeout=self.settings.startup_timeout_sec, return_when=asyncio.FIRST_COMPLETED)
         if exchange not in done:
-            probe.cancelled = True  # the probe is internal: never re-queue it
+            probe.cancel()  # the probe is internal: never re-queue it
             exchange.cancel()
             if reader_task not in done:
                 self.kill_now("the verification generate did not finish in time")
             raise await self._death_reason()
-        kind, payload = probe.events.get_nowait()
-        if kind == "error":
-            probe.cancelled = True
-            self.kill_now(f"verification generate failed: {payload.message}")
+        failed = verify.failure(probe)
+        if failed is not None:
+            self.kill_now(f"verification generate failed: {failed}")
             raise await self._death_reason()
-        self.verified = True
-        self.model.record_event("worker_ready", self, f"pid {self.pid}, loaded in {self.load_ms or 0:.1f} ms, verified")
-        self.model.on_worker_state(self)
+        self._set(WorkerState.READY)
+        log.info("worker %s ready: pid %s verified", self.id, self.pid)
+        self.events.on_event("worker_ready", self, f"pid {self.pid}, loaded in {self.load_ms or 0:.1f} ms, verified")
 
     async def _serve(self) -> None:
         while not self._stop.is_set():
-            req = await self.model.queue.take(self._begin)
+            job = await self.queue.take(self._begin)
             await self._wait_answer()
-            self.model.on_request_finished(self, req)
+            self.events.on_finished(self, job)
 
-    async def _exchange(self, req: GenerationRequest) -> None:
+    async def _exchange(self, req: LocalJob) -> None:
         """Send one request and wait until the worker answered it (done or error)."""
         if self._begin(req):
             await self._wait_answer()
 
-    def _begin(self, req: GenerationRequest) -> bool:
-        """Take charge of `req` and send it to the worker process (synchronous: the
-        queue calls it the moment it hands the request over). False: the request
-        cannot be put in a frame; it is answered with a 400 and the worker stays free."""
+    def _begin(self, job: LocalJob) -> bool:
+        """Take charge of `job` and send it to the worker process (synchronous: the
+        queue calls it the moment it hands the job over). False: the job cannot be
+        put in a frame; it is answered with a 400 and the worker stays free."""
         try:
-            if req.kind == "embed":
-                frame = protocol.encode(MsgType.EMBED, req.id, input=req.params["input"])
+            if job.embed:
+                frame = protocol.encode(MsgType.EMBED, job.id, **job.frame_fields())
             else:
-                # params were validated by the HTTP layer: prompt or messages, and sampling keys
-                frame = protocol.encode(MsgType.GENERATE, req.id, stream=req.stream, **req.params)
-        except (protocol.ProtocolError, KeyError, TypeError, ValueError) as exc:
-            log.warning("worker %s: refusing %s: %s", self.id, req.id, exc)
-            req.fail(bad_request(f"the request cannot be sent to the model: {exc}", "invalid_request"))
+                # the fields were validated by the HTTP layer: prompt or messages, and sampling
+                frame = protocol.encode(MsgType.GENERATE, job.id, stream=job.stream, **job.frame_fields())
+        except (protocol.ProtocolError, TypeError, ValueError) as exc:
+            log.warning("worker %s: refusing %s: %s", self.id, job.id, exc)
+            job.fail(InvalidRequest("invalid_request", f"the request cannot be sent to the model: {exc}"))
             return False
-        self._current = req
+        self._current = job
         self._current_done = asyncio.get_running_loop().create_future()
         now = self._clock()
-        req.started_at = now
+        job.started(now)
         self._live.last_progress = now
         if self.state is WorkerState.READY:
             self._set(WorkerState.BUSY)
@@ -534,27 +553,18 @@ class WorkerSupervisor:
         if req is None or frame["id"] != req.id:
             return  # a late answer for a request already settled elsewhere
         if frame["type"] == MsgType.DONE:
-            if frame.get("finish_reason") == "cancelled":
-                self.model.requests_cancelled += 1
-            speed = (frame.get("timings") or {}).get("predicted_per_second")
-            if speed and not req.internal and frame.get("finish_reason") != "cancelled":
-                self.model.record_speed(float(speed))
-            result = {
-                "text": frame.get("text", ""),
-                "finish_reason": frame.get("finish_reason"),
-                "usage": frame.get("usage") or {},
-                "timings": frame.get("timings") or {},
-            }
-            if "embeddings" in frame:
-                result["embeddings"] = frame["embeddings"]
-            req.finish(result)
+            finish = frame.get("finish_reason")
+            timings = frame.get("timings") or {}
+            speed = timings.get("predicted_per_second")
+            self.events.on_answer(self, req, finish, float(speed) if speed else None)
+            req.finish(_result(req, frame, timings))
         else:
             message = frame.get("message") or "the engine failed"
             if frame.get("kind") == "bad_request":
-                req.fail(ApiError(400, "invalid_request_error", "invalid_request", message))
+                req.fail(InvalidRequest("invalid_request", message))
             else:
                 # the worker's own stderr may hold a traceback: it goes to the log, never to a client
-                req.fail(server_error("engine_error", message))
+                req.fail(ServerError("engine_error", message))
         if self._current_done is not None and not self._current_done.done():
             self._current_done.set_result(None)
 
@@ -594,22 +604,23 @@ class WorkerSupervisor:
         if self._current_done is not None and not self._current_done.done():
             self._current_done.set_result(None)
         self._current_done = None
-        if req is None or req.finished or req.cancelled:
+        if req is None or req.over:
             return
         req.attempts += 1
-        if req.streamed:
-            req.fail(server_error("worker_crashed", f"the worker died after part of the reply was streamed; the reply is incomplete ({reason})"))
+        if req.status is JobStatus.STREAMING:
+            req.fail(ServerError("worker_crashed", f"the worker died after part of the reply was streamed; the reply is incomplete ({reason})"))
         elif req.attempts >= MAX_ATTEMPTS:
             log.warning("worker %s: %s was in flight in %d workers that died; answering it with an error", self.id, req.id, req.attempts)
-            self.model.record_event("request_crashed_worker", self, f"{req.id}: {reason}")
-            req.fail(server_error(
+            self.events.on_event("request_crashed_worker", self, f"{req.id}: {reason}")
+            req.fail(ServerError(
                 "request_crashed_worker",
-                f"model '{self.model.name}': the request was in flight when {req.attempts} of its workers died, "
+                f"model '{self.model_name}': the request was in flight when {req.attempts} of its workers died, "
                 f"so it is not tried again; the model keeps serving other requests (last: {reason})",
             ))
         else:
             log.info("worker %s: re-queueing %s after the worker ended (%s)", self.id, req.id, reason)
-            self.model.queue.put_front(req)
+            req.requeued()
+            self.queue.put_front(req)
 
     async def _reap(self) -> None:
         """Make sure the process is gone: shutdown frame, then SIGTERM, then SIGKILL."""
@@ -636,3 +647,15 @@ def _describe_exit(rc: int | None) -> str:
         except ValueError:
             return f"killed by signal {-rc}"
     return f"exited with code {rc}"
+
+
+def _result(job: LocalJob, frame: dict, timings: dict) -> Done | Embeddings:
+    """The typed result of a done frame, with the time the job waited in the queue."""
+    usage = frame.get("usage") or {}
+    queue_ms = job.queue_ms()
+    if queue_ms is not None:
+        timings = {**timings, "queue_ms": queue_ms}
+    if job.embed:
+        return Embeddings(job.model, frame.get("embeddings") or [], Usage(int(usage.get("prompt_tokens", 0))), timings)
+    return Done(job.model, frame.get("text", ""), frame.get("finish_reason"),
+                Usage(int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))), timings)

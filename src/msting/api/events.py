@@ -1,0 +1,68 @@
+"""What a provider answers: the events of a stream, and the results they end in.
+
+A stream yields `Token`s and ends with exactly one `Done` or one `Failed`; a
+non-streamed generate returns the `Done` (or raises the `Failed`'s error).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Union
+
+from msting.api.errors import MstingError
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def as_dict(self) -> dict:
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens, "total_tokens": self.total_tokens}
+
+
+@dataclass(frozen=True)
+class Token:
+    """One or more pieces of the reply's text."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Done:
+    """The reply is complete. `text` is the whole reply of a non-streamed generate
+    ("" when it was streamed); `finish_reason` is stop, length or cancelled; `timings`
+    holds the engine's prompt_ms, predicted_ms, predicted_per_second and the queue_ms
+    the request waited before a model took it."""
+
+    model: str
+    text: str = ""
+    finish_reason: str | None = None
+    usage: Usage = field(default_factory=Usage)
+    timings: dict = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        """The fields of a stream's final event."""
+        return {"finish_reason": self.finish_reason, "usage": self.usage.as_dict(), "timings": self.timings}
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The request failed; after tokens were streamed this means the reply is incomplete."""
+
+    error: MstingError
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    model: str
+    vectors: list[list[float]]
+    usage: Usage = field(default_factory=Usage)
+    timings: dict = field(default_factory=dict)
+
+
+Event = Union[Token, Done, Failed]

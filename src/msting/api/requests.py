@@ -1,0 +1,75 @@
+"""The typed requests that every route builds and every provider serves.
+
+A route parses its body into one of these (the HTTP layer checks each field against
+`msting.api.limits` first); the router resolves `model` to a provider. A request is
+immutable: the router hands the provider a copy naming the provider's own model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Union
+
+from msting.api import limits
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample. `max_tokens` and `temperature` left as None take the model's own
+    defaults (its profile entry, else `limits.DEFAULT_*`); the rest default here."""
+
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float = limits.DEFAULT_TOP_P
+    presence_penalty: float = limits.DEFAULT_PRESENCE_PENALTY
+    frequency_penalty: float = limits.DEFAULT_FREQUENCY_PENALTY
+    stop: tuple[str, ...] = ()
+    seed: int | None = None  # None: a random seed
+
+    def with_defaults(self, max_tokens: int, temperature: float) -> SamplingParams:
+        """These params, with a model's defaults for what the request left out."""
+        if self.max_tokens is not None and self.temperature is not None:
+            return self
+        return replace(self, max_tokens=self.max_tokens if self.max_tokens is not None else max_tokens,
+                       temperature=self.temperature if self.temperature is not None else temperature)
+
+    def as_dict(self) -> dict:
+        return {"max_tokens": self.max_tokens, "temperature": self.temperature, "top_p": self.top_p,
+                "presence_penalty": self.presence_penalty, "frequency_penalty": self.frequency_penalty,
+                "stop": list(self.stop), "seed": self.seed}
+
+
+@dataclass(frozen=True)
+class Message:
+    role: str  # system | user | assistant
+    content: str
+
+
+@dataclass(frozen=True)
+class CompletionRequest:
+    """Generate a continuation of `prompt`."""
+
+    prompt: str
+    model: str | None = None  # a model, `service~model`, or None/"default"
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """Generate the assistant's reply to `messages` (rendered with the model's chat template)."""
+
+    messages: tuple[Message, ...]
+    model: str | None = None
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+
+
+@dataclass(frozen=True)
+class EmbeddingRequest:
+    """One embedding vector per input string, in order."""
+
+    inputs: tuple[str, ...]
+    model: str | None = None
+
+
+GenerationRequest = Union[CompletionRequest, ChatRequest]
+Request = Union[CompletionRequest, ChatRequest, EmbeddingRequest]

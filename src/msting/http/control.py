@@ -1,0 +1,39 @@
+"""What the HTTP layer needs from the daemon beyond serving requests: health, status,
+loading and unloading models, profiles and switches, jobs.
+
+Declared here, where it is used; the daemon's `msting.daemon.control.DaemonControl`
+provides it. The routes see only this and the provider router, never the daemon's
+internals.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class Control(Protocol):
+    default_load_timeout: float  # /models/load's timeout when the body gives none
+
+    def health(self) -> dict: ...
+
+    def readiness(self) -> tuple[str, str | None, dict[str, str]]:
+        """(status, reason, {model: state}) of the active profile."""
+        ...
+
+    def model_summaries(self) -> list[dict]:
+        """name, type, state, queue_depth and in_flight of each shown model."""
+        ...
+
+    def status(self) -> dict: ...
+
+    async def load(self, model: str | None, timeout: float) -> dict: ...
+
+    async def unload(self, model: str) -> dict: ...
+
+    async def profiles(self) -> dict: ...
+
+    async def switch(self, profile: str, *, dry_run: bool) -> dict: ...
+
+    def jobs(self) -> list[dict]: ...
+
+    def job(self, job_id: str) -> dict: ...

@@ -1,0 +1,71 @@
+"""The provider interface: what serves requests behind the router.
+
+A provider is `generate` / `stream` / `embed` / `models` / `health` /
+`capabilities`. The daemon's own llama.cpp workers are the `local` provider; remote
+engines are providers of the same shape. Providers raise the errors of
+`msting.api.errors` and know nothing of HTTP.
+
+`stream(request)` checks what it can at once (the model's name, a full queue) and
+raises before any event, so a route can still answer with an error status; it returns
+a `Stream`. Leaving a stream early (`aclose()`, or `async with`) cancels the
+generation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import AsyncIterator, Protocol
+
+from msting.api.events import Done, Embeddings, Event
+from msting.api.requests import EmbeddingRequest, GenerationRequest
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    generate: bool = True
+    stream: bool = True
+    embed: bool = True
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One model a provider serves, as /v1/models lists it."""
+
+    id: str
+    service: str
+    state: str
+    type: str  # "llm" | "embeddings"
+    context_length: int | None
+    is_default: bool
+    created: int  # unix time the provider started serving it
+
+
+@dataclass(frozen=True)
+class ProviderHealth:
+    status: str  # ready | loading | degraded | failed | idle | stopping
+    reason: str | None
+
+
+class Stream(Protocol):
+    model: str  # the model serving it, resolved (never "default")
+
+    def __aiter__(self) -> AsyncIterator[Event]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class Provider(Protocol):
+    name: str
+    capabilities: Capabilities
+
+    async def generate(self, request: GenerationRequest) -> Done: ...
+
+    def stream(self, request: GenerationRequest) -> Stream: ...
+
+    async def embed(self, request: EmbeddingRequest) -> Embeddings: ...
+
+    def models(self) -> list[ModelInfo]: ...
+
+    def model(self, name: str | None) -> ModelInfo: ...
+
+    def health(self) -> ProviderHealth: ...
