@@ -32,7 +32,7 @@ from starlette.requests import ClientDisconnect, Request
 
 from msting.api.errors import InvalidRequest, TooLarge
 from msting.api.limits import INT64, MAX_BODY_BYTES, MAX_DEPTH
-from msting.worker.protocol import json_kind
+from msting.api.values import json_kind
 
 _INT_MIN, _INT_MAX = INT64
 _INF = float("inf")

@@ -16,6 +16,8 @@ import json
 from enum import Enum
 from typing import Any
 
+from msting.api.values import json_kind
+
 PROTOCOL_VERSION = 1
 MAX_FRAME_BYTES = 16 * 1024 * 1024
 
@@ -118,16 +120,3 @@ def decode(line: bytes) -> dict[str, Any]:
 def _refuse_constant(name: str) -> Any:
     # NaN, Infinity and -Infinity: Python's json reads them, JSON has no such numbers
     raise ValueError(f"{name} is not a JSON number")
-
-
-def json_kind(value: Any) -> str:
-    """How a JSON value is named in an error message: 'an array', 'null', ..."""
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, str):
-        return "a string"
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    return "a number"
