@@ -168,7 +168,7 @@ async def _serve(config: Config, paths: Paths, sockets: list[socket.socket], sec
     from msting.daemon.switch import restore_routing
     from msting.http.app import build_app
 
-    from msting.sched import set_time_slice
+    from msting.timeslice import set_time_slice
 
     log.info("event loop thread: %s", set_time_slice())
     loop = asyncio.get_running_loop()

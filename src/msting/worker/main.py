@@ -46,7 +46,7 @@ import traceback
 import uuid
 from typing import Any, Callable
 
-from msting.sched import JOB_SLICE_US, set_time_slice
+from msting.timeslice import JOB_SLICE_US, set_time_slice
 from msting.worker import params, protocol
 from msting.worker.failpoints import Failpoints
 from msting.worker.params import BadRequest
@@ -275,7 +275,7 @@ class WorkerServer:
 
     def _job_loop(self) -> None:
         # A long slice: whoever wakes up on this core while it decodes (the client
-        # reading the stream, this process's frame reader) runs at once (msting.sched).
+        # reading the stream, this process's frame reader) runs at once (msting.timeslice).
         set_time_slice(JOB_SLICE_US)
         while (job := self._jobs.get()) is not None:
             try:
@@ -450,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # This thread (frames, pings) runs with the default time slice; the job thread asks
     # for a long one when it starts. The daemon's event loop keeps its short slice to
-    # itself (msting.sched), except at a negative nice value: then it is reset here.
+    # itself (msting.timeslice), except at a negative nice value: then it is reset here.
     set_time_slice(None)
 
     try:
