@@ -284,3 +284,15 @@ def test_params_module_is_dependency_free():
     # imports nothing itself
     assert _imports(params) <= {"__future__", "typing", "math", "msting.api"}
     assert _imports(limits) <= {"__future__"}
+
+
+def test_the_engine_defaults_are_the_frames_defaults():
+    import inspect
+
+    from msting.worker.engine import Engine
+
+    generate = inspect.signature(Engine.generate).parameters
+    frame = _gen(prompt="hi")
+    for name in ("max_tokens", "temperature", "top_p", "presence_penalty", "frequency_penalty"):
+        assert generate[name].default == frame[name], name
+    assert inspect.signature(Engine).parameters["n_ctx"].default == parse_spec({"path": "p"})["n_ctx"]
