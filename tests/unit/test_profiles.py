@@ -57,9 +57,9 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def parse_yaml(text: str, name: str = "p", source: Path | None = None) -> Profile:
-    from msting.config.schema import _load_yaml
+    from msting.config.yamlio import load_yaml
 
-    return parse_profile(_load_yaml(textwrap.dedent(text), source), name, source)
+    return parse_profile(load_yaml(textwrap.dedent(text), source), name, source)
 
 
 def problems_of(text: str, name: str = "p", source: Path | None = None) -> dict[str, str]:

@@ -17,8 +17,8 @@ Validation happens in two steps, and both list *every* problem:
 Then :func:`estimate_profile` and :func:`msting.models.memory.preflight` compare the
 memory needed with what is available.
 
-The checkers and ``_build`` come from :mod:`msting.config.schema`; ``yaml`` and the
-GGUF modules are imported only when used, so importing this module stays cheap.
+The fields are declared with :mod:`msting.config.fields`; ``yaml`` and the GGUF
+modules are imported only when used, so importing this module stays cheap.
 """
 
 from __future__ import annotations
@@ -26,30 +26,15 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from msting.config.errors import ConfigError, ConfigProblem
+from msting.config.fields import Bool, Choice, Num, Str, Text, UnknownKey, build, join, opt, same_as, schema_fields, section, show, split_known
 from msting.config.paths import Paths
-from msting.api.limits import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, MAX_TOKENS, TEMPERATURE  # dependency-free: a request default must be a valid request value
-from msting.config.schema import (
-    BUILTIN_TINY,
-    BUILTIN_TINY_NAME,
-    Config,
-    ConfigError,
-    ConfigProblem,
-    _Bad,
-    _Bool,
-    _build,
-    _join,
-    _load_yaml,
-    _Num,
-    _opt,
-    _read_text,
-    _section,
-    _show,
-    _Str,
-)
+from msting.config.schema import BUILTIN_TINY, BUILTIN_TINY_NAME, Config, LLMConfig
+from msting.config.yamlio import load_yaml, read_text
 
 if TYPE_CHECKING:
     from msting.models.gguf_file import GGUFInfo
@@ -67,43 +52,6 @@ DOWNLOAD_SCHEMES = ("http://", "https://", "hf://")
 DOWNLOADS_UNSUPPORTED = "downloads are not supported yet; download the file and give its path"
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 
-# llama_pooling_type values, as GGUF files declare them in {arch}.pooling_type
-_POOLING_NAMES = {0: "none", 1: "mean", 2: "cls", 3: "last", 4: "rank"}
-
-
-# --------------------------------------------------------------------- checkers
-
-
-@dataclass(frozen=True)
-class _Choice:
-    """A string out of ``choices``, matched case-insensitively, stored lower-case."""
-
-    choices: tuple[str, ...]
-    nullable: bool = False
-
-    def describe(self) -> str:
-        return "one of " + ", ".join(self.choices)
-
-    def check(self, v: Any) -> Any:
-        if not isinstance(v, str) or v.strip().lower() not in self.choices:
-            raise _Bad
-        return v.strip().lower()
-
-
-@dataclass(frozen=True)
-class _Text:
-    """Any string, empty included (``description``)."""
-
-    nullable: bool = False
-
-    def describe(self) -> str:
-        return "a string"
-
-    def check(self, v: Any) -> Any:
-        if not isinstance(v, str):
-            raise _Bad
-        return v.strip()
-
 
 # ------------------------------------------------------------------------ schema
 
@@ -113,11 +61,11 @@ class ModelParams:
     """A model's generation defaults and worker parameters (``models.<name>.params``).
     The defaults are those of config.yaml's ``llm`` section."""
 
-    temperature: float = _opt(DEFAULT_TEMPERATURE, _Num(integer=False, lo=TEMPERATURE[0], hi=TEMPERATURE[1]))  # the API's own range
-    max_tokens: int = _opt(DEFAULT_MAX_TOKENS, _Num(integer=True, lo=MAX_TOKENS[0], hi=MAX_TOKENS[1]))
-    n_threads: int | None = _opt(None, _Num(integer=True, lo=1, nullable=True))  # null = automatic
-    n_gpu_layers: int = _opt(0, _Num(integer=True, lo=-1))  # -1 = all
-    chat_format: str | None = _opt(None, _Str(nullable=True))
+    temperature: float = same_as(LLMConfig, "temperature")
+    max_tokens: int = same_as(LLMConfig, "max_tokens")
+    n_threads: int | None = same_as(LLMConfig, "n_threads")  # null = automatic
+    n_gpu_layers: int = same_as(LLMConfig, "n_gpu_layers")  # -1 = all
+    chat_format: str | None = same_as(LLMConfig, "chat_format")
 
 
 @dataclass(frozen=True)
@@ -127,18 +75,18 @@ class ProfileModel:
     ``source`` is ``builtin:tiny`` or the model file's path, resolved (``~``
     expanded, a relative path taken relative to the profile's folder) as config.yaml's
     ``llm.model`` is; ``path`` is the same as a Path, or None for the built-in model,
-    whose file lives in the models folder (:func:`check_files` writes it).
-    ``keep_alive_sec`` applies to on-demand models (``always_ready: false``): they
-    load when first requested and unload when idle that long.
+    whose file lives in the models folder (:func:`check_files`
+    writes it). ``keep_alive_sec`` applies to on-demand models (``always_ready: false``):
+    they load when first requested and unload when idle that long.
     """
 
-    source: str | None = _opt(None, _Str())
-    type: str = _opt("llm", _Choice(MODEL_TYPES))
-    n_ctx: int = _opt(2048, _Num(integer=True, lo=16))
-    replicas: int = _opt(1, _Num(integer=True, lo=1, hi=64))
-    always_ready: bool = _opt(True, _Bool())
-    keep_alive_sec: float = _opt(300.0, _Num(integer=False, lo=0, lo_open=True))
-    params: ModelParams = _section(ModelParams)
+    source: str | None = opt(None, Str())
+    type: str = opt("llm", Choice(MODEL_TYPES))
+    n_ctx: int = same_as(LLMConfig, "n_ctx")
+    replicas: int = same_as(LLMConfig, "replicas")
+    always_ready: bool = opt(True, Bool())
+    keep_alive_sec: float = opt(300.0, Num(integer=False, lo=0, lo_open=True))
+    params: ModelParams = section(ModelParams)
     name: str = ""
     path: Path | None = None
 
@@ -177,35 +125,13 @@ class Profile:
         return [m for m in self.models.values() if m.always_ready]
 
 
-@dataclass(frozen=True)
-class ProfileEntry:
-    """One profile as :func:`list_profiles` finds it: valid (``profile`` set) or not
-    (``problems`` set). ``shipped`` is True for msting's own examples; ``shadows``
-    is the shipped example a user file of the same name hides, if any."""
-
-    name: str
-    path: Path
-    shipped: bool
-    profile: Profile | None = None
-    problems: tuple[ConfigProblem, ...] = ()
-    shadows: Path | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.profile is not None and not self.problems
-
-    @property
-    def description(self) -> str:
-        return self.profile.description if self.profile is not None else ""
-
-
-# The top level, described like the sections (``_TopLevel`` is never built).
+# The top level, described like the sections (``_TopLevel`` is never returned).
 @dataclass(frozen=True)
 class _TopLevel:
-    description: str = _opt("", _Text(nullable=True))
-    default_model: str | None = _opt(None, _Str())
-    models: Any = _opt(None, None)
-    memory_budget_mb: float | None = _opt(None, _Num(integer=False, lo=0, lo_open=True, nullable=True))
+    description: str = opt("", Text(nullable=True))
+    default_model: str | None = opt(None, Str())
+    models: Any = opt(None, None)  # checked by parse_profile, model by model
+    memory_budget_mb: float | None = opt(None, Num(integer=False, lo=0, lo_open=True, nullable=True))
 
 
 _LEVELS: dict[str, type] = {"top": _TopLevel, "model": ProfileModel, "params": ModelParams}
@@ -227,54 +153,29 @@ _EXPLAINED: dict[tuple[str, str], str] = {
 # -------------------------------------------------------------------- validation
 
 
-def _level_keys(level: str) -> list[str]:
-    return [f.name for f in fields(_LEVELS[level]) if "spec" in f.metadata or "section" in f.metadata]
+def _unknown_key(level: str, prefixes: dict[str, str | None]) -> UnknownKey:
+    """"did you mean" for a profile's ``level``: the closest key at this level, a key
+    people bring from config.yaml, or the same key at another level (of this model,
+    whose dotted prefixes are ``prefixes``)."""
 
+    def message(prefix: str, key: str, known: list[str]) -> str:
+        explained = _EXPLAINED.get((level, key))
+        if explained:
+            return explained
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+        if close:
+            return f"unknown key (did you mean {close[0]!r}?)"
+        alias = _ALIASES.get(level, {}).get(key)
+        if alias:
+            return f"unknown key (did you mean {alias!r}?)"
+        for other, cls in _LEVELS.items():
+            if other != level and key in schema_fields(cls):
+                where_prefix = prefixes.get(other)
+                where = join(where_prefix, key) if where_prefix is not None else join(_TEMPLATES[other], key)
+                return f"unknown key here (did you mean {where!r}?)"
+        return "unknown key (expected one of: " + ", ".join(known) + ")"
 
-def _unknown_key_message(level: str, key: str, prefixes: dict[str, str | None]) -> str:
-    """"did you mean" for a profile: the closest key at this level, a key people
-    bring from config.yaml, or the same key at another level (of this model)."""
-    explained = _EXPLAINED.get((level, key))
-    if explained:
-        return explained
-    known = _level_keys(level)
-    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-    if close:
-        return f"unknown key (did you mean {close[0]!r}?)"
-    alias = _ALIASES.get(level, {}).get(key)
-    if alias:
-        return f"unknown key (did you mean {alias!r}?)"
-    for other in _LEVELS:
-        if other != level and key in _level_keys(other):
-            prefix = prefixes.get(other)
-            where = _join(prefix, key) if prefix is not None else _join(_TEMPLATES[other], key)
-            return f"unknown key here (did you mean {where!r}?)"
-    return "unknown key (expected one of: " + ", ".join(known) + ")"
-
-
-def _split_known(
-    level: str, data: Any, prefix: str, problems: list[ConfigProblem], prefixes: dict[str, str | None]
-) -> dict[str, Any] | None:
-    """The known keys of a mapping (unknown ones become problems); None when ``data``
-    is not a mapping (also a problem)."""
-    if data is None:
-        return {}
-    if not isinstance(data, Mapping):
-        if prefix:
-            msg = f"must be a mapping of keys to values, got {_show(data)}"
-        else:
-            msg = f"the top level must be a mapping of keys to values, got {_show(data)}"
-        problems.append(ConfigProblem(prefix, msg))
-        return None
-    known = set(_level_keys(level))
-    out: dict[str, Any] = {}
-    for raw_key, v in data.items():
-        if isinstance(raw_key, str) and raw_key in known:
-            out[raw_key] = v
-            continue
-        key = raw_key if isinstance(raw_key, str) else _show(raw_key)
-        problems.append(ConfigProblem(_join(prefix, key), _unknown_key_message(level, key, prefixes)))
-    return out
+    return message
 
 
 def _source_problem(source: str) -> str | None:
@@ -299,7 +200,7 @@ def _resolve_source(source: str, base: Path | None) -> Path:
 
 def _name_problem(name: Any) -> str | None:
     if not isinstance(name, str):
-        return f"a model name must be a string ({NAME_RULE}), got {_show(name)}; quote it"
+        return f"a model name must be a string ({NAME_RULE}), got {show(name)}; quote it"
     if "~" in name:
         return f"a model name must not contain '~' (it separates service and model, as in local~{name.replace('~', '')})"
     if not re.fullmatch(NAME_PATTERN, name):
@@ -312,23 +213,25 @@ def _name_problem(name: Any) -> str | None:
 def _build_model(
     name: str, data: Any, prefix: str, base: Path | None, problems: list[ConfigProblem]
 ) -> ProfileModel | None:
-    prefixes: dict[str, str | None] = {"top": "", "model": prefix, "params": _join(prefix, "params")}
+    params_prefix = join(prefix, "params")
+    prefixes: dict[str, str | None] = {"top": "", "model": prefix, "params": params_prefix}
     before = len(problems)
-    known = _split_known("model", data, prefix, problems, prefixes)
+    model_keys, params_keys = _unknown_key("model", prefixes), _unknown_key("params", prefixes)
+    known = split_known(ProfileModel, data, prefix, problems, model_keys)
     if known is None:
         return None
     raw_params = known.pop("params", None)
-    model: ProfileModel = _build(ProfileModel, known, prefix, problems)
-    params_known = _split_known("params", raw_params, _join(prefix, "params"), problems, prefixes)
-    params = ModelParams() if params_known is None else _build(ModelParams, params_known, _join(prefix, "params"), problems)
+    model: ProfileModel = build(ProfileModel, known, prefix, problems, model_keys)
+    params_known = split_known(ModelParams, raw_params, params_prefix, problems, params_keys)
+    params = ModelParams() if params_known is None else build(ModelParams, params_known, params_prefix, problems, params_keys)
 
     path: Path | None = None
     if "source" not in known:
-        problems.append(ConfigProblem(_join(prefix, "source"), f"is required: {BUILTIN_TINY} or the path of a .gguf file"))
+        problems.append(ConfigProblem(join(prefix, "source"), f"is required: {BUILTIN_TINY} or the path of a .gguf file"))
     elif model.source is not None:
         msg = _source_problem(model.source)
         if msg:
-            problems.append(ConfigProblem(_join(prefix, "source"), msg))
+            problems.append(ConfigProblem(join(prefix, "source"), msg))
         elif not model.is_builtin:
             path = _resolve_source(model.source, base)
     if len(problems) > before:
@@ -351,24 +254,12 @@ def parse_profile(data: object, name: str, source: Path | str | None = None) -> 
     if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name):
         problems.append(ConfigProblem("", f"the profile name {name!r} (the file name) must use {NAME_RULE}"))
 
-    top_prefixes: dict[str, str | None] = {"top": "", "model": None, "params": None}
-    known = _split_known("top", data, "", problems, top_prefixes)
+    top_keys = _unknown_key("top", {"top": "", "model": None, "params": None})
+    known = split_known(_TopLevel, data, "", problems, top_keys)
     if known is None:
         raise ConfigError(problems, source)
-
-    scalars: dict[str, Any] = {}
-    for f in fields(_TopLevel):
-        if f.name == "models" or f.name not in known:
-            continue
-        spec, v = f.metadata["spec"], known[f.name]
-        if v is None and spec.nullable:
-            scalars[f.name] = None
-            continue
-        try:
-            scalars[f.name] = spec.check(v)
-        except _Bad:
-            expected = spec.describe() + (" or null" if spec.nullable else "")
-            problems.append(ConfigProblem(f.name, f"must be {expected}, got {_show(v)}"))
+    scalars = {k: known[k] for k in schema_fields(_TopLevel) if k in known and k != "models"}  # in schema order
+    top: _TopLevel = build(_TopLevel, scalars, "", problems, top_keys)
 
     models: dict[str, ProfileModel] = {}
     raw_models = known.get("models")
@@ -376,12 +267,12 @@ def parse_profile(data: object, name: str, source: Path | str | None = None) -> 
     if "models" not in known:
         problems.append(ConfigProblem("models", "is required: a mapping of model names to models"))
     elif not has_models:
-        shown = "an empty mapping" if isinstance(raw_models, Mapping) or raw_models is None else _show(raw_models)
+        shown = "an empty mapping" if isinstance(raw_models, Mapping) or raw_models is None else show(raw_models)
         problems.append(ConfigProblem("models", f"must map at least one model name to a model, got {shown}"))
     else:
         assert isinstance(raw_models, Mapping)
         for raw_name, model_data in raw_models.items():
-            shown_name = raw_name if isinstance(raw_name, str) else _show(raw_name)
+            shown_name = raw_name if isinstance(raw_name, str) else show(raw_name)
             prefix = f"models.{shown_name}"
             bad_name = _name_problem(raw_name)
             if bad_name:
@@ -390,24 +281,24 @@ def parse_profile(data: object, name: str, source: Path | str | None = None) -> 
             if model is not None and not bad_name:
                 models[shown_name] = model
 
-    default = scalars.get("default_model")
+    default = top.default_model
     llms = _declared_llms(raw_models)
     if "default_model" not in known:
         hint = f" (one of: {', '.join(llms)})" if llms else ""
         problems.append(ConfigProblem("default_model", f"is required: the llm model served when a request names none{hint}"))
     elif default is not None and has_models:
         assert isinstance(raw_models, Mapping)
-        named = [n if isinstance(n, str) else _show(n) for n in raw_models]
+        named = [n if isinstance(n, str) else show(n) for n in raw_models]
         problems.extend(_default_problems(default, models, named, llms))
 
     if problems:
         raise ConfigError(problems, source)
     return Profile(
         name=name,
-        description=scalars.get("description") or "",
+        description=top.description or "",
         default_model=default,  # type: ignore[arg-type]
         models=models,
-        memory_budget_mb=scalars.get("memory_budget_mb"),
+        memory_budget_mb=top.memory_budget_mb,
         source=source,
     )
 
@@ -444,14 +335,71 @@ def _default_problems(
     return [ConfigProblem("default_model", f"{default!r} is an {model.type} model; the default model must be an llm model{others}")]
 
 
-# ----------------------------------------------------------------------- loading
-
-
 def load_profile(path: Path | str) -> Profile:
     """Read and validate the profile file ``path`` (its name is the file's stem)."""
     path = Path(path)
-    data = _load_yaml(_read_text(path), path)
+    data = load_yaml(read_text(path), path)
     return parse_profile(data, path.stem, path)
+
+
+# ------------------------------------------------------------- implicit profile
+
+
+def profile_from_config(config: Config) -> Profile:
+    """The implicit ``default`` profile: one always-ready llm model named
+    ``llm.served_name`` from ``llm.model``, with config.yaml's ``llm`` parameters."""
+    llm = config.llm
+    model = ProfileModel(
+        source=llm.model,
+        type="llm",
+        n_ctx=llm.n_ctx,
+        replicas=llm.replicas,
+        always_ready=True,
+        params=ModelParams(
+            temperature=llm.temperature,
+            max_tokens=llm.max_tokens,
+            n_threads=llm.n_threads,
+            n_gpu_layers=llm.n_gpu_layers,
+            chat_format=llm.chat_format,
+        ),
+        name=llm.served_name,
+        path=llm.model_path,
+    )
+    return Profile(
+        name=IMPLICIT_PROFILE_NAME,
+        description="the llm section of config.yaml",
+        default_model=llm.served_name,
+        models={llm.served_name: model},
+        memory_budget_mb=None,
+        source=config.source,
+    )
+
+
+
+@dataclass(frozen=True)
+class ProfileEntry:
+    """One profile as :func:`list_profiles` finds it: valid (``profile`` set) or not
+    (``problems`` set). ``shipped`` is True for msting's own examples; ``shadows``
+    is the shipped example a user file of the same name hides, if any."""
+
+    name: str
+    path: Path
+    shipped: bool
+    profile: Profile | None = None
+    problems: tuple[ConfigProblem, ...] = ()
+    shadows: Path | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.profile is not None and not self.problems
+
+    @property
+    def description(self) -> str:
+        return self.profile.description if self.profile is not None else ""
+
+
+class ProfileNotFound(ConfigError):
+    """No profile has the name asked for; the message lists those that exist."""
 
 
 def shipped_profiles_dir() -> Path:
@@ -481,8 +429,9 @@ def list_profiles(paths: Paths) -> list[ProfileEntry]:
     """Every profile: the files in ``paths.profiles_dir`` and the shipped examples,
     sorted by name; a user file hides a shipped example of the same name.
 
-    Each file is schema-checked (not its model files: :func:`check_files` does that);
-    an invalid one is listed with its problems rather than left out.
+    Each file is schema-checked (not its model files:
+    :func:`check_files` does that); an invalid one is
+    listed with its problems rather than left out.
     """
     user = _profile_files(paths.profiles_dir)
     shipped = _profile_files(shipped_profiles_dir())
@@ -498,10 +447,6 @@ def list_profiles(paths: Paths) -> list[ProfileEntry]:
         else:
             entries.append(ProfileEntry(name, path, not is_user, profile, (), shadows))
     return entries
-
-
-class ProfileNotFound(ConfigError):
-    """No profile has the name asked for; the message lists those that exist."""
 
 
 def find_profile(paths: Paths, name: str) -> Path:
@@ -525,10 +470,30 @@ def find_profile(paths: Paths, name: str) -> Path:
     )
 
 
-# ------------------------------------------------------------------ model files
+def load_named_profile(paths: Paths, config: Config, name: str) -> Profile:
+    """The profile the daemon serves as ``name`` (schema-checked;
+    :func:`check_files` is the caller's next step).
+
+    ``default`` is the user's ``profiles/default.yaml`` when there is one, else the
+    implicit profile from config.yaml's ``llm`` section (:func:`profile_from_config`;
+    with an untouched config it serves what the shipped ``default.yaml`` does, and
+    ``msting llm install --model`` keeps working). Any other name is looked up with
+    :func:`find_profile` (raises ProfileNotFound) and read with :func:`load_profile`.
+    """
+    if name == IMPLICIT_PROFILE_NAME and name not in _profile_files(paths.profiles_dir):
+        return profile_from_config(config)
+    return load_profile(find_profile(paths, name))
 
 
-def _inspect(profile: Profile, models_dir: Path) -> tuple[dict[str, GGUFInfo], list[ConfigProblem]]:
+
+# llama_pooling_type values, as GGUF files declare them in {arch}.pooling_type
+_POOLING_NAMES = {0: "none", 1: "mean", 2: "cls", 3: "last", 4: "rank"}
+
+
+def inspect_files(profile: Profile, models_dir: Path) -> tuple[dict[str, GGUFInfo], list[ConfigProblem]]:
+    """The GGUF header of each model whose file checks out (by model name), and the
+    problems of the others (see :func:`check_files`). A file shared by several models
+    is read once."""
     from msting.models.gguf_file import ModelFileError, read_gguf_info
 
     infos: dict[str, GGUFInfo] = {}
@@ -585,7 +550,19 @@ def check_files(profile: Profile, models_dir: Path) -> list[ConfigProblem]:
     be readable and parse as GGUF (header and metadata), and suit the model's type;
     the built-in model is written into ``models_dir`` when missing. An empty list
     means every model can be handed to a worker."""
-    return _inspect(profile, models_dir)[1]
+    return inspect_files(profile, models_dir)[1]
+
+
+def estimate_models(profile: Profile, infos: dict[str, GGUFInfo]) -> dict[str, MemoryEstimate]:
+    """A memory estimate (named by model name) per model of the profile that has its
+    GGUF header in ``infos`` (from :func:`inspect_files`), in profile order."""
+    from msting.models.memory import estimate_model
+
+    return {
+        name: estimate_model(info, m.n_ctx, m.replicas, embedding=m.embedding, name=name)
+        for name, m in profile.models.items()
+        if (info := infos.get(name)) is not None
+    }
 
 
 def estimate_profile(profile: Profile, models_dir: Path) -> list[MemoryEstimate]:
@@ -595,36 +572,18 @@ def estimate_profile(profile: Profile, models_dir: Path) -> list[MemoryEstimate]
 
     Raises ConfigError listing the file problems when a file does not check out.
     """
-    from msting.models.memory import estimate_model
-
-    infos, problems = _inspect(profile, models_dir)
+    infos, problems = inspect_files(profile, models_dir)
     if problems:
         raise ConfigError(problems, profile.source)
-    return [
-        estimate_model(infos[name], m.n_ctx, m.replicas, embedding=m.embedding, name=name)
-        for name, m in profile.models.items()
-    ]
+    return list(estimate_models(profile, infos).values())
 
-
-def load_named_profile(paths: Paths, config: Config, name: str) -> Profile:
-    """The profile the daemon serves as ``name`` (schema-checked; :func:`check_files`
-    is the caller's next step).
-
-    ``default`` is the user's ``profiles/default.yaml`` when there is one, else the
-    implicit profile from config.yaml's ``llm`` section (:func:`profile_from_config`;
-    with an untouched config it serves what the shipped ``default.yaml`` does, and
-    ``msting llm install --model`` keeps working). Any other name is looked up with
-    :func:`find_profile` (raises ProfileNotFound) and read with :func:`load_profile`.
-    """
-    if name == IMPLICIT_PROFILE_NAME and name not in _profile_files(paths.profiles_dir):
-        return profile_from_config(config)
-    return load_profile(find_profile(paths, name))
 
 
 def describe_profiles(paths: Paths, config: Config) -> list[dict[str, Any]]:
     """Every profile as plain (JSON-ready) data, sorted by name: what
-    :func:`list_profiles` finds, with ``default`` as :func:`load_named_profile` sees
-    it, each checked in full (schema, then model files) and estimated.
+    :func:`list_profiles` finds, with ``default``
+    as :func:`load_named_profile` sees it, each
+    checked in full (schema, then model files) and estimated.
 
     Each item: ``name``, ``description``, ``source`` (the file, or config.yaml for
     the implicit default), ``shipped``, ``implicit``, ``valid``, ``problems``
@@ -637,9 +596,7 @@ def describe_profiles(paths: Paths, config: Config) -> list[dict[str, Any]]:
     Reads each model file's header, and writes the built-in model when a profile
     uses it.
     """
-    from dataclasses import asdict
-
-    from msting.models.memory import estimate_model, preflight
+    from msting.models.memory import preflight
 
     out: list[dict[str, Any]] = []
     for entry in list_profiles(paths):
@@ -653,13 +610,9 @@ def describe_profiles(paths: Paths, config: Config) -> list[dict[str, Any]]:
         models: list[dict[str, Any]] = []
         total = ready = None
         if profile is not None:
-            infos, file_problems = _inspect(profile, paths.models_dir)
+            infos, file_problems = inspect_files(profile, paths.models_dir)
             problems.extend(file_problems)
-            estimates = {
-                name: estimate_model(info, m.n_ctx, m.replicas, embedding=m.embedding, name=name)
-                for name, m in profile.models.items()
-                if (info := infos.get(name)) is not None
-            }
+            estimates = estimate_models(profile, infos)
             for name, m in profile.models.items():
                 est = estimates.get(name)
                 models.append({
@@ -686,39 +639,6 @@ def describe_profiles(paths: Paths, config: Config) -> list[dict[str, Any]]:
             "models": models,
         })
     return out
-
-
-# ------------------------------------------------------------- implicit profile
-
-
-def profile_from_config(config: Config) -> Profile:
-    """The implicit ``default`` profile: one always-ready llm model named
-    ``llm.served_name`` from ``llm.model``, with config.yaml's ``llm`` parameters."""
-    llm = config.llm
-    model = ProfileModel(
-        source=llm.model,
-        type="llm",
-        n_ctx=llm.n_ctx,
-        replicas=llm.replicas,
-        always_ready=True,
-        params=ModelParams(
-            temperature=llm.temperature,
-            max_tokens=llm.max_tokens,
-            n_threads=llm.n_threads,
-            n_gpu_layers=llm.n_gpu_layers,
-            chat_format=llm.chat_format,
-        ),
-        name=llm.served_name,
-        path=llm.model_path,
-    )
-    return Profile(
-        name=IMPLICIT_PROFILE_NAME,
-        description="the llm section of config.yaml",
-        default_model=llm.served_name,
-        models={llm.served_name: model},
-        memory_budget_mb=None,
-        source=config.source,
-    )
 
 
 __all__ = [
