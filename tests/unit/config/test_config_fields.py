@@ -26,7 +26,7 @@ from msting.config.fields import (
     show,
     split_known,
 )
-from msting.config.profiles import ModelParams, ProfileModel
+from msting.config.profiles.schema import ModelParams, ProfileModel
 from msting.config.schema import LLMConfig
 
 CONFIG_PACKAGE = Path(__file__).resolve().parents[3] / "src" / "msting" / "config"

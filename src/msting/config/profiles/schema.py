@@ -1,24 +1,12 @@
-"""Profiles: YAML files naming the models to serve, their parameters and the default.
+"""A profile file's schema: :class:`Profile`, :class:`ProfileModel`, :class:`ModelParams`,
+their validation (:func:`parse_profile`, :func:`load_profile`) and the implicit profile
+made from config.yaml's ``llm`` section (:func:`profile_from_config`).
 
-A profile lives in ``<config dir>/profiles/<name>.yaml`` (``Paths.profiles_dir``;
-``$MSTING_HOME/config/profiles`` when MSTING_HOME is set); msting ships examples in
-``msting/config/profiles`` (``config/profiles`` at the top of the repo). A user
-file wins over a shipped example of the same name. Without a profile, the ``llm``
-section of ``config.yaml`` is the implicit profile (:func:`profile_from_config`).
-
-Validation happens in two steps, and both list *every* problem:
-
-* :func:`parse_profile` / :func:`load_profile`: the schema (keys, types, ranges,
-  model names, sources, ``default_model``), raising :class:`ConfigError` with dotted
-  keys such as ``models.story.n_ctx``;
-* :func:`check_files`: every model file exists, is readable and really is GGUF (its
-  header and metadata parse); the built-in model is written if needed.
-
-Then :func:`estimate_profile` and :func:`msting.models.memory.preflight` compare the
-memory needed with what is available.
-
-The fields are declared with :mod:`msting.config.fields`; ``yaml`` and the GGUF
-modules are imported only when used, so importing this module stays cheap.
+Validation checks keys, types, ranges, model names, sources and ``default_model``,
+and lists *every* problem in one :class:`ConfigError` with dotted keys such as
+``models.story.n_ctx``. The fields are declared with :mod:`msting.config.fields`; a
+model's parameters are declared as config.yaml's ``llm`` keys are (same defaults,
+same ranges).
 """
 
 from __future__ import annotations
@@ -26,22 +14,15 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from msting.config.errors import ConfigError, ConfigProblem
 from msting.config.fields import Bool, Choice, Num, Str, Text, UnknownKey, build, join, opt, same_as, schema_fields, section, show, split_known
-from msting.config.paths import Paths
-from msting.config.schema import BUILTIN_TINY, BUILTIN_TINY_NAME, Config, LLMConfig
+from msting.config.schema import BUILTIN_TINY, Config, LLMConfig
 from msting.config.yamlio import load_yaml, read_text
 
-if TYPE_CHECKING:
-    from msting.models.gguf_file import GGUFInfo
-    from msting.models.memory import MemoryEstimate
-
-PROFILE_SUFFIXES = (".yaml", ".yml")  # .yaml wins when both exist
-SHIPPED_PROFILES_RESOURCE = "profiles"
 IMPLICIT_PROFILE_NAME = "default"
 MODEL_TYPES = ("llm", "embeddings")
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]*"
@@ -75,7 +56,7 @@ class ProfileModel:
     ``source`` is ``builtin:tiny`` or the model file's path, resolved (``~``
     expanded, a relative path taken relative to the profile's folder) as config.yaml's
     ``llm.model`` is; ``path`` is the same as a Path, or None for the built-in model,
-    whose file lives in the models folder (:func:`check_files`
+    whose file lives in the models folder (:func:`~msting.config.profiles.checks.check_files`
     writes it). ``keep_alive_sec`` applies to on-demand models (``always_ready: false``):
     they load when first requested and unload when idle that long.
     """
@@ -373,290 +354,3 @@ def profile_from_config(config: Config) -> Profile:
         memory_budget_mb=None,
         source=config.source,
     )
-
-
-
-@dataclass(frozen=True)
-class ProfileEntry:
-    """One profile as :func:`list_profiles` finds it: valid (``profile`` set) or not
-    (``problems`` set). ``shipped`` is True for msting's own examples; ``shadows``
-    is the shipped example a user file of the same name hides, if any."""
-
-    name: str
-    path: Path
-    shipped: bool
-    profile: Profile | None = None
-    problems: tuple[ConfigProblem, ...] = ()
-    shadows: Path | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.profile is not None and not self.problems
-
-    @property
-    def description(self) -> str:
-        return self.profile.description if self.profile is not None else ""
-
-
-class ProfileNotFound(ConfigError):
-    """No profile has the name asked for; the message lists those that exist."""
-
-
-def shipped_profiles_dir() -> Path:
-    """The folder of the shipped example profiles (``msting/config/profiles``)."""
-    return Path(__file__).with_name(SHIPPED_PROFILES_RESOURCE)
-
-
-def _profile_files(folder: Path) -> dict[str, Path]:
-    """name -> file for the profile files in ``folder`` (``.yaml`` over ``.yml``)."""
-    found: dict[str, Path] = {}
-    try:
-        entries = sorted(folder.iterdir())
-    except (FileNotFoundError, NotADirectoryError):
-        return found
-    for p in entries:
-        if p.name.startswith(".") or p.suffix not in PROFILE_SUFFIXES:
-            continue
-        if not (p.is_file() or p.is_symlink()):
-            continue
-        current = found.get(p.stem)
-        if current is None or PROFILE_SUFFIXES.index(p.suffix) < PROFILE_SUFFIXES.index(current.suffix):
-            found[p.stem] = p
-    return found
-
-
-def list_profiles(paths: Paths) -> list[ProfileEntry]:
-    """Every profile: the files in ``paths.profiles_dir`` and the shipped examples,
-    sorted by name; a user file hides a shipped example of the same name.
-
-    Each file is schema-checked (not its model files:
-    :func:`check_files` does that); an invalid one is
-    listed with its problems rather than left out.
-    """
-    user = _profile_files(paths.profiles_dir)
-    shipped = _profile_files(shipped_profiles_dir())
-    entries: list[ProfileEntry] = []
-    for name in sorted(set(user) | set(shipped)):
-        is_user = name in user
-        path = user[name] if is_user else shipped[name]
-        shadows = shipped.get(name) if is_user else None
-        try:
-            profile = load_profile(path)
-        except ConfigError as e:
-            entries.append(ProfileEntry(name, path, not is_user, None, tuple(e.problems), shadows))
-        else:
-            entries.append(ProfileEntry(name, path, not is_user, profile, (), shadows))
-    return entries
-
-
-def find_profile(paths: Paths, name: str) -> Path:
-    """The file of the profile ``name``: the user's, else the shipped example.
-
-    Raises ProfileNotFound (a ConfigError) naming the available profiles.
-    """
-    if isinstance(name, str) and re.fullmatch(NAME_PATTERN, name):
-        for folder in (paths.profiles_dir, shipped_profiles_dir()):
-            found = _profile_files(folder).get(name)
-            if found is not None:
-                return found
-    available = sorted(set(_profile_files(paths.profiles_dir)) | set(_profile_files(shipped_profiles_dir())))
-    close = difflib.get_close_matches(str(name), available, n=1, cutoff=0.6)
-    hint = f"did you mean {close[0]!r}? " if close else ""
-    listed = ", ".join(available) if available else "none"
-    raise ProfileNotFound(
-        [ConfigProblem("", f"no profile named {name!r} ({hint}available: {listed}; "
-                           f"user profiles live in {paths.profiles_dir})")],
-        None,
-    )
-
-
-def load_named_profile(paths: Paths, config: Config, name: str) -> Profile:
-    """The profile the daemon serves as ``name`` (schema-checked;
-    :func:`check_files` is the caller's next step).
-
-    ``default`` is the user's ``profiles/default.yaml`` when there is one, else the
-    implicit profile from config.yaml's ``llm`` section (:func:`profile_from_config`;
-    with an untouched config it serves what the shipped ``default.yaml`` does, and
-    ``msting llm install --model`` keeps working). Any other name is looked up with
-    :func:`find_profile` (raises ProfileNotFound) and read with :func:`load_profile`.
-    """
-    if name == IMPLICIT_PROFILE_NAME and name not in _profile_files(paths.profiles_dir):
-        return profile_from_config(config)
-    return load_profile(find_profile(paths, name))
-
-
-
-# llama_pooling_type values, as GGUF files declare them in {arch}.pooling_type
-_POOLING_NAMES = {0: "none", 1: "mean", 2: "cls", 3: "last", 4: "rank"}
-
-
-def inspect_files(profile: Profile, models_dir: Path) -> tuple[dict[str, GGUFInfo], list[ConfigProblem]]:
-    """The GGUF header of each model whose file checks out (by model name), and the
-    problems of the others (see :func:`check_files`). A file shared by several models
-    is read once."""
-    from msting.models.gguf_file import ModelFileError, read_gguf_info
-
-    infos: dict[str, GGUFInfo] = {}
-    problems: list[ConfigProblem] = []
-    by_path: dict[Path, GGUFInfo | str] = {}
-    for name, model in profile.models.items():
-        key = f"models.{name}.source"
-        if model.is_builtin:
-            from msting.models.builtin import ensure_builtin_model
-
-            try:
-                path = ensure_builtin_model(Path(models_dir))
-            except (OSError, ModelFileError) as e:
-                problems.append(ConfigProblem(key, f"cannot write the built-in model into {models_dir}: {e}"))
-                continue
-        elif model.path is not None:
-            path = model.path
-        else:  # a Profile built by hand with neither
-            problems.append(ConfigProblem(key, f"no file for source {model.source!r}"))
-            continue
-        cached = by_path.get(path)
-        if cached is None:
-            try:
-                cached = read_gguf_info(path)
-            except ModelFileError as e:
-                msg = str(e)
-                if not path.exists():
-                    msg += f" (download the model, or set models.{name}.source to the path of a GGUF file)"
-                cached = msg
-            by_path[path] = cached
-        if isinstance(cached, str):
-            problems.append(ConfigProblem(key, cached))
-            continue
-        problems.extend(_type_problems(name, model, cached))
-        infos[name] = cached
-    return infos, problems
-
-
-def _type_problems(name: str, model: ProfileModel, info: GGUFInfo) -> list[ConfigProblem]:
-    """A dedicated embedding model cannot generate; a reranker cannot embed."""
-    arch = info.arch or "unknown"
-    pooling_value = info.metadata.get(f"{arch}.pooling_type")
-    pooling = _POOLING_NAMES.get(pooling_value) if isinstance(pooling_value, int) else None
-    key = f"models.{name}.type"
-    if model.type == "llm" and pooling not in (None, "none"):
-        return [ConfigProblem(key, f"{info.path} is an embedding model ({arch}, {pooling} pooling), not an llm; set type: embeddings")]
-    if model.type == "embeddings" and pooling == "rank":
-        return [ConfigProblem(key, f"{info.path} is a reranker ({arch}, rank pooling); it cannot serve embeddings")]
-    return []
-
-
-def check_files(profile: Profile, models_dir: Path) -> list[ConfigProblem]:
-    """The problems with the profile's model files: each non-builtin file must exist,
-    be readable and parse as GGUF (header and metadata), and suit the model's type;
-    the built-in model is written into ``models_dir`` when missing. An empty list
-    means every model can be handed to a worker."""
-    return inspect_files(profile, models_dir)[1]
-
-
-def estimate_models(profile: Profile, infos: dict[str, GGUFInfo]) -> dict[str, MemoryEstimate]:
-    """A memory estimate (named by model name) per model of the profile that has its
-    GGUF header in ``infos`` (from :func:`inspect_files`), in profile order."""
-    from msting.models.memory import estimate_model
-
-    return {
-        name: estimate_model(info, m.n_ctx, m.replicas, embedding=m.embedding, name=name)
-        for name, m in profile.models.items()
-        if (info := infos.get(name)) is not None
-    }
-
-
-def estimate_profile(profile: Profile, models_dir: Path) -> list[MemoryEstimate]:
-    """A memory estimate per model of the profile (on-demand ones included), in
-    profile order, named by model name; for :func:`msting.models.memory.preflight`
-    with ``budget_bytes=profile.memory_budget_bytes``.
-
-    Raises ConfigError listing the file problems when a file does not check out.
-    """
-    infos, problems = inspect_files(profile, models_dir)
-    if problems:
-        raise ConfigError(problems, profile.source)
-    return list(estimate_models(profile, infos).values())
-
-
-
-def describe_profiles(paths: Paths, config: Config) -> list[dict[str, Any]]:
-    """Every profile as plain (JSON-ready) data, sorted by name: what
-    :func:`list_profiles` finds, with ``default``
-    as :func:`load_named_profile` sees it, each
-    checked in full (schema, then model files) and estimated.
-
-    Each item: ``name``, ``description``, ``source`` (the file, or config.yaml for
-    the implicit default), ``shipped``, ``implicit``, ``valid``, ``problems``
-    (``"key: message"`` strings), ``default_model``, ``memory_budget_mb``,
-    ``estimated_bytes`` (every model loaded at once, shared files counted once; None
-    unless valid), ``always_ready_bytes`` (the always-ready models only) and
-    ``models``: ``name``, ``type``, ``source``, ``n_ctx``, ``replicas``,
-    ``always_ready``, ``keep_alive_sec``, ``params``, ``estimated_bytes``.
-
-    Reads each model file's header, and writes the built-in model when a profile
-    uses it.
-    """
-    from msting.models.memory import preflight
-
-    out: list[dict[str, Any]] = []
-    for entry in list_profiles(paths):
-        implicit = entry.name == IMPLICIT_PROFILE_NAME and entry.shipped
-        if implicit:
-            profile: Profile | None = profile_from_config(config)
-            problems: list[ConfigProblem] = []
-            source = config.source
-        else:
-            profile, problems, source = entry.profile, list(entry.problems), entry.path
-        models: list[dict[str, Any]] = []
-        total = ready = None
-        if profile is not None:
-            infos, file_problems = inspect_files(profile, paths.models_dir)
-            problems.extend(file_problems)
-            estimates = estimate_models(profile, infos)
-            for name, m in profile.models.items():
-                est = estimates.get(name)
-                models.append({
-                    "name": name, "type": m.type, "source": m.source, "n_ctx": m.n_ctx, "replicas": m.replicas,
-                    "always_ready": m.always_ready, "keep_alive_sec": m.keep_alive_sec, "params": asdict(m.params),
-                    "estimated_bytes": est.total_bytes if est is not None else None,
-                })
-            if not problems:
-                all_models = list(estimates.values())
-                total = preflight(all_models, available_bytes=0).needed
-                ready = preflight([e for e in all_models if profile.models[e.name].always_ready], available_bytes=0).needed
-        out.append({
-            "name": entry.name,
-            "description": profile.description if profile is not None else "",
-            "source": str(source) if source is not None else None,
-            "shipped": entry.shipped and not implicit,
-            "implicit": implicit,
-            "valid": profile is not None and not problems,
-            "problems": [str(p) for p in problems],
-            "default_model": profile.default_model if profile is not None else None,
-            "memory_budget_mb": profile.memory_budget_mb if profile is not None else None,
-            "estimated_bytes": total,
-            "always_ready_bytes": ready,
-            "models": models,
-        })
-    return out
-
-
-__all__ = [
-    "BUILTIN_TINY",
-    "BUILTIN_TINY_NAME",
-    "ModelParams",
-    "Profile",
-    "ProfileEntry",
-    "ProfileModel",
-    "ProfileNotFound",
-    "check_files",
-    "describe_profiles",
-    "estimate_profile",
-    "find_profile",
-    "list_profiles",
-    "load_named_profile",
-    "load_profile",
-    "parse_profile",
-    "profile_from_config",
-    "shipped_profiles_dir",
-]
