@@ -80,13 +80,13 @@ def test_warm_spare_off_starts_no_spare(daemon_home):
 
 def test_the_event_loop_has_a_short_time_slice_and_job_threads_a_long_one(daemon_home):
     """The daemon asks for a short scheduler slice for its event loop's thread alone
-    (msting.sched): the threads it starts, and the worker processes they fork, begin
+    (msting.timeslice): the threads it starts, and the worker processes they fork, begin
     with the default, and the job thread that decodes asks for a long one. The spare
     has no job thread yet: all of it runs with the default, from its first instruction
     on, not only once its main() has run."""
     import threading
 
-    from msting.sched import JOB_SLICE_US, SLICE_US, current_slice_ns, set_time_slice
+    from msting.timeslice import JOB_SLICE_US, SLICE_US, current_slice_ns, set_time_slice
 
     probe: dict = {}
 

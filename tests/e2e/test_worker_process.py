@@ -325,7 +325,8 @@ def test_valid_header_llama_rejects_is_a_boot_error(spawn, tmp_path):
 def test_worker_modules_import_cheaply():
     code = (
         "import sys, msting.worker.engine, msting.worker.main, msting.worker.protocol, "
-        "msting.worker.params, msting.worker.chat, msting.worker.pooling, "
+        "msting.worker.params, msting.worker.chat, msting.worker.pooling, msting.worker.transport, "
+        "msting.worker.server, msting.worker.spare, msting.worker.log, msting.worker.failpoints, "
         "msting.models.gguf_file, msting.models.builtin; "
         "print(sorted(m for m in ('llama_cpp', 'numpy', 'gguf', 'jinja2') if m in sys.modules))"
     )

@@ -65,7 +65,9 @@ class Env:
 def load_env(step: str | None = None) -> Env:
     """Resolve the paths and load the config; a bad config is a CommandError (exit 2)
     listing every problem."""
-    from msting.config import ConfigError, load_config, resolve_paths
+    from msting.config.errors import ConfigError
+    from msting.config.paths import resolve_paths
+    from msting.config.schema import load_config
 
     paths = resolve_paths()
     try:

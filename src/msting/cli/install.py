@@ -194,7 +194,10 @@ def _dist_version(name: str) -> str:
 
 def _write_config(model: str | None) -> tuple[Any, str]:
     from msting.cli.common import Env, config_error
-    from msting.config import ConfigError, load_config, resolve_paths, write_user_config
+    from msting.config.editor import write_user_config
+    from msting.config.errors import ConfigError
+    from msting.config.paths import resolve_paths
+    from msting.config.schema import load_config
 
     paths = resolve_paths()
     value = None

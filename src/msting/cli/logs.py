@@ -47,7 +47,7 @@ def _log_path(term: Terminal) -> Path:
     try:
         return load_env().log_file
     except CommandError as exc:
-        from msting.config import resolve_paths
+        from msting.config.paths import resolve_paths
 
         term.warn(exc.message.splitlines()[0] + "; showing the default log file")
         return resolve_paths().daemon_log

@@ -1,13 +1,18 @@
-"""msting configuration: where files live (``paths``) and what the config says (``schema``).
+"""msting configuration.
+
+``paths`` (where files live), ``schema`` (config.yaml: the typed Config, validation,
+loading), ``editor`` (writing the user's config.yaml, comments kept), ``profiles``
+(the profile files); underneath, ``fields`` (the validation framework both schemas
+use), ``errors`` (ConfigProblem, ConfigError) and ``yamlio`` (reading files and YAML).
 
 Importing this package is cheap: ``yaml`` is imported only when a config is parsed.
 """
 
+from msting.config.editor import write_user_config
+from msting.config.errors import ConfigError, ConfigProblem
 from msting.config.paths import Paths, resolve_paths
 from msting.config.schema import (
     Config,
-    ConfigError,
-    ConfigProblem,
     LLMConfig,
     LoggingConfig,
     RestartPolicy,
@@ -15,7 +20,6 @@ from msting.config.schema import (
     default_config_text,
     load_config,
     parse_config,
-    write_user_config,
 )
 
 __all__ = [

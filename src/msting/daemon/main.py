@@ -173,7 +173,7 @@ async def _serve(config: Config, paths: Paths, sockets: list[socket.socket], sec
     from msting.providers.local import LocalProvider
     from msting.providers.router import Router
 
-    from msting.sched import set_time_slice
+    from msting.timeslice import set_time_slice
 
     log.info("event loop thread: %s", set_time_slice())
     loop = asyncio.get_running_loop()

@@ -1,4 +1,5 @@
-"""``python -m msting.worker --fd FD --spec JSON``: one model worker process."""
+"""``python -m msting.worker --fd FD (--spec JSON | --spare)``: one model worker process
+(:mod:`msting.worker.main`)."""
 
 import sys
 

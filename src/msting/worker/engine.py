@@ -22,8 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from msting.api import limits
 from msting.models.gguf_file import ModelFileError, read_gguf_info
 from msting.worker import chat, pooling
+from msting.worker.params import DEFAULT_N_CTX
 
 
 class EngineError(Exception):
@@ -153,7 +155,7 @@ class Engine:
     def __init__(
         self,
         model_path: str | os.PathLike[str],
-        n_ctx: int = 2048,
+        n_ctx: int = DEFAULT_N_CTX,
         n_threads: int | None = None,
         n_threads_batch: int | None = None,
         n_gpu_layers: int = 0,
@@ -282,15 +284,15 @@ class Engine:
     def generate(
         self,
         prompt: str | None = None,
-        max_tokens: int = 256,
-        temperature: float = 0.8,
-        top_p: float = 0.95,
+        max_tokens: int = limits.DEFAULT_MAX_TOKENS,
+        temperature: float = limits.DEFAULT_TEMPERATURE,
+        top_p: float = limits.DEFAULT_TOP_P,
         stop: list[str] | str | None = None,
         seed: int | None = None,
         cancelled: threading.Event | None = None,
         messages: list[dict[str, str]] | None = None,
-        presence_penalty: float = 0.0,
-        frequency_penalty: float = 0.0,
+        presence_penalty: float = limits.DEFAULT_PRESENCE_PENALTY,
+        frequency_penalty: float = limits.DEFAULT_FREQUENCY_PENALTY,
     ) -> Iterator[Piece | GenerationResult]:
         """Stream a completion of *prompt*, or the assistant's reply to chat *messages*.
 
@@ -345,7 +347,8 @@ class Engine:
                 f"{n_ctx}-token context window"
             )
         limit = max(1, min(max_tokens, n_ctx - len(prompt_tokens)))
-        llm.set_seed(seed if seed is not None else self._rng.randrange(0, 0xFFFFFFFF))
+        # no seed: a random one of the fixed seeds (llama.cpp would take 0xFFFFFFFF as its own random pick)
+        llm.set_seed(seed if seed is not None else self._rng.randint(0, limits.SEED[1]))
         if self.embedding:
             self._lib.llama_set_embeddings(llm.ctx, False)  # logits only, as a plain worker
 

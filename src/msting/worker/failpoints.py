@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
 ENV_VAR = "MSTING_WORKER_FAILPOINTS"
@@ -38,7 +38,7 @@ class Failpoints:
         found: dict[str, str] = {}
         for item in raw.split(","):
             name, sep, arg = item.strip().partition("=")
-            if sep and arg and name in ("crash_on_prompt", "crash_at_load_while"):
+            if sep and arg and name in _NAMES:
                 found[name] = arg
         return cls(**found)
 
@@ -53,3 +53,6 @@ class Failpoints:
         texts = [args.get("prompt") or ""] + [m.get("content") or "" for m in args.get("messages") or []]
         if any(marker in text for text in texts):
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+_NAMES = frozenset(f.name for f in fields(Failpoints))

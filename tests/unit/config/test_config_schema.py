@@ -1,43 +1,20 @@
-"""Unit tests for msting.config: paths, schema validation, loading, user config."""
+"""msting.config.schema: config.yaml's defaults, validation, loading and environment override."""
 
 from __future__ import annotations
 
 import os
 import re
-import stat
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import pytest
 import yaml
+from config_testing import REPO, write_config
 
-from msting.config import (
-    Config,
-    ConfigError,
-    ConfigProblem,
-    Paths,
-    default_config_text,
-    load_config,
-    parse_config,
-    resolve_paths,
-    write_user_config,
-)
-from msting.config.schema import LLMConfig
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def paths(tmp_path: Path) -> Paths:
-    return resolve_paths({"MSTING_HOME": str(tmp_path / "home")})
-
-
-def write_config(paths: Paths, text: str) -> Path:
-    paths.config_dir.mkdir(parents=True, exist_ok=True)
-    paths.config_file.write_text(text, encoding="utf-8")
-    return paths.config_file
+from msting.config.errors import ConfigError, ConfigProblem
+from msting.config.paths import Paths
+from msting.config.schema import Config, LLMConfig, default_config_text, load_config, parse_config
 
 
 def problems_of(text: str, paths: Paths) -> list[ConfigProblem]:
@@ -47,7 +24,7 @@ def problems_of(text: str, paths: Paths) -> list[ConfigProblem]:
     return exc.value.problems
 
 
-# ----------------------------------------------------------------------- defaults
+# --------------------------------------------------------------------------- defaults
 
 
 def test_dataclass_defaults_equal_default_yaml() -> None:
@@ -109,98 +86,7 @@ def test_import_is_cheap() -> None:
     assert out.stdout.strip() == "[]"
 
 
-# -------------------------------------------------------------------------- paths
-
-
-def test_msting_home_layout(tmp_path: Path) -> None:
-    home = tmp_path / "home"
-    p = resolve_paths({"MSTING_HOME": str(home)})
-    assert p.config_dir == home / "config"
-    assert p.data_dir == home / "data"
-    assert p.log_dir == home / "logs"
-    assert p.runtime_dir == home / "run"
-    assert p.config_file == home / "config" / "config.yaml"
-    assert p.profiles_dir == home / "config" / "profiles"
-    assert p.models_dir == home / "data" / "models"
-    assert p.state_db == home / "data" / "state.db"
-    assert p.default_socket == home / "run" / "msting.sock"
-    assert p.pidfile == home / "run" / "msting.pid"
-    assert p.lockfile == home / "run" / "msting.lock"
-    assert p.daemon_log == home / "logs" / "daemon.log"
-
-    assert p.ensure() is p
-    p.ensure()  # idempotent
-    for d in (p.config_dir, p.profiles_dir, p.data_dir, p.models_dir, p.log_dir, p.runtime_dir):
-        assert d.is_dir()
-    assert stat.S_IMODE(p.runtime_dir.stat().st_mode) == 0o700
-
-
-def test_ensure_tightens_existing_runtime_dir(tmp_path: Path) -> None:
-    p = resolve_paths({"MSTING_HOME": str(tmp_path)})
-    p.runtime_dir.mkdir(mode=0o755)
-    os.chmod(p.runtime_dir, 0o755)
-    p.ensure()
-    assert stat.S_IMODE(p.runtime_dir.stat().st_mode) == 0o700
-
-
-def test_relative_msting_home_is_made_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    p = resolve_paths({"MSTING_HOME": "rel"})
-    assert p.config_dir == tmp_path / "rel" / "config"
-    assert p.config_dir.is_absolute()
-
-
-def test_msting_home_from_process_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MSTING_HOME", str(tmp_path))
-    assert resolve_paths().config_dir == tmp_path / "config"
-
-
-def _xdg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, runtime: Path) -> None:
-    for var in ("CONFIG", "DATA", "STATE", "CACHE"):
-        monkeypatch.setenv(f"XDG_{var}_HOME", str(tmp_path / var.lower()))
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
-
-
-@pytest.mark.skipif(sys.platform != "linux", reason="XDG layout")
-def test_platformdirs_layout_without_msting_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    platformdirs = pytest.importorskip("platformdirs")
-    runtime = tmp_path / "xdg-run"
-    runtime.mkdir(mode=0o700)
-    os.chmod(runtime, 0o700)  # platformdirs insists on 0700 (umask may have cleared nothing, but be sure)
-    _xdg(tmp_path, monkeypatch, runtime)
-    p = resolve_paths({})
-    assert p.config_dir == Path(platformdirs.user_config_dir("msting")) == tmp_path / "config" / "msting"
-    assert p.data_dir == Path(platformdirs.user_data_dir("msting"))
-    assert p.log_dir == Path(platformdirs.user_log_dir("msting"))
-    assert p.runtime_dir == runtime / "msting"
-
-
-@pytest.mark.skipif(sys.platform != "linux", reason="XDG layout")
-@pytest.mark.parametrize("problem", ["missing", "mode"])
-def test_unusable_runtime_dir_falls_back_to_cache(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, problem: str
-) -> None:
-    pytest.importorskip("platformdirs")
-    if problem == "missing":
-        runtime = tmp_path / "does" / "not" / "exist"
-    else:
-        runtime = tmp_path / "xdg-run"
-        runtime.mkdir()
-        os.chmod(runtime, 0o755)
-    _xdg(tmp_path, monkeypatch, runtime)
-    # Whatever platformdirs makes of it (older releases return it as it is, newer ones
-    # warn and fall back to /run/user/<uid> or <tmp>/runtime-<uid>), msting never uses a
-    # runtime dir whose parent is missing nor the tmp fallback, and shows no warning.
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        p = resolve_paths({})
-    allowed = {tmp_path / "cache" / "msting" / "run", Path(f"/run/user/{os.geteuid()}/msting")}
-    if problem == "mode":
-        allowed.add(runtime / "msting")
-    assert p.runtime_dir in allowed
-
-
-# ------------------------------------------------------------------- validation
+# ------------------------------------------------------------------------- validation
 
 
 def test_unknown_key_with_suggestion(paths: Paths) -> None:
@@ -349,7 +235,7 @@ def test_accepted_coercions() -> None:
     assert cfg.logging.file_level == "ERROR"
 
 
-# ---------------------------------------------------------------------------- YAML
+# ------------------------------------------------------------------------------- YAML
 
 
 def test_yaml_syntax_error_names_file_and_line(paths: Paths) -> None:
@@ -380,7 +266,7 @@ def test_duplicate_key_is_an_error(paths: Paths) -> None:
     assert str(exc.value).startswith(f"{f}: ")
 
 
-# ----------------------------------------------------------------- environment
+# ------------------------------------------------------------------------ environment
 
 
 def test_port_env_override(paths: Paths) -> None:
@@ -405,102 +291,7 @@ def test_port_env_override_invalid(paths: Paths, raw: str) -> None:
     assert str(exc.value).startswith(f"MSTING_LLM_PORT: must be an integer between 1 and 65535, got {raw!r}")
 
 
-# ------------------------------------------------------------------ user config
-
-
-def test_write_user_config_copies_default_and_is_idempotent(paths: Paths) -> None:
-    f = write_user_config(paths)
-    assert f == paths.config_file
-    assert f.read_text(encoding="utf-8") == default_config_text()
-    f.write_text(f.read_text(encoding="utf-8") + "# my note\n", encoding="utf-8")
-    assert write_user_config(paths) == f
-    assert f.read_text(encoding="utf-8").endswith("# my note\n")  # an existing file is kept
-    assert load_config(paths, env={}) == Config(source=f)
-
-
-def test_write_user_config_model_keeps_comments(paths: Paths, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    f = write_user_config(paths, model="models/my-model.Q4_K_M.gguf")
-    text = f.read_text(encoding="utf-8")
-    expected = str(tmp_path / "models" / "my-model.Q4_K_M.gguf")
-
-    default_comments = [line for line in default_config_text().splitlines() if line.strip().startswith("#")]
-    comments = [line for line in text.splitlines() if line.strip().startswith("#")]
-    assert comments == default_comments
-    assert f"  model: {expected}" in text.splitlines()
-    # Only the model line changed.
-    changed = [
-        (a, b) for a, b in zip(default_config_text().splitlines(), text.splitlines(), strict=True) if a != b
-    ]
-    assert changed == [("  model: builtin:tiny", f"  model: {expected}")]
-
-    cfg = load_config(paths, env={})
-    assert cfg.llm.model == expected
-    assert cfg.llm.served_name == "my-model.Q4_K_M"
-    assert cfg.llm.model_path == Path(expected)
-
-    # Twice is the same as once.
-    write_user_config(paths, model=expected)
-    assert f.read_text(encoding="utf-8") == text
-    write_user_config(paths)
-    assert f.read_text(encoding="utf-8") == text
-
-
-def test_write_user_config_model_with_awkward_path(paths: Paths, tmp_path: Path) -> None:
-    model = str(tmp_path / "my models" / "a #1: 'q'.gguf")
-    write_user_config(paths, model=model)
-    text = paths.config_file.read_text(encoding="utf-8")
-    assert "# Default sampling temperature" in text
-    assert load_config(paths, env={}).llm.model == model
-
-
-def test_write_user_config_model_into_user_file_shapes(paths: Paths, tmp_path: Path) -> None:
-    model = str(tmp_path / "m.gguf")
-    # No llm section at all.
-    write_config(paths, "# mine\nllm_service:\n  port: 9000\n")
-    write_user_config(paths, model=model)
-    cfg = load_config(paths, env={})
-    assert (cfg.llm.model, cfg.llm_service.port) == (model, 9000)
-    assert paths.config_file.read_text(encoding="utf-8").startswith("# mine\n")
-
-    # An llm section without a model key.
-    write_config(paths, "llm:\n  # keep me\n  n_ctx: 512\n")
-    write_user_config(paths, model=model)
-    cfg = load_config(paths, env={})
-    assert (cfg.llm.model, cfg.llm.n_ctx) == (model, 512)
-    assert "# keep me" in paths.config_file.read_text(encoding="utf-8")
-
-    # "model:" with no value, and a trailing comment.
-    write_config(paths, "llm:\n  model:   # set me\n  n_ctx: 512\n")
-    write_user_config(paths, model=model)
-    assert load_config(paths, env={}).llm.model == model
-    assert "# set me" in paths.config_file.read_text(encoding="utf-8")
-
-    # A flow mapping cannot be edited textually: re-dumped, still correct.
-    write_config(paths, "llm: {model: builtin:tiny, n_ctx: 256}\n")
-    write_user_config(paths, model=model)
-    cfg = load_config(paths, env={})
-    assert (cfg.llm.model, cfg.llm.n_ctx) == (model, 256)
-
-
-def test_write_user_config_replaces_symlink_not_its_target(paths: Paths, tmp_path: Path) -> None:
-    target = tmp_path / "shared.yaml"
-    target.write_text(default_config_text(), encoding="utf-8")
-    paths.config_dir.mkdir(parents=True)
-    paths.config_file.symlink_to(target)
-    write_user_config(paths, model=str(tmp_path / "m.gguf"))
-    assert target.read_text(encoding="utf-8") == default_config_text()
-    assert not paths.config_file.is_symlink()
-    assert load_config(paths, env={}).llm.model == str(tmp_path / "m.gguf")
-
-
-def test_write_user_config_builtin_model(paths: Paths) -> None:
-    write_user_config(paths, model="/x/y.gguf")
-    write_user_config(paths, model="builtin:tiny")
-    assert load_config(paths, env={}).llm.is_builtin
-
-
-# ------------------------------------------------------------------ helpers
+# ---------------------------------------------------------------------------- helpers
 
 
 def test_served_name_rules() -> None:

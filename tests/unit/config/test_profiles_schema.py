@@ -1,65 +1,22 @@
-"""Unit tests for msting.config.profiles: schema, files, listing, the implicit profile."""
+"""msting.config.profiles.schema: the profile schema, its validation, the shipped examples and the implicit profile."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
+from config_testing import MINIMAL, QWEN, REPO, SHIPPED, parse_yaml, write_profile
 
-from msting.config import (
-    Config,
-    ConfigError,
-    ConfigProblem,
-    Paths,
-    parse_config,
-    resolve_paths,
-)
-from msting.config.profiles import (
+from msting.config.errors import ConfigError, ConfigProblem
+from msting.config.profiles.discovery import shipped_profiles_dir
+from msting.config.profiles.schema import (
     DOWNLOADS_UNSUPPORTED,
     ModelParams,
-    Profile,
     ProfileModel,
-    ProfileNotFound,
-    check_files,
-    describe_profiles,
-    estimate_profile,
-    find_profile,
-    list_profiles,
-    load_named_profile,
     load_profile,
-    parse_profile,
     profile_from_config,
-    shipped_profiles_dir,
 )
-
-REPO = Path(__file__).resolve().parents[2]
-SHIPPED = ("default", "embeddings", "small-instruct")
-QWEN = "qwen2.5-0.5b-instruct"
-
-
-@pytest.fixture
-def paths(tmp_path: Path) -> Paths:
-    return resolve_paths({"MSTING_HOME": str(tmp_path / "home")})
-
-
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A fresh $HOME, so that `~` in sources expands somewhere known."""
-    h = tmp_path / "userhome"
-    h.mkdir()
-    monkeypatch.setenv("HOME", str(h))
-    return h
-
-
-def parse_yaml(text: str, name: str = "p", source: Path | None = None) -> Profile:
-    from msting.config.schema import _load_yaml
-
-    return parse_profile(_load_yaml(textwrap.dedent(text), source), name, source)
+from msting.config.schema import Config, parse_config
 
 
 def problems_of(text: str, name: str = "p", source: Path | None = None) -> dict[str, str]:
@@ -72,32 +29,7 @@ def problems_of(text: str, name: str = "p", source: Path | None = None) -> dict[
     return out
 
 
-def write_profile(folder: Path, name: str, text: str) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / name
-    path.write_text(textwrap.dedent(text), encoding="utf-8")
-    return path
-
-
-MINIMAL = """
-    default_model: story
-    models:
-      story:
-        source: builtin:tiny
-"""
-
-
-# ------------------------------------------------------------------ shipped examples
-
-
-def test_shipped_examples_are_where_the_package_and_repo_say() -> None:
-    folder = shipped_profiles_dir()
-    assert folder == REPO / "src" / "msting" / "config" / "profiles"
-    assert sorted(p.stem for p in folder.glob("*.yaml")) == sorted(SHIPPED)
-    link = REPO / "config" / "profiles"
-    assert link.is_symlink() and os.readlink(link) == "../src/msting/config/profiles"
-    assert link.resolve() == folder.resolve()
-    assert '"config/profiles/*.yaml"' in (REPO / "pyproject.toml").read_text()
+# ------------------------------------------------------------------- shipped examples
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -137,30 +69,7 @@ def test_shipped_small_instruct(home: Path) -> None:
     assert fallback.is_builtin and not fallback.always_ready and fallback.keep_alive_sec == 300
 
 
-def test_shipped_small_instruct_without_the_file_is_a_clear_problem(home: Path, paths: Paths, builtin_model_path: Path) -> None:
-    p = load_profile(shipped_profiles_dir() / "small-instruct.yaml")
-    problems = check_files(p, paths.models_dir)
-    expected = home / "models" / "qwen2.5-0.5b-instruct-q4_k_m.gguf"
-    assert [pr.key for pr in problems] == [f"models.{QWEN}.source"]
-    msg = problems[0].message
-    assert msg.startswith(f"{expected} does not exist")
-    assert "download the model" in msg
-    # with the file in place (any real GGUF will do for the check), nothing is left
-    expected.parent.mkdir()
-    shutil.copy(builtin_model_path, expected)
-    assert check_files(p, paths.models_dir) == []
-
-
-def test_shipped_embeddings(home: Path, paths: Paths) -> None:
-    p = load_profile(shipped_profiles_dir() / "embeddings.yaml")
-    types = {n: m.type for n, m in p.models.items()}
-    assert types == {"msting-tiny": "llm", "tiny-embed": "embeddings"}
-    assert p.default_model == "msting-tiny"
-    assert not p.models["tiny-embed"].always_ready
-    assert check_files(p, paths.models_dir) == []
-
-
-# ---------------------------------------------------------------------------- schema
+# ----------------------------------------------------------------------------- schema
 
 
 def test_minimal_profile_defaults() -> None:
@@ -472,172 +381,13 @@ def test_relative_and_home_paths(tmp_path: Path, home: Path) -> None:
     assert p.models["b"].source == str(home / "b.gguf")
 
 
-# --------------------------------------------------------------------- model files
-
-
-def test_builtin_resolves_through_ensure_builtin_model(paths: Paths) -> None:
-    p = parse_yaml(MINIMAL)
-    target = paths.models_dir / "msting-tiny.gguf"
-    assert not target.exists()
-    assert check_files(p, paths.models_dir) == []
-    assert target.is_file()
-
-
-def test_file_problems_each_name_model_and_path(tmp_path: Path, paths: Paths, builtin_model_path: Path) -> None:
-    missing = tmp_path / "missing.gguf"
-    garbage = tmp_path / "garbage.gguf"
-    garbage.write_bytes(os.urandom(4096))
-    truncated = tmp_path / "truncated.gguf"
-    data = builtin_model_path.read_bytes()
-    truncated.write_bytes(data[: len(data) // 2])
-    folder = tmp_path / "adir.gguf"
-    folder.mkdir()
-    good = tmp_path / "good.gguf"
-    shutil.copy(builtin_model_path, good)
-    p = parse_yaml(
-        f"""
-        default_model: good
-        models:
-          good: {{source: {good}}}
-          tiny: {{source: builtin:tiny}}
-          missing: {{source: {missing}}}
-          garbage: {{source: {garbage}}}
-          truncated: {{source: {truncated}}}
-          folder: {{source: {folder}}}
-          again: {{source: {garbage}}}
-        """
-    )
-    problems = {pr.key: pr.message for pr in check_files(p, paths.models_dir)}
-    assert set(problems) == {f"models.{n}.source" for n in ("missing", "garbage", "truncated", "folder", "again")}
-    assert problems["models.missing.source"] == (
-        f"{missing} does not exist (download the model, or set models.missing.source to the path of a GGUF file)"
-    )
-    assert problems["models.garbage.source"].startswith(f"{garbage} is not a GGUF file (bad magic")
-    assert problems["models.again.source"] == problems["models.garbage.source"]
-    assert problems["models.truncated.source"].startswith(f"{truncated} is truncated: ")
-    assert problems["models.folder.source"] == f"{folder} is a directory, not a GGUF file"
-
-
-def _write_gguf(path: Path, arch: str, pooling: int | None) -> None:
-    import gguf
-    import numpy as np
-
-    w = gguf.GGUFWriter(str(path), arch)
-    w.add_block_count(1)
-    w.add_embedding_length(8)
-    w.add_head_count(2)
-    if pooling is not None:
-        w.add_pooling_type(gguf.PoolingType(pooling))
-    w.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-
-
-def test_model_type_must_suit_the_file(tmp_path: Path, paths: Paths) -> None:
-    embedder, reranker = tmp_path / "embedder.gguf", tmp_path / "reranker.gguf"
-    _write_gguf(embedder, "bert", 1)
-    _write_gguf(reranker, "bert", 4)
-    p = parse_yaml(
-        f"""
-        default_model: chat
-        models:
-          chat: {{source: {embedder}}}
-          rank: {{source: {reranker}, type: embeddings}}
-          embed: {{source: {embedder}, type: embeddings}}
-        """
-    )
-    assert [str(pr) for pr in check_files(p, paths.models_dir)] == [
-        f"models.chat.type: {embedder} is an embedding model (bert, mean pooling), not an llm; set type: embeddings",
-        f"models.rank.type: {reranker} is a reranker (bert, rank pooling); it cannot serve embeddings",
-    ]
-
-
-def test_estimate_profile(paths: Paths, tmp_path: Path) -> None:
-    from msting.models.gguf_file import read_gguf_info
-    from msting.models.memory import estimate_model
-
-    p = load_profile(shipped_profiles_dir() / "embeddings.yaml")
-    estimates = estimate_profile(p, paths.models_dir)
-    info = read_gguf_info(paths.models_dir / "msting-tiny.gguf")
-    assert estimates == [
-        estimate_model(info, 2048, 1, embedding=False, name="msting-tiny"),
-        estimate_model(info, 512, 1, embedding=True, name="tiny-embed"),
-    ]
-    bad = parse_yaml(MINIMAL.replace("builtin:tiny", str(tmp_path / "none.gguf")))
+def test_problem_type() -> None:
     with pytest.raises(ConfigError) as exc:
-        estimate_profile(bad, paths.models_dir)
-    assert [p.key for p in exc.value.problems] == ["models.story.source"]
+        parse_yaml("default_model: 3\nmodels: {a: {source: builtin:tiny}}")
+    assert exc.value.problems == [ConfigProblem("default_model", "must be a non-empty string, got 3")]
 
 
-# -------------------------------------------------------------------------- listing
-
-
-def test_list_profiles_user_and_shipped(paths: Paths, home: Path) -> None:
-    user = paths.profiles_dir
-    write_profile(user, "default.yaml", "description: my own default\n" + textwrap.dedent(MINIMAL))
-    write_profile(user, "mine.yml", MINIMAL)
-    write_profile(user, "broken.yaml", textwrap.dedent(MINIMAL.replace("builtin:tiny", "builtin:tiny\n        replicas: 0")) + "extra: 1\n")
-    write_profile(user, ".hidden.yaml", MINIMAL)
-    write_profile(user, "notes.txt", "not a profile")
-    entries = {e.name: e for e in list_profiles(paths)}
-    assert list(entries) == ["broken", "default", "embeddings", "mine", "small-instruct"]
-
-    default = entries["default"]
-    assert not default.shipped and default.ok and default.path == user / "default.yaml"
-    assert default.description == "my own default"
-    assert default.shadows == shipped_profiles_dir() / "default.yaml"
-
-    broken = entries["broken"]
-    assert not broken.ok and broken.profile is None and broken.description == ""
-    assert [str(p) for p in broken.problems] == [
-        "extra: unknown key (expected one of: description, default_model, models, memory_budget_mb)",
-        "models.story.replicas: must be an integer between 1 and 64, got 0",
-    ]
-
-    assert entries["mine"].ok and entries["mine"].path == user / "mine.yml"
-    for name in ("embeddings", "small-instruct"):
-        assert entries[name].shipped and entries[name].ok and entries[name].shadows is None
-
-
-def test_list_profiles_without_user_folder(paths: Paths, home: Path) -> None:
-    assert not paths.profiles_dir.exists()
-    entries = list_profiles(paths)
-    assert [e.name for e in entries] == list(SHIPPED)
-    assert all(e.shipped and e.ok for e in entries)
-
-
-def test_yaml_wins_over_yml(paths: Paths) -> None:
-    write_profile(paths.profiles_dir, "twin.yml", "description: yml\n" + textwrap.dedent(MINIMAL))
-    write_profile(paths.profiles_dir, "twin.yaml", "description: yaml\n" + textwrap.dedent(MINIMAL))
-    (entry,) = [e for e in list_profiles(paths) if e.name == "twin"]
-    assert entry.description == "yaml"
-    assert find_profile(paths, "twin") == paths.profiles_dir / "twin.yaml"
-
-
-def test_find_profile(paths: Paths) -> None:
-    assert find_profile(paths, "default") == shipped_profiles_dir() / "default.yaml"
-    mine = write_profile(paths.profiles_dir, "default.yaml", MINIMAL)
-    assert find_profile(paths, "default") == mine
-    assert find_profile(paths, "small-instruct") == shipped_profiles_dir() / "small-instruct.yaml"
-
-
-@pytest.mark.parametrize("name", ["small-instrcut", "nope", "../default", "default.yaml", ""])
-def test_find_profile_unknown(paths: Paths, name: str) -> None:
-    write_profile(paths.profiles_dir, "mine.yaml", MINIMAL)
-    with pytest.raises(ProfileNotFound) as exc:
-        find_profile(paths, name)
-    assert isinstance(exc.value, ConfigError)
-    msg = str(exc.value)
-    assert msg.startswith(f"no profile named {name!r} (")
-    assert "available: default, embeddings, mine, small-instruct;" in msg
-    assert str(paths.profiles_dir) in msg
-    if name == "small-instrcut":
-        assert "did you mean 'small-instruct'?" in msg
-
-
-# ------------------------------------------------------------------ implicit profile
+# ------------------------------------------------------------------- implicit profile
 
 
 def test_profile_from_default_config() -> None:
@@ -682,84 +432,7 @@ def test_profile_from_config_name_is_the_file_stem() -> None:
     assert p.default_model == "qwen2.5-0.5b" and p.default.path == Path("/m/qwen2.5-0.5b.gguf")
 
 
-# ------------------------------------------------------------------ the daemon's view
-
-
-def test_load_named_profile(paths: Paths, tmp_path: Path) -> None:
-    cfg = parse_config({"llm": {"model": "/m/story.gguf"}}, tmp_path / "config.yaml")
-    # "default" is config.yaml's llm section...
-    implicit = load_named_profile(paths, cfg, "default")
-    assert implicit == profile_from_config(cfg) and implicit.default_model == "story"
-    # ...until the user writes a profiles/default.yaml
-    mine = write_profile(paths.profiles_dir, "default.yaml", MINIMAL)
-    assert load_named_profile(paths, cfg, "default") == load_profile(mine)
-    assert load_named_profile(paths, cfg, "embeddings") == load_profile(shipped_profiles_dir() / "embeddings.yaml")
-    with pytest.raises(ProfileNotFound):
-        load_named_profile(paths, cfg, "nope")
-    write_profile(paths.profiles_dir, "bad.yaml", "models: 3\n")
-    with pytest.raises(ConfigError):
-        load_named_profile(paths, cfg, "bad")
-
-
-def test_describe_profiles(paths: Paths, home: Path, tmp_path: Path) -> None:
-    from msting.models.gguf_file import read_gguf_info
-    from msting.models.memory import estimate_model
-
-    write_profile(paths.profiles_dir, "broken.yaml", "default_model: x\nmodels: {x: {source: builtin:tiny, replicas: 0}}\n")
-    described = {d["name"]: d for d in describe_profiles(paths, Config())}
-    assert list(described) == ["broken", "default", "embeddings", "small-instruct"]
-
-    default = described["default"]
-    assert default["implicit"] and not default["shipped"] and default["source"] is None
-    assert default["valid"] and default["problems"] == [] and default["default_model"] == "msting-tiny"
-    info = read_gguf_info(paths.models_dir / "msting-tiny.gguf")
-    tiny = estimate_model(info, 2048)
-    assert default["estimated_bytes"] == default["always_ready_bytes"] == tiny.total_bytes
-    assert default["models"] == [{
-        "name": "msting-tiny", "type": "llm", "source": "builtin:tiny", "n_ctx": 2048, "replicas": 1,
-        "always_ready": True, "keep_alive_sec": 300.0, "estimated_bytes": tiny.total_bytes,
-        "params": {"temperature": 0.7, "max_tokens": 256, "n_threads": None, "n_gpu_layers": 0, "chat_format": None},
-    }]
-
-    emb = described["embeddings"]
-    assert emb["valid"] and emb["shipped"] and not emb["implicit"]
-    embed = estimate_model(info, 512, embedding=True)
-    assert emb["always_ready_bytes"] == tiny.total_bytes
-    assert emb["estimated_bytes"] == tiny.total_bytes + embed.total_bytes - info.size_bytes  # one file, once
-
-    small = described["small-instruct"]
-    assert not small["valid"] and small["estimated_bytes"] is None
-    assert len(small["problems"]) == 1 and small["problems"][0].startswith(f"models.{QWEN}.source: ")
-    assert [m["estimated_bytes"] is None for m in small["models"]] == [True, False]
-
-    broken = described["broken"]
-    assert not broken["valid"] and broken["models"] == [] and broken["default_model"] is None
-    assert broken["problems"] == ["models.x.replicas: must be an integer between 1 and 64, got 0"]
-    assert broken["source"] == str(paths.profiles_dir / "broken.yaml")
-    import json
-
-    json.dumps(list(described.values()))  # JSON-ready
-
-
-# --------------------------------------------------------------------------- import
-
-
-def test_import_is_cheap() -> None:
-    code = (
-        "import sys, msting.config.profiles, msting.models.memory; "
-        "print(sorted(m for m in ('yaml', 'gguf', 'numpy', 'psutil', 'llama_cpp') if m in sys.modules))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"
-
-
-def test_problem_type() -> None:
-    with pytest.raises(ConfigError) as exc:
-        parse_yaml("default_model: 3\nmodels: {a: {source: builtin:tiny}}")
-    assert exc.value.problems == [ConfigProblem("default_model", "must be a non-empty string, got 3")]
-
-
-# ----------------------------------------------------------------------------- docs
+# ------------------------------------------------------------------------------- docs
 
 
 def _readme_profiles_section() -> str:

@@ -1,0 +1,153 @@
+"""msting.config.fields: the validation framework config.yaml and the profiles share."""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from msting.config.errors import ConfigProblem
+from msting.config.fields import (
+    Bool,
+    Choice,
+    Num,
+    Str,
+    StrList,
+    Text,
+    build,
+    check,
+    opt,
+    same_as,
+    schema_fields,
+    section,
+    show,
+    split_known,
+)
+from msting.config.profiles.schema import ModelParams, ProfileModel
+from msting.config.schema import LLMConfig
+
+CONFIG_PACKAGE = Path(__file__).resolve().parents[3] / "src" / "msting" / "config"
+
+
+def _unknown(prefix: str, key: str, known: list[str]) -> str:
+    return f"unknown under {prefix or 'top'}: {', '.join(known)}"
+
+
+@dataclass(frozen=True)
+class _Inner:
+    n: int = opt(1, Num(integer=True, lo=0))
+
+    def cross_checks(self, prefix: str) -> list[ConfigProblem]:
+        return [ConfigProblem(prefix, "cross")] if self.n == 7 else []
+
+
+@dataclass(frozen=True)
+class _Outer:
+    flag: bool = opt(False, Bool())
+    name: str | None = opt(None, Str(nullable=True))
+    inner: _Inner = section(_Inner)
+    not_a_key: int = 0
+
+
+@pytest.mark.parametrize(
+    ("spec", "described"),
+    [
+        (Num(integer=True), "an integer"),
+        (Num(integer=False, lo=0, lo_open=True), "a number > 0"),
+        (Num(integer=False, lo=0, hi=1, hi_open=True), "a number >= 0 and < 1"),
+        (Num(integer=True, lo=1, hi=1048576), "an integer between 1 and 1048576"),
+        (Num(integer=False, hi=2.5), "a number <= 2.5"),
+        (Choice(("llm", "embeddings")), "one of llm, embeddings"),
+        (Str(), "a non-empty string"),
+        (Str(pattern="[a-z]+", pattern_desc="lower-case letters"), "lower-case letters"),
+        (Text(), "a string"),
+        (StrList(), "a list of non-empty strings"),
+        (Bool(), "true or false"),
+    ],
+)
+def test_describe(spec: Any, described: str) -> None:
+    assert spec.describe() == described
+
+
+def test_values_as_stored() -> None:
+    assert Num(integer=True).check(3.0) == 3 and type(Num(integer=True).check(3.0)) is int
+    assert type(Num(integer=False).check(3)) is float
+    assert Choice(("DEBUG", "INFO"), upper=True).check(" info ") == "INFO"
+    assert Choice(("llm", "embeddings")).check("LLM ") == "llm"
+    assert Text().check("  hi ") == "hi" and Text().check("") == ""
+    assert StrList().check([" a", "b "]) == ("a", "b")
+
+
+def test_check_appends_one_problem_and_knows_null() -> None:
+    problems: list[ConfigProblem] = []
+    assert check(Num(integer=True, lo=1, nullable=True), None, "k", problems) == (True, None)
+    assert check(Num(integer=True, lo=1, nullable=True), 0, "k", problems) == (False, None)
+    assert check(Bool(), "yes", "b", problems) == (False, None)
+    assert problems == [
+        ConfigProblem("k", "must be an integer >= 1 or null, got 0"),
+        ConfigProblem("b", "must be true or false, got 'yes'"),
+    ]
+
+
+def test_show() -> None:
+    assert [show(v) for v in (None, True, 1.5, "x", {}, [], object())] == ["null", "true", "1.5", "'x'", "a mapping", "a list", "object"]
+    assert show("x" * 200).endswith("...'") and len(show("x" * 200)) == 81
+
+
+def test_build_checks_in_written_order_and_keeps_defaults() -> None:
+    problems: list[ConfigProblem] = []
+    got = build(_Outer, {"inner": {"n": -1, "m": 2}, 3: 1, "flag": "no", "name": None, "not_a_key": 5}, "", problems, _unknown)
+    assert got == _Outer(flag=False, name=None, inner=_Inner())
+    assert [str(p) for p in problems] == [
+        "inner.n: must be an integer >= 0, got -1",
+        "inner.m: unknown under inner: n",
+        "3: unknown under top: flag, name, inner",
+        "flag: must be true or false, got 'no'",
+        "not_a_key: unknown under top: flag, name, inner",
+    ]
+
+
+def test_build_cross_checks_only_when_the_keys_fit() -> None:
+    problems: list[ConfigProblem] = []
+    build(_Outer, {"inner": {"n": 7}}, "", problems, _unknown)
+    assert problems == [ConfigProblem("inner", "cross")]
+    problems = []
+    build(_Outer, {"inner": {"n": 7, "x": 1}}, "", problems, _unknown)
+    assert [p.key for p in problems] == ["inner.x"]
+
+
+@pytest.mark.parametrize(("prefix", "message"), [("", "the top level must be a mapping of keys to values, got a list"),
+                                                  ("a.b", "must be a mapping of keys to values, got a list")])
+def test_not_a_mapping(prefix: str, message: str) -> None:
+    problems: list[ConfigProblem] = []
+    assert build(_Inner, [1], prefix, problems, _unknown) == _Inner()
+    assert split_known(_Inner, [1], prefix, problems, _unknown) is None
+    assert problems == [ConfigProblem(prefix, message)] * 2
+
+
+def test_split_known_keeps_the_known_keys_and_reports_the_others_first() -> None:
+    problems: list[ConfigProblem] = []
+    assert split_known(_Outer, None, "p", problems, _unknown) == {}
+    assert split_known(_Outer, {"x": 1, "flag": "bad", None: 2}, "p", problems, _unknown) == {"flag": "bad"}
+    assert [p.key for p in problems] == ["p.x", "p.null"]
+
+
+def test_profile_parameters_are_declared_as_the_llm_section_is() -> None:
+    llm = schema_fields(LLMConfig)
+    for cls, names in ((ModelParams, list(schema_fields(ModelParams))), (ProfileModel, ["n_ctx", "replicas"])):
+        for name in names:
+            mine = schema_fields(cls)[name]
+            assert mine.default == llm[name].default and mine.metadata["spec"] is llm[name].metadata["spec"], name
+    f = same_as(_Inner, "n")
+    assert f.default == 1 and f.metadata["spec"] == Num(integer=True, lo=0)
+
+
+def test_no_config_module_imports_another_ones_private_names() -> None:
+    for path in sorted(CONFIG_PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("msting."):
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                assert not private, f"{path.relative_to(CONFIG_PACKAGE)} imports {private} from {node.module}"
