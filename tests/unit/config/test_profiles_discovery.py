@@ -18,12 +18,12 @@ from msting.config.schema import parse_config
 
 def test_shipped_examples_are_where_the_package_and_repo_say() -> None:
     folder = shipped_profiles_dir()
-    assert folder == REPO / "src" / "msting" / "config" / "profiles"
+    assert folder == REPO / "src" / "msting" / "config" / "shipped_profiles"  # data only, beside the profiles package
     assert sorted(p.stem for p in folder.glob("*.yaml")) == sorted(SHIPPED)
     link = REPO / "config" / "profiles"
-    assert link.is_symlink() and os.readlink(link) == "../src/msting/config/profiles"
+    assert link.is_symlink() and os.readlink(link) == "../src/msting/config/shipped_profiles"
     assert link.resolve() == folder.resolve()
-    assert '"config/profiles/*.yaml"' in (REPO / "pyproject.toml").read_text()
+    assert '"config/shipped_profiles/*.yaml"' in (REPO / "pyproject.toml").read_text()
 
 
 # ---------------------------------------------------------------------------- listing

@@ -2,7 +2,7 @@
 
 A profile lives in ``<config dir>/profiles/<name>.yaml`` (``Paths.profiles_dir``;
 ``$MSTING_HOME/config/profiles`` when MSTING_HOME is set); msting ships examples in
-``msting/config/profiles`` (this package's folder; ``config/profiles`` at the top of
+``msting/config/shipped_profiles`` (``config/profiles`` at the top of
 the repo). A user file wins over a shipped example of the same name. Without a user
 ``default`` profile, the ``llm`` section of ``config.yaml`` is the implicit one.
 """
@@ -49,8 +49,8 @@ class ProfileNotFound(ConfigError):
 
 
 def shipped_profiles_dir() -> Path:
-    """The folder of the shipped example profiles (``msting/config/profiles``)."""
-    return Path(__file__).parent
+    """The folder of the shipped example profiles (``msting/config/shipped_profiles``)."""
+    return Path(__file__).parent.parent / "shipped_profiles"
 
 
 def _profile_files(folder: Path) -> dict[str, Path]:
