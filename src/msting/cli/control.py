@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from msting.cli.common import Env
-from msting.cli.exit_codes import DaemonExit, ExitCode
+from msting.cli.exit_codes import ExitCode
+from msting.daemon.exit_codes import DaemonExit
 from msting.cli.output import CommandError, Terminal, log_tails
 
 POLL_SEC = 0.1

@@ -1,4 +1,4 @@
-"""The CLI's exit codes, and the daemon exit codes the CLI interprets.
+"""The CLI's exit codes (the daemon's are in msting.daemon.exit_codes).
 
 Scripts and init systems rely on these numbers, so they are part of the interface:
 change them only with a note in the changelog.
@@ -16,15 +16,6 @@ class ExitCode(IntEnum):
     FAILED = 1  #: not running, or failed
     USAGE = 2  #: usage or config error (Typer's own usage errors are 2 as well)
     TIMEOUT = 3  #: timed out
-
-
-class DaemonExit(IntEnum):
-    """What the daemon process (``python -m msting.daemon``) exits with."""
-
-    OK = 0
-    FAILURE = 1
-    ALREADY_RUNNING = 75  #: EX_TEMPFAIL: another daemon holds the lock
-    CONFIG = 78  #: EX_CONFIG: systemd's RestartPreventExitStatus=78
 
 
 #: Appended to the top-level and ``llm`` --help (Typer keeps the line breaks).

@@ -21,17 +21,15 @@ import logging.handlers
 import os
 import signal
 import socket
+import sqlite3
 import sys
 
 from msting.config import Config, ConfigError, Paths, load_config, resolve_paths
 from msting.daemon import instance
+from msting.daemon.exit_codes import DaemonExit
 
 log = logging.getLogger("msting.daemon")
 
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_ALREADY_RUNNING = 75  # EX_TEMPFAIL
-EXIT_CONFIG = 78  # EX_CONFIG: systemd's RestartPreventExitStatus=78 stops a restart loop
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,12 +39,12 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(paths)
     except ConfigError as exc:
         print(f"msting daemon: configuration error:\n{exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return DaemonExit.CONFIG
     if not config.llm_service.enabled:
         where = config.source or "the default config"
         print(f"msting daemon: the service is disabled (llm_service.enabled is false in {where}); "
               "set it to true to run the daemon", file=sys.stderr)
-        return EXIT_CONFIG
+        return DaemonExit.CONFIG
     from msting.http.security import SecurityPolicy, is_loopback_address
 
     security = SecurityPolicy.from_config(config)  # the only read of the API key
@@ -58,14 +56,14 @@ def main(argv: list[str] | None = None) -> int:
               f"Anyone who can reach {where} could use the service without a key. "
               f"Set {var} to a secret key (clients then send 'Authorization: Bearer <key>'), "
               f"or set llm_service.host to 127.0.0.1.", file=sys.stderr)
-        return EXIT_CONFIG
+        return DaemonExit.CONFIG
     setup_logging(config, paths)
     lock = instance.DaemonLock(paths.lockfile)
     try:
         lock.acquire()
     except instance.AlreadyRunning as exc:
         print(f"msting daemon: {exc}", file=sys.stderr)
-        return EXIT_ALREADY_RUNNING
+        return DaemonExit.ALREADY_RUNNING
     socket_path = config.socket_path(paths)
     sockets: list[socket.socket] = []
     try:
@@ -75,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         except instance.RuntimeErrorWithHint as exc:
             log.error("%s", exc)
             print(f"msting daemon: {exc}", file=sys.stderr)
-            return EXIT_FAILURE
+            return DaemonExit.FAILURE
         instance.write_pidfile(paths.pidfile, os.getpid())
         log.info("daemon %d starting: socket %s, url %s", os.getpid(), socket_path, config.url)
         log.info("security: %s", security.describe())
@@ -181,15 +179,22 @@ async def _serve(config: Config, paths: Paths, sockets: list[socket.socket], sec
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, signals.put_nowait, sig)
 
-    store = Store(paths.state_db)
-    store.record_event("daemon_start", detail=f"pid {os.getpid()}")
+    try:
+        store = Store(paths.state_db)
+        store.record_event("daemon_start", detail=f"pid {os.getpid()}")
+    except sqlite3.Error as exc:
+        message = (f"cannot use the state database {paths.state_db}: {exc}; it holds the active profile, jobs and events: "
+                   "fix its permissions, or move it aside to start with a fresh one")
+        log.error("%s", message)
+        print(f"msting daemon: {message}", file=sys.stderr)
+        return DaemonExit.CONFIG
     try:
         launcher = WorkerLauncher(enabled=config.llm_service.warm_spare)
         routing = await asyncio.to_thread(restore_routing, config, paths, store, launcher)
     except ConfigError as exc:
         log.error("the default profile is invalid:\n%s", exc)
         print(f"msting daemon: configuration error:\n{exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return DaemonExit.CONFIG
     service = LocalService(config, paths, routing, store, launcher)
     control = DaemonControl(service, Jobs(store))
     app = build_app(Router([LocalProvider(service)]), control, security=security or SecurityPolicy.from_config(config))
@@ -198,7 +203,7 @@ async def _serve(config: Config, paths: Paths, sockets: list[socket.socket], sec
     while not server.started:
         if serve_task.done():
             serve_task.result()
-            return EXIT_FAILURE
+            return DaemonExit.FAILURE
         await asyncio.sleep(0.01)
     service.start()
     # Everything built so far (modules, app, routing) lives as long as the daemon: move
@@ -230,7 +235,7 @@ async def _serve(config: Config, paths: Paths, sockets: list[socket.socket], sec
         log.warning("HTTP server did not stop in time")
     store.record_event("daemon_stop", detail="forced" if forced else "graceful")
     store.close()
-    return EXIT_FAILURE if forced else EXIT_OK
+    return DaemonExit.FAILURE if forced else DaemonExit.OK
 
 
 async def _systemd_notify(service, control) -> None:
