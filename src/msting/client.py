@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from msting.api.limits import DEFAULT_TEMPERATURE
 from msting.client_transport import PlainHTTPTransport
 
 if TYPE_CHECKING:
@@ -277,7 +278,7 @@ class MstingClient:
             raise self._transport_error(exc) from None
         raise MstingError(200, "server_error", "stream_truncated", "the stream ended without a done event")
 
-    def llm(self, prompt: str, max_tokens: int = 64, temperature: float = 0.7, *, timeout: float | None = LONG_TIMEOUT) -> str:
+    def llm(self, prompt: str, max_tokens: int = 64, temperature: float = DEFAULT_TEMPERATURE, *, timeout: float | None = LONG_TIMEOUT) -> str:
         """``POST /llm``: the completion text."""
         body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": temperature}
         return self._json("POST", "/llm", body, timeout=timeout)["completion"]

@@ -103,3 +103,14 @@ def test_the_daemon_and_the_api_do_not_import_the_http_layer():
     for name, deps in graph.items():
         if name.startswith("msting.api"):
             assert all(d.startswith("msting.api") for d in deps), f"{name}: the shared types depend on nothing but themselves"
+
+
+def test_llama_cpp_is_imported_only_by_the_worker_engine():
+    users = []
+    for name, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            if any(n.split(".")[0] == "llama_cpp" for n in names):
+                users.append(name)
+    assert sorted(set(users)) == ["msting.worker.engine"]

@@ -1,15 +1,11 @@
 """The worker's transport, job dispatcher and warm-spare wait, in-process: a real
 socketpair, a fake engine (msting.worker.transport, .server, .spare)."""
 
-import ast
-import inspect
 import socket
 import threading
-from pathlib import Path
 
 import pytest
 
-import msting.worker
 from msting.worker import params, spare
 from msting.worker.engine import GenerationResult, Piece
 from msting.worker.protocol import MAX_FRAME_BYTES, decode, encode
@@ -228,43 +224,3 @@ def test_a_spare_without_a_model_ends_its_wait(spare_harness, ending):
     else:
         spare_harness.sock.sendall(encode("shutdown"))
     assert spare_harness.wait() is None
-
-
-# ---- the package's layout -------------------------------------------------------------
-
-
-def _msting_imports(path: Path) -> set[str]:
-    """The modules a worker module imports, anywhere in it (also inside functions)."""
-    out = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            out.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            if node.module == "msting.worker":
-                out.update(f"msting.worker.{a.name}" for a in node.names)
-            else:
-                out.add(node.module)
-    return out
-
-
-def test_worker_modules_import_no_cycle_and_llama_cpp_only_in_the_engine():
-    package = Path(inspect.getfile(msting.worker)).parent
-    graph = {
-        f"msting.worker.{p.stem}": {m for m in _msting_imports(p) if m.startswith("msting.worker.")}
-        for p in package.glob("*.py")
-    }
-    for p in package.glob("*.py"):
-        users = {m for m in _msting_imports(p) if m.split(".")[0] == "llama_cpp"}
-        assert not users or p.stem == "engine", (p.name, users)
-    done: set[str] = set()
-
-    def visit(module: str, path: tuple[str, ...]) -> None:
-        assert module not in path, " -> ".join(path + (module,))
-        if module in done:
-            return
-        for dep in graph.get(module, ()):
-            visit(dep, path + (module,))
-        done.add(module)
-
-    for module in graph:
-        visit(module, ())

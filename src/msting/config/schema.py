@@ -24,9 +24,10 @@ from msting.config.errors import ConfigError, ConfigProblem
 from msting.config.fields import Bool, Choice, Num, Str, StrList, build, fmt_num, join, opt, schema_fields, section
 from msting.config.paths import Paths
 from msting.config.yamlio import load_yaml, read_text
+from msting.models.builtin import BUILTIN_NAME, BUILTIN_SOURCE
 
-BUILTIN_TINY = "builtin:tiny"
-BUILTIN_TINY_NAME = "msting-tiny"
+BUILTIN_TINY = BUILTIN_SOURCE  # the built-in model's source and name (msting.models.builtin writes it)
+BUILTIN_TINY_NAME = BUILTIN_NAME
 PORT_ENV_VAR = "MSTING_LLM_PORT"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DEFAULT_CONFIG_RESOURCE = "default.yaml"

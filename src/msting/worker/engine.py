@@ -24,6 +24,7 @@ from typing import Any, Iterator
 
 from msting.api import limits
 from msting.models.gguf_file import ModelFileError, read_gguf_info
+from msting.models.gguf_file import POOLING_NAMES
 from msting.worker import chat, pooling
 from msting.worker.params import DEFAULT_N_CTX
 
@@ -236,7 +237,7 @@ class Engine:
         self._add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))
         if self.embedding:
             kind = int(llama_cpp.llama_pooling_type(llm.ctx))
-            self.pooling = pooling.POOLING_NAMES.get(kind, f"type {kind}")
+            self.pooling = POOLING_NAMES.get(kind, f"type {kind}")
             if self.pooling not in pooling.EMBEDDING_POOLINGS:
                 self.close()
                 raise EngineError(

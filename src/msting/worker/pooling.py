@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
-# llama_pooling_type values (LLAMA_POOLING_TYPE_*)
-POOLING_NAMES = {0: "none", 1: "mean", 2: "cls", 3: "last", 4: "rank"}
 # what an embedding worker can serve ("rank" is a reranker's relevance score)
 EMBEDDING_POOLINGS = ("none", "mean", "cls", "last")
 

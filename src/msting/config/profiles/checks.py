@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     from msting.models.memory import MemoryEstimate
 
 # llama_pooling_type values, as GGUF files declare them in {arch}.pooling_type
-_POOLING_NAMES = {0: "none", 1: "mean", 2: "cls", 3: "last", 4: "rank"}
 
 
 def inspect_files(profile: Profile, models_dir: Path) -> tuple[dict[str, GGUFInfo], list[ConfigProblem]]:
@@ -68,9 +67,11 @@ def inspect_files(profile: Profile, models_dir: Path) -> tuple[dict[str, GGUFInf
 
 def _type_problems(name: str, model: ProfileModel, info: GGUFInfo) -> list[ConfigProblem]:
     """A dedicated embedding model cannot generate; a reranker cannot embed."""
+    from msting.models.gguf_file import POOLING_NAMES
+
     arch = info.arch or "unknown"
     pooling_value = info.metadata.get(f"{arch}.pooling_type")
-    pooling = _POOLING_NAMES.get(pooling_value) if isinstance(pooling_value, int) else None
+    pooling = POOLING_NAMES.get(pooling_value) if isinstance(pooling_value, int) else None
     key = f"models.{name}.type"
     if model.type == "llm" and pooling not in (None, "none"):
         return [ConfigProblem(key, f"{info.path} is an embedding model ({arch}, {pooling} pooling), not an llm; set type: embeddings")]

@@ -33,7 +33,7 @@ def restore_routing(config, paths, store, launcher=None) -> Routing:
         store.set_meta("active_profile", "default")
         profile = load_named_profile(paths, config, "default")
     specs = specs_from_profile(profile, paths.models_dir)
-    budget = profile.memory_budget_mb * 1024 * 1024 if profile.memory_budget_mb else None
+    budget = profile.memory_budget_bytes
     if name == profile.name != "default":
         store.record_event("profile_restored", detail=profile.name)
     return Routing.build(profile.name, specs, config, store, budget, launcher=launcher)
@@ -57,7 +57,7 @@ def build_plan(service, profile) -> tuple[Routing, dict]:
     from msting.models.memory import estimate_model, preflight
 
     specs = specs_from_profile(profile, service.paths.models_dir)
-    budget = profile.memory_budget_mb * 1024 * 1024 if profile.memory_budget_mb else None
+    budget = profile.memory_budget_bytes
     target = Routing.build(profile.name, specs, service.config, service.store, budget, reuse=service.routing.by_key(),
                             launcher=service.launcher)
     current = service.routing.all_models()

@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 from msting.api.errors import MstingError
 from msting.api.events import Done, Embeddings, Failed, Token
-from msting.api.requests import ChatRequest, EmbeddingRequest, Request
+from msting.api.requests import EmbeddingRequest, Request
 
 
 class JobStatus(str, Enum):
@@ -80,18 +80,6 @@ class LocalJob:
 
     def _move(self, target: JobStatus) -> None:
         self.status = job_transition(self.status, target)
-
-    def frame_fields(self) -> dict:
-        """The worker frame's fields (the daemon's side of msting.worker.protocol)."""
-        r = self.request
-        if isinstance(r, EmbeddingRequest):
-            return {"input": list(r.inputs)}
-        body = r.sampling.as_dict()
-        if isinstance(r, ChatRequest):
-            body["messages"] = [{"role": m.role, "content": m.content} for m in r.messages]
-        else:
-            body["prompt"] = r.prompt
-        return body
 
     def started(self, now: float) -> None:
         self._move(JobStatus.RUNNING)

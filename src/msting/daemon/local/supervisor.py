@@ -14,7 +14,7 @@ Three tasks cooperate per incarnation: the frame reader (its EOF means the worke
 died), the serve loop, and the watchdog (pings, hang detection). The reader is the
 only one that reads the socket; the watchdog only kills, it never cleans up, so all
 cleanup happens in one place. Hang detection judges each process on its own clock:
-every incarnation starts with fresh `_Liveness`, so a replacement is never blamed for
+every incarnation starts with a fresh `Liveness`, so a replacement is never blamed for
 its predecessor's silence.
 
 A supervisor knows its model only through what it was given when built (its worker
@@ -28,16 +28,14 @@ import asyncio
 import json
 import logging
 import os
-import signal
 import time
 from collections import deque
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from msting.api.errors import InvalidRequest, ServerError
-from msting.api.events import Done, Embeddings, Usage
-from msting.daemon.local import verify
+from msting.daemon.local import frames, liveness, verify
 from msting.daemon.local.backoff import RestartTracker
+from msting.daemon.local.endings import Exit, FatalInfo, describe_exit
 from msting.daemon.local.procs import ChildProcess
 from msting.daemon.local.queue import JobStatus, LocalJob, ModelQueue
 from msting.daemon.local.spares import LaunchError, WorkerLauncher, stop_process
@@ -51,43 +49,6 @@ log = logging.getLogger("msting.daemon.supervisor")
 # third try: one request can cost at most one restart per retry, and never the model.
 MAX_ATTEMPTS = 2
 FILE_POLL_SEC = 2.0  # how often a worker FATAL on a boot error looks at its model file
-
-
-@dataclass
-class _Liveness:
-    """What the watchdog knows about one worker process (one incarnation)."""
-
-    last_progress: float
-    last_ping: float
-    ping_sent_at: float | None = None
-
-
-@dataclass(frozen=True)
-class FatalInfo:
-    """Why a worker is FATAL and what will bring it back."""
-
-    kind: str  # "boot" (the model cannot load) | "crashes" (too many start failures)
-    reason: str
-    retry_at: float | None  # wall-clock time of the next automatic try (kind "crashes")
-    model: str
-
-    def next_step(self) -> str:
-        load = f"`msting llm load {self.model}`"
-        if self.retry_at is not None:
-            return f"tried again at {time.strftime('%H:%M:%S', time.localtime(self.retry_at))}, or at once on {load}"
-        return f"tried again when the model file changes, or on {load}"
-
-    def to_dict(self) -> dict:
-        return {"kind": self.kind, "reason": self.reason, "retry_at": self.retry_at, "next": self.next_step()}
-
-
-class _Exit(Exception):
-    """Why an incarnation ended."""
-
-    def __init__(self, kind: str, reason: str):
-        super().__init__(reason)
-        self.kind = kind  # "crash" | "boot" | "stopped"
-        self.reason = reason
 
 
 class SupervisorEvents(Protocol):
@@ -137,7 +98,7 @@ class WorkerSupervisor:
         self._boot_error: str | None = None
         self._kill_reason: str | None = None
         self._stderr: deque[str] = deque(maxlen=40)
-        self._live = _Liveness(clock(), clock())
+        self._live = liveness.Liveness(clock(), clock())
         self._file_stat: tuple | None = None  # the model file as it was when the process was spawned
 
     # ---- public ---------------------------------------------------------------------
@@ -228,12 +189,12 @@ class WorkerSupervisor:
         while True:
             try:
                 await self._incarnation()
-                reason = _Exit("stopped", "stopped")
-            except _Exit as exc:
+                reason = Exit("stopped", "stopped")
+            except Exit as exc:
                 reason = exc
             except Exception as exc:  # a supervision bug must not leave a zombie worker
                 log.exception("worker %s: supervision error", self.id)
-                reason = _Exit("crash", f"supervision error: {exc}")
+                reason = Exit("crash", f"supervision error: {exc}")
             finally:
                 await self._reap()
             self._settle_current(reason.reason)
@@ -348,7 +309,7 @@ class WorkerSupervisor:
         self._file_stat = self._model_file_stat()
         reader = await self._spawn()
         now = self._clock()
-        self._live = _Liveness(last_progress=now, last_ping=now)  # this process's own clock
+        self._live = liveness.Liveness(last_progress=now, last_ping=now)  # this process's own clock
         reader_task = asyncio.create_task(self._read_frames(reader), name=f"reader {self.id}")
         watchdog = None
         try:
@@ -356,7 +317,10 @@ class WorkerSupervisor:
             await self._verify(reader_task)
             self.tracker.on_ready()
             self._serve_task = asyncio.create_task(self._serve(), name=f"serve {self.id}")
-            watchdog = asyncio.create_task(self._watchdog(), name=f"watchdog {self.id}")
+            watchdog = asyncio.create_task(
+                liveness.watch(self._live, self.settings, self._clock, lambda: self.state is WorkerState.BUSY,
+                               lambda: self._send(protocol.encode(MsgType.PING, None)), self.kill_now),
+                name=f"watchdog {self.id}")
             await asyncio.wait({reader_task, self._serve_task}, return_when=asyncio.FIRST_COMPLETED)
             if self._serve_task.done() and not self._serve_task.cancelled():
                 self._serve_task.result()  # surfaces a serve-loop bug
@@ -377,7 +341,7 @@ class WorkerSupervisor:
         try:
             launched = await self.launcher.launch(json.dumps(spec))
         except LaunchError as exc:
-            raise _Exit("crash", str(exc)) from None
+            raise Exit("crash", str(exc)) from None
         self._proc = launched.proc
         self.pid = self._proc.pid
         self._stderr.clear()
@@ -442,11 +406,7 @@ class WorkerSupervisor:
         queue calls it the moment it hands the job over). False: the job cannot be
         put in a frame; it is answered with a 400 and the worker stays free."""
         try:
-            if job.embed:
-                frame = protocol.encode(MsgType.EMBED, job.id, **job.frame_fields())
-            else:
-                # the fields were validated by the HTTP layer: prompt or messages, and sampling
-                frame = protocol.encode(MsgType.GENERATE, job.id, stream=job.stream, **job.frame_fields())
+            frame = frames.request_frame(job)  # its fields were validated by the HTTP layer
         except (protocol.ProtocolError, TypeError, ValueError) as exc:
             log.warning("worker %s: refusing %s: %s", self.id, job.id, exc)
             job.fail(InvalidRequest("invalid_request", f"the request cannot be sent to the model: {exc}"))
@@ -468,32 +428,6 @@ class WorkerSupervisor:
         self._current_done = None
         if self.state is WorkerState.BUSY:
             self._set(WorkerState.READY)
-
-    async def _watchdog(self) -> None:
-        s = self.settings
-        tick = max(0.05, min(1.0, s.health_interval_sec, s.hang_timeout_sec / 4))
-        busy_ping = max(0.05, min(s.health_interval_sec, s.hang_timeout_sec / 4))
-        live = self._live  # this incarnation's: a new process gets a new one
-        while True:
-            now = self._clock()
-            busy = self.state is WorkerState.BUSY
-            if busy and now - live.last_progress > s.hang_timeout_sec:
-                self.kill_now(f"hung: no token progress for {now - live.last_progress:.1f}s (llm_service.hang_timeout_sec={s.hang_timeout_sec:g})")
-                return
-            if live.ping_sent_at is not None and now - live.ping_sent_at > s.hang_timeout_sec:
-                self.kill_now(f"hung: no answer to a ping for {now - live.ping_sent_at:.1f}s (llm_service.hang_timeout_sec={s.hang_timeout_sec:g})")
-                return
-            interval = busy_ping if busy else s.health_interval_sec
-            if live.ping_sent_at is None and now - live.last_ping >= interval:
-                live.last_ping = live.ping_sent_at = now
-                self._send(protocol.encode(MsgType.PING, None))
-            # Wake at the next deadline, not on a coarse tick: a hang is seen within a few
-            # milliseconds of hang_timeout_sec (the tick bounds how late a change of state,
-            # idle to busy, is noticed).
-            due = live.last_ping + interval if live.ping_sent_at is None else live.ping_sent_at + s.hang_timeout_sec
-            if busy:
-                due = min(due, live.last_progress + s.hang_timeout_sec)
-            await asyncio.sleep(min(tick, max(0.005, due - now + 0.002)))
 
     # ---- frames ---------------------------------------------------------------------
 
@@ -553,18 +487,11 @@ class WorkerSupervisor:
         if req is None or frame["id"] != req.id:
             return  # a late answer for a request already settled elsewhere
         if frame["type"] == MsgType.DONE:
-            finish = frame.get("finish_reason")
-            timings = frame.get("timings") or {}
-            speed = timings.get("predicted_per_second")
-            self.events.on_answer(self, req, finish, float(speed) if speed else None)
-            req.finish(_result(req, frame, timings))
+            speed = (frame.get("timings") or {}).get("predicted_per_second")
+            self.events.on_answer(self, req, frame.get("finish_reason"), float(speed) if speed else None)
+            req.finish(frames.result(req, frame))
         else:
-            message = frame.get("message") or "the engine failed"
-            if frame.get("kind") == "bad_request":
-                req.fail(InvalidRequest("invalid_request", message))
-            else:
-                # the worker's own stderr may hold a traceback: it goes to the log, never to a client
-                req.fail(ServerError("engine_error", message))
+            req.fail(frames.error(frame))
         if self._current_done is not None and not self._current_done.done():
             self._current_done.set_result(None)
 
@@ -582,7 +509,7 @@ class WorkerSupervisor:
 
     # ---- endings --------------------------------------------------------------------
 
-    async def _death_reason(self) -> _Exit:
+    async def _death_reason(self) -> Exit:
         proc = self._proc
         assert proc is not None
         try:
@@ -590,13 +517,13 @@ class WorkerSupervisor:
         except asyncio.TimeoutError:
             proc.kill()
             rc = await proc.wait()
-        self.last_exit = _describe_exit(rc)
+        self.last_exit = describe_exit(rc)
         if self._kill_reason:
-            return _Exit("crash", self._kill_reason)
+            return Exit("crash", self._kill_reason)
         if rc == protocol.EXIT_BOOT_ERROR:
-            return _Exit("boot", self._boot_error or f"the worker could not load the model ({self.last_exit})")
+            return Exit("boot", self._boot_error or f"the worker could not load the model ({self.last_exit})")
         tail = f"; stderr: {self._stderr[-1]}" if self._stderr else ""
-        return _Exit("crash", f"worker {self.last_exit}{tail}")
+        return Exit("crash", f"worker {self.last_exit}{tail}")
 
     def _settle_current(self, reason: str) -> None:
         """The request in hand when the worker ended: retry it, or end it honestly."""
@@ -631,31 +558,8 @@ class WorkerSupervisor:
             self._send(protocol.encode(MsgType.SHUTDOWN, None))
             await stop_process(proc, 2.0, self.settings.stop_timeout_sec)
             if self.last_exit is None or proc.returncode is not None:
-                self.last_exit = _describe_exit(proc.returncode)
+                self.last_exit = describe_exit(proc.returncode)
         if self._writer is not None:
             self._writer.close()
             self._writer = None
         self.pid = None
-
-
-def _describe_exit(rc: int | None) -> str:
-    if rc is None:
-        return "still running"
-    if rc < 0:
-        try:
-            return f"killed by {signal.Signals(-rc).name}"
-        except ValueError:
-            return f"killed by signal {-rc}"
-    return f"exited with code {rc}"
-
-
-def _result(job: LocalJob, frame: dict, timings: dict) -> Done | Embeddings:
-    """The typed result of a done frame, with the time the job waited in the queue."""
-    usage = frame.get("usage") or {}
-    queue_ms = job.queue_ms()
-    if queue_ms is not None:
-        timings = {**timings, "queue_ms": queue_ms}
-    if job.embed:
-        return Embeddings(job.model, frame.get("embeddings") or [], Usage(int(usage.get("prompt_tokens", 0))), timings)
-    return Done(job.model, frame.get("text", ""), frame.get("finish_reason"),
-                Usage(int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))), timings)
