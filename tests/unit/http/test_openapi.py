@@ -16,7 +16,7 @@ from msting.http import native, openai_api, openapi, ws
 from msting.http.app import build_app
 from msting.http.security import SecurityPolicy
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 DOCS_COPY = REPO / "docs" / "openapi.json"
 IGNORED_METHODS = {"HEAD"}  # Starlette adds HEAD to every GET route
 

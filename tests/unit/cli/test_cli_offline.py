@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from child_env import child_env
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 HEAVY_MODULES = ("starlette", "uvicorn", "llama_cpp", "numpy", "gguf")
 
 
