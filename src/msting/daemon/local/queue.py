@@ -23,6 +23,7 @@ from typing import Any, Callable
 from msting.api.errors import MstingError
 from msting.api.events import Done, Embeddings, Failed, Token
 from msting.api.requests import EmbeddingRequest, Request
+from msting.daemon.local.transitions import Transitions
 
 
 class JobStatus(str, Enum):
@@ -47,10 +48,7 @@ _JOB_MOVES = {
 }
 
 
-def job_transition(current: JobStatus, target: JobStatus) -> JobStatus:
-    if target not in _JOB_MOVES[current]:
-        raise RuntimeError(f"illegal job transition {current.value} -> {target.value}")
-    return target
+job_transition = Transitions("job", _JOB_MOVES)
 
 
 @dataclass(eq=False)

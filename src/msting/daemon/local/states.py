@@ -11,6 +11,10 @@ from __future__ import annotations
 
 from enum import Enum
 
+from msting.daemon.local.transitions import IllegalTransition, Transitions
+
+__all__ = ["IllegalTransition", "WorkerState", "transition"]
+
 
 class WorkerState(str, Enum):
     STOPPED = "STOPPED"
@@ -49,16 +53,4 @@ _ALLOWED: dict[WorkerState, frozenset[WorkerState]] = {
 }
 
 
-class IllegalTransition(RuntimeError):
-    def __init__(self, current: WorkerState, target: WorkerState):
-        allowed = ", ".join(sorted(s.value for s in _ALLOWED[current])) or "nothing"
-        super().__init__(f"illegal worker transition {current.value} -> {target.value} (allowed from {current.value}: {allowed})")
-        self.current = current
-        self.target = target
-
-
-def transition(current: WorkerState, target: WorkerState) -> WorkerState:
-    """Return `target` if the move is legal, else raise IllegalTransition."""
-    if target not in _ALLOWED[current]:
-        raise IllegalTransition(current, target)
-    return target
+transition = Transitions("worker", _ALLOWED)

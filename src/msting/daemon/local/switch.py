@@ -32,6 +32,7 @@ from msting.daemon.local.model import LocalModel, ModelState
 from msting.daemon.local.plan import build_plan, load_target
 from msting.daemon.local.routing import Routing
 from msting.daemon.local.service import LocalService
+from msting.daemon.local.transitions import Transitions
 
 log = logging.getLogger("msting.daemon.switch")
 
@@ -63,10 +64,7 @@ _ALLOWED = {
 }
 
 
-def advance(current: Phase, target: Phase) -> Phase:
-    if target not in _ALLOWED[current]:
-        raise RuntimeError(f"illegal switch transition {current.value} -> {target.value}")
-    return target
+advance = Transitions("switch", _ALLOWED)
 
 
 class SwitchFailed(Exception):
