@@ -6,14 +6,14 @@
   rejected), most of them for the routes that take a body;
 - ``hostile_requests``: hypothesis-drawn raw bodies that no schema generator writes:
   ``NaN``/``Infinity`` literals, ``1e400``, lone surrogate escapes and invalid UTF-8, deep
-  nesting, integers of thousands of digits, wrong types for every key, malformed JSON,
-  and bodies over the size limit.
+  nesting, integers of thousands of digits, wrong types for every key (the keys of each
+  route's body in that document; of the WebSocket's generate message in docs/api.md),
+  malformed JSON, and bodies over the size limit.
 
-Everything is drawn with a fixed seed (hypothesis ``derandomize``), so a run sends the
-same requests every time. Valid-shaped generation requests get ``max_tokens`` capped
-(``MAX_TOKENS_CAP``) so that thousands of them stay cheap, and a profile switch drawn as
-valid is turned into a dry run (``dry_run: true``), so the fuzz never changes the
-active profile. This file must not import from ``tests/``.
+Everything is drawn with a fixed seed, so a run sends the same requests every time.
+Valid-shaped generation requests get ``max_tokens`` capped (``MAX_TOKENS_CAP``) so that
+thousands of them stay cheap, and a profile switch drawn as valid is turned into a dry run
+(``dry_run: true``), so the fuzz never changes the active profile.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import random
 import urllib.parse
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 MAX_TOKENS_CAP = 8
@@ -37,6 +37,9 @@ TEMPLATES: dict[str, dict] = {  # a valid body per route, the base the hostile b
     "/v1/profiles/switch": {"profile": "no-such-profile", "dry_run": True},
 }
 WS_TEMPLATE = {"type": "generate", "id": "f1", "prompt": "Once upon a time", "max_tokens": 4}
+# the keys of a WebSocket generate message (docs/api.md, "WebSocket: /v1/ws")
+WS_KEYS = ["id", "max_tokens", "messages", "model", "prompt", "seed", "stop", "temperature", "top_p", "type"]
+NUMERIC_KEYS = {"max_tokens", "max_completion_tokens", "temperature", "top_p", "presence_penalty", "frequency_penalty", "seed", "n", "timeout"}
 
 
 @dataclass
@@ -212,15 +215,30 @@ def _template(route: str) -> dict:
     return WS_TEMPLATE if route == "/v1/ws" else TEMPLATES[route]
 
 
-def hostile_strategy(route_list: list[str] | None = None) -> Any:
+def route_keys(doc: dict) -> dict[str, list[str]]:
+    """The keys of each route's JSON body, from the OpenAPI document (sorted: the draws
+    depend on their order)."""
+    out = {}
+    for route in TEMPLATES:
+        schema = doc["paths"][route]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        while "$ref" in schema:
+            schema = doc["components"]["schemas"][schema["$ref"].rsplit("/", 1)[-1]]
+        out[route] = sorted(schema.get("properties", {}))
+    return out
+
+
+def hostile_strategy(keys: dict[str, list[str]]) -> Any:
     from hypothesis import strategies as st
 
-    routes = st.sampled_from(route_list or sorted(TEMPLATES))
+    routes = st.sampled_from(sorted(keys))
+
+    def numeric(route: str) -> list[str]:
+        return [k for k in keys[route] if k in NUMERIC_KEYS] or ["extra"]
 
     @st.composite
     def non_finite(draw):
         route = draw(routes)
-        key = draw(st.sampled_from([*_numeric_keys(route), "prompt", "model", "extra"]))
+        key = draw(st.sampled_from([*numeric(route), "prompt", "model", "extra"]))
         token = draw(st.sampled_from(NON_FINITE))
         return route, _with_raw(_template(route), key, token.encode()), "non-finite", f"{key}={token}"
 
@@ -228,11 +246,10 @@ def hostile_strategy(route_list: list[str] | None = None) -> Any:
     def bad_unicode(draw):
         route = draw(routes)
         raw = draw(st.sampled_from(BAD_STRINGS))
-        where = draw(st.sampled_from(["value", "key"]))
-        if where == "key":
+        if draw(st.sampled_from(["value", "key"])) == "key":
             body = json.dumps(_template(route)).encode()
             return route, body[:-1] + b", " + raw + b": 1}", "unicode", f"key {raw!r}"
-        key = draw(st.sampled_from([k for k in ("prompt", "model", "input", "profile", "stop") if k in _keys(route)] or ["model"]))
+        key = draw(st.sampled_from([k for k in ("prompt", "model", "input", "profile", "stop") if k in keys[route]] or ["model"]))
         return route, _with_raw(_template(route), key, raw), "unicode", f"{key}={raw!r}"
 
     @st.composite
@@ -240,10 +257,9 @@ def hostile_strategy(route_list: list[str] | None = None) -> Any:
         route = draw(routes)
         depth = draw(st.sampled_from([33, 40, 64, 200, 1000, 2000, 10_000, 100_000]))
         kind = draw(st.sampled_from(["array", "object"]))
-        whole = draw(st.booleans())
-        if whole:
+        if draw(st.booleans()):
             return route, _nested(depth, kind), "deep", f"whole body nested {depth} ({kind})"
-        key = draw(st.sampled_from([*_keys(route), "extra"]))
+        key = draw(st.sampled_from([*keys[route], "extra"]))
         return route, _with_raw(_template(route), key, _nested(depth, kind)), "deep", f"{key} nested {depth} ({kind})"
 
     @st.composite
@@ -251,26 +267,19 @@ def hostile_strategy(route_list: list[str] | None = None) -> Any:
         route = draw(routes)
         digits = draw(st.sampled_from([19, 20, 25, 40, 309, 400, 4300, 4301, 5000, 20_000, 100_000]))
         sign = draw(st.sampled_from(["", "-"]))
-        form = draw(st.sampled_from(["int", "float", "exp"]))
-        if form == "int":
-            raw = (sign + "9" * digits).encode()
-        elif form == "float":
-            raw = (sign + "1" + "0" * digits + ".5").encode()
-        else:
-            raw = f"{sign}1e{digits}".encode()
-        key = draw(st.sampled_from([*_numeric_keys(route), *_keys(route), "extra"]))
+        raw = {"int": sign + "9" * digits, "float": sign + "1" + "0" * digits + ".5", "exp": f"{sign}1e{digits}"}[
+            draw(st.sampled_from(["int", "float", "exp"]))].encode()
+        key = draw(st.sampled_from([*numeric(route), *keys[route], "extra"]))
         return route, _with_raw(_template(route), key, raw), "huge-number", f"{key}={raw[:24].decode()}... ({len(raw)} chars)"
 
     @st.composite
     def wrong_type(draw):
         route = draw(routes)
-        key = draw(st.sampled_from(sorted(_keys(route))))
-        value = draw(st.one_of(st.sampled_from(KEY_VALUES_WRONG),
-                               st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
-                                            | st.text(max_size=8), lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=4), c, max_size=3),
-                                            max_leaves=6)))
-        body = {**_template(route), key: value}
-        return route, json.dumps(body).encode(), "wrong-type", f"{key}={json.dumps(value)[:40]}"
+        key = draw(st.sampled_from(keys[route]))
+        scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8)
+        value = draw(st.one_of(st.sampled_from(KEY_VALUES_WRONG), st.recursive(
+            scalars, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=4), c, max_size=3), max_leaves=6)))
+        return route, json.dumps({**_template(route), key: value}).encode(), "wrong-type", f"{key}={json.dumps(value)[:40]}"
 
     @st.composite
     def malformed(draw):
@@ -279,23 +288,6 @@ def hostile_strategy(route_list: list[str] | None = None) -> Any:
         return route, raw, "malformed", f"{raw[:30]!r}"
 
     return st.one_of(non_finite(), bad_unicode(), deep(), huge_number(), wrong_type(), malformed())
-
-
-def _keys(route: str) -> set[str]:
-    from msting.http import native, openai_api, openapi, ws
-
-    if route == "/v1/ws":
-        return set(ws.GENERATE_KEYS)
-    return {"/generate": native.GENERATE_KEYS, "/llm": native.LLM_KEYS, "/v1/chat/completions": openai_api.CHAT_KEYS,
-            "/v1/completions": openai_api.COMPLETION_KEYS, "/v1/embeddings": openai_api.EMBEDDING_KEYS,
-            "/v1/execute": openai_api.EXECUTE_KEYS, "/models/load": openapi.LOAD_KEYS, "/models/unload": openapi.UNLOAD_KEYS,
-            "/v1/profiles/switch": openapi.SWITCH_KEYS}[route]
-
-
-def _numeric_keys(route: str) -> list[str]:
-    numeric = {"max_tokens", "max_completion_tokens", "temperature", "top_p", "presence_penalty", "frequency_penalty", "seed",
-               "n", "timeout"}
-    return sorted(_keys(route) & numeric) or ["extra"]
 
 
 def huge_bodies(count: int, limit: int) -> list[FuzzRequest]:
@@ -319,8 +311,8 @@ def huge_bodies(count: int, limit: int) -> list[FuzzRequest]:
     return out
 
 
-def hostile_requests(n: int, seed: int = 20261202, huge: int = 0, limit: int = 4 * 1024 * 1024) -> list[FuzzRequest]:
-    drawn = _draw(hostile_strategy(), n, seed)
+def hostile_requests(doc: dict, n: int, seed: int = 20261202, huge: int = 0, limit: int = 4 * 1024 * 1024) -> list[FuzzRequest]:
+    drawn = _draw(hostile_strategy(route_keys(doc)), n, seed)
     out = [FuzzRequest(f"hostile-{kind}", f"POST {route}", "POST", route, body, note=note) for route, body, kind, note in drawn]
     return out + huge_bodies(huge, limit)
 
@@ -329,7 +321,7 @@ def hostile_requests(n: int, seed: int = 20261202, huge: int = 0, limit: int = 4
 def hostile_ws_messages(n: int, seed: int = 20261203, huge: int = 0, limit: int = 4 * 1024 * 1024) -> list[FuzzRequest]:
     """The same hostile kinds as WebSocket messages on /v1/ws (a generate message mutated),
     plus `huge` messages over the size limit."""
-    drawn = _draw(hostile_strategy(["/v1/ws"]), n, seed)
+    drawn = _draw(hostile_strategy({"/v1/ws": WS_KEYS}), n, seed)
     out = [FuzzRequest(f"ws-{kind}", "WS /v1/ws", "WS", "/v1/ws", body, note=note) for _, body, kind, note in drawn]
     for i in range(huge):
         body = json.dumps({**WS_TEMPLATE, "prompt": "a " * ((limit + 1 + i * limit) // 2)}).encode()
@@ -341,12 +333,3 @@ def shuffled(reqs: list[FuzzRequest], seed: int) -> list[FuzzRequest]:
     out = list(reqs)
     random.Random(seed).shuffle(out)
     return out
-
-
-@dataclass
-class FuzzPlan:
-    schemathesis: int
-    hostile: int
-    huge: int
-    seed: int = 20261201
-    extra: dict = field(default_factory=dict)

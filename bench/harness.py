@@ -1,20 +1,9 @@
-"""Shared harness of the benchmarks in this folder (``bench/run.py`` and the sections it runs:
-``service.py``, ``overhead.py``, ``switch.py``, ``suite.py``).
+"""What every bench here shares: statistics, daemon homes (``tests/daemon_home.py``, the
+tests' own harness), one hand-written HTTP/1.1 client (``RawConn``), ``GET /health``
+sampled from another process, the peer servers, the machine and what else runs on it.
 
-- statistics: ``percentile``, ``spread`` (median/min/max), ``latency`` (p50/p99);
-- a daemon under a fresh short temporary MSTING_HOME (``Home``), and the helpers around
-  ``GET /v1/status``;
-- ``GET /health`` sampled from a separate process (``HealthSampler``);
-- peers started by the bench: ``LlamaServer`` (``python -m llama_cpp.server``) and
-  ``CppLlamaServer`` (llama.cpp's ``llama-server`` when one is on PATH);
-- the machine (``machine``), other programs running on it (``foreign_load``,
-  ``wait_quiet``), CPU counters;
-- memory of a process tree (``memory_of``: RSS, USS, PSS, shared);
-- ``write_docs``: replaces one section of ``docs/benchmarks.md``;
-- ``cleanup_all``: stops every daemon home and server the bench started.
-
-Every process the bench starts is registered here (``HOMES``, ``SERVERS``) so that one
-``cleanup_all()`` in a ``finally`` stops it. This file must not import from ``tests/``.
+Every process a bench starts is registered here (``HOMES``, ``SERVERS``), so that one
+``cleanup_all()`` in a ``finally`` stops it.
 """
 
 from __future__ import annotations
@@ -22,40 +11,37 @@ from __future__ import annotations
 import json
 import os
 import platform
+import select
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import psutil
-import yaml
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from child_env import child_env  # noqa: E402  the same explicit environment as the tests
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCS = ROOT / "docs" / "benchmarks.md"
-RESULTS = ROOT / "bench" / "results"
+sys.path.insert(0, str(ROOT / "tests"))
+from daemon_home import DaemonError, DaemonHome, free_port, merge, msting_command  # noqa: E402,F401
+
+RESULTS = ROOT / "bench" / "results"  # raw JSON, gitignored
+CACHE = ROOT / "bench" / ".cache"  # generated models, gitignored
 STORIES = (ROOT / ".." / "shared" / "models" / "stories260K.gguf").resolve()
 STORIES_SHA256 = "270cba1bd5109f42d03350f60406024560464db173c0e387d91f0426d3bd256d"
-SOCKET_LIMIT = 107  # bytes in sun_path, without the terminating NUL
-BASE_CONFIG: dict = {"logging": {"file_level": "INFO"}}
+BENCH_CONFIG: dict = {"logging": {"file_level": "INFO"}}  # the shipped defaults otherwise
 HEALTH_INTERVAL_S = 0.005  # pause between two /health samples
+BenchError = DaemonError
+KEEP = False  # --keep-homes: leave the homes and server logs for inspection
 
 
-# ---------------------------------------------------------------------------------------
-# statistics
-
-
-# ---------------------------------------------------------------------------------------
-# statistics
+# ---- statistics ------------------------------------------------------------------------
 
 
 def percentile(values: list[float], p: float) -> float | None:
@@ -84,183 +70,298 @@ def latency(values_ms: list[float]) -> dict:
             "max": round(max(values_ms), 3), "mean": round(sum(values_ms) / len(values_ms), 3)}
 
 
-# ---------------------------------------------------------------------------------------
-# one daemon home
+# ---- daemons and peers -----------------------------------------------------------------
 
-HOMES: list[Home] = []
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+HOMES: list[DaemonHome] = []
+SERVERS: list[LlamaServer] = []
 
 
-def merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for key, value in extra.items():
-        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
+def home(label: str, extra: dict | None = None) -> DaemonHome:
+    """A fresh home with BENCH_CONFIG, its port and `extra` written; stopped by cleanup_all()."""
+    dh = DaemonHome(base=BENCH_CONFIG, label=label)
+    HOMES.append(dh)
+    dh.write_config(merge({"llm_service": {"port": dh.port}}, extra or {}))
+    return dh
 
 
-def msting_command() -> list[str]:
-    exe = Path(sys.executable).parent / "msting"
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "msting"]
-
-
-class BenchError(RuntimeError):
-    pass
-
-
-class Home:
-    """A fresh MSTING_HOME with a free port and a written config; remembers itself for cleanup."""
-
-    def __init__(self, label: str, extra: dict | None = None):
-        self.label = label
-        self.path = Path(tempfile.mkdtemp(prefix="msb"))
-        HOMES.append(self)
-        if len(str(self.socket).encode()) > SOCKET_LIMIT:
-            raise BenchError(f"socket path {self.socket} is over {SOCKET_LIMIT} bytes: set TMPDIR to a shorter directory")
-        self.port = free_port()
-        # An explicit environment, as in the tests: a developer's LLM_API_KEY, MSTING_*
-        # or proxy variables must not change what the bench measures.
-        self.env = child_env(MSTING_HOME=str(self.path), MSTING_LLM_PORT=str(self.port))
-        self.config = merge(merge(BASE_CONFIG, {"llm_service": {"port": self.port}}), extra or {})
-        cfg = self.path / "config" / "config.yaml"
-        cfg.parent.mkdir(parents=True, exist_ok=True)
-        cfg.write_text(yaml.safe_dump(self.config, sort_keys=False))
-        self.cleaned = False
-
-    @property
-    def socket(self) -> Path:
-        return self.path / "run" / "msting.sock"
-
-    @property
-    def log_file(self) -> Path:
-        return self.path / "logs" / "daemon.log"
-
-    def cli(self, *args: str, timeout: float = 120) -> tuple[subprocess.CompletedProcess, float]:
-        t0 = time.perf_counter()
-        proc = subprocess.run([*msting_command(), *args], env=self.env, capture_output=True, text=True, timeout=timeout, check=False)
-        return proc, time.perf_counter() - t0
-
-    def cli_json(self, *args: str, timeout: float = 120) -> tuple[dict, float]:
-        proc, dt = self.cli(*args, timeout=timeout)
-        try:
-            body = json.loads(proc.stdout)
-        except ValueError:
-            body = {}
-        if proc.returncode != 0:
-            raise BenchError(f"[{self.label}] msting {' '.join(args)} exited {proc.returncode}\n"
-                             f"stdout: {proc.stdout[-2000:]}\nstderr: {proc.stderr[-2000:]}\nlog:\n{self.log_tail()}")
-        return body, dt
-
-    def start(self) -> dict:
-        body, dt = self.cli_json("llm", "start", "--json", "--timeout", "90")
-        body["wall_sec"] = dt
-        return body
-
-    def spawn_idle(self, timeout: float = 60) -> dict:
-        """Start the daemon (``python -m msting.daemon``, detached, as ``msting llm start``
-        does) without waiting for a model: for a config that loads none at start
-        (``llm_service.always_ready: false``), where ``msting llm start`` would wait for a
-        readiness that never comes. Returns the first /health body with a pid."""
-        log = self.path / "logs" / "daemon.out"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        t0 = time.perf_counter()
-        with open(log, "ab") as out:
-            subprocess.Popen([sys.executable, "-m", "msting.daemon"], stdin=subprocess.DEVNULL, stdout=out,
-                             stderr=subprocess.STDOUT, start_new_session=True, close_fds=True, env=self.env)
-        with self.client(timeout=2) as c:
-            body = wait_until(lambda: (c.get("/health").json() or {}) if self.socket.exists() else None,
-                              timeout, 0.02, f"[{self.label}] the daemon's /health")
-        body["wall_sec"] = time.perf_counter() - t0
-        return body
-
-    def client(self, timeout: float = 30) -> httpx.Client:
-        return httpx.Client(transport=httpx.HTTPTransport(uds=str(self.socket)), base_url="http://msting", timeout=timeout)
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return "(no daemon log)"
-
-    def processes(self) -> list[psutil.Process]:
-        """Every live process started with this MSTING_HOME (the daemon and its workers)."""
-        found = []
-        me = os.getpid()
-        for proc in psutil.process_iter(["pid"]):
-            try:
-                if proc.pid != me and proc.environ().get("MSTING_HOME") == str(self.path) and proc.status() != psutil.STATUS_ZOMBIE:
-                    found.append(proc)
-            except (psutil.Error, OSError):
-                continue
-        return found
-
-    def stop(self) -> list[int]:
-        """`msting llm stop --force`, then SIGKILL whatever still carries this home. Returns the pids killed."""
-        try:
-            self.cli("llm", "stop", "--force", "--timeout", "10", timeout=30)
-        except (OSError, subprocess.SubprocessError) as exc:
-            print(f"[{self.label}] msting llm stop --force failed: {exc}", file=sys.stderr)
-        leftovers = self.processes()
-        for proc in leftovers:
-            try:
-                proc.send_signal(signal.SIGCONT)
-                proc.kill()
-            except psutil.Error:
-                pass
-        psutil.wait_procs(leftovers, timeout=5)
-        return [p.pid for p in leftovers]
-
-    def cleanup(self, keep: bool = False) -> list[int]:
-        if self.cleaned:
-            return []
-        killed = self.stop()
-        self.cleaned = True
-        if not keep:
-            shutil.rmtree(self.path, ignore_errors=True)
-        return killed
+def start(dh: DaemonHome) -> dict:
+    """`msting llm start --json`: its report, with the wall time in ``wall_sec``."""
+    proc = dh.start("--json")
+    return {**json.loads(proc.stdout), "wall_sec": proc.wall_sec}
 
 
 def status(client: httpx.Client) -> dict:
     return client.get("/v1/status").json()
 
 
-def worker_of(st: dict) -> dict:
-    return st["models"][0]["workers"][0]
-
-
-def wait_until(pred: Callable[[], Any], timeout: float, interval: float = 0.01, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    last_exc = None
-    while time.monotonic() < deadline:
-        try:
-            value = pred()
-            if value:
-                return value
-        except (httpx.HTTPError, OSError, KeyError, IndexError, ValueError) as exc:
-            last_exc = exc
-        time.sleep(interval)
-    raise BenchError(f"timed out after {timeout:g}s waiting for {what} (last error: {last_exc!r})")
-
-
 def ready_worker(client: httpx.Client, not_pid: int | None = None) -> dict | None:
-    """The worker snapshot if the model is ready and verified (and its pid is not `not_pid`)."""
-    st = status(client)
-    model = st["models"][0]
-    w = worker_of(st)
+    """The first model's worker if it is ready and verified (and its pid is not `not_pid`)."""
+    model = status(client)["models"][0]
+    w = model["workers"][0]
     if model["state"] == "ready" and w["verified"] and w["pid"] and w["pid"] != not_pid and w["state"] in ("READY", "BUSY"):
         return {**w, "load_ms": model["load_ms"]}
     return None
 
 
-def _reference_server_process(sock_path: str, body: bytes, started: Any) -> None:
-    """A stand-in for the daemon that does nothing but answer: every request on its
-    Unix socket gets the same 200 and `body` (a copy of a real /health answer). Sampled
-    with httpx under the same load, it shows the client's own floor: what an httpx
-    /health would take against a server that costs nothing."""
+class LlamaServer:
+    """``python -m llama_cpp.server`` on a free loopback port, its log in a temp folder."""
+
+    name = "llama_cpp.server"
+
+    def __init__(self, model: str, n_ctx: int = 2048, n_threads: int = 1):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.dir = Path(tempfile.mkdtemp(prefix="msbsrv"))
+        SERVERS.append(self)
+        with open(self.dir / "server.log", "wb") as out:
+            self.proc = subprocess.Popen(self.command(model, n_ctx, n_threads), stdout=out, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
+        self.pid = self.proc.pid
+        t0 = time.monotonic()
+        with httpx.Client(base_url=self.url, timeout=5, trust_env=False) as c:
+            while True:
+                if self.proc.poll() is not None:
+                    raise BenchError(f"{self.name} exited {self.proc.returncode}:\n{self.tail()}")
+                try:
+                    if c.get("/v1/models").status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > t0 + 90:
+                    raise BenchError(f"{self.name} did not answer within 90 s:\n{self.tail()}")
+                time.sleep(0.1)
+        self.started_sec = time.monotonic() - t0
+
+    def command(self, model: str, n_ctx: int, n_threads: int) -> list[str]:
+        return [sys.executable, "-m", "llama_cpp.server", "--model", model, "--n_threads", str(n_threads),
+                "--n_threads_batch", str(n_threads), "--n_ctx", str(n_ctx), "--host", "127.0.0.1", "--port", str(self.port)]
+
+    def tail(self) -> str:
+        try:
+            return "\n".join((self.dir / "server.log").read_text(errors="replace").splitlines()[-20:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self, keep: bool = False) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if not keep:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class CppLlamaServer(LlamaServer):
+    """llama.cpp's own ``llama-server`` (C++), when one is on PATH; the same OpenAI routes."""
+
+    name = "llama-server (C++)"
+
+    def command(self, model: str, n_ctx: int, n_threads: int) -> list[str]:
+        return [shutil.which("llama-server") or "llama-server", "-m", model, "-t", str(n_threads), "-tb", str(n_threads),
+                "-c", str(n_ctx), "--host", "127.0.0.1", "--port", str(self.port)]
+
+
+def cleanup_all(keep: bool | None = None) -> list[int]:
+    """Stop every server and daemon this process started; the leftover pids killed."""
+    keep = KEEP if keep is None else keep
+    for server in SERVERS:
+        try:
+            server.stop(keep)
+        except (OSError, subprocess.SubprocessError) as exc:
+            print(f"stopping {server.name} pid {server.pid} failed: {exc}", file=sys.stderr)
+    SERVERS.clear()
+    leftovers = [pid for dh in HOMES for pid in dh.cleanup(keep)]
+    if keep:
+        print("kept: " + " ".join(str(dh.home) for dh in HOMES), file=sys.stderr)
+    HOMES.clear()
+    return leftovers
+
+
+def install_signal_handlers() -> None:
+    """SIGTERM / SIGHUP unwind through the `finally` blocks that stop what the bench started."""
+    def on_signal(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
+
+
+# ---- hand-written HTTP/1.1 -------------------------------------------------------------
+
+
+class Dropped(Exception):
+    """The connection ended before the reply was complete."""
+
+
+@dataclass
+class Reply:
+    status: int | None = None
+    headers: dict = field(default_factory=dict)
+    body: bytes = b""
+    complete: bool = False  # the whole message arrived, as its framing says
+    error: str | None = None  # connect | timeout | dropped | reset | send
+    sent_at: float = 0.0  # perf_counter() just before the request's first byte was written
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class RawConn:
+    """One keep-alive connection with HTTP/1.1 written by hand (the request in one write,
+    the reply read as it comes), to a Unix socket ``("unix", path)`` or to TCP
+    ``("tcp", "127.0.0.1", port)``: no client library's own cost or behaviour in the way."""
+
+    IDLE_REUSE_SEC = 20.0  # uvicorn closes idle keep-alive connections after 30 s
+
+    def __init__(self, target: tuple, timeout: float = 60.0):
+        self.target = target
+        self.timeout = timeout
+        self.sock: socket.socket | None = None
+        self.buf = b""
+        self.last_used = 0.0
+        self.host = "msting" if target[0] == "unix" else f"127.0.0.1:{target[2]}"
+
+    def close(self) -> None:
+        if self.sock is not None:
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+        self.sock = None
+        self.buf = b""
+
+    def _connect(self) -> None:
+        if self.sock is not None and (time.monotonic() - self.last_used > self.IDLE_REUSE_SEC
+                                      or select.select([self.sock], [], [], 0)[0]):  # idle too long, or closed by the server
+            self.close()
+        if self.sock is None:
+            if self.target[0] == "unix":
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                s.settimeout(5)
+                s.connect(self.target[1])
+            else:
+                s = socket.create_connection((self.target[1], self.target[2]), timeout=5)
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.sock = s
+            self.buf = b""
+
+    def request(self, method: str, path: str, body: bytes | None = None, *, timeout: float | None = None,
+                chunked: bool = False, on_chunk: Any = None) -> Reply:
+        """`on_chunk(bytes)` is called with each chunk of a chunked reply as it arrives."""
+        reply = Reply()
+        deadline = time.monotonic() + (timeout or self.timeout)
+        try:
+            self._connect()
+        except OSError as exc:
+            self.close()
+            reply.error = f"connect: {type(exc).__name__}"
+            return reply
+        head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\n"
+        if body is not None:
+            head += "Content-Type: application/json\r\n" + ("Transfer-Encoding: chunked" if chunked else f"Content-Length: {len(body)}")
+            head += "\r\n"
+        data = (head + "\r\n").encode("latin-1", "replace")
+        send_error = None
+        sock = self.sock
+        assert sock is not None
+        try:
+            sock.settimeout(max(0.05, deadline - time.monotonic()))
+            reply.sent_at = time.perf_counter()
+            if body is None or (not chunked and len(body) < 65536):
+                sock.sendall(data + (body or b""))
+            elif not chunked:
+                sock.sendall(data)
+                view = memoryview(body)
+                for i in range(0, len(body), 1 << 20):
+                    sock.sendall(view[i:i + (1 << 20)])
+            else:
+                sock.sendall(data)
+                for i in range(0, len(body), 1 << 16):
+                    part = body[i:i + (1 << 16)]
+                    sock.sendall(b"%x\r\n%s\r\n" % (len(part), part))
+                sock.sendall(b"0\r\n\r\n")
+        except socket.timeout:
+            send_error = "timeout"
+        except OSError as exc:  # the server answered (413) and closed before reading it all: read that answer
+            send_error = f"send: {type(exc).__name__}"
+        try:
+            self._read(reply, deadline, on_chunk)
+        except socket.timeout:
+            reply.error = "timeout"
+        except (Dropped, OSError) as exc:
+            reply.error = send_error or ("dropped" if isinstance(exc, Dropped) else f"reset: {type(exc).__name__}")
+        self.last_used = time.monotonic()
+        if reply.error or not reply.complete or reply.headers.get("connection", "").lower() == "close":
+            self.close()
+        return reply
+
+    def post(self, path: str, body: Any, timeout: float | None = None) -> Reply:
+        return self.request("POST", path, json.dumps(body).encode(), timeout=timeout)
+
+    def _recv(self, deadline: float) -> None:
+        assert self.sock is not None
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise socket.timeout()
+        self.sock.settimeout(left)
+        chunk = self.sock.recv(1 << 16)
+        if not chunk:
+            raise Dropped()
+        self.buf += chunk
+
+    def _read(self, reply: Reply, deadline: float, on_chunk: Any) -> None:
+        while b"\r\n\r\n" not in self.buf:
+            self._recv(deadline)
+        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        lines = head.decode("latin-1").split("\r\n")
+        reply.status = int(lines[0].split(" ", 2)[1])
+        for line in lines[1:]:
+            k, _, v = line.partition(":")
+            reply.headers[k.strip().lower()] = v.strip()
+        if "content-length" in reply.headers:
+            n = int(reply.headers["content-length"])
+            while len(self.buf) < n:
+                self._recv(deadline)
+            reply.body, self.buf = self.buf[:n], self.buf[n:]
+        elif reply.headers.get("transfer-encoding", "").lower() == "chunked":
+            parts = []
+            try:
+                while True:
+                    while b"\r\n" not in self.buf:
+                        self._recv(deadline)
+                    size_line, self.buf = self.buf.split(b"\r\n", 1)
+                    size = int(size_line.split(b";")[0], 16)
+                    while len(self.buf) < size + 2:
+                        self._recv(deadline)
+                    parts.append(self.buf[:size])
+                    if size and on_chunk is not None:
+                        on_chunk(parts[-1])
+                    self.buf = self.buf[size + 2:]
+                    if size == 0:
+                        break
+            finally:
+                reply.body = b"".join(parts)
+        else:  # no length: until the server closes
+            try:
+                while True:
+                    self._recv(deadline)
+            except Dropped:
+                pass
+            reply.body, self.buf = self.buf, b""
+            self.close()
+        reply.complete = True
+
+
+# ---- GET /health from another process --------------------------------------------------
+
+
+def _reference_server(sock_path: str, body: bytes, started: Any) -> None:
+    """A stand-in for the daemon that does nothing but answer every request on its Unix
+    socket with the same 200 and `body` (a real /health answer): sampled with httpx under
+    the same load, it shows the client's own floor."""
     import asyncio
 
     answer = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
@@ -284,19 +385,22 @@ def _reference_server_process(sock_path: str, body: bytes, started: Any) -> None
     asyncio.run(main())
 
 
-def _sampler_process(conn: Any, sock_path: str, reference_path: str) -> None:
-    """Runs in its own process (so that the bench's other threads never hold its GIL):
-    samples GET /health on command and sends the samples back."""
-    client = httpx.Client(transport=httpx.HTTPTransport(uds=sock_path), base_url="http://msting", timeout=10)
-    reference = httpx.Client(transport=httpx.HTTPTransport(uds=reference_path), base_url="http://msting", timeout=10)
-    raw = RawHealth(sock_path)
-
+def _sampler(conn: Any, sock_path: str, reference_path: str) -> None:
+    """Samples GET /health on command, in its own process (the bench's threads never hold its GIL)."""
     def via(c: httpx.Client) -> str:
         r = c.get("/health")
         return r.json().get("readiness", "?") if r.status_code == 200 else f"http {r.status_code}"
 
-    getters = {"httpx": lambda: via(client), "raw": raw.get, "httpx_reference": lambda: via(reference)}
+    def raw_get() -> str:
+        r = raw.request("GET", "/health", timeout=10)
+        if r.status is None:
+            raise ConnectionError(r.error)
+        return r.json().get("readiness", "?")
 
+    clients = [httpx.Client(transport=httpx.HTTPTransport(uds=p), base_url="http://msting", timeout=10, trust_env=False)
+               for p in (sock_path, reference_path)]
+    raw = RawConn(("unix", sock_path), 10)
+    getters = {"httpx": lambda: via(clients[0]), "raw": raw_get, "httpx_reference": lambda: via(clients[1])}
     try:
         while True:
             cmd = conn.recv()
@@ -328,14 +432,13 @@ def _sampler_process(conn: Any, sock_path: str, reference_path: str) -> None:
                 time.sleep(HEALTH_INTERVAL_S)
             conn.send(out)
     finally:
-        client.close()
-        reference.close()
+        for c in clients:
+            c.close()
         raw.close()
 
 
 def close_child(conn: Any, proc: Any, wait: float) -> None:
-    """Stop a pipe-driven child process (multiprocessing): ask it to close, wait
-    `wait` seconds, then kill it."""
+    """Stop a pipe-driven child process: ask it to close, wait `wait` s, then kill it."""
     try:
         conn.send(("close",))
     except OSError:
@@ -348,29 +451,26 @@ def close_child(conn: Any, proc: Any, wait: float) -> None:
 
 
 class HealthSampler:
-    """GET /health from a dedicated child process, with one persistent httpx client.
-    For reference, two other kinds: "raw", hand-written HTTP on a raw socket (the
-    daemon's own share), and "httpx_reference", httpx against a do-nothing server in
-    its own process (the client's floor). Samples are (latency ms, reported readiness,
-    time.perf_counter() at the start); perf_counter is CLOCK_MONOTONIC, so the child's
-    times compare with the parent's."""
+    """GET /health from a child process with one persistent httpx client ("httpx"); for
+    reference, "raw" (hand-written HTTP: the daemon's own share) and "httpx_reference"
+    (httpx against a do-nothing server: the client's floor). Samples are (ms, reported
+    readiness, perf_counter() at the start); perf_counter is CLOCK_MONOTONIC, so the
+    child's times compare with the parent's."""
 
-    def __init__(self, home: Home):
+    def __init__(self, dh: DaemonHome):
         import multiprocessing as mp
 
         ctx = mp.get_context("spawn")
-        with httpx.Client(transport=httpx.HTTPTransport(uds=str(home.socket)), base_url="http://msting", timeout=10) as c:
+        with dh.client(timeout=10) as c:
             body = c.get("/health").content
-        reference_path = str(home.path / "reference.sock")
+        reference_path = str(dh.home / "reference.sock")
         started = ctx.Event()
-        self.server = ctx.Process(target=_reference_server_process, args=(reference_path, body, started),
-                                  name="health-reference", daemon=True)
+        self.server = ctx.Process(target=_reference_server, args=(reference_path, body, started), daemon=True)
         self.server.start()
         if not started.wait(30):
             raise BenchError("the reference /health server did not start")
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_sampler_process, args=(child, str(home.socket), reference_path),
-                                name="health-sampler", daemon=True)
+        self.proc = ctx.Process(target=_sampler, args=(child, str(dh.socket), reference_path), daemon=True)
         self.proc.start()
         child.close()
 
@@ -388,7 +488,7 @@ class HealthSampler:
 
     def _result(self, timeout: float) -> list[tuple[float, str, float]]:
         if not self.conn.poll(timeout):
-            raise BenchError(f"the /health sampler process gave no answer within {timeout:g}s")
+            raise BenchError(f"the /health sampler gave no answer within {timeout:g}s")
         return self.conn.recv()
 
     def close(self) -> None:
@@ -397,124 +497,93 @@ class HealthSampler:
         self.server.join(5)
 
 
-class RawHealth:
-    """Reference only: GET /health written by hand on one persistent Unix-socket connection,
-    so that the client's own cost (httpx) can be told apart from the daemon's."""
-
-    def __init__(self, path: str):
-        self.path = path
-        self.sock: socket.socket | None = None
-
-    def get(self) -> str:
-        if self.sock is None:
-            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            self.sock.settimeout(10)
-            self.sock.connect(self.path)
-        self.sock.sendall(b"GET /health HTTP/1.1\r\nHost: msting\r\n\r\n")
-        buf = b""
-        while b"\r\n\r\n" not in buf:
-            buf += self._recv()
-        head, body = buf.split(b"\r\n\r\n", 1)
-        lengths = [int(ln.split(b":", 1)[1]) for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length:")]
-        if not lengths:
-            raise ValueError("no Content-Length in the answer")
-        while len(body) < lengths[0]:
-            body += self._recv()
-        return json.loads(body).get("readiness", "?")
-
-    def _recv(self) -> bytes:
-        assert self.sock is not None
-        chunk = self.sock.recv(65536)
-        if not chunk:
-            raise ConnectionError("the daemon closed the connection")
-        return chunk
-
-    def close(self) -> None:
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
-
+# ---- the machine -----------------------------------------------------------------------
 
 FOREIGN_MARKERS = ("pytest", "msting.daemon", "msting.worker", "-m msting", "bin/msting", "llama_cpp", "pip install")
 
 
-def foreign_load(window: float = 0.5, threshold: float = 15.0) -> dict:
-    """Other programs busy on the CPU right now (not this bench, its children, or its daemons):
-    on a small machine they distort every number here, so the report says so."""
-    me = psutil.Process()
-    ours = {me.pid} | {c.pid for c in me.children(recursive=True)}
-    homes = {str(h.path) for h in HOMES}
-    procs = []
-    for proc in psutil.process_iter(["pid", "name"]):
-        try:
-            if proc.pid in ours:
-                continue
-            proc.cpu_percent(None)
-            procs.append(proc)
-        except psutil.Error:
-            continue
-    time.sleep(window)
-    busy = []
-    for proc in procs:
-        try:
-            pct = proc.cpu_percent(None)
-            if pct < threshold:
-                continue
-            try:
-                if proc.environ().get("MSTING_HOME") in homes:
-                    continue
-            except (psutil.Error, OSError):
-                pass
-            busy.append({"pid": proc.pid, "cpu_percent": round(pct), "cmd": " ".join(proc.cmdline())[:120]})
-        except psutil.Error:
-            continue
-    # test suites and other msting daemons are bursty: count them even when idle this instant
-    present = []
-    for proc in procs:
-        try:
-            cmd = " ".join(proc.cmdline())
-            if (proc.name() not in ("grep", "pgrep") and any(m in cmd for m in FOREIGN_MARKERS)
-                    and proc.environ().get("MSTING_HOME") not in homes):
-                present.append({"pid": proc.pid, "cmd": cmd[:120]})
-        except (psutil.Error, OSError):
-            continue
-    return {"loadavg_1m": round(os.getloadavg()[0], 2), "busy": busy, "msting_or_pytest": present}
-
-
 def short_cmd(cmd: str) -> str:
     """'/x/.venv/bin/python -m msting.worker --fd 15 ...' -> 'python -m msting.worker'."""
-    parts = cmd.split()
-    if not parts:
-        return "?"
+    parts = cmd.split() or ["?"]
     words = [parts[0].rsplit("/", 1)[-1]]
-    if len(parts) > 1 and parts[1] == "-m" and len(parts) > 2:
+    if len(parts) > 2 and parts[1] == "-m":
         words += parts[1:3]
     elif len(parts) > 1 and not parts[1].startswith("-"):
         words.append(parts[1].rsplit("/", 1)[-1])
     return " ".join(words)
 
 
+def foreign_load(window: float = 0.5, threshold: float = 15.0) -> dict:
+    """Other programs busy on the CPU right now, and test suites or other msting daemons
+    (bursty: counted even when idle this instant); not this bench, its children, its
+    daemons, its ancestors or its process group. On a small machine they distort every
+    number, so the reports say so."""
+    me = psutil.Process()
+    ours = {me.pid} | {c.pid for c in me.children(recursive=True)} | {p.pid for p in me.parents()}
+    group = os.getpgid(0)
+    homes = {str(dh.home) for dh in HOMES}
+    procs = []
+    for proc in psutil.process_iter(["pid", "name"]):
+        try:
+            if proc.pid in ours or os.getpgid(proc.pid) == group:
+                continue
+            proc.cpu_percent(None)
+            procs.append(proc)
+        except (psutil.Error, OSError):
+            continue
+    time.sleep(window)
+    busy, present = [], []
+    for proc in procs:
+        try:
+            if proc.environ().get("MSTING_HOME") in homes:
+                continue
+        except (psutil.Error, OSError):
+            pass
+        try:
+            cmd = " ".join(proc.cmdline())
+            pct = proc.cpu_percent(None)
+            if pct >= threshold:
+                busy.append({"pid": proc.pid, "cpu_percent": round(pct), "cmd": cmd[:120]})
+            if proc.name() not in ("grep", "pgrep") and any(m in cmd for m in FOREIGN_MARKERS):
+                present.append({"pid": proc.pid, "cmd": cmd[:120]})
+        except (psutil.Error, OSError):
+            continue
+    return {"loadavg_1m": round(os.getloadavg()[0], 2), "busy": busy, "msting_or_pytest": present}
+
+
+def foreign_names(found: Any) -> list[str]:
+    """The short commands of every foreign program in a (nested) result of foreign_load()."""
+    if isinstance(found, dict):
+        own = [b["cmd"] for k in ("busy", "msting_or_pytest") for b in found.get(k) or []]
+        return sorted({short_cmd(c) for c in own} | {n for v in found.values() if isinstance(v, dict) for n in foreign_names(v)})
+    return []
+
+
 def wait_quiet(limit: float) -> float:
-    """Wait up to `limit` seconds until nothing foreign is busy or running; returns the seconds waited."""
+    """Wait up to `limit` s until nothing foreign is busy or running; the seconds waited."""
     t0 = time.monotonic()
     quiet = 0
-    while time.monotonic() - t0 < limit:
+    while time.monotonic() - t0 < limit and quiet < 3:
         fl = foreign_load(1.0)
         quiet = 0 if fl["busy"] or fl["msting_or_pytest"] else quiet + 1
-        if quiet >= 3:
-            break
-        time.sleep(2)
+        if quiet < 3:
+            time.sleep(2)
     return time.monotonic() - t0
+
+
+def git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10, check=False)
+        return out.stdout.strip() if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def machine() -> dict:
     cpu = platform.processor() or platform.machine()
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
+        cpu = next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name"))
+    except (OSError, StopIteration):
         pass
     from importlib.metadata import PackageNotFoundError, version
 
@@ -524,65 +593,21 @@ def machine() -> dict:
         except PackageNotFoundError:
             return None
 
-    def git(*args: str) -> str | None:
-        try:
-            out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10, check=False)
-            return out.stdout.strip() if out.returncode == 0 else None
-        except (OSError, subprocess.SubprocessError):
-            return None
-
     dirty = git("status", "--porcelain", "--", "src")
-    return {
-        "git_head": git("rev-parse", "--short", "HEAD"),
-        "src_uncommitted_changes": None if dirty is None else len(dirty.splitlines()),
-        "cpu": cpu,
-        "logical_cores": os.cpu_count(),
-        "physical_cores": psutil.cpu_count(logical=False),
-        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-        "os": f"{platform.system()} {platform.release()}",
-        "python": platform.python_version(),
-        "msting": ver("msting"),
-        "llama_cpp_python": ver("llama-cpp-python"),
-    }
+    return {"git_head": git("rev-parse", "--short", "HEAD"), "src_uncommitted_changes": None if dirty is None else len(dirty.splitlines()),
+            "cpu": cpu, "logical_cores": os.cpu_count(), "physical_cores": psutil.cpu_count(logical=False),
+            "memory_gib": round(psutil.virtual_memory().total / 2**30, 1), "os": f"{platform.system()} {platform.release()}",
+            "python": platform.python_version(), "msting": ver("msting"), "llama_cpp_python": ver("llama-cpp-python")}
 
 
-def write_docs(section: str, title: str, keep: tuple[str, str] | None = None) -> None:
-    """Replace the section headed `title` in docs/benchmarks.md (re-read right before
-    writing), keeping the other sections. With `keep` = (start, end) marker lines, a
-    hand-written block between them inside the old section is carried over. Shared by
-    every bench in this folder."""
-    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    lines = text.splitlines()
-    start = next((i for i, ln in enumerate(lines) if ln.strip() == title), None)
-    if start is None:
-        new = text.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n"
-    else:
-        end = next((j for j in range(start + 1, len(lines)) if lines[j].startswith("## ")), len(lines))
-        if keep is not None:
-            old = lines[start:end]
-            a = next((i for i, ln in enumerate(old) if ln.strip() == keep[0]), None)
-            b = next((i for i, ln in enumerate(old) if ln.strip() == keep[1]), None)
-            if a is not None and b is not None and b > a:
-                section = section.rstrip("\n") + "\n\n" + "\n".join(old[a:b + 1]) + "\n"
-        before = "\n".join(lines[:start]).rstrip("\n")
-        after = "\n".join(lines[end:])
-        new = (before + "\n\n" if before else "") + section.rstrip("\n") + "\n" + ("\n" + after.rstrip("\n") + "\n" if after.strip() else "")
-    DOCS.parent.mkdir(parents=True, exist_ok=True)
-    DOCS.write_text(new)
+def source_info() -> dict:
+    """Which msting the daemons run (PYTHONPATH may point at another source tree) and the git state."""
+    import importlib.util
 
-
-def on_signal(signum, frame):
-    """SIGTERM / SIGHUP: unwind through the `finally` blocks that stop what the bench started."""
-    raise SystemExit(128 + signum)
-
-
-def install_signal_handlers() -> None:
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGHUP, on_signal)
-
-
-# ---------------------------------------------------------------------------------------
-# CPU counters
+    spec = importlib.util.find_spec("msting")
+    return {"msting_module": str(Path(spec.origin).parent) if spec and spec.origin else None,
+            "pythonpath": os.environ.get("PYTHONPATH"), "git_head": git("rev-parse", "--short", "HEAD"),
+            "src_dirty": bool(git("status", "--porcelain", "--", "src"))}
 
 
 def cpu_stat() -> list[int] | None:
@@ -604,220 +629,38 @@ def steal_share(before: list[int] | None, after: list[int] | None) -> dict | Non
 
 
 def cpu_seconds(pid: int | None) -> float | None:
-    if pid is None:
-        return None
     try:
         t = psutil.Process(pid).cpu_times()
         return t.user + t.system
-    except psutil.Error:
+    except (psutil.Error, TypeError, ValueError):
         return None
-
-
-def source_info() -> dict:
-    """Which msting the daemons run (PYTHONPATH may point at another source tree) and the git state."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("msting")
-    info: dict[str, Any] = {"msting_module": str(Path(spec.origin).parent) if spec and spec.origin else None,
-                            "pythonpath": os.environ.get("PYTHONPATH")}
-    try:
-        info["git_head"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                          text=True, timeout=10, check=False).stdout.strip() or None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"], cwd=ROOT, capture_output=True,
-                               text=True, timeout=10, check=False).stdout.strip()
-        info["src_dirty"] = bool(dirty)
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return info
-
-
-def foreign_load_not_ours() -> dict:
-    """foreign_load(), leaving out this bench's own ancestors (a `timeout` or shell wrapping
-    it) and its process group (e.g. `... | tail` beside it)."""
-    fl = foreign_load()
-    ancestors = {proc.pid for proc in psutil.Process().parents()}
-    group = os.getpgid(0)
-
-    def ours(pid: int) -> bool:
-        try:
-            return pid in ancestors or os.getpgid(pid) == group
-        except OSError:
-            return False
-
-    for k in ("busy", "msting_or_pytest"):
-        fl[k] = [b for b in fl.get(k, []) if not ours(b["pid"])]
-    return fl
-
-
-def foreign_names(fl: dict) -> list[str]:
-    return sorted({short_cmd(b["cmd"]) for b in fl.get("busy", []) + fl.get("msting_or_pytest", [])})
-
-
-# ---------------------------------------------------------------------------------------
-# memory
 
 
 def memory_of(pid: int) -> dict | None:
-    """RSS, USS, PSS and shared bytes of one process (psutil's memory_full_info: USS is
-    what only this process holds, PSS splits shared pages among their sharers, so the
-    PSS of two replicas sum to about one copy of the mmapped weights)."""
+    """RSS, USS, PSS and shared bytes of one process (psutil's memory_full_info: USS is what
+    only this process holds, PSS splits shared pages among their sharers)."""
     try:
         proc = psutil.Process(pid)
         full = proc.memory_full_info()
+        cmd = short_cmd(" ".join(proc.cmdline()))
     except (psutil.Error, OSError):
         return None
-    return {"pid": pid, "cmd": short_cmd(" ".join(proc.cmdline())), "rss": full.rss, "uss": getattr(full, "uss", None),
-            "pss": getattr(full, "pss", None), "shared": getattr(full, "shared", None)}
+    return {"pid": pid, "cmd": cmd, "rss": full.rss, "uss": getattr(full, "uss", None), "pss": getattr(full, "pss", None),
+            "shared": getattr(full, "shared", None)}
 
 
-# ---------------------------------------------------------------------------------------
-# peer servers started by the bench
+def compile_msting() -> None:
+    """As pip install does: an editable checkout run with PYTHONDONTWRITEBYTECODE=1 would
+    otherwise recompile every msting module in every CLI call, daemon and worker start."""
+    import compileall
 
-SERVERS: list[Any] = []
+    import msting
 
-
-class LlamaServer:
-    """``python -m llama_cpp.server`` on a free loopback port, with its log in a temp file."""
-
-    name = "llama_cpp.server"
-
-    def __init__(self, key: str, model: str, n_ctx: int = 2048, n_threads: int = 1, extra: list[str] | None = None):
-        self.key = key
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.dir = Path(tempfile.mkdtemp(prefix="msbsrv"))
-        self.log = self.dir / "server.log"
-        self.cmd = self.command(model, n_ctx, n_threads) + list(extra or [])
-        SERVERS.append(self)
-        with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen(self.cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         start_new_session=True)
-        self.pid = self.proc.pid
-        self.started_sec = self.wait_ready(90)
-
-    def command(self, model: str, n_ctx: int, n_threads: int) -> list[str]:
-        return [sys.executable, "-m", "llama_cpp.server", "--model", model, "--n_threads", str(n_threads),
-                "--n_threads_batch", str(n_threads), "--n_ctx", str(n_ctx), "--host", "127.0.0.1", "--port", str(self.port)]
-
-    def wait_ready(self, timeout: float) -> float:
-        t0 = time.monotonic()
-        deadline = t0 + timeout
-        with httpx.Client(base_url=self.url, timeout=5) as c:
-            while True:
-                if self.proc.poll() is not None:
-                    raise BenchError(f"{self.name} exited {self.proc.returncode}:\n{self.tail()}")
-                try:
-                    if c.get("/v1/models").status_code == 200:
-                        return time.monotonic() - t0
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise BenchError(f"{self.name} did not answer within {timeout:g} s:\n{self.tail()}")
-                time.sleep(0.1)
-
-    def tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-    def stop(self, keep: bool = False) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        if not keep:
-            shutil.rmtree(self.dir, ignore_errors=True)
+    compileall.compile_dir(str(Path(msting.__file__).parent), quiet=1)
 
 
-def cpp_llama_server() -> str | None:
-    """llama.cpp's C++ server, when one is on PATH."""
-    return shutil.which("llama-server")
+# ---- models ------------------------------------------------------------------------------
 
-
-class CppLlamaServer(LlamaServer):
-    """llama.cpp's own ``llama-server`` (C++), when one is on PATH; same OpenAI routes."""
-
-    name = "llama-server (C++)"
-
-    def command(self, model: str, n_ctx: int, n_threads: int) -> list[str]:
-        exe = cpp_llama_server()
-        if exe is None:
-            raise BenchError("llama-server is not on PATH")
-        return [exe, "-m", model, "-t", str(n_threads), "-tb", str(n_threads), "-c", str(n_ctx),
-                "--host", "127.0.0.1", "--port", str(self.port)]
-
-
-def cleanup_all(keep: bool = False) -> list[int]:
-    """Stop every server and every daemon home this process started; returns leftover pids killed."""
-    for server in SERVERS:
-        try:
-            server.stop(keep)
-        except (OSError, subprocess.SubprocessError) as exc:
-            print(f"stopping {server.name} pid {server.pid} failed: {exc}", file=sys.stderr)
-    SERVERS.clear()
-    leftovers: list[int] = []
-    for home in HOMES:
-        leftovers += home.cleanup(keep)
-    return leftovers
-
-
-# ---------------------------------------------------------------------------------------
-# tables
-
-
-def md_table(head: list[str], rows: list[list[str]], left: int = 1) -> list[str]:
-    """A markdown table; the first `left` columns are left-aligned, the others right-aligned."""
-    out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" if i < left else "---:" for i in range(len(head))) + "|"]
-    for r in rows:
-        out.append("| " + " | ".join(str(x).replace("|", "\\|") for x in r) + " |")
-    return out
-
-
-def text_table(head: list[str], rows: list[list[str]], left: int = 1) -> str:
-    cells = [head] + [[str(x) for x in r] for r in rows]
-    widths = [max(len(c[i]) for c in cells) for i in range(len(head))]
-    lines = []
-    for j, c in enumerate(cells):
-        lines.append("  ".join(x.ljust(widths[i]) if i < left else x.rjust(widths[i]) for i, x in enumerate(c)).rstrip())
-        if j == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def machine_line(m: dict) -> str:
-    return (f"{m['cpu']}, {m['logical_cores']} logical cores ({m['physical_cores']} physical), {m['memory_gib']} GiB RAM, "
-            f"{m['os']}, Python {m['python']}, llama-cpp-python {m['llama_cpp_python']}")
-
-
-def dump_json(path: Path, res: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(res, indent=1, default=str) + "\n")
-
-
-def save_results(res: dict, json_out: Path) -> Path:
-    """Write a bench's JSON; a run with errors goes to ``*.failed.json`` instead, so it
-    never overwrites the results of a good one. Returns the path written."""
-    out = json_out if not res.get("errors") else json_out.with_name(json_out.stem + ".failed.json")
-    dump_json(out, res)
-    print(f"wrote {out}")
-    return out
-
-
-def notes_block(notes: list[str]) -> list[str]:
-    """The "Notes:" list closing a section of docs/benchmarks.md (nothing without notes)."""
-    if not notes:
-        return []
-    return ["Notes:", "", *(f"- {n}" for n in notes), ""]
-
-
-# ---------------------------------------------------------------------------------------
-# models
-
-CACHE = ROOT / "bench" / ".cache"  # generated models; gitignored, never committed
 # A larger generated model where the engine dominates: msting-tiny's recipe (vocabulary,
 # tokenizer, deterministic F32 weights) at 512 wide and 8 layers: about 26M parameters, 104 MB.
 LARGE_DIMS = {"n_embd": 512, "n_layer": 8, "n_head": 8, "n_head_kv": 8, "n_ff": 1376}
@@ -825,18 +668,16 @@ LARGE_NAME = "msting-bench-26m"
 
 
 def large_model(folder: Path = CACHE) -> Path:
-    """The generated bench model, written once into bench/.cache (deterministic: the same bytes
-    every time, so a cached file is reused)."""
+    """The generated bench model, written once into bench/.cache (the same bytes every time)."""
     from msting.models.builtin import BUILTIN_VERSION, write_tiny_model
 
     target = folder / f"{LARGE_NAME}-v{BUILTIN_VERSION}.gguf"
-    if target.is_file() and target.stat().st_size > 0:
-        return target
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".tmp")
-    write_tiny_model(tmp, **LARGE_DIMS, name=LARGE_NAME,
-                     description="msting benchmark model: msting-tiny's recipe, larger (random weights)")
-    os.replace(tmp, target)
+    if not (target.is_file() and target.stat().st_size > 0):
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(".tmp")
+        write_tiny_model(tmp, **LARGE_DIMS, name=LARGE_NAME,
+                         description="msting benchmark model: msting-tiny's recipe, larger (random weights)")
+        os.replace(tmp, target)
     return target
 
 
@@ -844,3 +685,41 @@ def human_params(n: int | None) -> str:
     if not n:
         return "?"
     return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.0f}K"
+
+
+class Load:
+    """`clients` threads, each running `loop(i, load)`: back-to-back requests while
+    ``load.running()``, each result handed to ``load.add()``. Bounded in time and count."""
+
+    def __init__(self, clients: int, loop: Any, max_sec: float, max_requests: int = 1_000_000):
+        self.stop_event = threading.Event()
+        self.deadline = time.monotonic() + max_sec
+        self.max_requests = max_requests
+        self.records: list = []
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=loop, args=(i, self), name=f"load-{i}", daemon=True) for i in range(clients)]
+
+    def running(self) -> bool:
+        return not self.stop_event.is_set() and time.monotonic() < self.deadline and len(self.records) < self.max_requests
+
+    def add(self, record: Any) -> None:
+        with self.lock:
+            self.records.append(record)
+
+    def snapshot(self) -> list:
+        with self.lock:
+            return list(self.records)
+
+    def start(self) -> Load:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def stop(self, timeout: float = 120) -> list:
+        self.stop_event.set()
+        for t in self.threads:
+            t.join(timeout)
+        alive = [t.name for t in self.threads if t.is_alive()]
+        if alive:
+            raise BenchError(f"load threads did not stop: {alive}")
+        return self.records
