@@ -35,6 +35,7 @@ DEFAULT_CONFIG_RESOURCE = "default.yaml"
 _POSITIVE = Num(integer=False, lo=0, lo_open=True)
 _NON_NEGATIVE = Num(integer=False, lo=0)
 _LEVEL = Choice(LOG_LEVELS, upper=True)
+SERVICES = ("local",)  # the providers requests can go to (`service~model`); `local` is the daemon's own workers
 _ENV_NAME = Str(pattern=r"[A-Za-z_][A-Za-z0-9_]*", pattern_desc="an environment variable name (letters, digits, _)")
 
 
@@ -92,7 +93,7 @@ class ServiceConfig:
 class LLMConfig:
     """The model and its generation defaults (``llm``)."""
 
-    default_service: str = opt("local", Str())
+    default_service: str = opt("local", Choice(SERVICES))
     model: str = opt(BUILTIN_TINY, Str())
     model_name: str | None = opt(None, Str(nullable=True))
     temperature: float = opt(DEFAULT_TEMPERATURE, Num(integer=False, lo=TEMPERATURE[0], hi=TEMPERATURE[1]))  # the API's own range

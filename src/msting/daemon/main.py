@@ -197,7 +197,8 @@ async def _serve(config: Config, paths: Paths, sockets: list[socket.socket], sec
         return DaemonExit.CONFIG
     service = LocalService(config, paths, routing, store, launcher)
     control = DaemonControl(service, Jobs(store))
-    app = build_app(Router([LocalProvider(service)]), control, security=security or SecurityPolicy.from_config(config))
+    router = Router([LocalProvider(service)], default=config.llm.default_service)
+    app = build_app(router, control, security=security or SecurityPolicy.from_config(config))
     server = _make_server(app, config.llm_service.stop_timeout_sec)
     serve_task = asyncio.create_task(server.serve(sockets=sockets), name="http")
     while not server.started:

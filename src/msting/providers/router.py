@@ -24,6 +24,8 @@ class Router:
     def __init__(self, providers: list[Provider], default: str | None = None):
         self.providers = {p.name: p for p in providers}
         self.default = default or providers[0].name
+        if self.default not in self.providers:
+            raise ValueError(f"the default service '{self.default}' is not one of: {', '.join(sorted(self.providers))}")
 
     def resolve(self, name: str | None) -> tuple[Provider, str | None]:
         """The provider for `name`, and the model name within it (None: its default)."""

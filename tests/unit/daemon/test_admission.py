@@ -25,7 +25,6 @@ from msting.daemon.local.queue import JobStatus, LocalJob
 from msting.daemon.local.routing import Routing
 from msting.daemon.local.states import WorkerState
 from msting.daemon.store import Store
-from msting.models.gguf_file import ModelFileError
 from msting.models.memory import format_bytes
 
 from local_testing import build, make_config, spec, stop_all
@@ -470,16 +469,13 @@ def test_a_model_bigger_than_the_budget_is_refused_before_it_starts(store: Store
     run(main, r)
 
 
-# ---- known bugs (strict xfail: each turns into a failure the day it is fixed, so the
-# marker gets removed and the test guards the fix) ------------------------------------------
+# ---- requests that arrive while a model stops; a failed model's file -------------------
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="a job admitted while its model is stopping is queued in a model that then has no worker")
 def test_a_job_admitted_while_its_model_stops_is_not_stranded(store: Store, config: Config, stories: Path) -> None:
     """The idle reaper, an eviction or an unload stops a model; a request for it that
-    arrives before the worker is STOPPED finds `model.started` true, so admission
-    neither starts the model nor refuses: the job waits in a queue no worker reads."""
+    arrives before the worker is STOPPED is queued there, and the model starts again
+    for it once the stop is done: the job is served."""
     r = build(store, config, spec("b", stories, always_ready=False))
 
     async def main() -> None:
@@ -493,20 +489,17 @@ def test_a_job_admitted_while_its_model_stops_is_not_stranded(store: Store, conf
         assert model.started
         j = a.job(CompletionRequest("Once", "b", SamplingParams(max_tokens=1)))
         await stopping
-        # what should hold: the job is answered, or the model is started again for it
-        assert j.over or model.started, f"{j.status.value} in the queue of a stopped model"
+        assert model.started, f"{j.status.value} in the queue of a stopped model"
+        assert isinstance(await asyncio.wait_for(j.events.get(), TIMEOUT), Done)
 
     run(main, r)
 
 
-@pytest.mark.xfail(strict=True, raises=ModelFileError,
-                   reason="a started model whose file is not GGUF makes every on-demand load raise ModelFileError")
 def test_a_failed_model_with_a_broken_file_does_not_block_on_demand_loads(
         store: Store, config: Config, stories: Path, tmp_path: Path) -> None:
-    """The default profile starts even with a broken model file: that model goes FATAL,
-    which counts as started, so `_make_room` hands it to choose_victims, whose estimate
-    reads the broken file's header and raises ModelFileError (not an MstingError: the
-    route answers 500) for a request naming another, healthy model."""
+    """The default profile starts even with a broken model file: that model goes FATAL.
+    It holds no memory, so making room for another, healthy model never reads its file
+    (that raised ModelFileError, a 500, for the healthy model's request)."""
     broken = tmp_path / "broken.gguf"
     broken.write_bytes(b"this is not a GGUF file\n" * 10)
     r = build(store, config, spec("a", broken), spec("b", stories, always_ready=False))

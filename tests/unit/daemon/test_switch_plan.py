@@ -224,6 +224,18 @@ def test_a_profile_over_its_memory_budget_is_refused(paths: Paths, config: Confi
     assert plan["memory"]["message"].endswith("but the memory budget is 1.0 MiB")
 
 
+def test_with_always_ready_off_every_model_is_on_demand_and_nothing_loads(paths: Paths, store: Store, one: Path, stories: Path) -> None:
+    """llm_service.always_ready: false makes every model on demand: the switch starts
+    none of them, so the plan loads nothing and cannot be refused for memory."""
+    config = make_config(always_ready=False)
+    service = service_on(paths, config, store, "one")
+    write_profile(paths, "tight", {"big": model(stories, n_ctx=384)}, budget_mb=1)
+    target, plan = build_plan(service, load_target(service, "tight"))
+    assert [m.on_demand for m in target.models.values()] == [True]
+    assert plan["load"] == [] and plan["on_demand"] == ["big"]
+    assert plan["mode"] == "parallel"
+
+
 def test_a_profile_within_a_generous_budget_is_parallel(paths: Paths, config: Config, store: Store, one: Path, stories: Path) -> None:
     service = service_on(paths, config, store, "one")
     write_profile(paths, "roomy", {"fresh": model(stories, n_ctx=384)}, budget_mb=1024)

@@ -130,6 +130,11 @@ def test_the_default_service_is_the_first_provider_unless_named(local: FakeProvi
     assert r.resolve("local~story") == (local, "story")
 
 
+def test_a_default_service_that_is_no_provider_is_refused_when_the_router_is_built(local: FakeProvider) -> None:
+    with pytest.raises(ValueError, match="the default service 'ollama' is not one of: local"):
+        Router([local], default="ollama")
+
+
 def test_an_unknown_service_is_not_found_naming_the_services_and_the_known_models(router: Router) -> None:
     with pytest.raises(NotFound) as exc:
         router.resolve("nope~story")

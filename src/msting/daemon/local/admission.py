@@ -94,7 +94,7 @@ class Admission:
             model.estimated_bytes
         except ModelFileError:
             return  # the worker reports the file's problem as a boot error, with the reason
-        loaded = [m for m in self._loaded() if m.started]
+        loaded = [m for m in self._loaded() if m.started and m.state is not ModelState.FAILED]  # a failed model holds no memory
         victims = choose_victims(model, loaded, budget=self.routing.budget_bytes,
                                  available=psutil.virtual_memory().available, now=time.monotonic())
         for victim in victims:
@@ -128,6 +128,17 @@ class Admission:
                 self._enqueue(job, self.routing.serving(job.request.model, embed=job.embed))
             except MstingError as err:
                 job.fail(err)
+
+    def readmit(self, job: LocalJob) -> None:
+        """A queued job whose model left service: resolve it again, now."""
+        if job.over:
+            return
+        if self.closed:
+            return job.fail(shutting_down())
+        try:
+            self._enqueue(job, self.routing.serving(job.request.model, embed=job.embed, also=self.incoming))
+        except MstingError as err:
+            job.fail(err)
 
     def hold(self, jobs: list[LocalJob]) -> None:
         """Jobs taken back from models a rolled-back switch stops: they are queued

@@ -18,12 +18,12 @@ def choose_victims(model: LocalModel, loaded: list[LocalModel], *, budget: int |
 
     need = model.estimated_bytes
     loaded = [m for m in loaded if m is not model]
-    used = sum(m.estimated_bytes for m in loaded)
+    used = sum(_size(m) for m in loaded)
     idle = sorted((m for m in loaded if m.on_demand and m.idle_for(now) > 0), key=lambda m: m.last_used)
     victims: list[LocalModel] = []
 
     def fits() -> bool:
-        freed = sum(m.estimated_bytes for m in victims)
+        freed = sum(_size(m) for m in victims)
         return need <= available + freed and (budget is None or used - freed + need <= budget)
 
     while not fits() and idle:
@@ -34,3 +34,14 @@ def choose_victims(model: LocalModel, loaded: list[LocalModel], *, budget: int |
         raise Unavailable("insufficient_memory", f"model '{model.name}' needs about {format_bytes(need)} but there is only {limit}, "
                           "and no idle on-demand model to unload", retry_after=5)
     return victims
+
+
+def _size(model: LocalModel) -> int:
+    """A loaded model's estimate; 0 when its file can no longer be read (it was replaced
+    under a running worker: the worker holds its memory, but nothing better is known)."""
+    from msting.models.gguf_file import ModelFileError
+
+    try:
+        return model.estimated_bytes
+    except ModelFileError:
+        return 0

@@ -9,14 +9,15 @@ and the end of each request, and the model keeps the counts.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from dataclasses import dataclass, replace
+from enum import Enum
 from pathlib import Path
 
 import psutil
 
-from enum import Enum
 
 from msting.api import limits
 from msting.api.errors import Unavailable
@@ -26,6 +27,9 @@ from msting.daemon.local.spares import WorkerLauncher
 from msting.daemon.local.states import WorkerState
 from msting.daemon.local.supervisor import WorkerSupervisor
 from msting.daemon.store import Store
+
+
+log = logging.getLogger("msting.daemon.local")
 
 
 class ModelState(str, Enum):
@@ -149,8 +153,20 @@ class LocalModel:
         for w in self.workers:
             w.start()
 
-    async def stop(self) -> None:
+    async def stop(self, *, retire: bool = False) -> list[LocalJob]:
+        """Stop the workers; each finishes the request in hand first. Requests admitted
+        while they stopped are never left in a queue no worker reads: the model starts
+        again for them, or with `retire` (the model leaves service: a switch retired it,
+        or the daemon shuts down) they are returned, for the caller to send elsewhere or
+        answer."""
         await asyncio.gather(*(w.stop() for w in self.workers))
+        if not len(self.queue):
+            return []
+        if retire:
+            return self.queue.drain_all()
+        log.info("%s: %d request(s) arrived while it stopped: starting it again", self.key, len(self.queue))
+        self.start()
+        return []
 
     def recheck(self) -> None:
         """A failed model whose file was fixed: try again now (see WorkerSupervisor.recheck)."""

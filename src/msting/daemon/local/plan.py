@@ -61,7 +61,7 @@ def build_plan(service, profile) -> tuple[Routing, dict]:
     target = Routing.build(profile.name, specs, service.config, service.store, budget, reuse=service.routing.by_key(),
                             launcher=service.launcher)
     current = service.routing.all_models()
-    to_load = [rt for rt in target.models.values() if rt not in current and rt.spec.always_ready]
+    to_load = [rt for rt in target.models.values() if rt not in current and not rt.on_demand]
     kept = [rt for rt in target.all_models() if rt in current]
     to_unload = [rt for rt in current if rt not in target.all_models() and rt.started]
     estimates = [estimate_model(read_gguf_info(rt.spec.path), rt.spec.n_ctx, rt.spec.replicas, embedding=rt.spec.type == "embeddings")
@@ -81,7 +81,7 @@ def build_plan(service, profile) -> tuple[Routing, dict]:
         "load": [rt.name for rt in to_load],
         "keep": [rt.key for rt in kept],
         "unload": [rt.key for rt in to_unload],
-        "on_demand": [rt.name for rt in target.models.values() if not rt.spec.always_ready],
+        "on_demand": [rt.name for rt in target.models.values() if rt.on_demand],
         "default_model": target.default_model,
         "memory": {"needed_bytes": check.needed, "available_bytes": check.available, "freed_by_unload_bytes": freed,
                    "budget_bytes": budget, "message": check.message if to_load else "nothing to load: every always-ready model is kept"},

@@ -19,6 +19,7 @@ from msting.api.errors import Conflict, ServerError, Timeout, Unavailable
 from msting.config import Config, Paths
 from msting.daemon.local.admission import Admission, shutting_down
 from msting.daemon.local.model import LocalModel, ModelState
+from msting.daemon.local.queue import LocalJob
 from msting.daemon.local.routing import Routing
 from msting.daemon.local.spares import WorkerLauncher
 from msting.daemon.local.states import WorkerState
@@ -146,6 +147,11 @@ class LocalService:
         """Route every request from now on to `target` (one assignment)."""
         self.admission.swap(target)
 
+    def readmit(self, jobs: list[LocalJob]) -> None:
+        """Jobs a retired model still held: admitted again on the routing in force."""
+        for job in jobs:
+            self.admission.readmit(job)
+
     def end_switch(self) -> None:
         """The switch is over, done or rolled back: held requests go to the routing in force."""
         self.admission.settle()
@@ -172,7 +178,9 @@ class LocalService:
         gone = "the daemon shut down before this request was served"
         for job in [*held, *(job for m in models for job in m.queue.drain_all())]:
             job.fail(Unavailable("shutting_down", gone, retry_after=5))
-        await asyncio.gather(*(m.stop() for m in models), self.launcher.close())
+        results = await asyncio.gather(*(m.stop(retire=True) for m in models), self.launcher.close())
+        for job in (job for leftover in results[:-1] for job in leftover):
+            job.fail(Unavailable("shutting_down", gone, retry_after=5))
 
     def kill_workers(self) -> None:
         self.launcher.kill()

@@ -191,7 +191,8 @@ async def _verify(model: LocalModel, timeout: float) -> None:
 
 async def _drain_and_stop(service: LocalService, models: list[LocalModel]) -> None:
     await service.drain(models, max(service.config.llm_service.drain_grace_sec, 1.0))
-    await asyncio.gather(*(m.stop() for m in models))
+    for leftover in await asyncio.gather(*(m.stop(retire=True) for m in models)):
+        service.readmit(leftover)  # still queued after the grace: served by the routing in force
 
 
 async def _rollback(service: LocalService, old: Routing, target: Routing | None) -> None:
@@ -201,5 +202,6 @@ async def _rollback(service: LocalService, old: Routing, target: Routing | None)
         fresh = [m for m in target.all_models() if m not in old.all_models()]
         for m in fresh:  # requests that already reached the new models go back through old routing
             service.admission.hold(m.queue.drain_all())
-        await asyncio.gather(*(m.stop() for m in fresh))
+        for leftover in await asyncio.gather(*(m.stop(retire=True) for m in fresh)):
+            service.admission.hold(leftover)
     service.activate(old)
