@@ -416,45 +416,49 @@ class Ctx:
 # ---- phases ------------------------------------------------------------------------------
 
 
-def alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-def kill(pid: int) -> None:
-    with contextlib.suppress(OSError):
-        os.kill(pid, signal.SIGCONT)
-        os.kill(pid, signal.SIGKILL)
-
-
-def phase_worker_kills(ctx: Ctx, n: int) -> dict:
-    """n kill -9 of a serving worker under load, alternating the models, each landing anywhere in a request."""
+def phase_faults(ctx: Ctx, n: int, hang: bool) -> dict:
+    """n kill -9 (or, `hang`, SIGSTOP) of a serving worker under load, alternating the models.
+    A kill lands anywhere in a request; a hang on a worker caught BUSY, which the daemon must
+    kill and restart once."""
+    hang_ms = CHAOS_CONFIG["llm_service"]["hang_timeout_sec"] * 1000.0
     faults = []
-    load = start_load(ctx, ctx.plan.load_clients, n * 30 + 120)
+    load = start_load(ctx, ctx.plan.load_clients, n * (60 if hang else 30) + 120)
     try:
         time.sleep(0.5)
         for i in range(n):
             model = ctx.models[i % len(ctx.models)]
             ctx.wait_ready([model], 90)
-            time.sleep(ctx.rng.uniform(0.05, 0.5))
-            m = ctx.model(ctx.status(), model)
-            w = m["workers"][0]
-            if not w["pid"] or m["state"] != "ready":
+            deadline = time.monotonic() + 5
+            if not hang:
+                time.sleep(ctx.rng.uniform(0.05, 0.5))
+            while True:  # a hang: when it works on a request
+                m = ctx.model(ctx.status(), model)
+                w = m["workers"][0]
+                if not hang or (w["state"] == "BUSY" and w["pid"]) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.005)
+            if not hang and (not w["pid"] or m["state"] != "ready"):
                 m = ctx.model(ctx.wait_ready([model], 90), model)
             pid, before = m["workers"][0]["pid"], m["restarts"]
             t = time.monotonic()
-            os.kill(pid, signal.SIGKILL)
-            served = ctx.serve_again(model, t)
+            os.kill(pid, signal.SIGSTOP if hang else signal.SIGKILL)
+            served = ctx.serve_again(model, t, timeout=hang_ms / 1000.0 + 90 if hang else 120)
             fault: dict[str, Any] = {"i": i + 1, "model": model, "pid": pid, "state_before": w["state"], **served}
+            gone_by = time.monotonic() + 10
+            while hang and time.monotonic() < gone_by and alive(pid):
+                time.sleep(0.02)
+            if hang and alive(pid):  # the daemon never noticed: clean up ourselves
+                fault["not_killed_by_daemon"] = True
+                kill(pid)
             ctx.after_fault(fault, model, before, served)
             faults.append(fault)
-            if (i + 1) % 10 == 0 or fault["ms"] is None:
-                ctx.log(f"  worker kill {i + 1}/{n} [{model}]: serving again in {fault['ms']} ms" + (" FATAL" if fault.get("fatal") else ""))
+            if hang or (i + 1) % 10 == 0 or fault["ms"] is None:
+                ctx.log(f"  {'hang' if hang else 'worker kill'} {i + 1}/{n} [{model}, {w['state']}]: serving again in {fault['ms']} ms, "
+                        f"restarts +{fault['restarts_delta']}" + (" NOT KILLED BY THE DAEMON" if fault.get("not_killed_by_daemon") else ""))
     finally:
         records = load.stop()
-    return {"faults": faults, "load": summarize(records), **fault_summary(faults, "kill")}
+    out = {"faults": faults, "load": summarize(records), **fault_summary(faults, "hang" if hang else "kill", hang_ms)}
+    return {**out, "hang_timeout_ms": hang_ms} if hang else out
 
 
 def fault_summary(faults: list[dict], kind: str, hang_ms: float = 0.0) -> dict:
@@ -476,41 +480,17 @@ def fault_summary(faults: list[dict], kind: str, hang_ms: float = 0.0) -> dict:
     return out
 
 
-def phase_hangs(ctx: Ctx, n: int) -> dict:
-    """n SIGSTOP of a busy worker under load: the daemon must kill it and restart it once."""
-    hang_ms = CHAOS_CONFIG["llm_service"]["hang_timeout_sec"] * 1000.0
-    faults = []
-    load = start_load(ctx, ctx.plan.load_clients, n * 60 + 120)
+def alive(pid: int) -> bool:
     try:
-        time.sleep(0.5)
-        for i in range(n):
-            model = ctx.models[i % len(ctx.models)]
-            ctx.wait_ready([model], 90)
-            deadline = time.monotonic() + 5
-            while True:  # stop it while it works on a request
-                m = ctx.model(ctx.status(), model)
-                w = m["workers"][0]
-                if (w["state"] == "BUSY" and w["pid"]) or time.monotonic() > deadline:
-                    break
-                time.sleep(0.005)
-            pid, before = w["pid"], m["restarts"]
-            t = time.monotonic()
-            os.kill(pid, signal.SIGSTOP)
-            served = ctx.serve_again(model, t, timeout=hang_ms / 1000.0 + 90)
-            fault: dict[str, Any] = {"i": i + 1, "model": model, "pid": pid, "state_before": w["state"], **served}
-            gone_by = time.monotonic() + 10
-            while time.monotonic() < gone_by and alive(pid):
-                time.sleep(0.02)
-            if alive(pid):  # the daemon never noticed: clean up ourselves
-                fault["not_killed_by_daemon"] = True
-                kill(pid)
-            ctx.after_fault(fault, model, before, served)
-            faults.append(fault)
-            ctx.log(f"  hang {i + 1}/{n} [{model}, {w['state']}]: serving again in {fault['ms']} ms, restarts +{fault['restarts_delta']}"
-                    + (" NOT KILLED BY THE DAEMON" if fault.get("not_killed_by_daemon") else ""))
-    finally:
-        records = load.stop()
-    return {"faults": faults, "load": summarize(records), "hang_timeout_ms": hang_ms, **fault_summary(faults, "hang", hang_ms)}
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def kill(pid: int) -> None:
+    with contextlib.suppress(OSError):
+        os.kill(pid, signal.SIGCONT)
+        os.kill(pid, signal.SIGKILL)
 
 
 def phase_switches(ctx: Ctx, n: int) -> dict:
@@ -870,8 +850,8 @@ def run_chaos(plan: Plan, *, log: Callable[[str], None] = print, phases: list[st
     if not h.STORIES.is_file():
         raise h.BenchError(f"{h.STORIES} is missing")
     ctx = Ctx(plan, log)
-    steps = {"worker_kills": (lambda: phase_worker_kills(ctx, plan.worker_kills), plan.worker_kills),
-             "hangs": (lambda: phase_hangs(ctx, plan.hangs), plan.hangs), "switches": (lambda: phase_switches(ctx, plan.switches), plan.switches),
+    steps = {"worker_kills": (lambda: phase_faults(ctx, plan.worker_kills, False), plan.worker_kills),
+             "hangs": (lambda: phase_faults(ctx, plan.hangs, True), plan.hangs), "switches": (lambda: phase_switches(ctx, plan.switches), plan.switches),
              "fuzz": (lambda: phase_fuzz(ctx, plan.fuzz, plan.hostile, plan.huge), plan.fuzz + plan.hostile),
              "daemon_kills": (lambda: phase_daemon_kills(ctx, plan.daemon_kills), plan.daemon_kills), "soak": (lambda: phase_soak(ctx, plan.soak_sec), plan.soak_sec)}
     try:
@@ -1082,15 +1062,15 @@ def main(argv: list[str] | None = None) -> int:
         plan.soak_sec = args.soak * 60.0
     command = ".venv/bin/python bench/chaos.py" + (" --quick" if args.quick else "") + (f" --soak {args.soak:g}" if args.soak is not None else "")
     t0 = time.time()
-    machine, source = h.machine(), h.source_info()
-    print(f"msting chaos ({mode}) on {r.machine_line(machine)}; code {source.get('git_head')}", flush=True)
+    machine = h.machine()
+    print(f"msting chaos ({mode}) on {r.machine_line(machine)}; code {machine['git_head']}", flush=True)
     try:
         res = run_chaos(plan, phases=args.only, log=lambda s: print(s, flush=True))
     finally:
         h.cleanup_all()
     from importlib.metadata import version
 
-    res.update(mode=mode, command=command, machine=machine, source=source, duration_sec=round(time.time() - t0, 1),
+    res.update(mode=mode, command=command, machine=machine, duration_sec=round(time.time() - t0, 1),
                versions={"schemathesis": version("schemathesis"), "hypothesis": version("hypothesis")})
     print_report(res)
     r.save(res, args.json_out or (DEFAULT_JSON.with_name("chaos.quick.json") if args.quick else DEFAULT_JSON))

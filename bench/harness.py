@@ -8,6 +8,7 @@ Every process a bench starts is registered here (``HOMES``, ``SERVERS``), so tha
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -270,19 +271,11 @@ class RawConn:
         try:
             sock.settimeout(max(0.05, deadline - time.monotonic()))
             reply.sent_at = time.perf_counter()
-            if body is None or (not chunked and len(body) < 65536):
+            if not chunked:
                 sock.sendall(data + (body or b""))
-            elif not chunked:
-                sock.sendall(data)
-                view = memoryview(body)
-                for i in range(0, len(body), 1 << 20):
-                    sock.sendall(view[i:i + (1 << 20)])
             else:
-                sock.sendall(data)
-                for i in range(0, len(body), 1 << 16):
-                    part = body[i:i + (1 << 16)]
-                    sock.sendall(b"%x\r\n%s\r\n" % (len(part), part))
-                sock.sendall(b"0\r\n\r\n")
+                sock.sendall(data + b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 65536]), body[i:i + 65536])
+                                             for i in range(0, len(body), 65536)) + b"0\r\n\r\n")
         except socket.timeout:
             send_error = "timeout"
         except OSError as exc:  # the server answered (413) and closed before reading it all: read that answer
@@ -580,11 +573,9 @@ def git(*args: str) -> str | None:
 
 
 def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    """The machine, the package versions, and which msting the daemons run (PYTHONPATH may point
+    at another source tree) at which commit."""
+    import importlib.util
     from importlib.metadata import PackageNotFoundError, version
 
     def ver(name: str) -> str | None:
@@ -593,21 +584,15 @@ def machine() -> dict:
         except PackageNotFoundError:
             return None
 
-    dirty = git("status", "--porcelain", "--", "src")
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError, StopIteration):
+        cpu = next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name"))
+    dirty, spec = git("status", "--porcelain", "--", "src"), importlib.util.find_spec("msting")
     return {"git_head": git("rev-parse", "--short", "HEAD"), "src_uncommitted_changes": None if dirty is None else len(dirty.splitlines()),
             "cpu": cpu, "logical_cores": os.cpu_count(), "physical_cores": psutil.cpu_count(logical=False),
             "memory_gib": round(psutil.virtual_memory().total / 2**30, 1), "os": f"{platform.system()} {platform.release()}",
-            "python": platform.python_version(), "msting": ver("msting"), "llama_cpp_python": ver("llama-cpp-python")}
-
-
-def source_info() -> dict:
-    """Which msting the daemons run (PYTHONPATH may point at another source tree) and the git state."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("msting")
-    return {"msting_module": str(Path(spec.origin).parent) if spec and spec.origin else None,
-            "pythonpath": os.environ.get("PYTHONPATH"), "git_head": git("rev-parse", "--short", "HEAD"),
-            "src_dirty": bool(git("status", "--porcelain", "--", "src"))}
+            "python": platform.python_version(), "msting": ver("msting"), "llama_cpp_python": ver("llama-cpp-python"),
+            "msting_module": str(Path(spec.origin).parent) if spec and spec.origin else None, "pythonpath": os.environ.get("PYTHONPATH")}
 
 
 def cpu_stat() -> list[int] | None:

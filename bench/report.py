@@ -68,11 +68,10 @@ def machine_line(m: dict) -> str:
 
 def code_line(res: dict) -> str:
     """Which code ran: the commit, uncommitted changes under src/, another msting on PYTHONPATH."""
-    src, m = res.get("source") or {}, res.get("machine") or {}
-    if src.get("pythonpath"):
-        return f"msting from `{src.get('msting_module')}` (PYTHONPATH), checkout at commit `{src.get('git_head')}`"
-    dirty = m.get("src_uncommitted_changes") or src.get("src_dirty")
-    return f"commit `{m.get('git_head') or src.get('git_head')}`" + (" with uncommitted changes under `src/`" if dirty else "")
+    m = {**(res.get("source") or {}), **(res.get("machine") or {})}  # older results keep some of it under "source"
+    if m.get("pythonpath"):
+        return f"msting from `{m.get('msting_module')}` (PYTHONPATH), checkout at commit `{m.get('git_head')}`"
+    return f"commit `{m.get('git_head')}`" + (" with uncommitted changes under `src/`" if m.get("src_uncommitted_changes") or m.get("src_dirty") else "")
 
 
 def run_line(res: dict, script: str) -> str:

@@ -50,7 +50,7 @@ def measure(key: str, mode: str, wait: float) -> dict:
     p = mod.PROFILES[mode]
     if wait:
         h.wait_quiet(wait)
-    res: dict[str, Any] = {"mode": mode, "params": p, "machine": h.machine(), "source": h.source_info(), "started_at": now(),
+    res: dict[str, Any] = {"mode": mode, "params": p, "machine": h.machine(), "started_at": now(),
                            "errors": [], "foreign_load": {"before": h.foreign_load()}}
     t0 = time.time()
     try:
@@ -160,7 +160,7 @@ def targets(res: dict) -> dict[str, list[list[str]]]:
 def summary_blocks(res: dict, imgs: list[str]) -> list:
     line = (f"**Latest run:** `bench/run.py{' --quick' if res['mode'] == 'quick' else ''}` ({res['mode']}, {res['finished_at']}, "
             f"{res['duration_sec'] / 60:.1f} min) on {r.machine_line(res['machine'])}; code at {r.code_line(res)}."
-            + "".join(f" Re-run later with `--only {' '.join(x['sections'])}` ({x['started_at']}, commit `{(x.get('source') or {}).get('git_head')}`): "
+            + "".join(f" Re-run later with `--only {' '.join(x['sections'])}` ({x['started_at']}, commit `{(x.get('machine') or x.get('source') or {}).get('git_head')}`): "
                       "those rows come from the re-run." for x in res.get("reruns", [])))
     failed = [f"`{e['section']}`: {e['error'].splitlines()[0][:200]}" for e in res.get("errors", [])]
     tables = [x for title, rows in targets(res).items() for x in (f"**{title}**", r.Table(["measurement", "this run", "target", "met"], rows, "l"))]
@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     mode = "quick" if args.quick else "full"
     sections = [k for k in SECTIONS if k in (args.only or SECTIONS)]
     t0 = time.time()
-    res: dict[str, Any] = {"mode": mode, "sections": sections, "machine": h.machine(), "source": h.source_info(), "started_at": now(),
+    res: dict[str, Any] = {"mode": mode, "sections": sections, "machine": h.machine(), "started_at": now(),
                            "errors": [], "llama_server_cpp": shutil.which("llama-server")}
     print(f"msting benchmarks ({mode}: {', '.join(sections)}) on {r.machine_line(res['machine'])}", flush=True)
     h.compile_msting()
@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     out = h.RESULTS / f"run{'.quick' if args.quick else ''}.json"
     if args.only and out.exists():  # a partial re-run: the other sections keep their figures from the last whole run
         previous = json.loads(out.read_text())
-        previous.setdefault("reruns", []).append({k: res[k] for k in ("sections", "started_at", "source", "duration_sec")})
+        previous.setdefault("reruns", []).append({k: res[k] for k in ("sections", "started_at", "machine", "duration_sec")})
         previous["errors"] = [e for e in previous.get("errors", []) if e.get("section") not in sections] + res["errors"]
         previous.setdefault("section_sec", {}).update(res.get("section_sec", {}))
         res = {**previous, **{k: res[k] for k in sections}}

@@ -320,7 +320,7 @@ def conc_blocks(run: dict) -> list:
         lines += fails
     cpp = c.get("llama_server_cpp")
     return [f"**Latest run:** `bench/run.py` ({run['mode']}, {run['finished_at']}) on {r.machine_line(run['machine'])}.",
-            f"- **Load:** {', '.join(map(str, LEVELS))} concurrent clients, each sending {c.get('requests_per_client')} requests back to back; "
+            f"- **This run:** {', '.join(map(str, LEVELS))} concurrent clients, each sending {c.get('requests_per_client')} requests back to back; "
             f"{c.get('reps')} interleaved repetitions of every (clients, server) cell.\n- **llama.cpp's C++ `llama-server`:** "
             + (f"`{cpp}`." if cpp else "**not found on PATH, so it is not in this run** (install llama.cpp and put `llama-server` on "
                                        "PATH to include it; the suite starts it by itself; the decode and time-to-first-token tables "
