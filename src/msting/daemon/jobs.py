@@ -48,7 +48,10 @@ class Job:
     result: dict | None = None
 
     def step(self, name: str) -> Step:
-        return next(s for s in self.steps if s.name == name)
+        for s in self.steps:
+            if s.name == name:
+                return s
+        raise ValueError(f"job {self.id} has no step {name!r}; its steps: {', '.join(s.name for s in self.steps)}")
 
     @property
     def progress(self) -> float:
@@ -71,10 +74,28 @@ class Job:
         }
 
 
+INTERRUPTED = "interrupted: the daemon stopped while this job ran"
+
+
 class Jobs:
     def __init__(self, store: Store):
         self.store = store
         self._live: dict[str, Job] = {}
+        self._interrupted()
+
+    def _interrupted(self) -> None:
+        """Jobs a previous daemon left running (it was killed mid-job) end as failed,
+        with the step they were in, so no job reads "running" forever."""
+        for body in self.store.running_jobs():
+            now = time.time()
+            for step in body.get("steps", []):
+                if step.get("state") == "running":
+                    step.update(state="failed", finished=now, detail=step.get("detail") or INTERRUPTED)
+                elif step.get("state") == "pending":
+                    step["state"] = "skipped"
+            body.update(state=JobState.FAILED.value, finished=now, error=INTERRUPTED,
+                        duration_ms=round((now - body["created"]) * 1000.0, 1))
+            self.store.save_job(body)
 
     def create(self, kind: str, target: str, step_names: list[str]) -> Job:
         job = Job(kind, target, [Step(n) for n in step_names])

@@ -117,6 +117,10 @@ class Store:
         row = self._db.execute("SELECT body FROM jobs WHERE id=?", (job_id,)).fetchone()
         return json.loads(row[0]) if row else None
 
+    def running_jobs(self) -> list[dict]:
+        rows = self._db.execute("SELECT body FROM jobs WHERE state='running' ORDER BY created").fetchall()
+        return [json.loads(r[0]) for r in rows]
+
     def recent_jobs(self, limit: int = 20) -> list[dict]:
         rows = self._db.execute("SELECT body FROM jobs ORDER BY created DESC LIMIT ?", (limit,)).fetchall()
         return [json.loads(r[0]) for r in rows]

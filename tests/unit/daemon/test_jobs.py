@@ -108,12 +108,12 @@ def test_progress_counts_done_and_skipped_but_not_failed_or_running(jobs: Jobs) 
     assert Job("k", "t", []).progress == 1.0  # no steps: nothing left to do
 
 
-def test_an_unknown_step_name_raises_stop_iteration(jobs: Jobs) -> None:
-    """Today's behaviour (see the report): Job.step uses next() without a default."""
+def test_an_unknown_step_name_is_a_value_error_naming_the_steps(jobs: Jobs) -> None:
+    """Not a StopIteration, which inside the switch's coroutine became a RuntimeError."""
     job = jobs.create("switch", "fast", STEPS)
-    with pytest.raises(StopIteration):
+    with pytest.raises(ValueError, match="has no step 'lod'; its steps: validate, preflight, load"):
         jobs.begin(job, "lod")
-    with pytest.raises(StopIteration):
+    with pytest.raises(ValueError, match="has no step 'lod'"):
         jobs.end(job, "lod")
     assert all(s["state"] == "pending" for s in jobs.get(job.id)["steps"])
 
@@ -228,18 +228,24 @@ def test_a_new_jobs_on_the_same_file_sees_finished_jobs(tmp_path: Path) -> None:
         reopened.close()
 
 
-def test_a_job_running_when_its_daemon_died_is_reported_running_forever(store: Store) -> None:
-    """Today's behaviour (see the report): the stored body says "running"; nothing marks
-    it interrupted. A new Jobs does not count it as running, but get() shows it so."""
+def test_a_job_running_when_its_daemon_died_ends_as_interrupted(store: Store) -> None:
+    """The next daemon's Jobs marks it failed: the step it was in failed, the rest skipped."""
     dead = Jobs(store)
     job = dead.create("switch", "fast", STEPS)
-    dead.begin(job, "load")
+    dead.end(job, "validate")
+    dead.begin(job, "load", "loading x")
     del dead  # the daemon died here, mid-step
     after = Jobs(store)
     assert after.running("switch") is None
     d = after.get(job.id)
-    assert d["state"] == "running" and d["finished"] is None
-    assert d["steps"][2]["state"] == "running"
+    assert d["state"] == "failed" and d["finished"] is not None and d["duration_ms"] is not None
+    assert d["error"].startswith("interrupted: the daemon stopped")
+    states = {s["name"]: s["state"] for s in d["steps"]}
+    assert states["validate"] == "done" and states["load"] == "failed"
+    assert [s["state"] for s in d["steps"][3:]] == ["skipped"] * (len(STEPS) - 3)
+    assert d["steps"][2]["detail"] == "loading x"
+    assert store.running_jobs() == []
+    assert Jobs(store).get(job.id) == d  # once only
 
 
 def test_step_duration_needs_both_ends() -> None:
