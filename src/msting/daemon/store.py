@@ -65,10 +65,19 @@ class Store:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._refuse_newer()  # before WAL mode changes the file
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=2000")
         self._migrate()
+
+    def _refuse_newer(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):
+            self._db.close()
+            # a sqlite3.Error, so the daemon reports it as it reports any unusable database
+            raise sqlite3.DatabaseError(f"its schema version is {version}, from a newer msting (this one knows up to "
+                                        f"{len(MIGRATIONS)}); use that msting, or move the file aside")
 
     def _migrate(self) -> None:
         version = self._db.execute("PRAGMA user_version").fetchone()[0]

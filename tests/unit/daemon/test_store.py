@@ -135,20 +135,17 @@ def test_a_failing_migration_rolls_back_and_leaves_the_file_as_it_was(db_path: P
         assert other.execute("SELECT name FROM sqlite_master WHERE name='jobs_created'").fetchall() == []
 
 
-def test_a_file_from_a_newer_msting_is_opened_without_migrating(db_path: Path) -> None:
-    """Today's behaviour: a user_version beyond the known migrations is accepted as is
-    (no refusal, no downgrade); the store then uses whatever tables the file has."""
+def test_a_file_from_a_newer_msting_is_refused_and_left_as_it_is(db_path: Path) -> None:
+    """A schema this code does not know is never used (nor downgraded): the refusal says
+    what to do, and the file is untouched."""
     db_path.parent.mkdir(parents=True)
     _old_file(db_path, LATEST)
     with sqlite3.connect(db_path) as db:
         db.execute(f"PRAGMA user_version={LATEST + 5}")
-    s = Store(db_path)
-    try:
-        assert s.schema_version == LATEST + 5
-        s.set_meta("k", [1])
-        assert s.get_meta("k") == [1]
-    finally:
-        s.close()
+    before = db_path.read_bytes()
+    with pytest.raises(sqlite3.DatabaseError, match=f"schema version is {LATEST + 5}, from a newer msting"):
+        Store(db_path)
+    assert db_path.read_bytes() == before and _user_version(db_path) == LATEST + 5
 
 
 # ------------------------------------------------------------------------- meta
