@@ -1,14 +1,13 @@
-"""What every bench here shares: statistics, daemon homes (``tests/daemon_home.py``, the
-tests' own harness), one hand-written HTTP/1.1 client (``RawConn``), ``GET /health``
-sampled from another process, the peer servers, the machine and what else runs on it.
-
-Every process a bench starts is registered here (``HOMES``, ``SERVERS``), so that one
-``cleanup_all()`` in a ``finally`` stops it.
+"""What every bench here shares: statistics, daemon homes (``tests/daemon_home.py``), a
+hand-written HTTP/1.1 client (``RawConn``), ``GET /health`` sampled from another process, the
+peer servers, the machine. Every process started is registered (``HOMES``, ``SERVERS``), so
+that one ``cleanup_all()`` in a ``finally`` stops it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as _dt
 import json
 import os
 import platform
@@ -21,12 +20,14 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import httpx
 import psutil
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -181,13 +182,48 @@ def cleanup_all(keep: bool | None = None) -> list[int]:
     return leftovers
 
 
-def install_signal_handlers() -> None:
+def install_signal_handlers(handler: Callable | None = None) -> None:
     """SIGTERM / SIGHUP unwind through the `finally` blocks that stop what the bench started."""
     def on_signal(signum: int, frame: Any) -> None:
         raise SystemExit(128 + signum)
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGHUP, on_signal)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, handler or on_signal)
+
+
+def now() -> str:
+    return _dt.datetime.now().isoformat(timespec="seconds")
+
+
+def attempt(fn: Callable[[], Any], errors: list, **where: Any) -> tuple[bool, Any]:
+    """(True, fn()), or (False, None) with the exception added to `errors`: one failed part must not lose the others."""
+    try:
+        return True, fn()
+    except Exception as exc:  # noqa: BLE001
+        traceback.print_exc()
+        errors.append({**where, "error": f"{type(exc).__name__}: {exc}"[:2000]})
+        return False, None
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def kill(pid: int) -> None:
+    with contextlib.suppress(OSError):
+        os.kill(pid, signal.SIGCONT)
+        os.kill(pid, signal.SIGKILL)
+
+
+def write_profiles(dh: DaemonHome, profiles: dict[str, dict]) -> dict[str, dict]:
+    folder = dh.home / "config" / "profiles"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, body in profiles.items():
+        (folder / f"{name}.yaml").write_text(yaml.safe_dump(body, sort_keys=False))
+    return profiles
 
 
 # ---- hand-written HTTP/1.1 -------------------------------------------------------------

@@ -8,7 +8,9 @@ A page is written by hand except between ``<!-- generated: KEY -->`` and
 
 from __future__ import annotations
 
+import argparse
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -38,13 +40,21 @@ class Table:
         return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
 
 
-def md(blocks: list[Any]) -> str:
+def md(blocks: list[Any], text: bool = False) -> str:
     """Blocks (paragraphs, lists, tables) separated by blank lines."""
-    return "\n\n".join(b.md() if isinstance(b, Table) else b for b in blocks if b)
+    return "\n\n".join((b.text() if text else b.md()) if isinstance(b, Table) else b for b in blocks if b)
 
 
 def text(blocks: list[Any]) -> str:
-    return "\n\n".join(b.text() if isinstance(b, Table) else b for b in blocks if b)
+    return md(blocks, True)
+
+
+def page(folder: Path, name: str) -> Path:
+    """`folder`/`name`; a folder other than docs/ starts from a copy of the page, for the text around the blocks."""
+    out = folder / name
+    if not out.exists() and (DOCS / name).exists():
+        shutil.copy(DOCS / name, out)
+    return out
 
 
 def write_block(page: Path, key: str, content: str, title: str = "") -> None:
@@ -102,6 +112,18 @@ def common_notes(res: dict) -> list[str]:
 
 def yes(ok: bool | None) -> str:
     return "-" if ok is None else ("yes" if ok else "**NO**")
+
+
+def parser(doc: str, only: list[str], only_help: str, quick_help: str, page_name: str) -> argparse.ArgumentParser:
+    """The options run.py and chaos.py share."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help=quick_help)
+    ap.add_argument("--only", nargs="+", choices=only, help=only_help)
+    ap.add_argument("--docs", type=Path, metavar="DIR", help=f"write {page_name} (and img/) there instead of docs/")
+    ap.add_argument("--no-docs", action="store_true", help=f"do not write {page_name}")
+    ap.add_argument("--render", type=Path, metavar="JSON", help=f"only rewrite {page_name} from saved results")
+    ap.add_argument("--keep-homes", action="store_true", help="keep the temporary MSTING_HOMEs and server logs for inspection")
+    return ap
 
 
 def save(res: dict, path: Path) -> Path:
