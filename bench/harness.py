@@ -96,6 +96,13 @@ def status(client: httpx.Client) -> dict:
     return client.get("/v1/status").json()
 
 
+def model_info(c: httpx.Client, status_keys: tuple, info_keys: tuple, st: dict | None = None, **extra: Any) -> dict:
+    """The first model as /v1/status shows it (`st`, else fetched), with `extra` and the GGUF facts /models/load reports."""
+    m = (st or status(c))["models"][0]
+    info = c.post("/models/load", json={"model": "default"}).json().get("info") or {}
+    return {**{k: m.get(k) for k in status_keys}, **extra, **{k: info.get(k) for k in info_keys}}
+
+
 def ready_worker(client: httpx.Client, not_pid: int | None = None) -> dict | None:
     """The first model's worker if it is ready and verified (and its pid is not `not_pid`)."""
     model = status(client)["models"][0]
@@ -720,16 +727,22 @@ class Load:
         self.lock = threading.Lock()
         self.threads = [threading.Thread(target=loop, args=(i, self), name=f"load-{i}", daemon=True) for i in range(clients)]
 
+    @classmethod
+    def of(cls, dh: DaemonHome, clients: int, send: Callable[[httpx.Client], Any], max_sec: float, max_requests: int) -> Load:
+        """Each client on its own httpx client of `dh`, adding what `send(client)` returns."""
+        def loop(i: int, load: Load) -> None:
+            with dh.client(timeout=60) as c:
+                while load.running():
+                    load.add(send(c))
+
+        return cls(clients, loop, max_sec, max_requests)
+
     def running(self) -> bool:
         return not self.stop_event.is_set() and time.monotonic() < self.deadline and len(self.records) < self.max_requests
 
     def add(self, record: Any) -> None:
         with self.lock:
             self.records.append(record)
-
-    def snapshot(self) -> list:
-        with self.lock:
-            return list(self.records)
 
     def start(self) -> Load:
         for t in self.threads:

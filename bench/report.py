@@ -90,6 +90,17 @@ def run_line(res: dict, script: str) -> str:
             f"{machine_line(res['machine'])}; code at {code_line(res)}.")
 
 
+def describe(m: dict | None) -> str:
+    """A model as the pages name it."""
+    if not m:
+        return "?"
+    src = m.get("source") or ""
+    size = f"{m['size_bytes'] / 1e6:.2f} MB" if m.get("size_bytes") else "?"
+    params = f"{m['n_params'] / 1e3:.0f}K params" if m.get("n_params") else ""
+    return (f"`{m.get('name')}` ({src if src.startswith('builtin') else Path(src).name}, {m.get('arch')}, {params}, {size}, "
+            f"n_ctx {m.get('n_ctx')}, {m.get('n_threads')} thread(s), {m.get('backend')})")
+
+
 def bullets(items: list[str]) -> str:
     return "\n".join(f"- {x}" for x in items if x)
 
