@@ -270,12 +270,9 @@ class RawConn:
 
     def close(self) -> None:
         if self.sock is not None:
-            try:
+            with contextlib.suppress(OSError):
                 self.sock.close()
-            except OSError:
-                pass
-        self.sock = None
-        self.buf = b""
+        self.sock, self.buf = None, b""
 
     def _connect(self) -> None:
         if self.sock is not None and (time.monotonic() - self.last_used > self.IDLE_REUSE_SEC
@@ -473,20 +470,35 @@ def _sampler(conn: Any, sock_path: str, reference_path: str) -> None:
         raw.close()
 
 
-def close_child(conn: Any, proc: Any, wait: float) -> None:
-    """Stop a pipe-driven child process: ask it to close, wait `wait` s, then kill it."""
-    try:
-        conn.send(("close",))
-    except OSError:
-        pass
-    proc.join(wait)
-    if proc.is_alive():
-        proc.kill()
-        proc.join(5)
-    conn.close()
+class Child:
+    """A spawned process running `target(conn, *args)`, driven over a pipe."""
+
+    def __init__(self, target: Callable, *args: Any, name: str | None = None):
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=target, args=(child, *args), name=name, daemon=True)
+        self.proc.start()
+        child.close()
+
+    def answer(self, timeout: float, what: str) -> Any:
+        if not self.conn.poll(timeout):
+            raise BenchError(f"{what} gave no answer within {timeout:g}s")
+        return self.conn.recv()
+
+    def close(self, wait: float = 5) -> None:
+        """Ask it to close, wait `wait` s, then kill it."""
+        with contextlib.suppress(OSError):
+            self.conn.send(("close",))
+        self.proc.join(wait)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join(5)
+        self.conn.close()
 
 
-class HealthSampler:
+class HealthSampler(Child):
     """GET /health from a child process with one persistent httpx client ("httpx"); for
     reference, "raw" (hand-written HTTP: the daemon's own share) and "httpx_reference"
     (httpx against a do-nothing server: the client's floor). Samples are (ms, reported
@@ -505,14 +517,11 @@ class HealthSampler:
         self.server.start()
         if not started.wait(30):
             raise BenchError("the reference /health server did not start")
-        self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_sampler, args=(child, str(dh.socket), reference_path), daemon=True)
-        self.proc.start()
-        child.close()
+        super().__init__(_sampler, str(dh.socket), reference_path)
 
     def run(self, duration: float, kind: str = "httpx") -> list[tuple[float, str, float]]:
         self.conn.send(("run", duration, kind))
-        return self._result(duration + 60)
+        return self.answer(duration + 60, "the /health sampler")
 
     def start(self, kind: str = "httpx") -> None:
         """Sample until stop()."""
@@ -520,15 +529,10 @@ class HealthSampler:
 
     def stop(self) -> list[tuple[float, str, float]]:
         self.conn.send(("stop",))
-        return self._result(60)
+        return self.answer(60, "the /health sampler")
 
-    def _result(self, timeout: float) -> list[tuple[float, str, float]]:
-        if not self.conn.poll(timeout):
-            raise BenchError(f"the /health sampler gave no answer within {timeout:g}s")
-        return self.conn.recv()
-
-    def close(self) -> None:
-        close_child(self.conn, self.proc, 5)
+    def close(self, wait: float = 5) -> None:
+        super().close(wait)
         self.server.kill()
         self.server.join(5)
 

@@ -68,7 +68,6 @@ TTFT_VARIANTS: dict[str, str] = {
 }
 REJECT_BODY = {"model": "default", "prompt": 1, "max_tokens": TTFT_MAX_TOKENS}  # 'prompt' must be a string: 400
 TTFT_TARGET_PATH = "msting_uds_raw"  # the daemon's share: one write for the request, bytes read as they come
-MSTING = [v for v in TPS_VARIANTS if TPS_VARIANTS[v][2] == "msting"]
 
 
 # ---- the clients (in the client process) ---------------------------------------------------
@@ -342,22 +341,14 @@ def _client_process(conn: Any, spec: dict) -> None:
         client.close()
 
 
-class ClientProcess:
+class ClientProcess(h.Child):
     def __init__(self, spec: dict):
-        import multiprocessing as mp
-
-        ctx = mp.get_context("spawn")
-        self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_client_process, args=(child, spec), name="overhead-client", daemon=True)
-        self.proc.start()
-        child.close()
+        super().__init__(_client_process, spec, name="overhead-client")
         value = self._answer(120, "start")
         self.pid, self.direct_workers = value["pid"], value["direct_workers"]
 
     def _answer(self, timeout: float, what: str) -> Any:
-        if not self.conn.poll(timeout):
-            raise h.BenchError(f"the client process gave no answer within {timeout:g}s")
-        kind, value = self.conn.recv()
+        kind, value = self.answer(timeout, "the client process")
         if kind != "ok":
             raise h.BenchError(f"the client process: {what}: {value}")
         return value
@@ -365,9 +356,6 @@ class ClientProcess:
     def run(self, variant: str, key: str, n: int) -> dict:
         self.conn.send(("run", variant, key, n))
         return self._answer(300, f"{variant} [{key}]")
-
-    def close(self) -> None:
-        h.close_child(self.conn, self.proc, 10)
 
 
 # ---- the run ------------------------------------------------------------------------------
@@ -599,7 +587,7 @@ def bench(p: dict, res: dict) -> dict:
         return {"models": models, "selection": selection, "cpu_stat": h.steal_share(stat0, h.cpu_stat())}
     finally:
         if client is not None:
-            client.close()
+            client.close(10)
 
 
 # ---- report -------------------------------------------------------------------------------
