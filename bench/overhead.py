@@ -208,9 +208,9 @@ class DirectWorker:
                 raise RuntimeError(f"direct worker: {f}")
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.reader.close()
-            self.sock.close()
+        for close in (self.reader.close, self.sock.close):
+            with contextlib.suppress(OSError):
+                close()
         try:
             self.proc.wait(10)  # EOF on its socket: the worker exits 0
         except subprocess.TimeoutExpired:
