@@ -112,6 +112,12 @@ def ready_worker(client: httpx.Client, not_pid: int | None = None) -> dict | Non
     return None
 
 
+def up(c: httpx.Client) -> bool:
+    with contextlib.suppress(httpx.HTTPError):
+        return c.get("/v1/models").status_code == 200
+    return False
+
+
 class LlamaServer:
     """``python -m llama_cpp.server`` on a free loopback port, its log in a temp folder."""
 
@@ -128,16 +134,10 @@ class LlamaServer:
         self.pid = self.proc.pid
         t0 = time.monotonic()
         with httpx.Client(base_url=self.url, timeout=5, trust_env=False) as c:
-            while True:
-                if self.proc.poll() is not None:
-                    raise BenchError(f"{self.name} exited {self.proc.returncode}:\n{self.tail()}")
-                try:
-                    if c.get("/v1/models").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > t0 + 90:
-                    raise BenchError(f"{self.name} did not answer within 90 s:\n{self.tail()}")
+            while not up(c):
+                if self.proc.poll() is not None or time.monotonic() > t0 + 90:
+                    raise BenchError(f"{self.name} " + (f"exited {self.proc.returncode}" if self.proc.poll() is not None else "did not answer within 90 s")
+                                     + f":\n{self.tail()}")
                 time.sleep(0.1)
         self.started_sec = time.monotonic() - t0
 

@@ -566,10 +566,6 @@ def summarize(rec: Recorder, targets: dict[str, Target]) -> tuple[dict, dict]:
     return out, selection
 
 
-def parts(p: dict, res: dict) -> list:
-    return [(None, lambda: bench(p, res))]
-
-
 def bench(p: dict, res: dict) -> dict:
     targets: dict[str, Target] = {}
     client = None

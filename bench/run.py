@@ -44,7 +44,7 @@ def measure(key: str, mode: str, wait: float) -> dict:
                            "errors": [], "foreign_load": {"before": h.foreign_load()}}
     t0 = time.time()
     try:
-        for name, fn in mod.parts(p, res):
+        for name, fn in mod.parts(p, res) if hasattr(mod, "parts") else [(None, lambda: mod.bench(p, res))]:
             print(f"[{key}{'/' + name if name else ''}]", flush=True)
             ok, out = h.attempt(fn, res["errors"], section=key, part=name)
             if ok:

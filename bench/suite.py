@@ -373,9 +373,9 @@ def mem_blocks(run: dict) -> list:
 
 
 CONCURRENCY = SimpleNamespace(KEY="concurrency", TITLE="## Concurrent clients, against llama_cpp.server", PROFILES=CONC_PROFILES,
-                              WHOLE_RUN=True, parts=lambda p, res: [(None, lambda: concurrency(p))], blocks=conc_blocks)
+                              WHOLE_RUN=True, bench=lambda p, res: concurrency(p), blocks=conc_blocks)
 MEMORY = SimpleNamespace(KEY="memory_cli", TITLE="## Memory and CLI latency", PROFILES=MEM_PROFILES, WHOLE_RUN=True,
-                         parts=lambda p, res: [(None, lambda: memory_cli(p))], blocks=mem_blocks)
+                         bench=lambda p, res: memory_cli(p), blocks=mem_blocks)
 
 if __name__ == "__main__":
     import run

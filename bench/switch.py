@@ -186,11 +186,7 @@ def cold_start_reference(runs: int) -> dict:
     return {k: h.spread(v[1:]) for k, v in out.items()}
 
 
-def parts(p: dict, res: dict) -> list:
-    return [(None, lambda: bench(p))]
-
-
-def bench(p: dict) -> dict:
+def bench(p: dict, _: dict) -> dict:
     res: dict[str, Any] = {"cold_start": cold_start_reference(p["ref_runs"]), "profiles": {"A": PROFILE_A, "B": profile_b()}}
     dh = h.home("switch")
     h.write_profiles(dh, res["profiles"])
