@@ -130,7 +130,7 @@ def parser(doc: str, only: list[str], only_help: str, quick_help: str, page_name
     ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help=quick_help)
     ap.add_argument("--only", nargs="+", choices=only, help=only_help)
-    ap.add_argument("--docs", type=Path, metavar="DIR", help=f"write {page_name} (and img/) there instead of docs/")
+    ap.add_argument("--docs", type=Path, metavar="DIR", help=f"write {page_name} there instead of docs/")
     ap.add_argument("--no-docs", action="store_true", help=f"do not write {page_name}")
     ap.add_argument("--render", type=Path, metavar="JSON", help=f"only rewrite {page_name} from saved results")
     ap.add_argument("--keep-homes", action="store_true", help="keep the temporary MSTING_HOMEs and server logs for inspection")

@@ -229,7 +229,7 @@ def write_docs(res: dict, folder: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = r.parser(__doc__, list(SECTIONS), "only these sections, merged into the last run's results",
-                  "fewer repetitions and tokens (1-2 minutes)", "benchmarks.md")
+                  "fewer repetitions and tokens (1-2 minutes)", "benchmarks.md and img/")
     ap.add_argument("--wait-quiet", type=float, default=0, metavar="S",
                     help="before each section, wait up to S seconds until no other pytest/msting/busy program runs")
     args = ap.parse_args(argv)
