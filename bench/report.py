@@ -52,6 +52,7 @@ def text(blocks: list[Any]) -> str:
 def page(folder: Path, name: str) -> Path:
     """`folder`/`name`; a folder other than docs/ starts from a copy of the page, for the text around the blocks."""
     out = folder / name
+    folder.mkdir(parents=True, exist_ok=True)
     if not out.exists() and (DOCS / name).exists():
         shutil.copy(DOCS / name, out)
     return out
