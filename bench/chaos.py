@@ -2,29 +2,25 @@
 """Chaos: faults and hostile input against one real daemon and real llama.cpp workers
 (docs/reliability.md explains the method and shows the figures).
 
-    .venv/bin/python bench/chaos.py [--quick] [--soak MINUTES] [--only PHASE ...] [--json-out PATH] [--no-docs] [--keep-homes]
+    .venv/bin/python bench/chaos.py [--quick] [--soak MINUTES] [--only PHASE ...] [--json-out PATH] [--docs DIR | --no-docs] [--keep-homes]
     .venv/bin/python bench/chaos.py --render bench/results/chaos.json   # rewrite the page from a saved full run
 
-Phases, in order: worker kill -9s, SIGSTOP hangs and profile switches under mixed load,
-the fuzz (bench/fuzz.py), daemon kill -9s, a soak. Every reply is classified (``classify``):
-*ok*, *error*, *truncated* (presented as a success but incomplete: must be 0) or *lost*
-(must be 0). Results: bench/results/chaos.json (``chaos.quick.json``) and, for a full run,
-the generated blocks of docs/reliability.md. Exit code 1 when a must-be-zero count is not
-zero or a phase failed. tests/e2e/test_chaos.py runs the "ci" plan with this same code.
+Every reply is classified (``classify``): *ok*, *error*, *truncated* (presented as a success
+but incomplete: must be 0) or *lost* (must be 0). Results: bench/results/chaos.json
+(``chaos.quick.json``) and, for a full run, the generated blocks of docs/reliability.md.
+Exit code 1 when a must-be-zero count is not zero or a phase failed.
+tests/e2e/test_chaos.py runs the "ci" plan with this same code.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import datetime as _dt
 import json
 import os
 import random
 import signal
 import threading
 import time
-import traceback
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,12 +28,10 @@ from typing import Any, Callable
 
 import fuzz
 import harness as h
-import psutil
 import report as r
 import yaml
 from harness import RawConn, Reply
 
-PAGE = r.DOCS / "reliability.md"
 DEFAULT_JSON = h.RESULTS / "chaos.json"
 SEED = 20261201
 # The chaos daemon's config: the shipped defaults except these (recorded in the results).
@@ -50,6 +44,8 @@ HANG_SLACK_MS = 1000.0  # SIGSTOP -> serving again <= hang_timeout + load_ms + 1
 FUZZ_MIN_RPS = 500.0
 FUZZ_PACE_RPS = 600.0  # /health is compared idle vs during a fuzz paced at this rate (the target's 500/s, and some)
 PHASES = ["worker_kills", "hangs", "switches", "fuzz", "daemon_kills", "soak"]
+LOAD_PHASES = (("worker_kills", "worker kills"), ("hangs", "hangs"), ("switches", "switches"), ("daemon_kills", "daemon kills"), ("soak", "soak"))
+MUST_BE_ZERO = ("truncated", "lost", "input_restarts", "fuzz_5xx")
 
 
 @dataclass
@@ -104,9 +100,6 @@ class Contract:
                           for status, resp in op.get("responses", {}).items() if "$ref" not in resp
                           for schema in [(resp.get("content") or {}).get("application/json", {}).get("schema")] if schema is not None}
 
-    def validator(self, method: str, route: str, status: int) -> Any:
-        return self.responses.get((method, route, str(status)))
-
 
 NATIVE_STREAM_ROUTES = {"/generate", "/v1/execute"}
 TEXT_FIELD = {"/generate": ("text",), "/v1/execute": ("output",), "/v1/chat/completions": ("choices", 0, "message", "content"),
@@ -144,7 +137,7 @@ def classify(contract: Contract, method: str, path: str, reply: Reply, *, stream
         body = reply.json()
     except ValueError:
         return "truncated", "bad json", excerpt(reply.body)
-    v = contract.validator(method, route, reply.status)
+    v = contract.responses.get((method, route, str(reply.status)))
     if v is not None and not v.is_valid(body):
         return "truncated", "schema", "; ".join(e.message[:100] for e in list(v.iter_errors(body))[:2]) + " | " + excerpt(reply.body)
     if stream and route in TEXT_FIELD:
@@ -276,7 +269,6 @@ def summarize(records: list[Rec]) -> dict:
     out: dict[str, Any] = {"sent": sum(1 for x in records if x.cls != "refused"),
                            **{k: by_cls.get(k, 0) for k in ("ok", "error", "truncated", "lost", "cut_by_daemon_kill", "refused")},
                            "errors_by_code": dict(Counter(x.code for x in records if x.cls == "error").most_common()),
-                           "by_kind": {k: dict(Counter(x.cls for x in records if x.kind == k)) for k in sorted({x.kind for x in records})},
                            "streams_ended_by_error_event": sum(1 for x in records if x.cls == "error" and x.kind.endswith("-stream")),
                            "bad_examples": [{"kind": x.kind, "model": x.model, "transport": x.transport, "class": x.cls, "code": x.code,
                                              "detail": x.detail[:300]} for x in records if x.cls in ("truncated", "lost")][:10]}
@@ -284,6 +276,17 @@ def summarize(records: list[Rec]) -> dict:
         span = max(x.t1 for x in records) - min(x.t0 for x in records)
         out["requests_per_sec"] = round(out["sent"] / span, 1) if span > 0 else None
     return out
+
+
+def under_load(ctx: Ctx, clients: int, max_sec: float, body: Callable[[], dict]) -> dict:
+    """`body()` while `clients` load clients run (started 0.5 s before it); with the load's summary."""
+    load = start_load(ctx, clients, max_sec)
+    try:
+        time.sleep(0.5)
+        out = body()
+    finally:
+        records = load.stop()
+    return {**out, "load": summarize(records)}
 
 
 # ---- the daemon under test -----------------------------------------------------------------
@@ -312,11 +315,7 @@ class Ctx:
         self.plan, self.log = plan, log
         self.rng = random.Random(plan.seed)
         self.home = h.home("chaos", CHAOS_CONFIG)
-        folder = self.home.home / "config" / "profiles"
-        folder.mkdir(parents=True, exist_ok=True)
-        self.profiles = profiles(h.STORIES)
-        for name, body in self.profiles.items():
-            (folder / f"{name}.yaml").write_text(yaml.safe_dump(body, sort_keys=False))
+        self.profiles = h.write_profiles(self.home, profiles(h.STORIES))
         self.models = [STORIES_NAME, TINY_NAME]
         self.conn = RawConn(("unix", str(self.home.socket)), 90)
         self.contract: Contract = None  # type: ignore[assignment]
@@ -399,16 +398,13 @@ class Ctx:
             conn.close()
         return {"ms": None, "attempts": attempts, "codes": dict(codes), "timed_out": True}
 
-    def recover(self, model: str) -> dict:
-        """A FATAL model: POST /models/load (what an operator would do)."""
-        t0 = time.monotonic()
-        reply = self.conn.post("/models/load", {"model": model, "timeout": 60})
-        return {"status": reply.status, "ms": round((time.monotonic() - t0) * 1000.0, 1)}
-
     def after_fault(self, fault: dict, model: str, before: int, served: dict) -> None:
-        """Load a FATAL model by hand, wait until `model` serves again, record what came back."""
+        """Load a FATAL model by hand (what an operator would do), wait until `model` serves
+        again, record what came back."""
         if served.get("fatal") or served.get("timed_out"):
-            fault["recovered_by_load"] = self.recover(model)
+            t0 = time.monotonic()
+            reply = self.conn.post("/models/load", {"model": model, "timeout": 60})
+            fault["recovered_by_load"] = {"status": reply.status, "ms": round((time.monotonic() - t0) * 1000.0, 1)}
         m = self.model(self.wait_ready([model], 90), model)
         fault.update(load_ms=m["load_ms"], restarts_delta=m["restarts"] - before, new_pid=m["workers"][0]["pid"], last_error=m["last_error"])
 
@@ -421,10 +417,9 @@ def phase_faults(ctx: Ctx, n: int, hang: bool) -> dict:
     A kill lands anywhere in a request; a hang on a worker caught BUSY, which the daemon must
     kill and restart once."""
     hang_ms = CHAOS_CONFIG["llm_service"]["hang_timeout_sec"] * 1000.0
-    faults = []
-    load = start_load(ctx, ctx.plan.load_clients, n * (60 if hang else 30) + 120)
-    try:
-        time.sleep(0.5)
+    faults: list[dict] = []
+
+    def run() -> dict:
         for i in range(n):
             model = ctx.models[i % len(ctx.models)]
             ctx.wait_ready([model], 90)
@@ -445,61 +440,43 @@ def phase_faults(ctx: Ctx, n: int, hang: bool) -> dict:
             served = ctx.serve_again(model, t, timeout=hang_ms / 1000.0 + 90 if hang else 120)
             fault: dict[str, Any] = {"i": i + 1, "model": model, "pid": pid, "state_before": w["state"], **served}
             gone_by = time.monotonic() + 10
-            while hang and time.monotonic() < gone_by and alive(pid):
+            while hang and time.monotonic() < gone_by and h.alive(pid):
                 time.sleep(0.02)
-            if hang and alive(pid):  # the daemon never noticed: clean up ourselves
+            if hang and h.alive(pid):  # the daemon never noticed: clean up ourselves
                 fault["not_killed_by_daemon"] = True
-                kill(pid)
+                h.kill(pid)
             ctx.after_fault(fault, model, before, served)
             faults.append(fault)
             if hang or (i + 1) % 10 == 0 or fault["ms"] is None:
                 ctx.log(f"  {'hang' if hang else 'worker kill'} {i + 1}/{n} [{model}, {w['state']}]: serving again in {fault['ms']} ms, "
                         f"restarts +{fault['restarts_delta']}" + (" NOT KILLED BY THE DAEMON" if fault.get("not_killed_by_daemon") else ""))
-    finally:
-        records = load.stop()
-    out = {"faults": faults, "load": summarize(records), **fault_summary(faults, "hang" if hang else "kill", hang_ms)}
-    return {**out, "hang_timeout_ms": hang_ms} if hang else out
+        return {}
 
-
-def fault_summary(faults: list[dict], kind: str, hang_ms: float = 0.0) -> dict:
+    out = under_load(ctx, ctx.plan.load_clients, n * (60 if hang else 30) + 120, run)
     times = [f["ms"] for f in faults if f["ms"] is not None]
     loads = [f["load_ms"] for f in faults if f.get("load_ms") is not None]
-    out: dict[str, Any] = {"n": len(faults), "served_again": len(times), "not_served_again": len(faults) - len(times),
-                           "fatal": sum(1 for f in faults if f.get("fatal")), "serve_again_ms": h.spread(times, 1),
-                           "load_ms": h.spread(loads, 2), "restarts_delta": dict(Counter(f.get("restarts_delta") for f in faults))}
-    if kind == "kill" and times:
+    out.update(faults=faults, n=len(faults), not_served_again=len(faults) - len(times), fatal=sum(1 for f in faults if f.get("fatal")),
+               serve_again_ms=h.spread(times, 1), load_ms=h.spread(loads, 2))
+    if hang:
+        over = [f for f in faults if f["ms"] is None or f["ms"] > hang_ms + (f.get("load_ms") or 0.0) + HANG_SLACK_MS]
+        one = sum(1 for f in faults if f.get("restarts_delta") == 1)
+        out.update(hang_timeout_ms=hang_ms, targets={"met": not over and bool(faults), "over_budget": len(over), "exactly_one_restart": one,
+                                                     "one_restart_met": one == len(faults)})
+    elif times:
         budget = (h.percentile(loads, 50) or 0.0) + KILL_MEDIAN_SLACK_MS
         over = [f for f in faults if f["ms"] is None or f["ms"] > (f.get("load_ms") or 0.0) + KILL_MAX_SLACK_MS]
         out["targets"] = {"median_budget_ms": round(budget, 1), "median_met": out["serve_again_ms"]["median"] <= budget and not out["not_served_again"],
                           "max_met": not over, "over_max_budget": len(over)}
-    if kind == "hang":
-        over = [f for f in faults if f["ms"] is None or f["ms"] > hang_ms + (f.get("load_ms") or 0.0) + HANG_SLACK_MS]
-        one = sum(1 for f in faults if f.get("restarts_delta") == 1)
-        out["targets"] = {"budget_ms": f"{hang_ms:g} + load_ms + {HANG_SLACK_MS:g}", "met": not over and bool(faults), "over_budget": len(over),
-                          "exactly_one_restart": one, "one_restart_met": one == len(faults)}
     return out
-
-
-def alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-def kill(pid: int) -> None:
-    with contextlib.suppress(OSError):
-        os.kill(pid, signal.SIGCONT)
-        os.kill(pid, signal.SIGKILL)
 
 
 def phase_switches(ctx: Ctx, n: int) -> dict:
     """n profile switches chaos <-> chaos-b under load (n made even: it ends on chaos)."""
     n += n % 2
-    switches, current = [], PROFILE_A
-    load = start_load(ctx, ctx.plan.load_clients, n * 60 + 120)
-    try:
-        time.sleep(0.5)
+    switches: list[dict] = []
+
+    def run() -> dict:
+        current = PROFILE_A
         for i in range(n):
             target = PROFILE_B if current == PROFILE_A else PROFILE_A
             t0 = time.monotonic()
@@ -514,10 +491,11 @@ def phase_switches(ctx: Ctx, n: int) -> dict:
             time.sleep(0.3)
         if current != PROFILE_A:
             ctx.switch(PROFILE_A)
-    finally:
-        records = load.stop()
+        return {}
+
+    out = under_load(ctx, ctx.plan.load_clients, n * 60 + 120, run)
     ok = [s for s in switches if s["state"] == "succeeded"]
-    return {"switches": switches, "n": len(switches), "succeeded": len(ok), "load": summarize(records),
+    return {**out, "switches": switches, "n": len(switches), "succeeded": len(ok),
             "duration_ms": h.spread([s["duration_ms"] for s in ok if s["duration_ms"] is not None], 1)}
 
 
@@ -537,7 +515,7 @@ class FuzzResult:
     pass_: str = ""  # fuzz (paced), max (as fast as the senders go) or positive
 
 
-def send_all(ctx: Ctx, conns: list[RawConn], reqs: list[fuzz.FuzzRequest], until: float | None = None,
+def send_all(ctx: Ctx, conns: list[RawConn], reqs: list[fuzz.FuzzRequest], pass_: str, until: float | None = None,
              rate: float | None = None) -> tuple[list[FuzzResult], int]:
     """Send reqs[...] from one thread per connection until all are sent or perf_counter()
     passes `until`, at most `rate` requests/s in all; the results and how many were taken."""
@@ -558,7 +536,7 @@ def send_all(ctx: Ctx, conns: list[RawConn], reqs: list[fuzz.FuzzRequest], until
             t1 = time.perf_counter()
             cls, code, detail = classify(ctx.contract, req.method, req.path, reply, stream=req.stream, strict_text=False)
             with lock:
-                results.append(FuzzResult(req, reply.status, cls, code, detail, t0, t1, reply.body[:400]))
+                results.append(FuzzResult(req, reply.status, cls, code, detail, t0, t1, reply.body[:400], pass_))
 
     threads = [threading.Thread(target=worker, args=(c,), daemon=True) for c in conns]
     for t in threads:
@@ -575,13 +553,12 @@ def ws_fuzz(ctx: Ctx, msgs: list[fuzz.FuzzRequest], timeout: float = 30.0) -> di
     from websockets.sync.client import unix_connect
 
     results: list[tuple[fuzz.FuzzRequest, str, str, str]] = []  # req, class, code, detail
-    conn, stack, connections, t0 = None, contextlib.ExitStack(), 0, time.monotonic()
+    conn, stack = None, contextlib.ExitStack()
     try:
         for req in msgs:
             if conn is None:
                 stack = contextlib.ExitStack()
                 conn = stack.enter_context(unix_connect(str(ctx.home.socket), uri="ws://msting/v1/ws", max_size=None, open_timeout=10))
-                connections += 1
             body = req.body or b""
             try:
                 silent = json.loads(body).get("type") == "cancel"  # a cancel is never answered
@@ -613,12 +590,9 @@ def ws_fuzz(ctx: Ctx, msgs: list[fuzz.FuzzRequest], timeout: float = 30.0) -> di
                 conn = None
     finally:
         stack.close()
-    elapsed = time.monotonic() - t0
     bad = [x for x in results if x[1] in ("lost", "server_error")]
-    return {"sent": len(results), "classes": dict(Counter(x[1] for x in results)), "codes": dict(Counter(x[2] for x in results)),
-            "by_source": {s: dict(Counter(x[1] for x in results if x[0].source == s)) for s in sorted({x[0].source for x in results})},
-            "lost": sum(1 for x in results if x[1] == "lost"), "server_errors": sum(1 for x in results if x[1] == "server_error"),
-            "connections": connections, "messages_per_sec": round(len(results) / elapsed, 1) if elapsed else None,
+    return {"sent": len(results), "classes": dict(Counter(x[1] for x in results)), "lost": sum(1 for x in results if x[1] == "lost"),
+            "server_errors": sum(1 for x in results if x[1] == "server_error"),
             "examples_bad": [{"source": x[0].source, "note": x[0].note, "body": x[0].excerpt(160), "class": x[1], "code": x[2], "detail": x[3]}
                              for x in bad[:15]]}
 
@@ -637,7 +611,7 @@ def phase_fuzz(ctx: Ctx, n_schema: int, n_hostile: int, n_huge: int) -> dict:
     at FUZZ_PACE_RPS in 1 s bursts between 1 s idle windows (/health idle vs during), then as
     fast as the senders go (the throughput); then the valid-shaped ones; then the WebSocket."""
     t0 = time.monotonic()
-    schema_reqs, draw_stats = fuzz.schemathesis_requests(ctx.doc, n_schema, ctx.plan.seed)
+    schema_reqs = fuzz.schemathesis_requests(ctx.doc, n_schema, ctx.plan.seed)
     t1 = time.monotonic()
     hostile = fuzz.hostile_requests(ctx.doc, n_hostile, ctx.plan.seed + 1, huge=n_huge, limit=body_limit())
     ctx.log(f"  drew {len(schema_reqs)} schemathesis requests in {t1 - t0:.1f} s and {len(hostile)} hostile ones in {time.monotonic() - t1:.1f} s")
@@ -648,6 +622,12 @@ def phase_fuzz(ctx: Ctx, n_schema: int, n_hostile: int, n_huge: int) -> dict:
     sampler = h.HealthSampler(ctx.home)
     windows: list[tuple[str, float, float]] = []
     results: list[FuzzResult] = []
+
+    def idle() -> None:
+        a = time.perf_counter()
+        time.sleep(1.0)
+        windows.append(("idle", a, time.perf_counter()))
+
     try:
         sampler.run(0.3, "raw")  # warm up the sampler's connection
         sampler.start("raw")
@@ -655,37 +635,22 @@ def phase_fuzz(ctx: Ctx, n_schema: int, n_hostile: int, n_huge: int) -> dict:
         for kind, rate in (("fuzz", FUZZ_PACE_RPS), ("max", None)):
             pos = 0
             while pos < len(rejecting) and time.monotonic() < bound:
+                idle()
                 a = time.perf_counter()
-                time.sleep(1.0)
-                windows.append(("idle", a, time.perf_counter()))
-                a = time.perf_counter()
-                res, taken = send_all(ctx, conns, rejecting[pos:], until=a + 1.0, rate=rate)
+                res, taken = send_all(ctx, conns, rejecting[pos:], kind, until=a + 1.0, rate=rate)
                 pos += taken
                 windows.append((kind, a, time.perf_counter()))
-                for x in res:
-                    x.pass_ = kind
                 results += res
-        a = time.perf_counter()
-        time.sleep(1.0)
-        windows.append(("idle", a, time.perf_counter()))
+        idle()
         samples = sampler.stop()
-        a = time.perf_counter()
-        res, _ = send_all(ctx, conns, positive)  # the valid-shaped ones reach the models
-        for x in res:
-            x.pass_ = "positive"
-        results += res
-        positive_sec = time.perf_counter() - a
+        results += send_all(ctx, conns, positive, "positive")[0]  # the valid-shaped ones reach the models
     finally:
         for c in conns:
             c.close()
         sampler.close()
     ws = ws_fuzz(ctx, fuzz.hostile_ws_messages(max(1, n_hostile // 4), ctx.plan.seed + 2, huge=min(2, n_huge), limit=body_limit()))
     restarts1 = ctx.restarts(ctx.wait_ready(ctx.models, 120))
-    out = fuzz_report(results, samples, windows, restarts0, restarts1)
-    out.update(draw=draw_stats, websocket=ws, params={"schemathesis_draw_sec": round(t1 - t0, 1), "positive_sec": round(positive_sec, 1),
-                                                      "senders": ctx.plan.fuzz_senders, "window_sec": 1.0,
-                                                      "max_tokens_cap": fuzz.MAX_TOKENS_CAP, "seed": ctx.plan.seed})
-    return out
+    return {**fuzz_report(results, samples, windows, restarts0, restarts1), "websocket": ws}
 
 
 def fuzz_report(results: list[FuzzResult], samples: list, windows: list, restarts0: dict, restarts1: dict) -> dict:
@@ -704,19 +669,19 @@ def fuzz_report(results: list[FuzzResult], samples: list, windows: list, restart
     def ms(rs: list[FuzzResult]) -> dict:
         return h.latency([(x.t1 - x.t0) * 1000.0 for x in rs])
 
+    def of(cls: str) -> list[FuzzResult]:
+        return [x for x in results if x.cls == cls]
+
     sources = sorted({x.req.source for x in results})
-    accepted = [x for x in rejected if x.status is not None and x.status < 400]
     out: dict[str, Any] = {
         "sent": len(results), "by_source": {s: dict(Counter(x.cls for x in results if x.req.source == s)) for s in sources},
-        "classes": dict(Counter(x.cls for x in results)), "5xx": len(five), "lost": sum(1 for x in results if x.cls == "lost"),
+        "classes": dict(Counter(x.cls for x in results)), "5xx": len(five), "lost": len(of("lost")), "truncated": len(of("truncated")),
         "status": {str(k): v for k, v in sorted(Counter(x.status for x in results).items(), key=lambda kv: (kv[0] is None, kv[0] or 0))},
-        "truncated": sum(1 for x in results if x.cls == "truncated"), "restarts_before": restarts0, "restarts_after": restarts1,
+        "restarts_before": restarts0, "restarts_after": restarts1,
         "input_restarts": sum(max(0, restarts1.get(k, 0) - restarts0.get(k, 0)) for k in restarts1),
-        "examples_5xx": distinct(five), "examples_lost": distinct([x for x in results if x.cls == "lost"]),
-        "examples_truncated": distinct([x for x in results if x.cls == "truncated"]),
-        "examples_odd_errors": distinct([x for x in results if x.cls == "error" and x.detail]),  # non-JSON / off-schema error bodies
-        "negative_accepted": len(accepted), "examples_negative_accepted": distinct(accepted, 15),
-        "by_op": {op: dict(Counter(str(x.status) for x in results if x.req.op == op)) for op in sorted({x.req.op for x in results})},
+        "examples_5xx": distinct(five), "examples_lost": distinct(of("lost")), "examples_truncated": distinct(of("truncated")),
+        "examples_odd_errors": distinct([x for x in of("error") if x.detail]),  # non-JSON / off-schema error bodies
+        "examples_negative_accepted": distinct([x for x in rejected if x.status is not None and x.status < 400], 15),
         "latency_ms_by_source": {s: ms([x for x in results if x.req.source == s]) for s in sources},
         "slowest_rejections": [{"op": x.req.op, "source": x.req.source, "note": x.req.note or x.req.excerpt(80), "ms": round((x.t1 - x.t0) * 1000.0, 1),
                                 "status": x.status} for x in sorted(rejected, key=lambda x: x.t0 - x.t1)[:8]]}
@@ -726,21 +691,18 @@ def fuzz_report(results: list[FuzzResult], samples: list, windows: list, restart
     rps = {k: round(len(rs) / secs[k], 1) if secs[k] else None for k, rs in (("fuzz", paced), ("max", unpaced))}
     out["rejection"] = {"requests": len(unpaced), "burst_sec": round(secs["max"], 2), "requests_per_sec": rps["max"], "latency_ms": ms(unpaced),
                         "met": bool(rps["max"] and rps["max"] >= FUZZ_MIN_RPS),
-                        "paced": {"requests": len(paced), "sec": round(secs["fuzz"], 2), "target_rps": FUZZ_PACE_RPS,
-                                  "requests_per_sec": rps["fuzz"], "latency_ms": ms(paced)}}
+                        "paced": {"requests": len(paced), "sec": round(secs["fuzz"], 2), "requests_per_sec": rps["fuzz"], "latency_ms": ms(paced)}}
 
-    def during(kind: str) -> list[float]:
-        return [s[0] for s in samples if s[1] != "error" and any(a <= s[2] < b for a, b in win[kind])]
+    def during(spans: list) -> list[float]:
+        return [s[0] for s in samples if s[1] != "error" and any(a <= s[2] < b for a, b in spans)]
 
-    per_window = [h.percentile(v, 99) for v in ([s[0] for s in samples if a <= s[2] < b and s[1] != "error"] for a, b in win["idle"])
-                  if len(v) >= 20]
-    hb, hd = h.latency(during("idle")), h.latency(during("fuzz"))
+    per_window = [h.percentile(v, 99) for v in (during([w]) for w in win["idle"]) if len(v) >= 20]
+    hb, hd = h.latency(during(win["idle"])), h.latency(during(win["fuzz"]))
     mid = h.percentile(per_window, 50) if len(per_window) >= 2 else None
     noise = max(per_window) / mid if mid else None
     ratio = hd["p99"] / hb["p99"] if hb["p99"] and hd["p99"] else None
-    out["health"] = {"before": hb, "during": hd, "during_unpaced": h.latency(during("max")), "p99_ratio": round(ratio, 2) if ratio else None,
-                     "idle_window_p99_ms": [round(x, 3) for x in per_window], "noise_ratio": round(noise, 2) if noise else None,
-                     "errors": sum(1 for s in samples if s[1] == "error"),
+    out["health"] = {"before": hb, "during": hd, "during_unpaced": h.latency(during(win["max"])), "p99_ratio": round(ratio, 2) if ratio else None,
+                     "noise_ratio": round(noise, 2) if noise else None,
                      "met": bool(ratio and noise and ratio <= noise and rps["fuzz"] and rps["fuzz"] >= FUZZ_MIN_RPS)}
     return out
 
@@ -764,7 +726,7 @@ def phase_daemon_kills(ctx: Ctx, n: int) -> dict:
             os.kill(pid, signal.SIGKILL)
             outages.append([t, t + 3600])
             ctx.conn.close()
-            while alive(pid) and time.monotonic() < t + 5:
+            while h.alive(pid) and time.monotonic() < t + 5:
                 time.sleep(0.005)
             proc = ctx.home.cli("llm", "start", "--json", "--timeout", "90", timeout=150)
             served = ctx.serve_again(STORIES_NAME, t)
@@ -780,11 +742,11 @@ def phase_daemon_kills(ctx: Ctx, n: int) -> dict:
             except h.BenchError as exc:
                 k.update(restored_ok=False, restored=str(exc)[:300])
             left = time.monotonic() + 5
-            while time.monotonic() < left and any(alive(p) for p in old):
+            while time.monotonic() < left and any(h.alive(p) for p in old):
                 time.sleep(0.05)
-            k["orphans"] = [p for p in old if alive(p)]
+            k["orphans"] = [p for p in old if h.alive(p)]
             for p in k["orphans"]:
-                kill(p)
+                h.kill(p)
             kills.append(k)
             if (i + 1) % 10 == 0 or not k["restored_ok"] or k["orphans"] or k["ms"] is None:
                 ctx.log(f"  daemon kill {i + 1}/{n}: serving again in {k['ms']} ms, restored {k['restored_ok']}, orphans {k['orphans']}")
@@ -793,15 +755,14 @@ def phase_daemon_kills(ctx: Ctx, n: int) -> dict:
     for x in records:  # a request cut by the kill itself, or refused while the daemon was down, is not lost
         if x.cls == "lost" and any(a <= x.t1 and x.t0 <= b for a, b in outages):
             x.cls = "cut_by_daemon_kill"
-    return {"kills": kills, "n": len(kills), "restored_ok": sum(1 for k in kills if k.get("restored_ok")), "expected": expected,
-            "serve_again_ms": h.spread([k["ms"] for k in kills if k["ms"] is not None], 1), "load": summarize(records),
-            "start_sec": h.spread([k["start_sec"] for k in kills], 3), "orphans": sum(len(k["orphans"]) for k in kills)}
+    return {"kills": kills, "n": len(kills), "restored_ok": sum(1 for k in kills if k.get("restored_ok")), "load": summarize(records),
+            "serve_again_ms": h.spread([k["ms"] for k in kills if k["ms"] is not None], 1), "orphans": sum(len(k["orphans"]) for k in kills)}
 
 
 def phase_soak(ctx: Ctx, seconds: float) -> dict:
     """soak_clients clients for `seconds`, sampling the RSS of the daemon and of its workers."""
     ctx.wait_ready(ctx.models, 60)
-    rss = []
+    rss: list[dict] = []
     load = start_load(ctx, ctx.plan.soak_clients, seconds + 5)
     t0 = time.monotonic()
     interval = 10.0 if seconds >= 300 else max(1.0, seconds / 20)
@@ -809,13 +770,11 @@ def phase_soak(ctx: Ctx, seconds: float) -> dict:
         while time.monotonic() - t0 < seconds:
             time.sleep(min(interval, max(0.0, seconds - (time.monotonic() - t0))))
             try:
-                st = ctx.status()
+                mem = ctx.status()["memory"]
             except (h.BenchError, OSError) as exc:
                 rss.append({"t": round(time.monotonic() - t0, 1), "error": str(exc)[:200]})
                 continue
-            rss.append({"t": round(time.monotonic() - t0, 1), "daemon": st["memory"]["daemon_rss_bytes"], "workers": st["memory"]["workers_rss_bytes"],
-                        "spare": (st.get("spare") or {}).get("rss_bytes"), "per_model": {m["name"]: m["rss_bytes"] for m in st["models"]},
-                        "restarts": sum(m["restarts"] for m in st["models"]), "served": sum(m["requests_served"] for m in st["models"])})
+            rss.append({"t": round(time.monotonic() - t0, 1), "daemon": mem["daemon_rss_bytes"], "workers": mem["workers_rss_bytes"]})
     finally:
         records = load.stop()
     good = [s for s in rss if "error" not in s]
@@ -823,16 +782,14 @@ def phase_soak(ctx: Ctx, seconds: float) -> dict:
     if len(good) >= 2:
         base, last = good[len(good) // 10], good[-1]  # after a tenth of the soak: caches and arenas warmed up
         for key in ("daemon", "workers"):
-            out[f"{key}_rss_mb"] = {"first": round(good[0][key] / 2**20, 1), "baseline": round(base[key] / 2**20, 1), "last": round(last[key] / 2**20, 1),
+            out[f"{key}_rss_mb"] = {"baseline": round(base[key] / 2**20, 1), "last": round(last[key] / 2**20, 1),
                                     "max": round(max(s[key] for s in good) / 2**20, 1), "growth_mb": round((last[key] - base[key]) / 2**20, 1),
                                     "growth_pct": round(100.0 * (last[key] - base[key]) / base[key], 1) if base[key] else None}
-        out["restarts_during"] = last["restarts"] - good[0]["restarts"]
     return out
 
 
 # ---- the run ----------------------------------------------------------------------------------
 
-MUST_BE_ZERO = ("truncated", "lost", "input_restarts", "fuzz_5xx")
 STOP = threading.Event()  # SIGTERM/SIGHUP: stop after the current phase's cleanup
 
 
@@ -846,7 +803,7 @@ def on_signal(signum: int, frame: Any) -> None:
 def run_chaos(plan: Plan, *, log: Callable[[str], None] = print, phases: list[str] | None = None) -> dict:
     """Run `plan` against a fresh daemon: the results (``totals`` has the must-be-zero counts).
     Always stops what it started."""
-    res: dict[str, Any] = {"plan": asdict(plan), "errors": [], "started_at": _dt.datetime.now().isoformat(timespec="seconds")}
+    res: dict[str, Any] = {"plan": asdict(plan), "errors": [], "started_at": h.now()}
     if not h.STORIES.is_file():
         raise h.BenchError(f"{h.STORIES} is missing")
     ctx = Ctx(plan, log)
@@ -858,8 +815,7 @@ def run_chaos(plan: Plan, *, log: Callable[[str], None] = print, phases: list[st
         res["config"] = {"home_config": ctx.home.config, "effective": effective_config(ctx.home.config), "profiles": ctx.profiles}
         res["startup"] = ctx.start()
         st = ctx.status()
-        res["models"] = {m["name"]: {k: m[k] for k in ("load_ms", "n_ctx", "n_threads", "source")} for m in st["models"]}
-        log(f"daemon up on profile {st['profile']}: {', '.join(res['models'])}")
+        log(f"daemon up on profile {st['profile']}: {', '.join(m['name'] for m in st['models'])}")
         for name, (fn, wanted) in steps.items():
             if STOP.is_set():
                 break
@@ -867,12 +823,10 @@ def run_chaos(plan: Plan, *, log: Callable[[str], None] = print, phases: list[st
                 continue
             log(f"[{name}]")
             t0 = time.monotonic()
-            try:
-                res[name] = fn()
-            except Exception as exc:  # noqa: BLE001 - one failed phase must not lose the others
-                traceback.print_exc()
-                res["errors"].append({"phase": name, "error": f"{type(exc).__name__}: {exc}"[:2000]})
-                log(f"  FAILED: {type(exc).__name__}: {exc}")
+            ok, res[name] = h.attempt(fn, res["errors"], phase=name)
+            if not ok:
+                del res[name]
+                log(f"  FAILED: {res['errors'][-1]['error']}")
                 try:  # the next phase needs a serving daemon
                     ctx.wait_ready(ctx.models, 30)
                 except Exception:  # noqa: BLE001
@@ -887,21 +841,19 @@ def run_chaos(plan: Plan, *, log: Callable[[str], None] = print, phases: list[st
     finally:
         ctx.conn.close()
         res["leftover_pids_killed"] = ctx.home.cleanup(h.KEEP)
-    res["finished_at"] = _dt.datetime.now().isoformat(timespec="seconds")
+    res["finished_at"] = h.now()
     res["totals"] = totals(res)
     return res
 
 
 def totals(res: dict) -> dict:
-    loads = [res[p]["load"] for p in ("worker_kills", "hangs", "switches", "daemon_kills", "soak") if "load" in (res.get(p) or {})]
+    loads = [res[p]["load"] for p, _ in LOAD_PHASES if "load" in (res.get(p) or {})]
     fz = res.get("fuzz") or {}
     ws = fz.get("websocket") or {}
     t = {**{k: sum(x[k] for x in loads) + (fz.get("classes") or {}).get(k, 0) for k in ("ok", "error")},
-         **{k: sum(x[k] for x in loads) + fz.get(k, 0) for k in ("sent", "truncated", "lost")},
+         **{k: sum(x[k] for x in loads) + fz.get(k, 0) + ws.get(k, 0) for k in ("sent", "truncated", "lost")},
          "cut_by_daemon_kill": sum(x.get("cut_by_daemon_kill", 0) for x in loads), "refused_while_daemon_down": sum(x.get("refused", 0) for x in loads),
          "input_restarts": fz.get("input_restarts", 0), "fuzz_5xx": fz.get("5xx", 0) + ws.get("server_errors", 0)}
-    t["lost"] += ws.get("lost", 0)
-    t["sent"] += ws.get("sent", 0)
     t["must_be_zero_failed"] = [k for k in MUST_BE_ZERO if t[k]]
     return t
 
@@ -993,7 +945,7 @@ def findings(res: dict) -> list:
             out += [f"**{title}** ({len(ex)} distinct shown):", r.Table(["route", "drawn by", "request", "reply"], [
                 [e["op"], e["source"], f"`{(e['note'] or e['body'])[:120]}`".replace("\n", " "),
                  f"{e['status']} {e['code']}: `{e['reply'][:140]}`".replace("\n", " ")] for e in ex[:12]], "l")]
-    for p, title in (("worker_kills", "worker kills"), ("hangs", "hangs"), ("switches", "switches"), ("daemon_kills", "daemon kills"), ("soak", "soak")):
+    for p, title in LOAD_PHASES:
         ld = (res.get(p) or {}).get("load") or {}
         if ld.get("bad_examples"):
             out.append(f"**Load replies truncated or lost during the {title}:** " + "; ".join(
@@ -1019,7 +971,8 @@ def run_blocks(res: dict) -> list:
             "config is in the JSON (`config.effective`)."]
 
 
-def write_page(res: dict, page: Path = PAGE) -> None:
+def write_page(res: dict, folder: Path = r.DOCS) -> None:
+    page = r.page(folder, "reliability.md")
     r.write_block(page, "chaos-run", r.md(run_blocks(res)))
     r.write_block(page, "chaos-figures", r.md([r.Table(["figure", "this run", "target", "met"], figure_rows(res), "lr")]), "## Figures")
     r.write_block(page, "chaos-findings", r.md(findings(res)), "## What it found")
@@ -1027,34 +980,21 @@ def write_page(res: dict, page: Path = PAGE) -> None:
 
 
 def print_report(res: dict) -> None:
-    print("\n" + r.Table(["figure", "this run", "target", "met"], figure_rows(res), "lr").text())
-    fz = res.get("fuzz") or {}
-    for key, title in (("examples_5xx", "5xx from bad input"), ("examples_lost", "fuzz requests lost"), ("examples_truncated", "fuzz replies truncated")):
-        for e in fz.get(key, [])[:10]:
-            print(f"  {title}: {e['op']} [{e['source']}] {e['note'] or e['body'][:100]!r} -> {e['status']} {e['code']} {e['reply'][:150]!r}")
-    for p in ("worker_kills", "hangs", "switches", "daemon_kills", "soak"):
-        for b in (((res.get(p) or {}).get("load") or {}).get("bad_examples") or [])[:5]:
-            print(f"  {p}: truncated/lost load reply: {b}")
-    if res["errors"]:
-        print("\nphases that failed:", res["errors"])
+    print("\n" + r.text([r.Table(["figure", "this run", "target", "met"], figure_rows(res), "lr"), *findings(res)]))
     print(f"\nmust-be-zero counts not zero: {res['totals']['must_be_zero_failed'] or 'none'}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="a small plan (a few minutes); leaves docs/reliability.md alone")
+    ap = r.parser(__doc__, PHASES, "run only these phases (for development; never writes the docs)",
+                  "a small plan (a few minutes); leaves docs/reliability.md alone", "reliability.md")
     ap.add_argument("--soak", type=float, default=None, metavar="MINUTES", help="soak minutes (default 30; --quick: 1)")
     ap.add_argument("--json-out", type=Path, default=None, help="JSON results (default bench/results/chaos.json)")
-    ap.add_argument("--no-docs", action="store_true", help="do not write docs/reliability.md")
-    ap.add_argument("--keep-homes", action="store_true", help="keep the temporary MSTING_HOME (logs) for inspection")
-    ap.add_argument("--only", nargs="+", choices=PHASES, help="run only these phases (for development; never writes the docs)")
-    ap.add_argument("--render", type=Path, metavar="JSON", help="only rewrite docs/reliability.md from a saved full run's JSON")
     args = ap.parse_args(argv)
+    docs = args.docs.resolve() if args.docs else r.DOCS
     if args.render:
-        write_page(json.loads(args.render.read_text()))
+        write_page(json.loads(args.render.read_text()), docs)
         return 0
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGHUP, on_signal)
+    h.install_signal_handlers(on_signal)
     h.KEEP = args.keep_homes
     mode = "quick" if args.quick else "full"
     plan = PLANS[mode]
@@ -1075,7 +1015,7 @@ def main(argv: list[str] | None = None) -> int:
     print_report(res)
     r.save(res, args.json_out or (DEFAULT_JSON.with_name("chaos.quick.json") if args.quick else DEFAULT_JSON))
     if mode == "full" and not args.no_docs and not args.only:
-        write_page(res)
+        write_page(res, docs)
     print(f"\n{mode} run took {res['duration_sec'] / 60:.1f} min")
     return 1 if res["totals"]["must_be_zero_failed"] or res["errors"] else 0
 

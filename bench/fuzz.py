@@ -1,19 +1,11 @@
-"""Fuzzed requests for bench/chaos.py (and tests/e2e/test_chaos.py), built before they are sent.
-
-- ``schemathesis_requests``: schemathesis 4's Python API on the daemon's own
-  ``GET /openapi.json``: for every operation, cases drawn with ``GenerationMode.POSITIVE``
-  (valid-shaped: they reach the models) and ``GenerationMode.NEGATIVE`` (they must be
-  rejected), most of them for the routes that take a body;
-- ``hostile_requests``: hypothesis-drawn raw bodies that no schema generator writes:
-  ``NaN``/``Infinity`` literals, ``1e400``, lone surrogate escapes and invalid UTF-8, deep
-  nesting, integers of thousands of digits, wrong types for every key (the keys of each
-  route's body in that document; of the WebSocket's generate message in docs/api.md),
-  malformed JSON, and bodies over the size limit.
-
-Everything is drawn with a fixed seed, so a run sends the same requests every time.
-Valid-shaped generation requests get ``max_tokens`` capped (``MAX_TOKENS_CAP``) so that
-thousands of them stay cheap, and a profile switch drawn as valid is turned into a dry run
-(``dry_run: true``), so the fuzz never changes the active profile.
+"""Fuzzed requests for bench/chaos.py (and tests/e2e/test_chaos.py), built before they are sent:
+schemathesis cases drawn from the daemon's own ``GET /openapi.json`` (positive: valid-shaped,
+they reach the models; negative: they must be rejected), and hypothesis-drawn hostile raw
+bodies no schema generator writes (non-finite numbers, bad Unicode, deep nesting, huge
+numbers, wrong types for every key, malformed JSON, bodies over the size limit). Fixed seeds:
+a run sends the same requests every time. Valid-shaped generations get ``max_tokens`` capped
+(``MAX_TOKENS_CAP``) and a profile switch is made a dry run, so the fuzz stays cheap and never
+changes the active profile.
 """
 
 from __future__ import annotations
@@ -53,20 +45,12 @@ class FuzzRequest:
     stream: bool = False  # a valid-shaped streaming request: the reply is SSE
     note: str = ""  # what is hostile about it
 
-    @property
-    def route(self) -> str:
-        return self.op.split(" ", 1)[1]
-
     def excerpt(self, limit: int = 160) -> str:
-        if self.body is None:
-            return ""
-        b = self.body
-        text = b[:limit].decode("utf-8", "backslashreplace")
-        return text + (f"... ({len(b)} bytes)" if len(b) > limit else "")
+        b = self.body or b""
+        return b[:limit].decode("utf-8", "backslashreplace") + (f"... ({len(b)} bytes)" if len(b) > limit else "")
 
 
-# ---------------------------------------------------------------------------------------
-# schemathesis
+# ---- schemathesis ----------------------------------------------------------------------
 
 
 def _draw(strategy: Any, n: int, seed: int) -> list:
@@ -88,7 +72,6 @@ def _draw(strategy: Any, n: int, seed: int) -> list:
 
 
 def _tame(route: str, body: Any) -> Any:
-    """A valid-shaped body made cheap and harmless (see the module docstring)."""
     if not isinstance(body, dict):
         return body
     body = dict(body)
@@ -136,7 +119,7 @@ def _case_request(case: Any, mode: str, template: str) -> FuzzRequest | None:
     return FuzzRequest(f"schemathesis-{mode}", f"{case.method.upper()} {template}", case.method.upper(), path, raw, stream=stream)
 
 
-def schemathesis_requests(doc: dict, total: int, seed: int = 20261201) -> tuple[list[FuzzRequest], dict]:
+def schemathesis_requests(doc: dict, total: int, seed: int = 20261201) -> list[FuzzRequest]:
     """About `total` requests drawn by schemathesis from the OpenAPI document `doc`: 90 %
     for the operations that take a body (half positive, half negative), 10 % for the others."""
     import schemathesis
@@ -154,7 +137,6 @@ def schemathesis_requests(doc: dict, total: int, seed: int = 20261201) -> tuple[
     for op in without:
         plan += [(op, GenerationMode.POSITIVE, per_other), (op, GenerationMode.NEGATIVE, per_other)]
     out: list[FuzzRequest] = []
-    stats: dict[str, dict] = {}
     rounds = 0
     while len(out) < total and rounds < 4:  # top up (duplicates, operations with no negative case) with new seeds
         for i, (op, mode, n) in enumerate(plan):
@@ -162,30 +144,18 @@ def schemathesis_requests(doc: dict, total: int, seed: int = 20261201) -> tuple[
                 continue
             if rounds:
                 n = max(1, min(n, (total - len(out)) // max(1, 2 * len(with_body)) + 1))
-            key = f"{op.label} {mode.value}"
             try:
                 cases = _draw(op.as_strategy(generation_mode=mode), n, seed + 1000 * rounds + i)
-            except Exception as exc:  # noqa: BLE001 - e.g. no negative case exists for an operation without inputs
-                stats.setdefault(key, {"drawn": 0, "distinct": 0})["none"] = f"{type(exc).__name__}"
+            except Exception:  # noqa: BLE001 - e.g. no negative case exists for an operation without inputs
                 continue
-            reqs = [r for r in (_case_request(c, mode.value, op.path) for c in cases) if r is not None]
-            entry = stats.setdefault(key, {"drawn": 0, "distinct": 0})
-            entry["drawn"] += len(reqs)
-            out += reqs
+            out += [r for r in (_case_request(c, mode.value, op.path) for c in cases) if r is not None]
             if len(out) >= total:
                 break
         rounds += 1
-    out = out[:total]
-    for key in stats:
-        label, mode = key.rsplit(" ", 1)
-        mine = [r for r in out if f"{r.op}" == label and r.source.endswith(mode)]
-        stats[key]["sent"] = len(mine)
-        stats[key]["distinct"] = len({(r.path, r.body) for r in mine})
-    return out, stats
+    return out[:total]
 
 
-# ---------------------------------------------------------------------------------------
-# hostile JSON, drawn with hypothesis
+# ---- hostile JSON, drawn with hypothesis -------------------------------------------------
 
 NON_FINITE = ["NaN", "Infinity", "-Infinity", "1e400", "-1e400", "1E+999", "-0e99999", "123e456789"]
 BAD_STRINGS = [b'"\\ud800"', b'"\\udfff"', b'"a\\ud83d"', b'"\\ud83d\\u0041"', b'"\xff\xfe"', b'"\xc0\xaf"',
@@ -216,8 +186,7 @@ def _template(route: str) -> dict:
 
 
 def route_keys(doc: dict) -> dict[str, list[str]]:
-    """The keys of each route's JSON body, from the OpenAPI document (sorted: the draws
-    depend on their order)."""
+    """The keys of each route's JSON body, from the OpenAPI document (sorted: the draws depend on their order)."""
     out = {}
     for route in TEMPLATES:
         schema = doc["paths"][route]["post"]["requestBody"]["content"]["application/json"]["schema"]
@@ -290,20 +259,17 @@ def hostile_strategy(keys: dict[str, list[str]]) -> Any:
     return st.one_of(non_finite(), bad_unicode(), deep(), huge_number(), wrong_type(), malformed())
 
 
+HUGE = [("/generate", b'{"max_tokens": 1, "prompt": "', b'"}'),
+        ("/v1/chat/completions", b'{"max_tokens": 1, "messages": [{"role": "user", "content": "', b'"}]}'),
+        ("/v1/embeddings", b'{"input": "', b'"}'), ("/v1/completions", b'{"max_tokens": 1, "prompt": "', b'"}')]
+
+
 def huge_bodies(count: int, limit: int) -> list[FuzzRequest]:
-    """Bodies around and over the size limit `limit` (bytes): a prompt of that size, sent
-    with Content-Length or chunked."""
+    """Prompts around and over the size limit `limit` (bytes), sent with Content-Length or chunked."""
     sizes = [limit + 1, limit * 2, 16 * 1024 * 1024 + 1, limit - 64, 64 * 1024 * 1024]
     out = []
     for i in range(count):
-        size = sizes[i % len(sizes)]
-        route = ["/generate", "/v1/chat/completions", "/v1/embeddings", "/v1/completions"][i % 4]
-        if route == "/v1/chat/completions":
-            head, tail = b'{"max_tokens": 1, "messages": [{"role": "user", "content": "', b'"}]}'
-        elif route == "/v1/embeddings":
-            head, tail = b'{"input": "', b'"}'
-        else:
-            head, tail = b'{"max_tokens": 1, "prompt": "', b'"}'
+        size, (route, head, tail) = sizes[i % len(sizes)], HUGE[i % 4]
         body = head + b"a " * ((size - len(head) - len(tail)) // 2) + tail
         chunked = (i // len(sizes)) % 2 == 1
         out.append(FuzzRequest("hostile-huge", f"POST {route}", "POST", route, body, chunked=chunked,
@@ -315,7 +281,6 @@ def hostile_requests(doc: dict, n: int, seed: int = 20261202, huge: int = 0, lim
     drawn = _draw(hostile_strategy(route_keys(doc)), n, seed)
     out = [FuzzRequest(f"hostile-{kind}", f"POST {route}", "POST", route, body, note=note) for route, body, kind, note in drawn]
     return out + huge_bodies(huge, limit)
-
 
 
 def hostile_ws_messages(n: int, seed: int = 20261203, huge: int = 0, limit: int = 4 * 1024 * 1024) -> list[FuzzRequest]:

@@ -1,14 +1,13 @@
-"""What every bench here shares: statistics, daemon homes (``tests/daemon_home.py``, the
-tests' own harness), one hand-written HTTP/1.1 client (``RawConn``), ``GET /health``
-sampled from another process, the peer servers, the machine and what else runs on it.
-
-Every process a bench starts is registered here (``HOMES``, ``SERVERS``), so that one
-``cleanup_all()`` in a ``finally`` stops it.
+"""What every bench here shares: statistics, daemon homes (``tests/daemon_home.py``), a
+hand-written HTTP/1.1 client (``RawConn``), ``GET /health`` sampled from another process, the
+peer servers, the machine. Every process started is registered (``HOMES``, ``SERVERS``), so
+that one ``cleanup_all()`` in a ``finally`` stops it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as _dt
 import json
 import os
 import platform
@@ -21,12 +20,14 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import httpx
 import psutil
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -95,6 +96,13 @@ def status(client: httpx.Client) -> dict:
     return client.get("/v1/status").json()
 
 
+def model_info(c: httpx.Client, status_keys: tuple, info_keys: tuple, st: dict | None = None, **extra: Any) -> dict:
+    """The first model as /v1/status shows it (`st`, else fetched), with `extra` and the GGUF facts /models/load reports."""
+    m = (st or status(c))["models"][0]
+    info = c.post("/models/load", json={"model": "default"}).json().get("info") or {}
+    return {**{k: m.get(k) for k in status_keys}, **extra, **{k: info.get(k) for k in info_keys}}
+
+
 def ready_worker(client: httpx.Client, not_pid: int | None = None) -> dict | None:
     """The first model's worker if it is ready and verified (and its pid is not `not_pid`)."""
     model = status(client)["models"][0]
@@ -102,6 +110,12 @@ def ready_worker(client: httpx.Client, not_pid: int | None = None) -> dict | Non
     if model["state"] == "ready" and w["verified"] and w["pid"] and w["pid"] != not_pid and w["state"] in ("READY", "BUSY"):
         return {**w, "load_ms": model["load_ms"]}
     return None
+
+
+def up(c: httpx.Client) -> bool:
+    with contextlib.suppress(httpx.HTTPError):
+        return c.get("/v1/models").status_code == 200
+    return False
 
 
 class LlamaServer:
@@ -120,16 +134,10 @@ class LlamaServer:
         self.pid = self.proc.pid
         t0 = time.monotonic()
         with httpx.Client(base_url=self.url, timeout=5, trust_env=False) as c:
-            while True:
-                if self.proc.poll() is not None:
-                    raise BenchError(f"{self.name} exited {self.proc.returncode}:\n{self.tail()}")
-                try:
-                    if c.get("/v1/models").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > t0 + 90:
-                    raise BenchError(f"{self.name} did not answer within 90 s:\n{self.tail()}")
+            while not up(c):
+                if self.proc.poll() is not None or time.monotonic() > t0 + 90:
+                    raise BenchError(f"{self.name} " + (f"exited {self.proc.returncode}" if self.proc.poll() is not None else "did not answer within 90 s")
+                                     + f":\n{self.tail()}")
                 time.sleep(0.1)
         self.started_sec = time.monotonic() - t0
 
@@ -181,13 +189,48 @@ def cleanup_all(keep: bool | None = None) -> list[int]:
     return leftovers
 
 
-def install_signal_handlers() -> None:
+def install_signal_handlers(handler: Callable | None = None) -> None:
     """SIGTERM / SIGHUP unwind through the `finally` blocks that stop what the bench started."""
     def on_signal(signum: int, frame: Any) -> None:
         raise SystemExit(128 + signum)
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGHUP, on_signal)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, handler or on_signal)
+
+
+def now() -> str:
+    return _dt.datetime.now().isoformat(timespec="seconds")
+
+
+def attempt(fn: Callable[[], Any], errors: list, **where: Any) -> tuple[bool, Any]:
+    """(True, fn()), or (False, None) with the exception added to `errors`: one failed part must not lose the others."""
+    try:
+        return True, fn()
+    except Exception as exc:  # noqa: BLE001
+        traceback.print_exc()
+        errors.append({**where, "error": f"{type(exc).__name__}: {exc}"[:2000]})
+        return False, None
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def kill(pid: int) -> None:
+    with contextlib.suppress(OSError):
+        os.kill(pid, signal.SIGCONT)
+        os.kill(pid, signal.SIGKILL)
+
+
+def write_profiles(dh: DaemonHome, profiles: dict[str, dict]) -> dict[str, dict]:
+    folder = dh.home / "config" / "profiles"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, body in profiles.items():
+        (folder / f"{name}.yaml").write_text(yaml.safe_dump(body, sort_keys=False))
+    return profiles
 
 
 # ---- hand-written HTTP/1.1 -------------------------------------------------------------
@@ -227,12 +270,9 @@ class RawConn:
 
     def close(self) -> None:
         if self.sock is not None:
-            try:
+            with contextlib.suppress(OSError):
                 self.sock.close()
-            except OSError:
-                pass
-        self.sock = None
-        self.buf = b""
+        self.sock, self.buf = None, b""
 
     def _connect(self) -> None:
         if self.sock is not None and (time.monotonic() - self.last_used > self.IDLE_REUSE_SEC
@@ -430,20 +470,35 @@ def _sampler(conn: Any, sock_path: str, reference_path: str) -> None:
         raw.close()
 
 
-def close_child(conn: Any, proc: Any, wait: float) -> None:
-    """Stop a pipe-driven child process: ask it to close, wait `wait` s, then kill it."""
-    try:
-        conn.send(("close",))
-    except OSError:
-        pass
-    proc.join(wait)
-    if proc.is_alive():
-        proc.kill()
-        proc.join(5)
-    conn.close()
+class Child:
+    """A spawned process running `target(conn, *args)`, driven over a pipe."""
+
+    def __init__(self, target: Callable, *args: Any, name: str | None = None):
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=target, args=(child, *args), name=name, daemon=True)
+        self.proc.start()
+        child.close()
+
+    def answer(self, timeout: float, what: str) -> Any:
+        if not self.conn.poll(timeout):
+            raise BenchError(f"{what} gave no answer within {timeout:g}s")
+        return self.conn.recv()
+
+    def close(self, wait: float = 5) -> None:
+        """Ask it to close, wait `wait` s, then kill it."""
+        with contextlib.suppress(OSError):
+            self.conn.send(("close",))
+        self.proc.join(wait)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join(5)
+        self.conn.close()
 
 
-class HealthSampler:
+class HealthSampler(Child):
     """GET /health from a child process with one persistent httpx client ("httpx"); for
     reference, "raw" (hand-written HTTP: the daemon's own share) and "httpx_reference"
     (httpx against a do-nothing server: the client's floor). Samples are (ms, reported
@@ -462,14 +517,11 @@ class HealthSampler:
         self.server.start()
         if not started.wait(30):
             raise BenchError("the reference /health server did not start")
-        self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_sampler, args=(child, str(dh.socket), reference_path), daemon=True)
-        self.proc.start()
-        child.close()
+        super().__init__(_sampler, str(dh.socket), reference_path)
 
     def run(self, duration: float, kind: str = "httpx") -> list[tuple[float, str, float]]:
         self.conn.send(("run", duration, kind))
-        return self._result(duration + 60)
+        return self.answer(duration + 60, "the /health sampler")
 
     def start(self, kind: str = "httpx") -> None:
         """Sample until stop()."""
@@ -477,15 +529,10 @@ class HealthSampler:
 
     def stop(self) -> list[tuple[float, str, float]]:
         self.conn.send(("stop",))
-        return self._result(60)
+        return self.answer(60, "the /health sampler")
 
-    def _result(self, timeout: float) -> list[tuple[float, str, float]]:
-        if not self.conn.poll(timeout):
-            raise BenchError(f"the /health sampler gave no answer within {timeout:g}s")
-        return self.conn.recv()
-
-    def close(self) -> None:
-        close_child(self.conn, self.proc, 5)
+    def close(self, wait: float = 5) -> None:
+        super().close(wait)
         self.server.kill()
         self.server.join(5)
 
@@ -684,16 +731,22 @@ class Load:
         self.lock = threading.Lock()
         self.threads = [threading.Thread(target=loop, args=(i, self), name=f"load-{i}", daemon=True) for i in range(clients)]
 
+    @classmethod
+    def of(cls, dh: DaemonHome, clients: int, send: Callable[[httpx.Client], Any], max_sec: float, max_requests: int) -> Load:
+        """Each client on its own httpx client of `dh`, adding what `send(client)` returns."""
+        def loop(i: int, load: Load) -> None:
+            with dh.client(timeout=60) as c:
+                while load.running():
+                    load.add(send(c))
+
+        return cls(clients, loop, max_sec, max_requests)
+
     def running(self) -> bool:
         return not self.stop_event.is_set() and time.monotonic() < self.deadline and len(self.records) < self.max_requests
 
     def add(self, record: Any) -> None:
         with self.lock:
             self.records.append(record)
-
-    def snapshot(self) -> list:
-        with self.lock:
-            return list(self.records)
 
     def start(self) -> Load:
         for t in self.threads:

@@ -2,11 +2,11 @@
 """Serving overhead: decode tokens/s, time to first token and CPU per request through msting
 (a worker alone, the daemon over its Unix socket and TCP), against llama-cpp-python in
 process and its own server (docs/benchmarks.md explains the method). Every timed call runs
-in one client process spawned once; the models alternate and every round shuffles the
-paths. ``bench/overhead.py [--quick]`` is ``bench/run.py --only overhead [--quick]``."""
+in one client process spawned once. ``bench/overhead.py`` is ``bench/run.py --only overhead``."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -68,10 +68,14 @@ TTFT_VARIANTS: dict[str, str] = {
 }
 REJECT_BODY = {"model": "default", "prompt": 1, "max_tokens": TTFT_MAX_TOKENS}  # 'prompt' must be a string: 400
 TTFT_TARGET_PATH = "msting_uds_raw"  # the daemon's share: one write for the request, bytes read as they come
-MSTING = [v for v in TPS_VARIANTS if TPS_VARIANTS[v][2] == "msting"]
 
 
 # ---- the clients (in the client process) ---------------------------------------------------
+
+
+def result(t0: float, ttft: float | None, text: str, chunks: int, tokens: int | None, finish: str | None) -> dict:
+    """One timed call: its wall time from `t0` to now."""
+    return {"wall": time.perf_counter() - t0, "ttft": ttft, "text": text, "chunks": chunks, "completion_tokens": tokens, "finish_reason": finish}
 
 
 class CompletionStream:
@@ -97,8 +101,8 @@ class CompletionStream:
             self.finish = ch.get("finish_reason") or self.finish
 
     def result(self, t0: float) -> dict:
-        return {"wall": time.perf_counter() - t0, "ttft": None if self.first is None else self.first - t0, "text": "".join(self.parts),
-                "chunks": len(self.parts), "completion_tokens": (self.usage or {}).get("completion_tokens"), "finish_reason": self.finish}
+        return result(t0, None if self.first is None else self.first - t0, "".join(self.parts), len(self.parts),
+                      (self.usage or {}).get("completion_tokens"), self.finish)
 
 
 def raw_stream(conn: h.RawConn, body: dict) -> dict:
@@ -141,8 +145,7 @@ def inproc_completion(llm: Any, prompt: str, n: int, stream: bool) -> dict:
     t0 = time.perf_counter()
     if not stream:
         out = llm.create_completion(prompt, max_tokens=n, temperature=0.0)
-        return {"wall": time.perf_counter() - t0, "ttft": None, "text": out["choices"][0]["text"], "chunks": 1,
-                "completion_tokens": out["usage"]["completion_tokens"], "finish_reason": out["choices"][0]["finish_reason"]}
+        return result(t0, None, out["choices"][0]["text"], 1, out["usage"]["completion_tokens"], out["choices"][0]["finish_reason"])
     ttft, parts, finish = None, [], None
     for chunk in llm.create_completion(prompt, max_tokens=n, temperature=0.0, stream=True):
         ch = chunk["choices"][0]
@@ -150,8 +153,7 @@ def inproc_completion(llm: Any, prompt: str, n: int, stream: bool) -> dict:
             ttft = ttft or time.perf_counter() - t0
             parts.append(ch["text"])
         finish = ch.get("finish_reason") or finish
-    return {"wall": time.perf_counter() - t0, "ttft": ttft, "text": "".join(parts), "chunks": len(parts), "completion_tokens": None,
-            "finish_reason": finish}
+    return result(t0, ttft, "".join(parts), len(parts), None, finish)
 
 
 class DirectWorker:
@@ -201,17 +203,14 @@ class DirectWorker:
                 ttft = ttft or time.perf_counter() - t0
                 parts.append(f["text"])
             elif f["type"] == "done":
-                return {"wall": time.perf_counter() - t0, "ttft": ttft, "text": f.get("text") or "".join(parts), "chunks": len(parts) or 1,
-                        "completion_tokens": f["usage"]["completion_tokens"], "finish_reason": f.get("finish_reason")}
+                return result(t0, ttft, f.get("text") or "".join(parts), len(parts) or 1, f["usage"]["completion_tokens"], f.get("finish_reason"))
             elif f["type"] != "token":
                 raise RuntimeError(f"direct worker: {f}")
 
     def close(self) -> None:
         for close in (self.reader.close, self.sock.close):
-            try:
+            with contextlib.suppress(OSError):
                 close()
-            except OSError:
-                pass
         try:
             self.proc.wait(10)  # EOF on its socket: the worker exits 0
         except subprocess.TimeoutExpired:
@@ -265,23 +264,21 @@ class Client:
                     break
         finally:
             gen.close()
-        text = llm.detokenize(out, prev_tokens=prompt_tokens).decode("utf-8", errors="replace")
-        return {"wall": time.perf_counter() - t0, "ttft": ttft, "text": text, "chunks": 1, "completion_tokens": len(out), "finish_reason": finish}
+        return result(t0, ttft, llm.detokenize(out, prev_tokens=prompt_tokens).decode("utf-8", errors="replace"), 1, len(out), finish)
 
     def inproc_engine(self, m: dict, n: int) -> dict:
         from msting.worker.engine import GenerationResult
 
         t0 = time.perf_counter()
-        ttft, parts, result = None, [], None
+        ttft, parts, res = None, [], None
         for ev in m["engine"].generate(prompt=PROMPT, max_tokens=n, temperature=0.0, top_p=0.95):
             if isinstance(ev, GenerationResult):
-                result = ev
+                res = ev
             elif ev.text:
                 ttft = ttft or time.perf_counter() - t0
                 parts.append(ev.text)
-        assert result is not None
-        return {"wall": time.perf_counter() - t0, "ttft": ttft, "text": "".join(parts), "chunks": len(parts),
-                "completion_tokens": result.completion_tokens, "finish_reason": result.finish_reason}
+        assert res is not None
+        return result(t0, ttft, "".join(parts), len(parts), res.completion_tokens, res.finish_reason)
 
     def http(self, client: httpx.Client, n: int, stream: bool, llamasrv: bool) -> dict:
         body: dict[str, Any] = {"prompt": PROMPT, "max_tokens": n, "temperature": 0.0}
@@ -297,8 +294,7 @@ class Client:
         wall = time.perf_counter() - t0
         if resp.status_code != 200:
             raise RuntimeError(f"HTTP {resp.status_code}: {str(j)[:300]}")
-        return {"wall": wall, "ttft": None, "text": j["choices"][0]["text"], "chunks": 1,
-                "completion_tokens": j["usage"]["completion_tokens"], "finish_reason": j["choices"][0]["finish_reason"]}
+        return {**result(t0, None, j["choices"][0]["text"], 1, j["usage"]["completion_tokens"], j["choices"][0]["finish_reason"]), "wall": wall}
 
     def run(self, variant: str, key: str, n: int) -> dict:
         m = self.models[key]
@@ -345,22 +341,14 @@ def _client_process(conn: Any, spec: dict) -> None:
         client.close()
 
 
-class ClientProcess:
+class ClientProcess(h.Child):
     def __init__(self, spec: dict):
-        import multiprocessing as mp
-
-        ctx = mp.get_context("spawn")
-        self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_client_process, args=(child, spec), name="overhead-client", daemon=True)
-        self.proc.start()
-        child.close()
+        super().__init__(_client_process, spec, name="overhead-client")
         value = self._answer(120, "start")
         self.pid, self.direct_workers = value["pid"], value["direct_workers"]
 
     def _answer(self, timeout: float, what: str) -> Any:
-        if not self.conn.poll(timeout):
-            raise h.BenchError(f"the client process gave no answer within {timeout:g}s")
-        kind, value = self.conn.recv()
+        kind, value = self.answer(timeout, "the client process")
         if kind != "ok":
             raise h.BenchError(f"the client process: {what}: {value}")
         return value
@@ -368,9 +356,6 @@ class ClientProcess:
     def run(self, variant: str, key: str, n: int) -> dict:
         self.conn.send(("run", variant, key, n))
         return self._answer(300, f"{variant} [{key}]")
-
-    def close(self) -> None:
-        h.close_child(self.conn, self.proc, 10)
 
 
 # ---- the run ------------------------------------------------------------------------------
@@ -422,11 +407,8 @@ class Target:
         self.started = h.start(self.home)
         with self.home.client() as c:
             st = h.status(c)
-            info = c.post("/models/load", json={"model": "default"}).json().get("info") or {}
-        m = st["models"][0]
-        self.daemon_pid, self.worker_pid = st["pid"], m["workers"][0]["pid"]
-        self.info = {"name": m["name"], "path": m["path"], "load_ms": m["load_ms"],
-                     **{k: info.get(k) for k in ("arch", "n_params", "n_vocab", "n_ctx", "size_bytes", "backend")}}
+            self.info = h.model_info(c, ("name", "path", "load_ms"), ("arch", "n_params", "n_vocab", "n_ctx", "size_bytes", "backend"), st)
+        self.daemon_pid, self.worker_pid = st["pid"], st["models"][0]["workers"][0]["pid"]
         self.server = h.LlamaServer(path, n_ctx=N_CTX)
         self.spec = {"path": path, "socket": str(self.home.socket), "msting_url": self.home.url, "llamasrv_url": self.server.url}
 
@@ -492,33 +474,24 @@ def run_bench(p: dict, targets: dict[str, Target], client: ClientProcess) -> Rec
     pids = [os.getpid(), client.pid, *client.direct_workers.values()]
     meter = ForeignMeter(pids + [pid for t in targets.values() for pid in t.pids(client.pid).values() if pid])
     rng = random.Random(20261122)
-    for rnd in range(p["rounds"]):
-        waited = meter.wait_quiet(p["max_pause_sec"])
-        rec.round = rnd
-        meter.start()
-        for key in keys if rnd % 2 == 0 else keys[::-1]:
-            variants = list(TPS_VARIANTS)
-            rng.shuffle(variants)
-            for v in variants:
-                rec.tps_run(v, key)
-        foreign = meter.stop()
-        rec.rounds.append({"round": rnd, "foreign_cores": foreign, "waited_sec": round(waited, 1), "quiet": foreign < QUIET_CORES})
-        print(f"  round {rnd + 1}/{p['rounds']}" + (f": other programs used {foreign:.2f} cores" if foreign >= QUIET_CORES else ""), flush=True)
-    for i in range(p["ttft_requests"]):
-        if i % TTFT_BLOCK == 0:
-            if i:
-                foreign = meter.stop()
-                rec.ttft_blocks.append({"block": rec.round, "foreign_cores": foreign, "quiet": foreign < QUIET_CORES})
-            meter.wait_quiet(p["max_pause_sec"])
-            rec.round = i // TTFT_BLOCK
+    # decode rounds, then time to first token in blocks of TTFT_BLOCK iterations: each block
+    # after a wait for quiet, the others' CPU use measured over it; models alternating, paths shuffled
+    for count, per, variants, run_one, meta, name in ((p["rounds"], 1, TPS_VARIANTS, rec.tps_run, rec.rounds, "round"),
+                                                  (p["ttft_requests"], TTFT_BLOCK, TTFT_VARIANTS, rec.ttft_run, rec.ttft_blocks, "block")):
+        for block in range(-(-count // per)):
+            waited = meter.wait_quiet(p["max_pause_sec"])
+            rec.round = block
             meter.start()
-        for key in keys if i % 2 == 0 else keys[::-1]:
-            variants = list(TTFT_VARIANTS)
-            rng.shuffle(variants)
-            for v in variants:
-                rec.ttft_run(v, key)
-    foreign = meter.stop()
-    rec.ttft_blocks.append({"block": rec.round, "foreign_cores": foreign, "quiet": foreign < QUIET_CORES})
+            for i in range(block * per, min(count, (block + 1) * per)):
+                for key in keys if i % 2 == 0 else keys[::-1]:
+                    order = list(variants)
+                    rng.shuffle(order)
+                    for v in order:
+                        run_one(v, key)
+            foreign = meter.stop()
+            meta.append({name: block, "foreign_cores": foreign, **({"waited_sec": round(waited, 1)} if per == 1 else {}), "quiet": foreign < QUIET_CORES})
+            if per == 1:
+                print(f"  round {block + 1}/{count}" + (f": other programs used {foreign:.2f} cores" if foreign >= QUIET_CORES else ""), flush=True)
     rec.paused_sec = round(meter.paused, 1)
     return rec
 
@@ -559,19 +532,16 @@ def summarize(rec: Recorder, targets: dict[str, Target]) -> tuple[dict, dict]:
             s = h.spread([x["tps"] for x in rs], 1)
             tps[v] = {"label": label, "stream": stream, **{k: s[k] for k in ("n", "median", "min", "max")},
                       "wall_ms_median": round(h.percentile([x["wall"] * 1000 for x in rs], 50), 2),
-                      "completion_tokens": sorted({x["tokens"] for x in rs}), "all_max_tokens": all(x["tokens"] == t.max_tokens for x in rs),
-                      "text_matches_reference": sum(1 for x in rs if x["text_matches"]),
-                      "tokens_from": sorted({x.get("tokens_from", "usage") for x in rs}),
-                      "finish_reasons": sorted({str(x.get("finish_reason")) for x in rs}),
-                      "chunks_median": h.percentile([x["chunks"] for x in rs], 50), "baseline_cc": base,
+                      "all_max_tokens": all(x["tokens"] == t.max_tokens for x in rs), "text_matches_reference": sum(1 for x in rs if x["text_matches"]),
+                      "chunks_median": h.percentile([x["chunks"] for x in rs], 50),
                       "ratio_cc": round(med[v] / med[base], 3),
                       "ratio_cc_paired": h.spread([a["tps"] / b["tps"] for a, b in zip(rs, runs[base])], 3),  # the same round's baseline
                       "ratio_generate": round(med[v] / med["inproc_generate"], 3), "ratio_engine": round(med[v] / med["inproc_engine"], 3),
                       "ratio_llamasrv": round(med[v] / med["llamasrv_stream" if stream else "llamasrv"], 3),
-                      "cpu_ms_mean": cpu_mean(rs), "values": s["values"]}
+                      "cpu_ms_mean": cpu_mean(rs)}
             if where == "msting":
                 target = TARGET_RATIO_STREAM if stream else TARGET_RATIO_NONSTREAM
-                tps[v].update(target_ratio=target, met=tps[v]["ratio_cc"] >= target, met_vs_engine=tps[v]["ratio_engine"] >= target)
+                tps[v].update(target_ratio=target, met=tps[v]["ratio_cc"] >= target)
         ttft = {}
         for v, rs_all in rec.ttft[key].items():
             rs = [x for x in rs_all if x["round"] in use_blocks]
@@ -596,10 +566,6 @@ def summarize(rec: Recorder, targets: dict[str, Target]) -> tuple[dict, dict]:
     return out, selection
 
 
-def parts(p: dict, res: dict) -> list:
-    return [(None, lambda: bench(p, res))]
-
-
 def bench(p: dict, res: dict) -> dict:
     targets: dict[str, Target] = {}
     client = None
@@ -614,11 +580,10 @@ def bench(p: dict, res: dict) -> dict:
         stat0 = h.cpu_stat()
         rec = run_bench(p, targets, client)
         models, selection = summarize(rec, targets)
-        return {"models": models, "selection": selection, "cpu_stat": h.steal_share(stat0, h.cpu_stat()),
-                "raw": {k: {"tps": rec.tps[k], "ttft": rec.ttft[k]} for k in targets}}
+        return {"models": models, "selection": selection, "cpu_stat": h.steal_share(stat0, h.cpu_stat())}
     finally:
         if client is not None:
-            client.close()
+            client.close(10)
 
 
 # ---- report -------------------------------------------------------------------------------

@@ -8,7 +8,9 @@ A page is written by hand except between ``<!-- generated: KEY -->`` and
 
 from __future__ import annotations
 
+import argparse
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -38,13 +40,22 @@ class Table:
         return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
 
 
-def md(blocks: list[Any]) -> str:
+def md(blocks: list[Any], text: bool = False) -> str:
     """Blocks (paragraphs, lists, tables) separated by blank lines."""
-    return "\n\n".join(b.md() if isinstance(b, Table) else b for b in blocks if b)
+    return "\n\n".join((b.text() if text else b.md()) if isinstance(b, Table) else b for b in blocks if b)
 
 
 def text(blocks: list[Any]) -> str:
-    return "\n\n".join(b.text() if isinstance(b, Table) else b for b in blocks if b)
+    return md(blocks, True)
+
+
+def page(folder: Path, name: str) -> Path:
+    """`folder`/`name`; a folder other than docs/ starts from a copy of the page, for the text around the blocks."""
+    out = folder / name
+    folder.mkdir(parents=True, exist_ok=True)
+    if not out.exists() and (DOCS / name).exists():
+        shutil.copy(DOCS / name, out)
+    return out
 
 
 def write_block(page: Path, key: str, content: str, title: str = "") -> None:
@@ -80,6 +91,17 @@ def run_line(res: dict, script: str) -> str:
             f"{machine_line(res['machine'])}; code at {code_line(res)}.")
 
 
+def describe(m: dict | None) -> str:
+    """A model as the pages name it."""
+    if not m:
+        return "?"
+    src = m.get("source") or ""
+    size = f"{m['size_bytes'] / 1e6:.2f} MB" if m.get("size_bytes") else "?"
+    params = f"{m['n_params'] / 1e3:.0f}K params" if m.get("n_params") else ""
+    return (f"`{m.get('name')}` ({src if src.startswith('builtin') else Path(src).name}, {m.get('arch')}, {params}, {size}, "
+            f"n_ctx {m.get('n_ctx')}, {m.get('n_threads')} thread(s), {m.get('backend')})")
+
+
 def bullets(items: list[str]) -> str:
     return "\n".join(f"- {x}" for x in items if x)
 
@@ -102,6 +124,18 @@ def common_notes(res: dict) -> list[str]:
 
 def yes(ok: bool | None) -> str:
     return "-" if ok is None else ("yes" if ok else "**NO**")
+
+
+def parser(doc: str, only: list[str], only_help: str, quick_help: str, page_name: str) -> argparse.ArgumentParser:
+    """The options run.py and chaos.py share."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help=quick_help)
+    ap.add_argument("--only", nargs="+", choices=only, help=only_help)
+    ap.add_argument("--docs", type=Path, metavar="DIR", help=f"write {page_name} there instead of docs/")
+    ap.add_argument("--no-docs", action="store_true", help=f"do not write {page_name}")
+    ap.add_argument("--render", type=Path, metavar="JSON", help=f"only rewrite {page_name} from saved results")
+    ap.add_argument("--keep-homes", action="store_true", help="keep the temporary MSTING_HOMEs and server logs for inspection")
+    return ap
 
 
 def save(res: dict, path: Path) -> Path:

@@ -5,24 +5,19 @@ pick instead:
     .venv/bin/python bench/run.py [--quick] [--only SECTION ...] [--docs DIR | --no-docs] [--wait-quiet S] [--keep-homes]
     .venv/bin/python bench/run.py --render bench/results/run.json   # rewrite the page from saved results
 
-Sections, in this order: memory_cli and concurrency (bench/suite.py), overhead, service,
-switch (bench/<name>.py, each also runnable alone: ``bench/service.py`` is
-``bench/run.py --only service``). A run rewrites the generated blocks of
-docs/benchmarks.md and the plots in docs/img/ (``--docs DIR``: a copy of the page in
-DIR instead; ``--no-docs``: neither). The raw figures go to bench/results/run.json
-(``run.quick.json``); with ``--only``, into the last run's file, the other sections kept.
-Every process started is stopped, also on SIGTERM and SIGHUP.
+Sections: memory_cli and concurrency (bench/suite.py), overhead, service, switch
+(bench/<name>.py; ``bench/service.py`` is ``bench/run.py --only service``). A run rewrites
+the generated blocks of docs/benchmarks.md and the plots in docs/img/, and writes the raw
+figures to bench/results/run.json (``run.quick.json``; with ``--only``, into the last run's
+file, the other sections kept).
 """
 
 from __future__ import annotations
 
-import argparse
-import datetime as _dt
 import json
 import shutil
 import sys
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -39,35 +34,27 @@ DOC_ORDER = ["service", "overhead", "switch", "concurrency", "memory_cli"]  # th
 TARGET_LARGE_RATIO = 0.98  # decode tokens/s over in process on the 26M model, where the engine dominates
 
 
-def now() -> str:
-    return _dt.datetime.now().isoformat(timespec="seconds")
-
-
 def measure(key: str, mode: str, wait: float) -> dict:
-    """One section: its parts in order (a failed part does not lose the others), then every
-    process it started stopped."""
+    """One section: its parts in order, then every process it started stopped."""
     mod = SECTIONS[key]
     p = mod.PROFILES[mode]
     if wait:
         h.wait_quiet(wait)
-    res: dict[str, Any] = {"mode": mode, "params": p, "machine": h.machine(), "started_at": now(),
+    res: dict[str, Any] = {"mode": mode, "params": p, "machine": h.machine(), "started_at": h.now(),
                            "errors": [], "foreign_load": {"before": h.foreign_load()}}
     t0 = time.time()
     try:
-        for name, fn in mod.parts(p, res):
+        for name, fn in mod.parts(p, res) if hasattr(mod, "parts") else [(None, lambda: mod.bench(p, res))]:
             print(f"[{key}{'/' + name if name else ''}]", flush=True)
-            try:
-                out = fn()
+            ok, out = h.attempt(fn, res["errors"], section=key, part=name)
+            if ok:
                 res.update(out) if name is None else res.__setitem__(name, out)
-            except Exception as exc:  # noqa: BLE001 - one failed part must not lose the others
-                traceback.print_exc()
-                res["errors"].append({"section": key, "part": name, "error": f"{type(exc).__name__}: {exc}"[:2000]})
     finally:
         res["leftover_pids_killed"] = h.cleanup_all()
     res["foreign_load"]["after"] = h.foreign_load()
     if h.foreign_names(res["foreign_load"]):
         print(f"  WARNING: other programs were running: {h.foreign_names(res['foreign_load'])}", flush=True)
-    res.update(finished_at=now(), duration_sec=round(time.time() - t0, 1))
+    res.update(finished_at=h.now(), duration_sec=round(time.time() - t0, 1))
     return res
 
 
@@ -232,9 +219,7 @@ def section_blocks(res: dict, key: str) -> list:
 def write_docs(res: dict, folder: Path) -> None:
     """The generated blocks of `folder`/benchmarks.md (and the plots in `folder`/img) of
     every section in `res` that did not fail."""
-    page = folder / "benchmarks.md"
-    if not page.exists() and (r.DOCS / "benchmarks.md").exists():
-        shutil.copy(r.DOCS / "benchmarks.md", page)  # a copy of the page, for the text around the blocks
+    page = r.page(folder, "benchmarks.md")
     r.write_block(page, "summary", r.md(summary_blocks(res, plots(res, folder / "img"))))
     for key in DOC_ORDER:
         if res.get(key) and not res[key].get("errors"):
@@ -243,15 +228,10 @@ def write_docs(res: dict, folder: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="fewer repetitions and tokens (1-2 minutes)")
-    ap.add_argument("--only", nargs="+", choices=list(SECTIONS), help="only these sections, merged into the last run's results")
-    ap.add_argument("--docs", type=Path, metavar="DIR", help="write benchmarks.md and img/ there instead of docs/")
-    ap.add_argument("--no-docs", action="store_true", help="do not write the page")
-    ap.add_argument("--render", type=Path, metavar="JSON", help="only rewrite the page from saved results")
+    ap = r.parser(__doc__, list(SECTIONS), "only these sections, merged into the last run's results",
+                  "fewer repetitions and tokens (1-2 minutes)", "benchmarks.md and img/")
     ap.add_argument("--wait-quiet", type=float, default=0, metavar="S",
                     help="before each section, wait up to S seconds until no other pytest/msting/busy program runs")
-    ap.add_argument("--keep-homes", action="store_true", help="keep the temporary MSTING_HOMEs and server logs")
     args = ap.parse_args(argv)
     docs = args.docs.resolve() if args.docs else None
     if args.render:
@@ -262,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     mode = "quick" if args.quick else "full"
     sections = [k for k in SECTIONS if k in (args.only or SECTIONS)]
     t0 = time.time()
-    res: dict[str, Any] = {"mode": mode, "sections": sections, "machine": h.machine(), "started_at": now(),
+    res: dict[str, Any] = {"mode": mode, "sections": sections, "machine": h.machine(), "started_at": h.now(),
                            "errors": [], "llama_server_cpp": shutil.which("llama-server")}
     print(f"msting benchmarks ({mode}: {', '.join(sections)}) on {r.machine_line(res['machine'])}", flush=True)
     h.compile_msting()
@@ -276,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  [{key}] took {res[key]['duration_sec']:.0f} s", flush=True)
     finally:
         h.cleanup_all()
-    res.update(finished_at=now(), duration_sec=round(time.time() - t0, 1))
+    res.update(finished_at=h.now(), duration_sec=round(time.time() - t0, 1))
     out = h.RESULTS / f"run{'.quick' if args.quick else ''}.json"
     if args.only and out.exists():  # a partial re-run: the other sections keep their figures from the last whole run
         previous = json.loads(out.read_text())

@@ -1,17 +1,17 @@
 #!/usr/bin/env python3
 """The always-ready service: install and cold start to ready, GET /health idle, under load
 and while a model re-loads, and kill -9 of the worker until it serves again, on msting-tiny
-and stories260K (docs/benchmarks.md explains the method). ``bench/service.py [--quick]`` is
-``bench/run.py --only service [--quick]``."""
+and stories260K (docs/benchmarks.md explains the method). ``bench/service.py`` is
+``bench/run.py --only service``."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import harness as h
@@ -30,6 +30,7 @@ RECOVERY_GAP_S = 1.5  # READY for this long before the next kill, so the backoff
 # /health while loading: restart as fast as possible, so the daemon spends its time re-loading.
 CHURN_CONFIG: dict = {"llm_service": {"restart": {"backoff_initial_sec": 0.05, "backoff_max_sec": 0.2, "jitter": 0.0,
                                                   "stable_after_sec": 1, "max_crashes": 1000, "crash_window_sec": 1}}}
+HEALTH_KEYS = ("health_idle", "health_idle_raw_socket", "health_under_load", "health_under_load_raw_socket", "health_under_load_httpx_reference")
 LOAD = {"prompt": "Once upon a time", "max_tokens": 512, "temperature": 0.8}
 PROFILES = {
     "quick": {"install_runs": 2, "health_rounds": 1, "idle_sec": 1.0, "raw_sec": 0.5, "load_sec": 2.0, "churn_kills": 3,
@@ -82,16 +83,14 @@ def health_under_load(dh: h.DaemonHome, sampler: h.HealthSampler, p: dict) -> tu
     """/health with httpx for load_sec, then raw_sec each of hand-written HTTP on a raw socket
     (the daemon's own share) and of httpx against the do-nothing server (the client's floor),
     while 2 threads keep the model generating."""
-    def loop(i: int, load: h.Load) -> None:
-        with dh.client(timeout=60) as c:
-            while load.running():
-                try:
-                    resp = c.post("/generate", json=LOAD)
-                    load.add(resp.json()["usage"]["completion_tokens"] if resp.status_code == 200 else None)
-                except httpx.HTTPError:
-                    load.add(None)
+    def send(c: httpx.Client) -> int | None:
+        try:
+            resp = c.post("/generate", json=LOAD)
+            return resp.json()["usage"]["completion_tokens"] if resp.status_code == 200 else None
+        except httpx.HTTPError:
+            return None
 
-    load = h.Load(2, loop, p["load_sec"] + 2 * p["raw_sec"] + 30, max_requests=1000).start()
+    load = h.Load.of(dh, 2, send, p["load_sec"] + 2 * p["raw_sec"] + 30, max_requests=1000).start()
     try:
         with dh.client() as c:  # wait until the worker is actually generating
             dh.wait_for(lambda: h.status(c)["models"][0]["workers"][0]["state"] == "BUSY", 5, 0.01, "the worker to be BUSY")
@@ -167,21 +166,17 @@ def bench_service(p: dict, models: list[tuple[str, str | None]]) -> dict:
             dh = h.home(key, RECOVERY_CONFIG if model is None else h.merge(RECOVERY_CONFIG, {"llm": {"model": model}}))
             started = h.start(dh)
             c, gen = dh.client(), dh.client(timeout=10)
-            m = h.status(c)["models"][0]
-            info = c.post("/models/load", json={"model": "default"}).json().get("info") or {}
             daemons.append({"key": key, "dh": dh, "c": c, "gen": gen, "sampler": h.HealthSampler(dh), "recovery": [], "loads": [],
-                            **{k: [] for k in ("idle", "raw_idle", "loaded", "raw_loaded", "floor_loaded")},
-                            "info": {**{k: m.get(k) for k in ("name", "source", "path", "load_ms", "n_threads", "n_ctx", "backend")},
-                                     "start_sec": round(started["wall_sec"], 3),
-                                     **{k: info.get(k) for k in ("arch", "n_params", "n_vocab", "size_bytes")}}})
+                            **{k: [] for k in HEALTH_KEYS},
+                            "info": h.model_info(c, ("name", "source", "path", "load_ms", "n_threads", "n_ctx", "backend"),
+                                                 ("arch", "n_params", "n_vocab", "size_bytes"), start_sec=round(started["wall_sec"], 3))})
         for rnd in range(p["health_rounds"]):
             for d in daemons:
-                d["idle"] += d["sampler"].run(p["idle_sec"])
-                d["raw_idle"] += d["sampler"].run(p["raw_sec"], "raw")
+                d["health_idle"] += d["sampler"].run(p["idle_sec"])
+                d["health_idle_raw_socket"] += d["sampler"].run(p["raw_sec"], "raw")
                 samples, load, raw, floor = health_under_load(d["dh"], d["sampler"], p)
-                d["loaded"] += samples
-                d["raw_loaded"] += raw
-                d["floor_loaded"] += floor
+                for k, v in zip(HEALTH_KEYS[2:], (samples, raw, floor)):
+                    d[k] += v
                 d["loads"].append(load)
                 print(f"  /health round {rnd + 1}/{p['health_rounds']} {d['key']}: under load p99 "
                       f"{h.latency([s[0] for s in samples])['p99']} ms ({load['requests']} generates)", flush=True)
@@ -201,19 +196,14 @@ def bench_service(p: dict, models: list[tuple[str, str | None]]) -> dict:
             rec.update(backoff_sec=h.spread([run["backoff_sec"] for run in runs], 3), runs=len(runs),
                        runs_met=sum(1 for run in runs if run["met"]), target_ms=round((rec["load_ms"]["median"] or 0.0) + RECOVERY_SLACK_MS, 1))
             out[d["key"]] = {"model": d["info"], "config": d["dh"].config, "load": total, "recovery": rec,
-                             "health_idle": summarize_health(d["idle"]), "health_idle_raw_socket": summarize_health(d["raw_idle"]),
-                             "health_under_load": summarize_health(d["loaded"]),
-                             "health_under_load_raw_socket": summarize_health(d["raw_loaded"]),
-                             "health_under_load_httpx_reference": summarize_health(d["floor_loaded"]),
+                             **{k: summarize_health(d[k]) for k in HEALTH_KEYS},
                              "recovery_runs": [{k: (round(v, 2) if isinstance(v, float) else v) for k, v in run.items()} for run in runs]}
         return out
     finally:
         for d in daemons:
             for close in (d["sampler"].close, d["c"].close, d["gen"].close):
-                try:
+                with contextlib.suppress(httpx.HTTPError, OSError):
                     close()
-                except (httpx.HTTPError, OSError):
-                    pass
             d["dh"].cleanup(h.KEEP)
 
 
@@ -359,16 +349,8 @@ def notes(res: dict) -> list[str]:
 
 def blocks(res: dict) -> list:
     p = res["params"]
-    models = []
-    for svc in (res.get("service") or {}).values():
-        mi = svc["model"]
-        params = f"{mi['n_params'] / 1e3:.0f}K params" if mi.get("n_params") else ""
-        size = f"{mi['size_bytes'] / 1e6:.2f} MB" if mi.get("size_bytes") else "?"
-        source = mi["source"] if mi["source"].startswith("builtin") else Path(mi["source"]).name
-        models.append(f"`{mi['name']}` ({source}, {mi.get('arch')}, {params}, {size}, n_ctx {mi.get('n_ctx')}, "
-                      f"{mi.get('n_threads')} thread(s), {mi.get('backend')})")
     return [r.run_line(res, "bench/service.py"), r.bullets([
-        "**Models:** " + "; ".join(models) + ".",
+        "**Models:** " + "; ".join(r.describe(svc["model"]) for svc in (res.get("service") or {}).values()) + ".",
         f"**Repetitions:** install/start {p['install_runs']}x; /health {p['health_rounds']} rounds per model of {p['idle_sec']:g} s idle "
         f"(httpx) + {p['raw_sec']:g} s idle (raw socket) then {p['load_sec']:g} s under load (httpx) + {p['raw_sec']:g} s under load "
         f"(raw socket) + {p['raw_sec']:g} s under load (httpx against the do-nothing server), models alternating; one /health every "

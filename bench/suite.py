@@ -196,9 +196,7 @@ def concurrency(p: dict) -> dict:
             r1, r2 = summary["msting, replicas 1"]["levels"], summary["msting, replicas 2"]["levels"]
             scaling = {c: round(r2[c]["agg_tps"]["median"] / r1[c]["agg_tps"]["median"], 3) if r1[c]["agg_tps"]["median"] else None for c in r1}
             out["models"][key] = {"path": str(path), "file": path.name, "size_bytes": path.stat().st_size, "max_tokens": max_tokens,
-                                  "reference": ref, "servers": summary, "replica_scaling": scaling, "memory": memory,
-                                  "raw": {name: {c: [{k: v for k, v in x.items() if k != "latency_ms"} for x in runs] for c, runs in lv.items()}
-                                          for name, lv in cells.items()}}
+                                  "reference": ref, "servers": summary, "replica_scaling": scaling, "memory": memory}
         finally:
             for s in servers:
                 s.stop()
@@ -375,9 +373,9 @@ def mem_blocks(run: dict) -> list:
 
 
 CONCURRENCY = SimpleNamespace(KEY="concurrency", TITLE="## Concurrent clients, against llama_cpp.server", PROFILES=CONC_PROFILES,
-                              WHOLE_RUN=True, parts=lambda p, res: [(None, lambda: concurrency(p))], blocks=conc_blocks)
+                              WHOLE_RUN=True, bench=lambda p, res: concurrency(p), blocks=conc_blocks)
 MEMORY = SimpleNamespace(KEY="memory_cli", TITLE="## Memory and CLI latency", PROFILES=MEM_PROFILES, WHOLE_RUN=True,
-                         parts=lambda p, res: [(None, lambda: memory_cli(p))], blocks=mem_blocks)
+                         bench=lambda p, res: memory_cli(p), blocks=mem_blocks)
 
 if __name__ == "__main__":
     import run

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Profile switch under load: one daemon, profiles A (msting-tiny) and B (stories260K),
 switched A→B→A… while 3 clients send /generate, then the same switches idle
-(docs/benchmarks.md explains the method and the target). ``bench/switch.py [--quick]`` is
-``bench/run.py --only switch [--quick]``."""
+(docs/benchmarks.md explains the method and the target). ``bench/switch.py`` is
+``bench/run.py --only switch``."""
 
 from __future__ import annotations
 
@@ -17,9 +17,7 @@ from typing import Any
 
 import harness as h
 import httpx
-import psutil
 import report as r
-import yaml
 
 KEY = "switch"
 TITLE = "## Profile switch under load"
@@ -55,13 +53,6 @@ def run_switch(c: httpx.Client, name: str, timeout: float = 90) -> dict:
             raise h.BenchError(f"switch to {name} {job['state']}: {job.get('error')}")
         time.sleep(0.02)
     raise h.BenchError(f"switch to {name} did not finish within {timeout:g}s")
-
-
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def parse_log(path: Path) -> list[dict]:
@@ -130,7 +121,7 @@ def measure_series(c: httpx.Client, n: int, gap: float, start_from: str, loaded:
         switches.append(sw)
         current = target
         time.sleep(gap)  # the load runs on alone: requests sent after `finished`
-        sw["old_workers_gone"] = all(gone(p) for p in old_pids)
+        sw["old_workers_gone"] = not any(h.alive(p) for p in old_pids)
         print(f"  switch {i + 1}/{n} {sw['from']}->{sw['to']}{'' if loaded else ' (idle)'}: {sw['duration_ms']:.0f} ms "
               f"(budget {sw['budget_ms']:.0f} ms)", flush=True)
     return switches
@@ -195,28 +186,19 @@ def cold_start_reference(runs: int) -> dict:
     return {k: h.spread(v[1:]) for k, v in out.items()}
 
 
-def parts(p: dict, res: dict) -> list:
-    return [(None, lambda: bench(p))]
-
-
-def bench(p: dict) -> dict:
+def bench(p: dict, _: dict) -> dict:
     res: dict[str, Any] = {"cold_start": cold_start_reference(p["ref_runs"]), "profiles": {"A": PROFILE_A, "B": profile_b()}}
     dh = h.home("switch")
-    folder = dh.home / "config" / "profiles"
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, body in res["profiles"].items():
-        (folder / f"{name}.yaml").write_text(yaml.safe_dump(body, sort_keys=False))
+    h.write_profiles(dh, res["profiles"])
 
-    def loop(i: int, load: h.Load) -> None:
-        with dh.client(timeout=60) as c:
-            while load.running():
-                sent = time.time()
-                try:
-                    resp = c.post("/generate", json=LOAD)
-                    ok = resp.status_code == 200
-                    load.add((sent, time.time(), resp.status_code, resp.json().get("model") if ok else None, None if ok else resp.text[:300]))
-                except httpx.HTTPError as exc:
-                    load.add((sent, time.time(), -1, None, f"{type(exc).__name__}: {exc}"[:300]))
+    def send(c: httpx.Client) -> tuple:
+        sent = time.time()
+        try:
+            resp = c.post("/generate", json=LOAD)
+            ok = resp.status_code == 200
+            return sent, time.time(), resp.status_code, resp.json().get("model") if ok else None, None if ok else resp.text[:300]
+        except httpx.HTTPError as exc:
+            return sent, time.time(), -1, None, f"{type(exc).__name__}: {exc}"[:300]
 
     load = None
     try:
@@ -224,11 +206,8 @@ def bench(p: dict) -> dict:
         with dh.client(timeout=30) as c:
             for name, key in (("B", "model_b"), ("A", "model_a")):  # uncounted warm-up, describing each model
                 run_switch(c, name)
-                cur = h.status(c)["models"][0]
-                info = c.post("/models/load", json={"model": "default"}).json().get("info") or {}
-                res[key] = {**{k: cur.get(k) for k in ("name", "source", "path", "n_ctx", "n_threads", "backend", "load_ms")},
-                            **{k: info.get(k) for k in ("arch", "n_params", "size_bytes")}}
-            load = h.Load(CLIENTS, loop, 600, max_requests=60000).start()
+                res[key] = h.model_info(c, ("name", "source", "path", "n_ctx", "n_threads", "backend", "load_ms"), ("arch", "n_params", "size_bytes"))
+            load = h.Load.of(dh, CLIENTS, send, 600, max_requests=60000).start()
             time.sleep(p["warmup_sec"])
             loaded = measure_series(c, p["switches"], p["gap_sec"], "A", True)
             end = time.time()
@@ -330,16 +309,6 @@ def switch_rows(switches: list[dict], loaded: bool) -> list[list[str]]:
     return out
 
 
-def describe(m: dict | None) -> str:
-    if not m:
-        return "?"
-    src = m.get("source") or ""
-    size = f"{m['size_bytes'] / 1e6:.2f} MB" if m.get("size_bytes") else "?"
-    params = f"{m['n_params'] / 1e3:.0f}K params" if m.get("n_params") else ""
-    return (f"`{m.get('name')}` ({src if src.startswith('builtin') else Path(src).name}, {m.get('arch')}, {params}, {size}, "
-            f"n_ctx {m.get('n_ctx')}, {m.get('n_threads')} thread(s), {m.get('backend')})")
-
-
 def notes(res: dict) -> list[str]:
     out = []
     s, i = (res.get("loaded") or {}).get("summary"), (res.get("idle") or {}).get("summary")
@@ -395,8 +364,8 @@ def blocks(res: dict) -> list:
     switch_head = ["#", "switch", "job ms", "budget ms", "met", "load", "(start+import)", "(load_ms)", "(worker verify)", "verify", "switch",
                    "drain", "requests", "failed", "after `finished`: new model"]
     out = [r.run_line(res, "bench/switch.py"), r.bullets([
-        f"**Profiles:** `A` = `{{default_model: a, models: {{a: {{source: builtin:tiny}}}}}}`: {describe(res.get('model_a'))}; "
-        f"`B` = `{{default_model: b, models: {{b: {{source: {stories}}}}}}}`: {describe(res.get('model_b'))}.",
+        f"**Profiles:** `A` = `{{default_model: a, models: {{a: {{source: builtin:tiny}}}}}}`: {r.describe(res.get('model_a'))}; "
+        f"`B` = `{{default_model: b, models: {{b: {{source: {stories}}}}}}}`: {r.describe(res.get('model_b'))}.",
         f"**This run:** {p['switches']} switches under load with a {p['gap_sec']:g} s gap after each, the load starting {p['warmup_sec']:g} s "
         f"before the first; then {p['idle_switches']} switches with no load (0.3 s gap)."]),
         r.Table(["measurement", "n", "median", "min", "max", "target", "met"], rows(res), "lrrrrl")]

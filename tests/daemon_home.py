@@ -1,16 +1,12 @@
-"""A real daemon under a temporary MSTING_HOME: the one harness of the end-to-end tests
-(``tests/e2e/conftest.py``, fixture ``daemon_home``) and of the benchmarks (``bench/``
-puts ``tests/`` on ``sys.path``).
-
-A home is a short temporary directory (Unix socket paths are limited to 108 bytes) with a
-free TCP port and a config file. Every process started here (the CLI, and through it the
-daemon and its workers) gets the explicit environment of ``tests/child_env.py``, never
-``os.environ``. ``cleanup()`` stops the daemon and kills whatever still carries the home's
-MSTING_HOME.
+"""A real daemon under a temporary MSTING_HOME: the harness of the end-to-end tests (fixture
+``daemon_home``) and of bench/. A home is a short temporary directory (Unix socket paths are
+limited to 108 bytes) with a free TCP port and a config file; every process started here gets
+the explicit environment of ``tests/child_env.py``, never ``os.environ``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -80,7 +76,6 @@ class DaemonHome:
         # must not reach the daemon (tests/child_env.py).
         self.env = child_env(MSTING_HOME=str(self.home), MSTING_LLM_PORT=str(self.port))
 
-    # paths --------------------------------------------------------------------------
     @property
     def socket(self) -> Path:
         return self.home / "run" / "msting.sock"
@@ -105,7 +100,6 @@ class DaemonHome:
         path.write_text(yaml.safe_dump(self.config, sort_keys=False))
         return path
 
-    # the CLI ------------------------------------------------------------------------
     def cli(self, *args: str, timeout: float = 120, check: bool = False) -> subprocess.CompletedProcess:
         """`msting ARGS` under this home; the wall time is in the result's ``wall_sec``."""
         t0 = time.perf_counter()
@@ -127,7 +121,6 @@ class DaemonHome:
     def status(self) -> dict:
         return json.loads(self.cli("llm", "status", "--json").stdout)
 
-    # the API ------------------------------------------------------------------------
     def client(self, timeout: float = 60) -> httpx.Client:
         return httpx.Client(transport=httpx.HTTPTransport(uds=str(self.socket)), base_url="http://msting", timeout=timeout,
                             trust_env=False)
@@ -167,17 +160,13 @@ class DaemonHome:
         except FileNotFoundError:
             return "(no daemon log)"
 
-    # processes ----------------------------------------------------------------------
     def our_processes(self) -> list[psutil.Process]:
         """Every live process started with this MSTING_HOME (the daemon and its workers)."""
         found = []
         for proc in psutil.process_iter(["pid"]):
-            try:
-                if proc.pid != os.getpid() and proc.environ().get("MSTING_HOME") == str(self.home):
-                    if proc.status() != psutil.STATUS_ZOMBIE:
-                        found.append(proc)
-            except (psutil.Error, OSError):
-                continue
+            with contextlib.suppress(psutil.Error, OSError):
+                if proc.pid != os.getpid() and proc.environ().get("MSTING_HOME") == str(self.home) and proc.status() != psutil.STATUS_ZOMBIE:
+                    found.append(proc)
         return found
 
     def stop(self) -> list[int]:
@@ -188,11 +177,9 @@ class DaemonHome:
             print(f"[{self.label}] msting llm stop --force failed: {exc}", file=sys.stderr)
         leftovers = self.our_processes()
         for proc in leftovers:
-            try:
+            with contextlib.suppress(psutil.Error):
                 proc.send_signal(signal.SIGCONT)
                 proc.kill()
-            except psutil.Error:
-                pass
         psutil.wait_procs(leftovers, timeout=5)
         return [p.pid for p in leftovers]
 
