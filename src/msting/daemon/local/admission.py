@@ -149,14 +149,8 @@ class Admission:
 
     def cancel(self, job: LocalJob) -> None:
         """The client went away: drop the job, or stop its generation."""
-        if not job.cancel():
-            return
-        model = job.owner
-        if model is None:
-            return
-        for w in model.workers:
-            if w.current is job:
-                w.cancel(job)
+        if job.cancel() and job.owner is not None:
+            job.owner.cancel_job(job)
 
     def close(self) -> list[LocalJob]:
         """Refuse new requests; returns the held ones, for the caller to answer."""

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
+
+from msting.config.schema import ServiceConfig
 
 
 @dataclass
@@ -21,9 +23,9 @@ class Liveness:
     ping_sent_at: float | None = None
 
 
-async def watch(live: Liveness, s: Any, clock: Callable[[], float], is_busy: Callable[[], bool], ping: Callable[[], None],
+async def watch(live: Liveness, s: ServiceConfig, clock: Callable[[], float], is_busy: Callable[[], bool], ping: Callable[[], None],
                 kill: Callable[[str], None]) -> None:
-    """Kill the process (through `kill`) once it is hung; `s`: the llm_service settings."""
+    """Kill the process (through `kill`) once it is hung; `s`: the llm_service section."""
     tick = max(0.05, min(1.0, s.health_interval_sec, s.hang_timeout_sec / 4))
     busy_ping = max(0.05, min(s.health_interval_sec, s.hang_timeout_sec / 4))
     while True:

@@ -246,6 +246,11 @@ class LocalModel:
             prev = self.tokens_per_sec
             self.tokens_per_sec = tokens_per_sec if prev is None else 0.8 * prev + 0.2 * tokens_per_sec
 
+    def cancel_job(self, job: LocalJob) -> None:
+        for w in self.workers:
+            if w.current is job:
+                w.cancel(job)
+
     def on_finished(self, worker: WorkerSupervisor, job: LocalJob) -> None:
         """A worker is done with `job` and free again."""
         self.requests_served += 1

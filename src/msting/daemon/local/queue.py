@@ -18,7 +18,7 @@ import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Callable
+from typing import Callable, Protocol
 
 from msting.api.errors import MstingError
 from msting.api.events import Done, Embeddings, Failed, Token
@@ -51,6 +51,14 @@ _JOB_MOVES = {
 job_transition = Transitions("job", _JOB_MOVES)
 
 
+class JobOwner(Protocol):
+    """The model whose queue a job went to (msting.daemon.local.model.LocalModel)."""
+
+    def cancel_job(self, job: LocalJob) -> None:
+        """Stop generating for `job` in whichever worker has it."""
+        ...
+
+
 @dataclass(eq=False)
 class LocalJob:
     """One request for one local model. `events` receives Token, then one Done,
@@ -66,7 +74,7 @@ class LocalJob:
     started_at: float | None = None
     attempts: int = 0  # workers that died while holding this job
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
-    owner: Any = None  # the LocalModel whose queue it went to (set on admission)
+    owner: JobOwner | None = None  # the model whose queue it went to (set on admission)
 
     @property
     def embed(self) -> bool:

@@ -33,6 +33,7 @@ from collections import deque
 from typing import Any, Protocol
 
 from msting.api.errors import InvalidRequest, ServerError
+from msting.config.schema import ServiceConfig
 from msting.daemon.local import frames, liveness, verify
 from msting.daemon.local.backoff import RestartTracker
 from msting.daemon.local.endings import Exit, FatalInfo, describe_exit
@@ -64,7 +65,7 @@ class SupervisorEvents(Protocol):
 
 
 class WorkerSupervisor:
-    def __init__(self, worker_id: str, model_name: str, spec: dict[str, Any], settings: Any, launcher: WorkerLauncher,
+    def __init__(self, worker_id: str, model_name: str, spec: dict[str, Any], settings: ServiceConfig, launcher: WorkerLauncher,
                  queue: ModelQueue, events: SupervisorEvents, clock=time.monotonic):
         self.id = worker_id
         self.model_name = model_name
