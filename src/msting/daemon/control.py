@@ -13,19 +13,19 @@ from msting import __version__
 from msting.api.errors import NotFound
 from msting.daemon.jobs import Jobs
 from msting.daemon.local import switch
-from msting.daemon.local.readiness import readiness
-from msting.daemon.local.service import LocalService
+from msting.providers.local import LocalProvider
 
 
 class DaemonControl:
-    def __init__(self, service: LocalService, jobs: Jobs):
-        self.service = service
+    def __init__(self, local: LocalProvider, jobs: Jobs):
+        self.local = local
+        self.service = local.service
         self._jobs = jobs
-        self.default_load_timeout = service.config.llm_service.startup_timeout_sec
+        self.default_load_timeout = self.service.config.llm_service.startup_timeout_sec
 
     def _readiness(self) -> tuple[str, str | None]:
-        s = self.service
-        return readiness(list(s.routing.models.values()), stopping=s.stopping, always_ready=s.config.llm_service.always_ready)
+        health = self.local.health()
+        return health.status, health.reason
 
     def readiness(self) -> tuple[str, str | None, dict[str, str]]:
         status, reason = self._readiness()

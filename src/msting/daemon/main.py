@@ -196,8 +196,9 @@ async def _serve(config: Config, paths: Paths, sockets: list[socket.socket], sec
         print(f"msting daemon: configuration error:\n{exc}", file=sys.stderr)
         return DaemonExit.CONFIG
     service = LocalService(config, paths, routing, store, launcher)
-    control = DaemonControl(service, Jobs(store))
-    router = Router([LocalProvider(service)], default=config.llm.default_service)
+    local = LocalProvider(service)
+    control = DaemonControl(local, Jobs(store))
+    router = Router([local], default=config.llm.default_service)
     app = build_app(router, control, security=security or SecurityPolicy.from_config(config))
     server = _make_server(app, config.llm_service.stop_timeout_sec)
     serve_task = asyncio.create_task(server.serve(sockets=sockets), name="http")

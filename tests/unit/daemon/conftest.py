@@ -3,24 +3,14 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from msting.daemon.store import Store
 
 # local_testing.py is importable whatever pytest's --import-mode (importlib puts no test folder on sys.path).
 if str(Path(__file__).parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).parent))
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    """A real SQLite store in a temp directory."""
-    s = Store(tmp_path / "state.db")
-    yield s
-    s.close()
 
 
 @pytest.fixture

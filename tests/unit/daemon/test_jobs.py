@@ -6,22 +6,14 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from msting.daemon.jobs import Job, Jobs, JobState, Step
+from msting.daemon.local.switch import STEPS  # a switch job's steps
 from msting.daemon.store import Store
 
-STEPS = ["validate", "preflight", "load", "verify", "switch", "drain"]  # as switch.py names them
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store(tmp_path / "state.db")
-    yield s
-    s.close()
 
 
 @pytest.fixture

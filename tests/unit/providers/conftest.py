@@ -3,20 +3,8 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
-
-from msting.daemon.store import Store
 
 _DAEMON_TESTS = Path(__file__).parent.parent / "daemon"
 if str(_DAEMON_TESTS) not in sys.path:
     sys.path.insert(0, str(_DAEMON_TESTS))
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store(tmp_path / "state.db")
-    yield s
-    s.close()
