@@ -22,9 +22,15 @@ from msting.api.requests import EmbeddingRequest, GenerationRequest
 
 @dataclass(frozen=True)
 class Capabilities:
-    generate: bool = True
+    """What a provider can do. Asking for what it lacks is a 400 naming the provider."""
+
+    chat: bool = True  # messages in, a reply out
+    completions: bool = True  # a raw prompt continued
     stream: bool = True
     embed: bool = True
+
+    def as_dict(self) -> dict:
+        return {"chat": self.chat, "completions": self.completions, "stream": self.stream, "embed": self.embed}
 
 
 @dataclass(frozen=True)

@@ -70,7 +70,7 @@ class LocalStream:
 
 class LocalProvider:
     name = "local"
-    capabilities = Capabilities(generate=True, stream=True, embed=True)
+    capabilities = Capabilities()
 
     def __init__(self, service: LocalService):
         self.service = service
