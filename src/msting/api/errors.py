@@ -55,6 +55,11 @@ class ServerError(MstingError):
     """The service failed while serving a valid request (engine error, crashed worker)."""
 
 
+class UpstreamError(ServerError):
+    """A remote engine failed to answer: an error status, a reply of the wrong shape, or
+    a stream cut short. `attempts` (in details) lists what was tried."""
+
+
 def unknown_model(name: str, known: list[str], why: str | None = None) -> NotFound:
     message = why or f"model '{name}' is not known"
     return NotFound("model_not_found", f"{message}; known models: {', '.join(known) or 'none'}")

@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 
-from msting.api.errors import Conflict, InvalidRequest, MstingError, NotAllowed, NotFound, ServerError, Timeout, TooLarge, Unavailable
+from msting.api.errors import Conflict, InvalidRequest, MstingError, NotAllowed, NotFound, ServerError, Timeout, TooLarge, Unavailable, UpstreamError
 
 log = logging.getLogger("msting.http")
 
@@ -32,6 +32,7 @@ STATUS: dict[type[MstingError], tuple[int, str]] = {
     Conflict: (409, "invalid_request_error"),
     Unavailable: (503, "unavailable_error"),
     Timeout: (504, "timeout_error"),
+    UpstreamError: (502, "upstream_error"),
     ServerError: (500, "server_error"),
     MstingError: (500, "server_error"),
 }
