@@ -18,7 +18,7 @@ from msting.api.events import Done, Embeddings, Failed, Token, Usage
 from msting.api.requests import ChatRequest, CompletionRequest, EmbeddingRequest, Message, SamplingParams
 from msting.daemon.local import frames
 from msting.daemon.local.queue import JobStatus, LocalJob, ModelQueue, QueueFull, job_transition
-from msting.daemon.local.transitions import IllegalTransition
+from msting.transitions import IllegalTransition
 from msting.worker import params, protocol
 
 S = JobStatus

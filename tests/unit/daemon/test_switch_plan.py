@@ -21,7 +21,7 @@ from msting.daemon.local.model import ModelState
 from msting.daemon.local.plan import build_plan, load_target, restore_routing
 from msting.daemon.local.service import LocalService
 from msting.daemon.local.switch import STEPS, Phase, advance, dry_run
-from msting.daemon.local.transitions import IllegalTransition
+from msting.transitions import IllegalTransition
 from msting.daemon.store import Store
 from msting.models.gguf_file import read_gguf_info
 from msting.models.memory import MiB, estimate_model, preflight

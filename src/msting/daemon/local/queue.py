@@ -23,7 +23,7 @@ from typing import Callable, Protocol
 from msting.api.errors import MstingError
 from msting.api.events import Done, Embeddings, Failed, Token
 from msting.api.requests import EmbeddingRequest, Request
-from msting.daemon.local.transitions import Transitions
+from msting.transitions import Transitions
 
 
 class JobStatus(str, Enum):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from enum import Enum
 
-from msting.daemon.local.transitions import IllegalTransition, Transitions
+from msting.transitions import IllegalTransition, Transitions
 
 __all__ = ["IllegalTransition", "WorkerState", "transition"]
 

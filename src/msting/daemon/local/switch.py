@@ -32,7 +32,7 @@ from msting.daemon.local.model import LocalModel, ModelState
 from msting.daemon.local.plan import build_plan, load_target
 from msting.daemon.local.routing import Routing
 from msting.daemon.local.service import LocalService
-from msting.daemon.local.transitions import Transitions
+from msting.transitions import Transitions
 
 log = logging.getLogger("msting.daemon.switch")
 
