@@ -4,7 +4,8 @@ with :mod:`msting.config.fields`), its validation and its loading.
 ``parse_config`` turns already-parsed YAML data into a :class:`Config`, collecting
 *every* problem (unknown keys, wrong types, out-of-range values) before raising one
 :class:`ConfigError`. ``load_config`` reads the user's ``config.yaml`` (or the shipped
-``default.yaml``), then applies environment overrides. Writing the user's file is
+``default.yaml``), then applies environment overrides. The remote services of
+``llm.services`` are declared in :mod:`msting.config.services`. Writing the user's file is
 :mod:`msting.config.editor`'s job.
 
 ``yaml`` is imported only inside the functions that parse YAML, so importing this
@@ -15,14 +16,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from msting.api.limits import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, MAX_TOKENS, TEMPERATURE  # dependency-free: a request default must be a valid request value
 from msting.config.errors import ConfigError, ConfigProblem
-from msting.config.fields import Bool, Choice, Num, Str, StrList, build, fmt_num, join, opt, schema_fields, section
+from msting.config.fields import ENV_VAR_NAME, Bool, Choice, Num, Str, StrList, build, fmt_num, join, opt, plain, schema_fields, section
 from msting.config.paths import Paths
+from msting.config.services import BUILTIN_SERVICES, RemoteServiceConfig, services_field
 from msting.config.yamlio import load_yaml, read_text
 from msting.models.builtin import BUILTIN_NAME, BUILTIN_SOURCE
 
@@ -35,8 +37,6 @@ DEFAULT_CONFIG_RESOURCE = "default.yaml"
 _POSITIVE = Num(integer=False, lo=0, lo_open=True)
 _NON_NEGATIVE = Num(integer=False, lo=0)
 _LEVEL = Choice(LOG_LEVELS, upper=True)
-SERVICES = ("local",)  # the providers requests can go to (`service~model`); `local` is the daemon's own workers
-_ENV_NAME = Str(pattern=r"[A-Za-z_][A-Za-z0-9_]*", pattern_desc="an environment variable name (letters, digits, _)")
 
 
 # ------------------------------------------------------------------------ schema
@@ -85,15 +85,21 @@ class ServiceConfig:
     stop_timeout_sec: float = opt(10.0, _POSITIVE)
     restart: RestartPolicy = section(RestartPolicy)
     warm_spare: bool = opt(True, Bool())
-    api_key_env_var: str = opt("LLM_API_KEY", _ENV_NAME)
+    api_key_env_var: str = opt("LLM_API_KEY", ENV_VAR_NAME)
     allowed_hosts: tuple[str, ...] = opt((), StrList())
 
 
 @dataclass(frozen=True)
 class LLMConfig:
-    """The model and its generation defaults (``llm``)."""
+    """The model and its generation defaults, and the remote services (``llm``).
 
-    default_service: str = opt("local", Choice(SERVICES))
+    Requests go to ``service~model``, a bare model name to ``default_service``: one of
+    :attr:`service_names` (the built-in "local" and "stub", then the configured
+    ``services``, a tuple of :class:`~msting.config.services.RemoteServiceConfig` in
+    the order written; look one up with :meth:`service`). ``fallback_chain`` names the
+    services tried in order when one fails."""
+
+    default_service: str = opt("local", Str())
     model: str = opt(BUILTIN_TINY, Str())
     model_name: str | None = opt(None, Str(nullable=True))
     temperature: float = opt(DEFAULT_TEMPERATURE, Num(integer=False, lo=TEMPERATURE[0], hi=TEMPERATURE[1]))  # the API's own range
@@ -103,6 +109,17 @@ class LLMConfig:
     n_gpu_layers: int = opt(0, Num(integer=True, lo=-1))
     replicas: int = opt(1, Num(integer=True, lo=1, hi=64))
     chat_format: str | None = opt(None, Str(nullable=True))
+    fallback_chain: tuple[str, ...] = opt((), StrList())
+    services: tuple[RemoteServiceConfig, ...] = services_field()
+
+    @property
+    def service_names(self) -> tuple[str, ...]:
+        """Every service a request can name: "local", "stub", then the configured ones."""
+        return BUILTIN_SERVICES + tuple(s.name for s in self.services)
+
+    def service(self, name: str) -> RemoteServiceConfig | None:
+        """The configured service ``name``; None for a built-in or unknown name."""
+        return next((s for s in self.services if s.name == name), None)
 
     @property
     def is_builtin(self) -> bool:
@@ -123,14 +140,33 @@ class LLMConfig:
         return Path(self.model).stem
 
     def cross_checks(self, prefix: str) -> list[ConfigProblem]:
+        problems = []
         if self.model.startswith("builtin:") and not self.is_builtin:
-            return [
+            problems.append(
                 ConfigProblem(
                     join(prefix, "model"),
                     f"unknown builtin model {self.model!r}; the only one is {BUILTIN_TINY!r}",
                 )
-            ]
-        return []
+            )
+        if self.default_service not in self.service_names:
+            problems.append(ConfigProblem(join(prefix, "default_service"), self._unknown_service(self.default_service)))
+        seen: set[str] = set()
+        for name in self.fallback_chain:
+            if name in seen:
+                problems.append(ConfigProblem(join(prefix, "fallback_chain"), f"{name!r} is listed twice"))
+            elif name not in self.service_names:
+                problems.append(ConfigProblem(join(prefix, "fallback_chain"), self._unknown_service(name)))
+            seen.add(name)
+        return problems
+
+    def _unknown_service(self, name: str) -> str:
+        import difflib
+
+        known = self.service_names
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        more = "" if self.services else "; configure others under llm.services"
+        return f"{name!r} is not a service ({hint}the services are: {', '.join(known)}{more})"
 
 
 @dataclass(frozen=True)
@@ -172,8 +208,9 @@ class Config:
         return paths.daemon_log
 
     def as_dict(self) -> dict[str, Any]:
-        """The configuration as plain data (without ``source``), e.g. for display."""
-        d = asdict(self)
+        """The configuration as plain data (without ``source``), e.g. for display: an
+        API key shows as ``"***"``, ``llm.services`` as the mapping it was written as."""
+        d = plain(self)
         d.pop("source", None)
         return d
 
@@ -182,13 +219,37 @@ class Config:
 
 
 def _all_keys(cls: type = Config, prefix: str = "") -> list[str]:
+    """Every key of ``cls``, dotted; an entry of a named mapping is ``<name>``."""
     out: list[str] = []
     for name, f in schema_fields(cls).items():
         dotted = join(prefix, name)
         out.append(dotted)
         if "section" in f.metadata:
             out.extend(_all_keys(f.metadata["section"], dotted))
+        elif "named" in f.metadata:
+            out.extend(_all_keys(f.metadata["named"].cls, join(dotted, "<name>")))
     return out
+
+
+def _key_near(template: str, here: str) -> str:
+    """``template`` (from :func:`_all_keys`) with each ``<name>`` taken from ``here``
+    where the two agree up to it: ``llm.services.<name>.upstream.x`` near
+    ``llm.services.lan.x`` is ``llm.services.lan.upstream.x``."""
+    t, h = template.split("."), here.split(".")
+    for i, part in enumerate(t):
+        if part == "<name>" and i < len(h) and t[:i] == h[:i]:
+            t[i] = h[i]
+    return ".".join(t)
+
+
+def _shared(a: str, b: str) -> int:
+    """How many leading dotted parts ``a`` and ``b`` share."""
+    n = 0
+    for x, y in zip(a.split("."), b.split(".")):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def _unknown_key_message(prefix: str, key: str, known: list[str]) -> str:
@@ -198,9 +259,12 @@ def _unknown_key_message(prefix: str, key: str, known: list[str]) -> str:
     if close:
         return f"unknown key (did you mean {close[0]!r}?)"
     here = join(prefix, key)
-    elsewhere = [k for k in _all_keys() if k.rsplit(".", 1)[-1] == key and k != here]
+    elsewhere = [_key_near(k, here) for k in _all_keys() if k.rsplit(".", 1)[-1] == key]
+    elsewhere = [k for k in elsewhere if k != here]
     if elsewhere:
-        return f"unknown key here (did you mean {elsewhere[0]!r}?)"
+        # a real key before a "<name>" one, then the nearest; the first of equals
+        nearest = max(elsewhere, key=lambda k: ("<name>" not in k, _shared(k, here)))
+        return f"unknown key here (did you mean {nearest!r}?)"
     return "unknown key (expected one of: " + ", ".join(known) + ")"
 
 

@@ -11,6 +11,8 @@ import pytest
 
 from msting.config.errors import ConfigProblem
 from msting.config.fields import (
+    SECRET_MASK,
+    BadValue,
     Bool,
     Choice,
     Num,
@@ -19,7 +21,10 @@ from msting.config.fields import (
     Text,
     build,
     check,
+    kind,
+    named,
     opt,
+    plain,
     same_as,
     schema_fields,
     section,
@@ -50,6 +55,28 @@ class _Outer:
     name: str | None = opt(None, Str(nullable=True))
     inner: _Inner = section(_Inner)
     not_a_key: int = 0
+
+
+@dataclass(frozen=True)
+class _Entry:
+    kind: str = opt("a", Choice(("a", "b")), required="a or b")
+    token: str | None = opt(None, Str(nullable=True), secret=True)
+    inner: _Inner = section(_Inner)
+    name: str = ""
+
+
+def _entry_name(name: Any) -> str | None:
+    return None if isinstance(name, str) and name.isalpha() else f"bad name {show(name)}"
+
+
+@dataclass(frozen=True)
+class _Holder:
+    limit: int = opt(1, Num(integer=True, lo=0))
+    entries: tuple[_Entry, ...] = named(_Entry, "a mapping of names to entries", _entry_name)
+
+    def cross_checks(self, prefix: str) -> list[ConfigProblem]:
+        names = [e.name for e in self.entries]
+        return [ConfigProblem("limit", f"{len(names)} > {self.limit}")] if len(names) > self.limit else []
 
 
 @pytest.mark.parametrize(
@@ -151,3 +178,86 @@ def test_no_config_module_imports_another_ones_private_names() -> None:
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("msting."):
                 private = [a.name for a in node.names if a.name.startswith("_")]
                 assert not private, f"{path.relative_to(CONFIG_PACKAGE)} imports {private} from {node.module}"
+
+
+def test_required_keys_are_reported_after_the_written_ones() -> None:
+    problems: list[ConfigProblem] = []
+    assert build(_Entry, {"token": "x", "zz": 1}, "e", problems, _unknown) == _Entry(token="x")
+    assert [str(p) for p in problems] == ["e.zz: unknown under e: kind, token, inner", "e.kind: is required: a or b"]
+
+
+def test_a_secret_is_never_shown() -> None:
+    assert "tok" not in repr(_Entry(token="tok"))
+    problems: list[ConfigProblem] = []
+    build(_Entry, {"kind": "a", "token": 12345}, "e", problems, _unknown)
+    assert [str(p) for p in problems] == ["e.token: must be a non-empty string or null, got a number (the value is not shown)"]
+    assert [kind(v) for v in (None, True, 1, "", "x", {}, [])] == [
+        "null", "true or false", "a number", "an empty string", "a string", "a mapping", "a list"]
+
+
+def test_a_bad_value_can_say_why() -> None:
+    @dataclass(frozen=True)
+    class Even:
+        nullable: bool = False
+
+        def describe(self) -> str:
+            return "an even integer"
+
+        def check(self, v: Any) -> Any:
+            if not isinstance(v, int):
+                raise BadValue
+            if v % 2:
+                raise BadValue(f"but {v} is odd")
+            return v
+
+    problems: list[ConfigProblem] = []
+    assert check(Even(), 3, "k", problems) == (False, None)
+    assert check(Even(), "x", "k", problems) == (False, None)
+    assert [p.message for p in problems] == ["must be an even integer, but 3 is odd", "must be an even integer, got 'x'"]
+
+
+def test_named_entries_keep_their_order_and_names() -> None:
+    problems: list[ConfigProblem] = []
+    got = build(_Holder, {"limit": 5, "entries": {"b": {"kind": "b"}, "a": None}}, "", problems, _unknown)
+    assert [str(p) for p in problems] == ["entries.a.kind: is required: a or b"]
+    assert [(e.name, e.kind) for e in got.entries] == [("b", "b"), ("a", "a")]
+    problems = []
+    assert build(_Holder, {"entries": None}, "", problems, _unknown) == _Holder() and problems == []
+    build(_Holder, {"entries": [1]}, "", problems, _unknown)
+    assert [str(p) for p in problems] == ["entries: must be a mapping of names to entries, got a list"]
+
+
+def test_a_badly_named_entry_is_reported_and_left_out_its_settings_still_checked() -> None:
+    problems: list[ConfigProblem] = []
+    got = build(_Holder, {"limit": 5, "entries": {"x1": {"kind": "c"}, 2: {"kind": "a"}, "ok": {"kind": "a"}}}, "", problems, _unknown)
+    assert [str(p) for p in problems] == [
+        "entries.x1: bad name 'x1'",
+        "entries.x1.kind: must be one of a, b, got 'c'",
+        "entries.2: bad name 2",
+    ]
+    assert [e.name for e in got.entries] == ["ok"]
+
+
+def test_cross_checks_run_despite_problems_inside_sections_and_named_mappings() -> None:
+    problems: list[ConfigProblem] = []
+    build(_Holder, {"limit": 0, "entries": {"a": {"kind": "z", "inner": {"n": -1}}}}, "", problems, _unknown)
+    assert [str(p) for p in problems] == [
+        "entries.a.kind: must be one of a, b, got 'z'",
+        "entries.a.inner.n: must be an integer >= 0, got -1",
+        "limit: 1 > 0",
+    ]
+    problems = []
+    build(_Holder, {"limit": -1, "entries": {"a": {}, "b": {}}}, "", problems, _unknown)  # its own key: no cross checks
+    assert [p.key for p in problems] == ["limit", "entries.a.kind", "entries.b.kind"]
+    problems = []
+    build(_Holder, {"limit": 0, "entries": 3}, "", problems, _unknown)  # the mapping itself is wrong: no cross checks
+    assert [p.key for p in problems] == ["entries"]
+
+
+def test_plain_masks_secrets_and_gives_named_mappings_back() -> None:
+    holder = _Holder(entries=(_Entry(kind="b", token="tok", name="x"), _Entry(name="y")))
+    assert plain(holder) == {
+        "limit": 1,
+        "entries": {"x": {"kind": "b", "token": SECRET_MASK, "inner": {"n": 1}}, "y": {"kind": "a", "token": None, "inner": {"n": 1}}},
+    }
+    assert plain(_Outer()) == {"flag": False, "name": None, "inner": {"n": 1}, "not_a_key": 0}
