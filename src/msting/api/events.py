@@ -26,6 +26,20 @@ class Usage:
 
 
 @dataclass(frozen=True)
+class Attempt:
+    """One try at serving a request: which service and URL (None for the daemon's own
+    workers), what went wrong (None: this one answered), and how long it took."""
+
+    service: str
+    url: str | None = None
+    error: str | None = None
+    ms: float = 0.0
+
+    def as_dict(self) -> dict:
+        return {"service": self.service, "url": self.url, "error": self.error, "ms": round(self.ms, 1)}
+
+
+@dataclass(frozen=True)
 class Token:
     """One or more pieces of the reply's text."""
 
@@ -44,6 +58,7 @@ class Done:
     finish_reason: str | None = None
     usage: Usage = field(default_factory=Usage)
     timings: dict = field(default_factory=dict)
+    attempts: tuple[Attempt, ...] = ()  # what was tried, the answering one last (the router fills it in)
 
     def summary(self) -> dict:
         """The fields of a stream's final event."""
@@ -63,6 +78,7 @@ class Embeddings:
     vectors: list[list[float]]
     usage: Usage = field(default_factory=Usage)
     timings: dict = field(default_factory=dict)
+    attempts: tuple[Attempt, ...] = ()
 
 
 Event = Union[Token, Done, Failed]

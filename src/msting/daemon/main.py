@@ -169,7 +169,9 @@ async def _serve(config: Config, paths: Paths, sockets: list[socket.socket], sec
     from msting.http.app import build_app
     from msting.http.security import SecurityPolicy
     from msting.providers.local import LocalProvider
+    from msting.providers.remote.provider import RemoteProvider
     from msting.providers.router import Router
+    from msting.providers.stub import StubProvider
 
     from msting.timeslice import set_time_slice
 
@@ -198,7 +200,10 @@ async def _serve(config: Config, paths: Paths, sockets: list[socket.socket], sec
     service = LocalService(config, paths, routing, store, launcher)
     local = LocalProvider(service)
     control = DaemonControl(local, Jobs(store))
-    router = Router([local], default=config.llm.default_service)
+    remotes = [RemoteProvider(spec, env=os.environ, max_tokens=config.llm.max_tokens, temperature=config.llm.temperature)
+               for spec in config.llm.services]
+    router = Router([local, StubProvider(), *remotes], default=config.llm.default_service,
+                    fallback_chain=config.llm.fallback_chain)
     app = build_app(router, control, security=security or SecurityPolicy.from_config(config))
     server = _make_server(app, config.llm_service.stop_timeout_sec)
     serve_task = asyncio.create_task(server.serve(sockets=sockets), name="http")
@@ -208,6 +213,8 @@ async def _serve(config: Config, paths: Paths, sockets: list[socket.socket], sec
             return DaemonExit.FAILURE
         await asyncio.sleep(0.01)
     service.start()
+    for remote in remotes:
+        remote.start()
     # Everything built so far (modules, app, routing) lives as long as the daemon: move
     # it out of the collector's sight, so that a full collection under load walks only
     # the objects made since (a gen-2 pass over all of them took ~20 ms: a /health
@@ -235,6 +242,8 @@ async def _serve(config: Config, paths: Paths, sockets: list[socket.socket], sec
         await asyncio.wait_for(serve_task, timeout=config.llm_service.stop_timeout_sec + 5)
     except asyncio.TimeoutError:
         log.warning("HTTP server did not stop in time")
+    for remote in remotes:
+        await remote.close()
     store.record_event("daemon_stop", detail="forced" if forced else "graceful")
     store.close()
     return DaemonExit.FAILURE if forced else DaemonExit.OK

@@ -9,14 +9,16 @@ from starlette.routing import Route
 from msting.api import limits
 from msting.http.body import read_json_object
 from msting.http.errors import Fields
-from msting.http.native import control_of
+from msting.http.native import control_of, router_of
 
 SWITCH_KEYS = frozenset({"profile", "dry_run"})
 UNLOAD_KEYS = frozenset({"model"})
 
 
 async def status(request: Request) -> Response:
-    return JSONResponse(control_of(request).status())
+    body = control_of(request).status()
+    body["services"] = router_of(request).services()
+    return JSONResponse(body)
 
 
 async def profiles(request: Request) -> Response:

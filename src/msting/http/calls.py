@@ -4,9 +4,11 @@ ready cancels the call, so the model is free again within a token or two."""
 from __future__ import annotations
 
 import asyncio
-from typing import Awaitable, TypeVar
+from typing import Awaitable, Callable, Sequence, TypeVar
 
 from starlette.requests import Request
+
+from msting.api.events import Attempt
 
 T = TypeVar("T")
 
@@ -35,3 +37,23 @@ async def answer(request: Request, call: Awaitable[T]) -> T:
     if task.cancelled():
         raise ClientGone
     return task.result()
+
+
+def route_headers(attempts: Sequence[Attempt]) -> dict[str, str]:
+    """Who answered: the service (X-Msting-Provider), the upstream URL of a remote one
+    (X-Msting-Upstream), and how many attempts it took across services (X-Msting-Attempts)."""
+    if not attempts:
+        return {}
+    last = attempts[-1]
+    headers = {"X-Msting-Provider": last.service, "X-Msting-Attempts": str(len(attempts))}
+    if last.url:
+        headers["X-Msting-Upstream"] = last.url
+    return headers
+
+
+def stream_headers(stream: object) -> Callable[[], list[tuple[bytes, bytes]]]:
+    """`route_headers` of a stream, read once its first event is there."""
+    def headers() -> list[tuple[bytes, bytes]]:
+        found = route_headers(getattr(stream, "attempts", ()))
+        return [(k.lower().encode("latin-1"), v.encode("latin-1", "replace")) for k, v in found.items()]
+    return headers

@@ -14,7 +14,7 @@ from msting.api.errors import MstingError
 from msting.api.events import Done, Failed, Token
 from msting.api.requests import CompletionRequest
 from msting.http.body import read_json_object
-from msting.http.calls import ClientGone, answer
+from msting.http.calls import ClientGone, answer, route_headers, stream_headers
 from msting.http.control import Control
 from msting.http.errors import Fields, error_body, internal_error, status_of
 from msting.http.parsing import model_name, sampling
@@ -81,13 +81,14 @@ async def generate(request: Request) -> Response:
     fields = Fields(await read_json_object(request), GENERATE_KEYS)
     req = completion(fields)
     if fields.boolean("stream", False):
-        return EventStream(native_events(router.stream(req)))  # errors (unknown model, full queue) surface before the 200
+        routed = router.stream(req)  # errors (unknown model, full queue) surface before the 200
+        return EventStream(native_events(routed), stream_headers(routed))
     try:
         done = await answer(request, router.generate(req))
     except ClientGone:
         return Response(status_code=499)
     return JSONResponse({"text": done.text, "model": done.model, "finish_reason": done.finish_reason,
-                         "usage": done.usage.as_dict(), "timings": done.timings})
+                         "usage": done.usage.as_dict(), "timings": done.timings}, headers=route_headers(done.attempts))
 
 
 async def llm(request: Request) -> Response:
@@ -104,7 +105,7 @@ async def llm(request: Request) -> Response:
         err = internal_error(exc, "POST /llm")
         err.details["stderr"] = ""
         raise err from None
-    return JSONResponse({"completion": done.text})
+    return JSONResponse({"completion": done.text}, headers=route_headers(done.attempts))
 
 
 routes = [

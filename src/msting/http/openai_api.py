@@ -22,7 +22,7 @@ from msting.api import limits
 from msting.api.events import Done, Failed, Token
 from msting.api.requests import ChatRequest, CompletionRequest, EmbeddingRequest, SamplingParams
 from msting.http.body import read_json_object
-from msting.http.calls import ClientGone, answer
+from msting.http.calls import ClientGone, answer, route_headers, stream_headers
 from msting.http.errors import Fields, error_body
 from msting.http.native import native_events, router_of
 from msting.http.parsing import messages, model_name, prompt_or_messages, sampling
@@ -76,10 +76,11 @@ def _data(obj: dict | str) -> str:
 
 
 async def _openai_stream(stream: Stream, *, chat: bool, include_usage: bool) -> AsyncIterator[str]:
+    """OpenAI's chunks. Nothing is yielded before the stream's first event, so a stream
+    that fails before it is an HTTP error (and the model is the one that answered)."""
     rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
     created = int(time.time())
     obj = "chat.completion.chunk" if chat else "text_completion"
-    model = stream.model
 
     def chunk(text: str | None, finish: str | None, first: bool = False) -> dict:
         if chat:
@@ -87,33 +88,35 @@ async def _openai_stream(stream: Stream, *, chat: bool, include_usage: bool) -> 
             choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
         else:
             choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
-        body = {"id": rid, "object": obj, "created": created, "model": model, "system_fingerprint": None, "choices": [choice]}
+        body = {"id": rid, "object": obj, "created": created, "model": stream.model, "system_fingerprint": None, "choices": [choice]}
         if include_usage:
             body["usage"] = None
         return body
 
     async with stream:
-        if chat:
-            yield _data(chunk(None, None, first=True))
+        head = chat
         async for event in stream:
+            out = _data(chunk(None, None, first=True)) if head else ""
+            head = False
             if isinstance(event, Token):
-                yield _data(chunk(event.text, None))
+                yield out + _data(chunk(event.text, None))
             elif isinstance(event, Done):  # the last events go out in one write
                 tail = _data(chunk(None, _finish_reason(event)))
                 if include_usage:
-                    tail += _data({"id": rid, "object": obj, "created": created, "model": model, "system_fingerprint": None,
+                    tail += _data({"id": rid, "object": obj, "created": created, "model": stream.model, "system_fingerprint": None,
                                    "choices": [], "usage": _usage(event)})
-                yield tail + _data("[DONE]")
+                yield out + tail + _data("[DONE]")
             elif isinstance(event, Failed):
                 # The openai client raises an APIError on an event carrying "error": the
                 # reply is never mistaken for a complete one.
-                yield _data(error_body(event.error))
+                yield out + _data(error_body(event.error))
 
 
 async def _answer(request: Request, router: Router, req: ChatRequest | CompletionRequest, *, stream: bool, chat: bool,
                   include_usage: bool) -> Response:
     if stream:  # unknown model, failed model, full queue: an HTTP error before any 200
-        return EventStream(_openai_stream(router.stream(req), chat=chat, include_usage=include_usage))
+        routed = router.stream(req)
+        return EventStream(_openai_stream(routed, chat=chat, include_usage=include_usage), stream_headers(routed))
     try:
         done = await answer(request, router.generate(req))
     except ClientGone:
@@ -130,7 +133,7 @@ async def _answer(request: Request, router: Router, req: ChatRequest | Completio
         "system_fingerprint": None,
         "choices": [choice],
         "usage": _usage(done),
-    })
+    }, headers=route_headers(done.attempts))
 
 
 # ---- routes -----------------------------------------------------------------------
@@ -180,28 +183,37 @@ async def embeddings(request: Request) -> Response:
         value = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode() if encoding == "base64" else vector
         data.append({"object": "embedding", "index": i, "embedding": value})
     tokens = result.usage.prompt_tokens
-    return JSONResponse({"object": "list", "data": data, "model": result.model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+    return JSONResponse({"object": "list", "data": data, "model": result.model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}},
+                        headers=route_headers(result.attempts))
 
 
-def _model_object(info: ModelInfo) -> dict:
+def model_object(info: ModelInfo) -> dict:
+    """A model as /v1/models lists it; `id` is the name requests use."""
+    full = f"{info.service}~{info.upstream or info.id}"
+    aliases = [full] if full != info.id else []
+    if info.is_default and "~" not in info.id:  # the default service's default model
+        aliases.append("default")
     return {
         "id": info.id,
         "object": "model",
         "created": info.created,
-        "owned_by": "msting",
+        "owned_by": info.service,
+        "service": info.service,
+        "upstream": info.upstream or info.id,
         "state": info.state,
         "type": info.type,
         "context_length": info.context_length,
-        "aliases": [f"{info.service}~{info.id}"] + (["default"] if info.is_default else []),
+        "capabilities": info.capabilities.as_dict() if info.capabilities is not None else None,
+        "aliases": aliases,
     }
 
 
 async def list_models(request: Request) -> Response:
-    return JSONResponse({"object": "list", "data": [_model_object(info) for info in router_of(request).models()]})
+    return JSONResponse({"object": "list", "data": [model_object(info) for info in router_of(request).models()]})
 
 
 async def get_model(request: Request) -> Response:
-    return JSONResponse(_model_object(router_of(request).model(request.path_params["model_id"])))
+    return JSONResponse(model_object(router_of(request).model(request.path_params["model_id"])))
 
 
 async def execute(request: Request) -> Response:
@@ -210,14 +222,15 @@ async def execute(request: Request) -> Response:
     fields = Fields(await read_json_object(request), EXECUTE_KEYS)
     req = prompt_or_messages(fields)
     if fields.boolean("stream", False):
-        return EventStream(native_events(router.stream(req)))
+        routed = router.stream(req)
+        return EventStream(native_events(routed), stream_headers(routed))
     try:
         done = await answer(request, router.generate(req))
     except ClientGone:
         return Response(status_code=499)
     return JSONResponse({"id": f"exec-{uuid.uuid4().hex[:24]}", "object": "execution", "model": done.model,
                          "output": done.text, "finish_reason": done.finish_reason,
-                         "usage": _usage(done), "timings": done.timings})
+                         "usage": _usage(done), "timings": done.timings}, headers=route_headers(done.attempts))
 
 
 routes = [

@@ -1,5 +1,10 @@
 """`EventStream`: a text/event-stream response in plain ASGI.
 
+Nothing is sent, not even the status line, until the stream has produced its first
+chunk: a stream that fails before that (every service down, say) is answered with an
+ordinary error status and body, and the response headers can name the service that
+did answer (`headers`, called once the first chunk is there).
+
 Starlette's StreamingResponse watches for a client disconnect with an anyio task group
 and two tasks per response; this does the same with one asyncio task, which matters on
 the time-to-first-token path. The watcher cancels the streaming task when the client
@@ -11,7 +16,11 @@ cleanup (cancelling the generation, freeing the worker) runs in every case.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator
+import json
+from typing import Any, AsyncIterator, Callable
+
+from msting.api.errors import MstingError
+from msting.http.errors import error_body, status_of
 
 SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -20,9 +29,13 @@ SSE_HEADERS = [
 ]
 
 
+Headers = list[tuple[bytes, bytes]]
+
+
 class EventStream:
-    def __init__(self, chunks: AsyncIterator[str]) -> None:
+    def __init__(self, chunks: AsyncIterator[str], headers: Callable[[], Headers] | None = None) -> None:
         self.chunks = chunks
+        self.headers = headers
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         task = asyncio.current_task()
@@ -38,7 +51,18 @@ class EventStream:
 
         watcher = asyncio.get_running_loop().create_task(watch())
         try:
-            await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+            try:
+                first = await self.chunks.__anext__()
+            except StopAsyncIteration:
+                first = ""
+            except MstingError as exc:  # nothing sent yet: an ordinary error response
+                state["finished"] = True
+                await _send_error(send, exc)
+                return
+            extra = self.headers() if self.headers is not None else []
+            await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + extra})
+            if first:
+                await send({"type": "http.response.body", "body": first.encode("utf-8"), "more_body": True})
             async for chunk in self.chunks:
                 await send({"type": "http.response.body", "body": chunk.encode("utf-8"), "more_body": True})
             state["finished"] = True
@@ -57,3 +81,13 @@ class EventStream:
             aclose = getattr(self.chunks, "aclose", None)
             if aclose is not None:
                 await aclose()
+
+
+async def _send_error(send: Any, error: MstingError) -> None:
+    status, _ = status_of(error)
+    body = json.dumps(error_body(error), separators=(",", ":")).encode("utf-8")
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if error.retry_after is not None:
+        headers.append((b"retry-after", str(error.retry_after).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})

@@ -113,6 +113,8 @@ class Session:
                         self._error(rid, event.error)
         except asyncio.CancelledError:
             self.outbox.put_nowait({"type": "done", "id": rid, "model": stream.model, "finish_reason": "cancelled"})
+        except MstingError as err:  # failed before its first event (every service tried)
+            self._error(rid, err)
         except Exception as exc:  # the client gets an answer, whatever went wrong
             self._error(rid, internal_error(exc, f"WEBSOCKET /v1/ws generation {rid!r}"))
         finally:

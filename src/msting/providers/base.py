@@ -44,6 +44,8 @@ class ModelInfo:
     context_length: int | None
     is_default: bool
     created: int  # unix time the provider started serving it
+    upstream: str | None = None  # the name the upstream engine knows it by (remote services)
+    capabilities: Capabilities | None = None  # None: the provider's own
 
 
 @dataclass(frozen=True)
@@ -75,3 +77,12 @@ class Provider(Protocol):
     def model(self, name: str | None) -> ModelInfo: ...
 
     def health(self) -> ProviderHealth: ...
+
+    def status(self) -> dict:
+        """The service as /llm/services shows it: name, api_format, builtin, status,
+        reason, models, default_model, capabilities, urls (each with its state)."""
+        ...
+
+    async def ping(self) -> dict:
+        """A live check now: name, status, reason, urls (each url, ok, latency_ms, error)."""
+        ...

@@ -117,3 +117,13 @@ class LocalProvider:
         status, reason = readiness(list(service.routing.models.values()), stopping=service.stopping,
                                    always_ready=service.config.llm_service.always_ready)
         return ProviderHealth(status, reason)
+
+    def status(self) -> dict:
+        health = self.health()
+        return {"name": self.name, "api_format": "local", "builtin": True, "status": health.status, "reason": health.reason,
+                "default_model": self.service.routing.default_model, "models": [m.id for m in self.models()],
+                "capabilities": self.capabilities.as_dict(), "urls": []}
+
+    async def ping(self) -> dict:
+        health = self.health()
+        return {"name": self.name, "status": health.status, "reason": health.reason, "urls": []}

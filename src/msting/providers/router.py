@@ -1,31 +1,73 @@
-"""The one entry point of every route: resolve a model name to a provider, and call it.
+"""The one entry point of every route: resolve a model name to a provider, call it, and
+fall back along `fallback_chain` when a service cannot answer.
 
-A name is `model` (the default service's), `service~model`, or None/"default" for the
-default service's default model. Never a silent substitute: an unknown service or
-model is a `NotFound` that lists what is known.
+Names. A name is `service~model`, a bare `model`, or None/"default" (the default
+service's default model). A bare name goes to the default service when that service
+knows it, else to the one other service (the stub aside) that lists it; an unknown
+name is a `NotFound` listing the close matches. Never a silent substitute.
+
+The name in a reply is one that routes back to the same model: bare for the default
+service, `service~model` for any other (the stub's replies always read `stub~...`).
+
+Fallback. When the service a request resolved to fails in a way another service may
+not (unavailable, timed out, an upstream error), the services after it in
+`fallback_chain` get the request in turn, each with the same model name if it lists
+it, else its own default. Retries within a service are the service's own (one retry
+loop, msting.providers.remote.retry); this loop only moves between services. A stream
+fails over only before its first event; after that, the stream's own `Failed` event
+is the end. When every service fails, the error names each attempt.
 """
 
 from __future__ import annotations
 
+import difflib
+import time
 from dataclasses import replace
-from typing import TypeVar
+from typing import AsyncIterator, TypeVar
 
-from msting.api.errors import unknown_model
-from msting.api.events import Done, Embeddings
+from msting.api.errors import MstingError, NotFound, ServerError, Timeout, Unavailable, UpstreamError, unknown_model
+from msting.api.events import Attempt, Done, Embeddings, Event, Failed
 from msting.api.requests import EmbeddingRequest, GenerationRequest
 from msting.providers.base import ModelInfo, Provider, Stream
 
 SEPARATOR = "~"
+STUB = "stub"
+DEFAULT_ALIASES = (None, "", "default")
+FAILS_OVER = (Unavailable, Timeout, ServerError)  # what another service may not suffer from
+CLOSE_MATCHES = 5
 
 R = TypeVar("R", bound="GenerationRequest | EmbeddingRequest")
+Step = tuple[Provider, "str | None"]
+
+
+def attempts_of(error: MstingError, service: str, ms: float) -> list[Attempt]:
+    """The attempts a failed call made: the provider's own list, else one."""
+    listed = error.details.get("attempts")
+    if listed:
+        return [Attempt(a["service"], a["url"], a["error"], a["ms"]) for a in listed]
+    return [Attempt(service, None, error.message, ms)]
 
 
 class Router:
-    def __init__(self, providers: list[Provider], default: str | None = None):
+    def __init__(self, providers: list[Provider], default: str | None = None, fallback_chain: tuple[str, ...] = ()):
         self.providers = {p.name: p for p in providers}
         self.default = default or providers[0].name
         if self.default not in self.providers:
             raise ValueError(f"the default service '{self.default}' is not one of: {', '.join(sorted(self.providers))}")
+        unknown = [s for s in fallback_chain if s not in self.providers]
+        if unknown:
+            raise ValueError(f"the fallback chain names unknown services: {', '.join(unknown)}")
+        self.fallback_chain = tuple(fallback_chain)
+
+    # ---- names ----------------------------------------------------------------------
+
+    def public_name(self, service: str, model: str) -> str:
+        if service == self.default and service != STUB:
+            return model
+        return f"{service}{SEPARATOR}{model}"
+
+    def _names(self, provider: Provider) -> set[str]:
+        return {info.id for info in provider.models()}
 
     def resolve(self, name: str | None) -> tuple[Provider, str | None]:
         """The provider for `name`, and the model name within it (None: its default)."""
@@ -37,30 +79,233 @@ class Router:
                     raise unknown_model(name, self._known(), f"unknown service '{service}'; the services are: "
                                         + ", ".join(sorted(self.providers)))
                 return provider, model
-        return self.providers[self.default], name
+        default = self.providers[self.default]
+        if name in DEFAULT_ALIASES or name in self._names(default):
+            return default, name
+        owners = [p for p in self.providers.values() if p.name not in (self.default, STUB) and name in self._names(p)]
+        if len(owners) == 1:
+            return owners[0], name
+        if len(owners) > 1:
+            raise NotFound("model_ambiguous", f"model '{name}' is served by several services; name one: "
+                           + ", ".join(f"{p.name}{SEPARATOR}{name}" for p in owners))
+        return default, name  # the default service decides (a remote one may pass it through)
 
     def _known(self) -> list[str]:
         return sorted(info.id for info in self.providers[self.default].models())
 
-    def _routed(self, request: R) -> tuple[Provider, R]:
-        provider, model = self.resolve(request.model)
-        return provider, request if model == request.model else replace(request, model=model)
+    def close_matches(self, name: str) -> list[str]:
+        everything = [self.public_name(i.service, i.id) for i in self.models_raw()]
+        pool = everything + [n.partition(SEPARATOR)[2] for n in everything if SEPARATOR in n]
+        found = difflib.get_close_matches(name, pool, n=CLOSE_MATCHES, cutoff=0.5)
+        return sorted({n if n in everything else next(e for e in everything if e.endswith(SEPARATOR + n)) for n in found})
+
+    def _steps(self, name: str | None) -> list[Step]:
+        try:
+            provider, model = self.resolve(name)
+        except NotFound as exc:
+            self._with_close_matches(exc, name)
+            raise
+        steps: list[Step] = [(provider, model)]
+        chain = self.fallback_chain
+        if chain:
+            after = chain[chain.index(provider.name) + 1:] if provider.name in chain else [s for s in chain if s != provider.name]
+            for service in after:
+                steps.append((self.providers[service], self._mapped(self.providers[service], model)))
+        return steps
+
+    def _mapped(self, provider: Provider, model: str | None) -> str | None:
+        """The model a fallback service gets: the same name if it lists it, else its
+        default if it has one, else the same name."""
+        if model is None or model in self._names(provider):
+            return model
+        try:
+            provider.model(None)
+        except MstingError:
+            return model
+        return None
+
+    def _with_close_matches(self, exc: NotFound, name: str | None) -> None:
+        if name and exc.code == "model_not_found" and "close_matches" not in exc.details:
+            close = self.close_matches(name)
+            exc.details["close_matches"] = close
+            if close:
+                exc.message = f"{exc.message}; close matches: {', '.join(close)}"
+                exc.args = (exc.message,)
+
+    # ---- calls ----------------------------------------------------------------------
 
     async def generate(self, request: GenerationRequest) -> Done:
-        provider, request = self._routed(request)
-        return await provider.generate(request)
-
-    def stream(self, request: GenerationRequest) -> Stream:
-        provider, request = self._routed(request)
-        return provider.stream(request)
+        return await self._call("generate", request)  # type: ignore[return-value]
 
     async def embed(self, request: EmbeddingRequest) -> Embeddings:
-        provider, request = self._routed(request)
-        return await provider.embed(request)
+        return await self._call("embed", request)  # type: ignore[return-value]
+
+    async def _call(self, method: str, request: R) -> Done | Embeddings:
+        steps = self._steps(request.model)
+        tried: list[Attempt] = []
+        errors: list[tuple[str, MstingError]] = []
+        for i, (provider, model) in enumerate(steps):
+            started = time.monotonic()
+            try:
+                result = await getattr(provider, method)(request if model == request.model else replace(request, model=model))
+            except MstingError as exc:
+                if isinstance(exc, NotFound) and i == 0:
+                    self._with_close_matches(exc, request.model)
+                if len(steps) == 1 or not falls_over(exc, first=i == 0):
+                    raise
+                tried += attempts_of(exc, provider.name, (time.monotonic() - started) * 1000)
+                errors.append((provider.name, exc))
+                continue
+            own = list(result.attempts) or [Attempt(provider.name, None, None, (time.monotonic() - started) * 1000)]
+            return replace(result, model=self.public_name(provider.name, result.model), attempts=tuple(tried + own))
+        raise every_service_failed(errors, tried)
+
+    def stream(self, request: GenerationRequest) -> RoutedStream:
+        return RoutedStream(self, self._steps(request.model), request)
+
+    # ---- listing --------------------------------------------------------------------
+
+    def models_raw(self) -> list[ModelInfo]:
+        return [info for provider in self.providers.values() for info in provider.models()]
 
     def models(self) -> list[ModelInfo]:
-        return [info for provider in self.providers.values() for info in provider.models()]
+        """Every model of every service, named as requests name it."""
+        return [self.public(info) for info in self.models_raw()]
+
+    def public(self, info: ModelInfo) -> ModelInfo:
+        return replace(info, id=self.public_name(info.service, info.id), upstream=info.upstream or info.id)
 
     def model(self, name: str) -> ModelInfo:
         provider, model = self.resolve(name)
-        return provider.model(model)
+        try:
+            return self.public(provider.model(model))
+        except NotFound as exc:
+            self._with_close_matches(exc, name)
+            raise
+
+    def service(self, name: str) -> Provider:
+        provider = self.providers.get(name)
+        if provider is None:
+            raise NotFound("service_not_found", f"unknown service '{name}'; the services are: {', '.join(self.providers)}")
+        return provider
+
+    def services(self) -> list[dict]:
+        out = []
+        for provider in self.providers.values():
+            status = provider.status()
+            status["is_default"] = provider.name == self.default
+            status["in_fallback_chain"] = provider.name in self.fallback_chain
+            out.append(status)
+        return out
+
+
+def falls_over(error: MstingError, *, first: bool) -> bool:
+    """Does another service get the request after this error? After the first service,
+    any error moves on (a fallback that cannot serve the request is passed over); the
+    first service's errors that say the request itself is wrong go back to the client."""
+    return not first or isinstance(error, FAILS_OVER)
+
+
+def every_service_failed(errors: list[tuple[str, MstingError]], attempts: list[Attempt]) -> MstingError:
+    said = "; ".join(f"{service}: {error.message}" for service, error in errors)
+    details = {"attempts": [a.as_dict() for a in attempts], "services": [s for s, _ in errors]}
+    message = f"no service could answer ({len(attempts)} attempts): {said}"
+    if all(isinstance(e, Unavailable) for _, e in errors):
+        retry = [e.retry_after for _, e in errors if e.retry_after is not None]
+        return Unavailable("all_services_failed", message, retry_after=min(retry) if retry else 1, **details)
+    return UpstreamError("all_services_failed", message, **details)
+
+
+class RoutedStream:
+    """A stream that fails over between services until one produces its first event."""
+
+    def __init__(self, router: Router, steps: list[Step], request: GenerationRequest):
+        self.router = router
+        self.request = request
+        self.attempts: list[Attempt] = []
+        self.service = steps[0][0].name
+        self._steps = list(steps)
+        self._errors: list[tuple[str, MstingError]] = []
+        self._current: Stream | None = None
+        self._started = time.monotonic()
+        self._iter: AsyncIterator[Event] | None = None
+        # The first service's admission errors (unknown model, full queue) are raised
+        # here, before any response, unless a fallback may still answer.
+        provider, model = self._steps[0]
+        self._current = self._open(provider, model, first=True)
+        self.model = router.public_name(provider.name, self._current.model) if self._current is not None else (request.model or "default")
+
+    def _open(self, provider: Provider, model: str | None, *, first: bool) -> Stream | None:
+        self._started = time.monotonic()
+        try:
+            return provider.stream(self.request if model == self.request.model else replace(self.request, model=model))
+        except MstingError as exc:
+            if first and isinstance(exc, NotFound):
+                self.router._with_close_matches(exc, self.request.model)
+            if len(self._steps) == 1 or not falls_over(exc, first=first):
+                raise
+            self._failed(provider.name, exc)
+            return None
+
+    def _failed(self, service: str, error: MstingError) -> None:
+        self.attempts += attempts_of(error, service, (time.monotonic() - self._started) * 1000)
+        self._errors.append((service, error))
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        if self._iter is None:
+            self._iter = self._events()
+        return self._iter
+
+    async def _events(self) -> AsyncIterator[Event]:
+        for i, (provider, model) in enumerate(self._steps):
+            first = i == 0
+            stream = self._current if first else self._open(provider, model, first=False)
+            self._current = stream
+            if stream is None:
+                continue
+            events = stream.__aiter__()
+            last = i == len(self._steps) - 1
+            try:
+                event = await events.__anext__()
+            except StopAsyncIteration:
+                event = Failed(ServerError("stream_empty", f"{provider.name} ended the stream without a reply"))
+            except MstingError as exc:
+                await stream.aclose()
+                if len(self._steps) == 1 or last and not self._errors or not falls_over(exc, first=first):
+                    raise
+                self._failed(provider.name, exc)
+                continue
+            if isinstance(event, Failed) and not last and falls_over(event.error, first=first):
+                await stream.aclose()
+                self._failed(provider.name, event.error)
+                continue
+            # Committed: this service answers; nothing is tried after its first event.
+            self.service = provider.name
+            self.model = self.router.public_name(provider.name, stream.model)
+            own = list(getattr(stream, "attempts", ())) or [Attempt(provider.name, None, None, 0.0)]
+            self.attempts += own
+            while True:
+                if isinstance(event, Done):
+                    yield replace(event, model=self.router.public_name(provider.name, event.model), attempts=tuple(self.attempts))
+                    return
+                yield event
+                if isinstance(event, Failed):
+                    return
+                try:
+                    event = await events.__anext__()
+                except StopAsyncIteration:
+                    return
+        raise every_service_failed(self._errors, self.attempts)
+
+    async def aclose(self) -> None:
+        if self._iter is not None:
+            it, self._iter = self._iter, None
+            await it.aclose()
+        if self._current is not None:
+            await self._current.aclose()
+
+    async def __aenter__(self) -> RoutedStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

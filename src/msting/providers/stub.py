@@ -2,8 +2,8 @@
 
 It answers only where a fallback chain or a client names it (`stub~anything`). Its
 reply is built from the request's own words, so the same request always gets the same
-reply, and every reply starts with STUB_MARK; the model field reads `stub~...`, the
-response headers name the `stub` provider, and each reply logs a warning. Nobody should
+reply, and every reply starts with STUB_MARK; the router names its model `stub~...`,
+the response headers name the `stub` provider, and each reply logs a warning. Nobody should
 mistake it for a model.
 
 `stub_reply` is shared with msting.client, whose offline fallback gives the same text.
@@ -53,7 +53,7 @@ def _vector(text: str) -> list[float]:
 
 class StubStream:
     def __init__(self, request: GenerationRequest):
-        self.model = f"{NAME}~{request.model or MODEL}"
+        self.model = request.model or MODEL
         self._pieces = stub_reply(_request_text(request), request.sampling.max_tokens)
         self._closed = False
 
@@ -87,7 +87,7 @@ class StubProvider:
         self.started = int(time.time())
 
     async def generate(self, request: GenerationRequest) -> Done:
-        model = f"{NAME}~{request.model or MODEL}"
+        model = request.model or MODEL
         pieces = stub_reply(_request_text(request), request.sampling.max_tokens)
         log.warning("stub answered a request for %s: the reply is not from a model", model)
         return Done(model=model, text="".join(pieces), finish_reason="stop", usage=Usage(0, len(pieces)))
@@ -99,7 +99,7 @@ class StubProvider:
         if not request.inputs:
             raise InvalidRequest("invalid_input", "no input to embed", param="input")
         log.warning("stub answered an embedding request: the vectors are not from a model")
-        return Embeddings(model=f"{NAME}~{request.model or MODEL}", vectors=[_vector(t) for t in request.inputs])
+        return Embeddings(model=request.model or MODEL, vectors=[_vector(t) for t in request.inputs])
 
     def _info(self, name: str) -> ModelInfo:
         return ModelInfo(id=name, service=NAME, state="ready", type="llm", context_length=None,
@@ -113,3 +113,10 @@ class StubProvider:
 
     def health(self) -> ProviderHealth:
         return ProviderHealth("ready", None)
+
+    def status(self) -> dict:
+        return {"name": NAME, "api_format": "stub", "builtin": True, "status": "ready", "reason": None,
+                "default_model": MODEL, "models": [MODEL], "capabilities": self.capabilities.as_dict(), "urls": []}
+
+    async def ping(self) -> dict:
+        return {"name": NAME, "status": "ready", "reason": None, "urls": []}

@@ -1,0 +1,121 @@
+"""The one retry loop: every attempt a remote service makes goes through `attempt_loop`.
+
+An attempt goes to the URL the pool chooses (msting.providers.remote.pool). A failed
+attempt that may succeed elsewhere or later (connect error, timeout, 5xx, 429) is
+retried, up to `max_attempts`, within the request's deadline:
+- on another URL at once when there is one, else on the same URL after an
+  exponential backoff with full jitter;
+- never on a URL before its Retry-After has passed (the URL's circuit is open until
+  then), and when every circuit is open the loop sleeps until the earliest one lets a
+  probe through, instead of failing at once, if that comes within `max_wait_sec` (the
+  first-token timeout: failing over never costs more) and before the deadline. URLs
+  whose health check failed are down: not waited for, so a dead service hands its
+  requests to the fallback chain at once.
+A failure that says the request itself is wrong (400, 404, 413) ends the loop at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import dataclass
+from typing import Awaitable, Callable, TypeVar
+
+from msting.api.errors import MstingError, Unavailable
+from msting.api.events import Attempt
+from msting.providers.remote.pool import UrlPool, UrlState
+from msting.providers.remote.upstream import AttemptFailed, Deadline
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int
+    backoff_initial_sec: float
+    backoff_max_sec: float
+    max_wait_sec: float  # the longest wait for a cooling URL
+
+    def backoff(self, retry: int, rng: random.Random) -> float:
+        """Full jitter: uniform in [0, min(max, initial * 2**(retry-1))]."""
+        ceiling = min(self.backoff_max_sec, self.backoff_initial_sec * 2 ** (retry - 1))
+        return rng.uniform(0, ceiling)
+
+
+class AttemptsFailed(Exception):
+    """Every attempt of one service failed; `error` is the last one's, `attempts` all of them."""
+
+    def __init__(self, error: MstingError, attempts: list[Attempt], retryable: bool):
+        super().__init__(error.message)
+        self.error = error
+        self.attempts = attempts
+        self.retryable = retryable
+
+
+async def attempt_loop(service: str, pool: UrlPool, policy: RetryPolicy, deadline: Deadline,
+                       attempt: Callable[[UrlState], Awaitable[T]], attempts: list[Attempt],
+                       rng: random.Random) -> tuple[T, UrlState]:
+    """The result of the first attempt that succeeds, and its URL, still counted in
+    flight: the caller releases it (`pool.release`) once it is done with the reply (a
+    stream holds it until it ends). Each attempt is appended to `attempts`. Raises
+    AttemptsFailed when none succeeds."""
+    last: UrlState | None = None
+    failure: AttemptFailed | None = None
+    tries = 0
+    while True:
+        now = time.monotonic()
+        url = pool.choose(now, avoid=last)
+        if url is None:
+            ready = pool.next_ready_at()
+            if ready is None or ready >= deadline.at or ready - now > policy.max_wait_sec:
+                raise _give_up(service, failure, attempts, deadline=deadline, ready_in=None if ready is None else ready - now)
+            await asyncio.sleep(max(0.0, ready - now) + 0.001)
+            continue
+        if tries and url is last:
+            pause = policy.backoff(tries, rng)
+            if time.monotonic() + pause >= deadline.at:
+                raise _give_up(service, failure, attempts, deadline=deadline)
+            await asyncio.sleep(pause)
+            if not url.breaker.available(time.monotonic()):
+                continue  # it opened meanwhile (a health check): choose again
+        tries += 1
+        started = time.monotonic()
+        pool.take(url, started)
+        try:
+            result = await attempt(url)
+        except AttemptFailed as exc:
+            pool.release(url)
+            now = time.monotonic()
+            url.failed += 1
+            url.record_error(exc.error.message)
+            if exc.retryable:
+                url.breaker.failed(now, retry_after=exc.retry_after)
+            else:
+                url.breaker.succeeded()  # it answered, sanely: the request was the problem
+            attempts.append(Attempt(service, url.url, exc.error.message, (now - started) * 1000))
+            failure = exc
+            if not exc.retryable or tries >= policy.max_attempts or now >= deadline.at:
+                raise _give_up(service, failure, attempts, deadline=deadline) from None
+            last = url
+            continue
+        except BaseException:
+            pool.release(url)
+            raise
+        url.served += 1
+        url.breaker.succeeded()
+        attempts.append(Attempt(service, url.url, None, (time.monotonic() - started) * 1000))
+        return result, url
+
+
+def _give_up(service: str, failure: AttemptFailed | None, attempts: list[Attempt], *, deadline: Deadline,
+             ready_in: float | None = -1.0) -> AttemptsFailed:
+    """`ready_in` is given when no URL could be tried: seconds until one can (None: the
+    service has no URL)."""
+    if failure is None or (ready_in != -1.0 and failure.retryable):
+        message = f"every URL of {service} is cooling down (its circuit breakers are open) past the request's deadline"
+        if failure is not None:
+            message += f"; the last error: {failure.error.message}"
+        retry_after = max(1, round(ready_in)) if isinstance(ready_in, float) and ready_in > 0 else 1
+        return AttemptsFailed(Unavailable("upstream_unavailable", message, retry_after=retry_after), attempts, retryable=True)
+    return AttemptsFailed(failure.error, attempts, failure.retryable)
