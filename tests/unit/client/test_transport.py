@@ -1,4 +1,4 @@
-"""msting.client_transport.PlainHTTPTransport against a real HTTP/1.1 server (the
+"""msting.client.transport.PlainHTTPTransport against a real HTTP/1.1 server (the
 standard library's http.server on a Unix socket): keep-alive reuse, a connection the
 server closed while idle, chunked streams, timeouts and errors as httpx exceptions."""
 
@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from msting.client import DaemonUnavailable, MstingClient, RequestTimeout
-from msting.client_transport import PlainHTTPTransport
+from msting.client.transport import PlainHTTPTransport
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):

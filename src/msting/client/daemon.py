@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from msting.api.limits import DEFAULT_TEMPERATURE
-from msting.client_transport import PlainHTTPTransport
+from msting.client.transport import PlainHTTPTransport
 
 if TYPE_CHECKING:
     from msting.config import Config, Paths
