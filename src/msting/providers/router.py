@@ -275,7 +275,10 @@ class RoutedStream:
                     raise
                 self._failed(provider.name, exc)
                 continue
-            if isinstance(event, Failed) and not last and falls_over(event.error, first=first):
+            # A Failed first event is a failure before the first event: the next service
+            # gets its turn, and after the last one the error names every attempt (as a
+            # generate's does), still before any response was sent.
+            if isinstance(event, Failed) and (not last or self._errors) and falls_over(event.error, first=first):
                 await stream.aclose()
                 self._failed(provider.name, event.error)
                 continue
