@@ -23,7 +23,6 @@ import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, AsyncIterator, Mapping
 
-import httpx
 
 from msting.api.errors import InvalidRequest, MstingError, UpstreamError
 from msting.api.events import Attempt, Done, Embeddings, Event, Failed, Token
@@ -33,7 +32,7 @@ from msting.providers.remote.catalog import Catalog
 from msting.providers.remote.formats import wire_for
 from msting.providers.remote.pool import UrlPool, UrlState
 from msting.providers.remote.retry import AttemptsFailed, RetryPolicy, attempt_loop
-from msting.providers.remote.upstream import AttemptFailed, Deadline, LineStream, Upstream, transport_failure
+from msting.providers.remote.upstream import AttemptFailed, Deadline, LineStream, Timeouts, Upstream, transport_failure
 from msting.providers.remote.wire import StreamDecoder
 
 if TYPE_CHECKING:
@@ -105,10 +104,9 @@ class RemoteProvider:
         sampling = request.sampling.with_defaults(*self._defaults)
         return replace(request, model=model, sampling=sampling), model
 
-    def _timeouts(self, deadline: Deadline) -> httpx.Timeout:
+    def _timeouts(self, deadline: Deadline) -> Timeouts:
         up = self.settings
-        return httpx.Timeout(connect=deadline.cap(up.short_timeout_sec), read=deadline.cap(up.first_token_timeout_sec),
-                             write=deadline.cap(up.short_timeout_sec), pool=deadline.cap(up.short_timeout_sec))
+        return Timeouts(connect=deadline.cap(up.short_timeout_sec), read=deadline.cap(up.first_token_timeout_sec))
 
     async def _open(self, url: UrlState, request: GenerationRequest, model: str, deadline: Deadline) -> Opened:
         """One attempt: send, then read until the first content (or the end)."""
@@ -133,7 +131,7 @@ class RemoteProvider:
 
     async def _next_events(self, lines: LineStream, decoder: StreamDecoder, deadline: Deadline) -> list[Event]:
         if deadline.left() <= 0:
-            raise transport_failure(self.name, lines.url, httpx.ReadTimeout("the request's time ran out"))
+            raise transport_failure(self.name, lines.url, asyncio.TimeoutError())
         line = await lines.next_line()
         if line is None:
             events = decoder.finish()
@@ -175,6 +173,7 @@ class RemoteProvider:
                 elif isinstance(event, Failed):
                     raise AttemptFailed(event.error, retryable=True)  # nothing was sent: try again whole
                 elif isinstance(event, Done):
+                    await opened.lines.drain()
                     return replace(event, text="".join(pieces))
             events = await self._next_events(opened.lines, opened.decoder, deadline)
 
@@ -298,6 +297,7 @@ class RemoteStream:
                     if isinstance(event, Token) and not event.text:
                         continue
                     if isinstance(event, Done):
+                        await opened.lines.drain()
                         yield replace(event, attempts=tuple(self.attempts))
                         return
                     yield event
