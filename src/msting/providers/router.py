@@ -169,8 +169,11 @@ class Router:
         return [info for provider in self.providers.values() for info in provider.models()]
 
     def models(self) -> list[ModelInfo]:
-        """Every model of every service, named as requests name it."""
-        return [self.public(info) for info in self.models_raw()]
+        """Every model of every service, named as requests name it. The stub is listed
+        only where the config names it (the fallback chain or the default service):
+        nobody should pick it from a list thinking it a model."""
+        shown = [p for p in self.providers.values() if p.name != STUB or STUB in self.fallback_chain or self.default == STUB]
+        return [self.public(info) for provider in shown for info in provider.models()]
 
     def public(self, info: ModelInfo) -> ModelInfo:
         return replace(info, id=self.public_name(info.service, info.id), upstream=info.upstream or info.id)
