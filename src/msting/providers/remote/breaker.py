@@ -114,6 +114,8 @@ class Breaker:
             if reason == RETRY_AFTER:
                 self.open_until = max(self.open_until, now + seconds)
                 self.reason = reason
+            elif reason == HEALTH and self.reason == FAILURES:
+                self.reason = reason  # known dead now: down, not waited for (its end stays)
             return
         self._move(Circuit.OPEN)
         self.open_until = now + seconds
