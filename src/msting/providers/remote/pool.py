@@ -1,10 +1,10 @@
 """A service's URLs: which one takes the next request, and what each has been doing.
 
 Among the URLs whose circuit lets a request through, the one with the fewest requests
-in flight wins; URLs tied on that and within LATENCY_TIE of the fastest take turns,
-so two equal servers share even a sequential load. Each URL keeps its circuit
-(msting.providers.remote.breaker), a smoothed latency, its last error and counters,
-which `status` shows.
+in flight wins; URLs tied on that and within LATENCY_TIE of the fastest (or within
+LATENCY_FLOOR_MS of it) take turns, so two equal servers share even a sequential load.
+Each URL keeps its circuit (msting.providers.remote.breaker), a smoothed latency, its
+last error and counters, which `status` shows.
 """
 
 from __future__ import annotations
@@ -15,7 +15,11 @@ from dataclasses import dataclass, field
 from msting.providers.remote.breaker import HEALTH, Breaker, Circuit
 
 LATENCY_TIE = 1.25  # latencies within 25 % of the fastest count as equal
-LATENCY_FLOOR_MS = 2.0  # below this, differences are noise
+# Differences below this are noise: a new connection, a pause of the event loop. (A bound
+# of "fastest x 1.25" alone let one slow sample, the first request on a cold connection,
+# keep an equal server out of a sequential load: its latency is refreshed only by what it
+# is given, and health checks.)
+LATENCY_FLOOR_MS = 50.0
 SMOOTHING = 0.3  # weight of a new latency sample
 
 
@@ -78,7 +82,8 @@ class UrlPool:
         if len(tied) > 1:
             known = [u.latency_ms for u in tied if u.latency_ms is not None]
             if known:
-                bound = max(min(known) * LATENCY_TIE, LATENCY_FLOOR_MS)
+                fastest = min(known)
+                bound = max(fastest * LATENCY_TIE, fastest + LATENCY_FLOOR_MS)
                 tied = [u for u in tied if u.latency_ms is None or u.latency_ms <= bound]
         return min(tied, key=lambda u: (u.picked, self.urls.index(u)))
 
