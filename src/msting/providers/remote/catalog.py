@@ -20,6 +20,8 @@ class Catalog:
         self.default_model = default_model
         self.capabilities = capabilities
         self.found: dict[str, list[RemoteModel]] = {}  # url -> its latest list
+        self.detailed: dict[str, RemoteModel] = {}  # name -> what the upstream said of it when asked (Ollama's /api/show)
+        self.loaded: set[str] | None = None  # the models the upstream has in memory, where it says (Ollama's /api/ps)
         self.refreshed_at: float | None = None  # unix time of the last successful discovery
         self.last_error: str | None = None
         self.started = int(time.time())
@@ -36,6 +38,9 @@ class Catalog:
                 out.setdefault(model.name, model)
         if self.default_model and self.default_model not in out:
             out[self.default_model] = RemoteModel(self.default_model)
+        for name, model in self.detailed.items():
+            if name in out:
+                out[name] = model
         return out
 
     def names(self) -> list[str]:
@@ -55,6 +60,8 @@ class Catalog:
 
     def info(self, name: str, state: str) -> ModelInfo:
         model = self._all().get(name, RemoteModel(name))
+        if state == "available" and self.loaded is not None and name in self.loaded:
+            state = "loaded"
         return ModelInfo(id=name, service=self.service, state=state, type=model.type, context_length=model.context_length,
                          is_default=name == self.default_model, created=self.started, upstream=name,
                          capabilities=self.capabilities)

@@ -238,7 +238,24 @@ class RemoteProvider:
         url.breaker.health_ok(time.monotonic())
         if self.settings.enable_discovery:
             self.catalog.update(url.url, models)
+            await self._details(url, models)
         return {"url": url.url, "ok": True, "latency_ms": round(ms, 2), "error": None, "models": len(models)}
+
+    async def _details(self, url: UrlState, models: list) -> None:
+        """What a wire can say beyond the list (Ollama: which models are in memory, and
+        each model's context length, asked once). Best effort: the list is what counts."""
+        running, show = getattr(self.wire, "running", None), getattr(self.wire, "show", None)
+        timeout = self.settings.short_timeout_sec
+        try:
+            if running is not None:
+                self.catalog.loaded = set(self.wire.running_models(await self.upstream.json(url.url, running(), timeout)))
+            if show is not None:
+                for model in models:
+                    if model.name not in self.catalog.detailed:
+                        body = await self.upstream.json(url.url, show(model.name), timeout)
+                        self.catalog.detailed[model.name] = self.wire.model_details(body, model.name)
+        except (AttemptFailed, MstingError) as exc:
+            log.debug("service %s: model details from %s: %s", self.name, url.url, exc)
 
     async def ping(self) -> dict:
         """Check every URL now."""
