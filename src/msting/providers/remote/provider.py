@@ -49,6 +49,18 @@ def failed_with(exc: AttemptsFailed) -> MstingError:
     return error
 
 
+def coalesced(events: list[Event]) -> list[Event]:
+    """Tokens that arrived together go out as one (one chunk to write per network read,
+    not one per token, when the upstream is faster than the client)."""
+    out: list[Event] = []
+    for event in events:
+        if isinstance(event, Token) and out and isinstance(out[-1], Token):
+            out[-1] = Token(out[-1].text + event.text)
+        else:
+            out.append(event)
+    return out
+
+
 class Opened:
     """An upstream stream that has produced its first events."""
 
@@ -322,6 +334,9 @@ class RemoteStream:
                         return
                 try:
                     events = await p._next_events(opened.lines, opened.decoder, deadline)
+                    while opened.lines.buffered and not any(isinstance(e, (Done, Failed)) for e in events):
+                        events += await p._next_events(opened.lines, opened.decoder, deadline)  # no wait: already read
+                    events = coalesced(events)
                 except AttemptFailed as exc:
                     error = exc.error
                     error.details["incomplete"] = True

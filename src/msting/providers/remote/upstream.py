@@ -216,6 +216,11 @@ class LineStream:
             self._lines.extend(pieces)
         return self._lines.popleft().decode("utf-8", "replace").rstrip("\r")
 
+    @property
+    def buffered(self) -> bool:
+        """Lines already read and not yet taken."""
+        return bool(self._lines)
+
     async def drain(self) -> None:
         """Read what is left after the reply's end marker (the chunked terminator), so
         that the connection goes back to the pool: closing a reply with unread bytes
