@@ -69,7 +69,8 @@ async def attempt_loop(service: str, pool: UrlPool, policy: RetryPolicy, deadlin
         if url is None:
             ready = pool.next_ready_at()
             if ready is None or ready >= deadline.at or ready - now > policy.max_wait_sec:
-                raise _give_up(service, failure, attempts, deadline=deadline, ready_in=None if ready is None else ready - now)
+                raise _give_up(service, failure, attempts, deadline=deadline, ready_in=None if ready is None else ready - now,
+                               pool=pool)
             await asyncio.sleep(max(0.0, ready - now) + 0.001)
             continue
         if tries and url is last:
@@ -109,13 +110,23 @@ async def attempt_loop(service: str, pool: UrlPool, policy: RetryPolicy, deadlin
 
 
 def _give_up(service: str, failure: AttemptFailed | None, attempts: list[Attempt], *, deadline: Deadline,
-             ready_in: float | None = -1.0) -> AttemptsFailed:
-    """`ready_in` is given when no URL could be tried: seconds until one can (None: the
-    service has no URL)."""
+             ready_in: float | None = -1.0, pool: UrlPool | None = None) -> AttemptsFailed:
+    """`ready_in` is given when no URL could be tried: seconds until one can (None: every
+    URL is down). When this request tried none, each URL is listed in `attempts` as not
+    tried, with its state and its last error: the client sees which URL and why."""
     if failure is None or (ready_in != -1.0 and failure.retryable):
-        message = f"every URL of {service} is cooling down (its circuit breakers are open) past the request's deadline"
+        if ready_in is None:
+            message = f"every URL of {service} is down (its health check failed)"
+        else:
+            message = f"every URL of {service} is cooling down (its circuit breakers are open) past the request's deadline"
         if failure is not None:
             message += f"; the last error: {failure.error.message}"
+        elif pool is not None:
+            now = time.monotonic()
+            untried = [Attempt(service, u.url, f"not tried ({u.state_name(now)}): {u.last_error or u.breaker.reason}", 0.0)
+                       for u in pool.urls]
+            attempts.extend(untried)
+            message += ": " + "; ".join(f"{a.url} {a.error}" for a in untried)
         retry_after = max(1, round(ready_in)) if isinstance(ready_in, float) and ready_in > 0 else 1
         return AttemptsFailed(Unavailable("upstream_unavailable", message, retry_after=retry_after), attempts, retryable=True)
     return AttemptsFailed(failure.error, attempts, failure.retryable)
