@@ -124,7 +124,7 @@ class Upstream:
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
-            connector = aiohttp.TCPConnector(limit=MAX_CONNECTIONS, ssl=self.verify, enable_cleanup_closed=True)
+            connector = aiohttp.TCPConnector(limit=MAX_CONNECTIONS, ssl=self.verify)
             self._session = aiohttp.ClientSession(connector=connector, headers=self.headers, trust_env=False,
                                                   read_bufsize=READ_BUFFER, raise_for_status=False)
         return self._session
