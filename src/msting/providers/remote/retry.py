@@ -28,6 +28,7 @@ from msting.providers.remote.pool import UrlPool, UrlState
 from msting.providers.remote.upstream import AttemptFailed, Deadline
 
 T = TypeVar("T")
+PROBE_POLL_SEC = 0.02  # while another request's probe is out: how often to look again
 
 
 @dataclass(frozen=True)
@@ -63,16 +64,26 @@ async def attempt_loop(service: str, pool: UrlPool, policy: RetryPolicy, deadlin
     last: UrlState | None = None
     failure: AttemptFailed | None = None
     tries = 0
+    waiting_since: float | None = None  # when this wait for a circuit began
     while True:
         now = time.monotonic()
         url = pool.choose(now, avoid=last)
         if url is None:
             ready = pool.next_ready_at()
-            if ready is None or ready >= deadline.at or ready - now > policy.max_wait_sec:
+            if ready is not None and ready <= now:
+                # Only a probe is out (another request's half-open probe): its outcome
+                # decides, at no known time. Look again shortly, not in a tight loop,
+                # and within max_wait_sec of the start of this wait, not for as long as
+                # the probe takes.
+                ready = now + PROBE_POLL_SEC
+            if waiting_since is None:
+                waiting_since = now
+            if ready is None or ready >= deadline.at or ready - waiting_since > policy.max_wait_sec:
                 raise _give_up(service, failure, attempts, deadline=deadline, ready_in=None if ready is None else ready - now,
                                pool=pool)
             await asyncio.sleep(max(0.0, ready - now) + 0.001)
             continue
+        waiting_since = None
         if tries and url is last:
             pause = policy.backoff(tries, rng)
             if time.monotonic() + pause >= deadline.at:
