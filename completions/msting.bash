@@ -2,6 +2,10 @@
 # Install: copy to ~/.local/share/bash-completion/completions/msting
 #          (install.sh does this), or `source` it from ~/.bashrc.
 
+_msting_services() {
+    msting llm services --json 2>/dev/null | sed -n 's/^      "name": "\([^"]*\)".*/\1/p'
+}
+
 _msting() {
     local cur prev words cword
     if declare -F _init_completion >/dev/null 2>&1; then
@@ -15,7 +19,7 @@ _msting() {
     fi
 
     local top_opts="--help -h --version -V"
-    local llm_cmds="install start stop restart status wait logs health profiles switch-profile models load unload"
+    local llm_cmds="install start stop restart status wait logs health profiles switch-profile models load unload services ping"
 
     # Find the group and the subcommand typed so far.
     local i group="" cmd=""
@@ -69,6 +73,15 @@ _msting() {
         models) opts="--json" ;;
         load) opts="--timeout --json" ;;
         unload) opts="--json" ;;
+        services) opts="--json" ;;
+        ping)
+            opts="--json"
+            if [[ $cur != -* ]]; then
+                # The running daemon's services (nothing when it is not running).
+                COMPREPLY=($(compgen -W "$(_msting_services)" -- "$cur"))
+                return
+            fi
+            ;;
         *) return ;;
     esac
     COMPREPLY=($(compgen -W "$opts --help -h" -- "$cur"))

@@ -1,7 +1,7 @@
 # fish completion for msting.
 # Install: cp completions/msting.fish ~/.config/fish/completions/  (install.sh does this)
 
-set -l llm_cmds install start stop restart status wait logs health profiles switch-profile models load unload
+set -l llm_cmds install start stop restart status wait logs health profiles switch-profile models load unload services ping
 
 complete -c msting -f
 complete -c msting -n __fish_use_subcommand -s h -l help -d 'Show help'
@@ -13,7 +13,7 @@ complete -c msting -n $in_llm -a install -d 'Install and verify the local LLM se
 complete -c msting -n $in_llm -a start -d 'Start the daemon and wait until it is ready'
 complete -c msting -n $in_llm -a stop -d 'Stop the daemon and its workers'
 complete -c msting -n $in_llm -a restart -d 'Stop, then start the daemon'
-complete -c msting -n $in_llm -a status -d 'Show the daemon, its readiness and its models'
+complete -c msting -n $in_llm -a status -d 'Show the daemon, its readiness, its models and services'
 complete -c msting -n $in_llm -a wait -d 'Block until the daemon is ready'
 complete -c msting -n $in_llm -a logs -d 'Print (and follow) the daemon log'
 complete -c msting -n $in_llm -a health -d 'Run the readiness checks now'
@@ -22,6 +22,8 @@ complete -c msting -n $in_llm -a switch-profile -d 'Switch the daemon to another
 complete -c msting -n $in_llm -a models -d 'List the models of the active profile'
 complete -c msting -n $in_llm -a load -d 'Load a model and wait until it is ready'
 complete -c msting -n $in_llm -a unload -d 'Unload a model'
+complete -c msting -n $in_llm -a services -d 'List the services behind the daemon and their URLs'
+complete -c msting -n $in_llm -a ping -d 'Check each URL of a service now'
 
 function __msting_llm_cmd
     __fish_seen_subcommand_from llm; and __fish_seen_subcommand_from $argv
@@ -34,6 +36,11 @@ complete -c msting -n '__msting_llm_cmd start' -l foreground -d 'Run the daemon 
 complete -c msting -n '__msting_llm_cmd stop restart' -l force -d 'Kill at once'
 complete -c msting -n '__msting_llm_cmd switch-profile' -l dry-run -d 'Print the plan, change nothing'
 complete -c msting -n '__msting_llm_cmd install start stop restart wait health switch-profile load' -l timeout -x -d 'Seconds to wait'
-complete -c msting -n '__msting_llm_cmd install start stop restart status wait health profiles switch-profile models load unload' -l json -d 'Print JSON'
+complete -c msting -n '__msting_llm_cmd install start stop restart status wait health profiles switch-profile models load unload services ping' -l json -d 'Print JSON'
+# The running daemon's services (nothing when it is not running).
+function __msting_services
+    msting llm services --json 2>/dev/null | string replace -rf '^      "name": "([^"]*)".*' '$1'
+end
+complete -c msting -n '__msting_llm_cmd ping' -a '(__msting_services)' -d 'Service'
 complete -c msting -n '__msting_llm_cmd logs' -s f -l follow -d 'Keep printing new lines'
 complete -c msting -n '__msting_llm_cmd logs' -s n -l lines -x -d 'Number of lines'

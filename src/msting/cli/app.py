@@ -55,6 +55,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("models", "models"),
     "load": ("models", "load"),
     "unload": ("models", "unload"),
+    "services": ("services", "services"),
+    "ping": ("services", "ping"),
 }
 
 
@@ -97,7 +99,7 @@ def build_app(only: str | None = None) -> typer.Typer:
     llm_app = typer.Typer(
         name="llm",
         cls=LeanGroup,
-        help="Manage the local LLM service: install, start, stop, status, logs, profiles, models.",
+        help="Manage the local LLM service: install, start, stop, status, logs, profiles, models, services.",
         epilog=EXIT_CODES_EPILOG,
         no_args_is_help=True,
         context_settings={"help_option_names": ["-h", "--help"]},

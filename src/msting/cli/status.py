@@ -1,5 +1,5 @@
-"""``msting llm status``: the daemon, its readiness, its profile and memory, and every
-model's workers.
+"""``msting llm status``: the daemon, its readiness, its profile and memory, every
+model's workers, and the services behind the router (remote ones with each URL's state).
 
 Also the helpers the other commands that talk to a running daemon share (``profiles``,
 ``switch-profile``, ``models``, ``load``, ``unload``): :func:`connect`, :func:`daemon_errors`
@@ -34,13 +34,13 @@ _STATE_STYLES = {
 
 
 def status(json_: Annotated[bool, typer.Option("--json", help="Print one JSON object to stdout instead of text.")] = False) -> None:
-    """Show the daemon, its readiness and its models. Exit 0 if ready, 1 if not."""
+    """Show the daemon, its readiness, its models and services. Exit 0 if ready, 1 if not."""
     term = Terminal(json_)
     with term.failures():
         from msting.cli.common import load_env
 
         env = load_env()
-        info = collect_status(env)
+        info = collect_status(env, routing=not json_)
     if json_:
         term.emit_json(info)
     elif not info["running"]:
@@ -52,8 +52,12 @@ def status(json_: Annotated[bool, typer.Option("--json", help="Print one JSON ob
     raise typer.Exit(ExitCode.OK if info.get("ready") else ExitCode.FAILED)
 
 
-def collect_status(env: Any) -> dict[str, Any]:
-    """The ``/v1/status`` body plus ``running``; a not-running daemon needs no HTTP."""
+def collect_status(env: Any, routing: bool = False) -> dict[str, Any]:
+    """The ``/v1/status`` body plus ``running``; a not-running daemon needs no HTTP.
+
+    `routing` (the text form) also asks ``/llm/services`` for the fallback chain's order
+    (``fallback_chain``, with ``default_service``) when a service is in the chain; a
+    daemon without that route just goes without."""
     base = {"socket": str(env.socket_path), "url": env.url}
     if not env.is_running():
         stale = [str(p) for p in (env.paths.pidfile, env.socket_path) if p.exists()]
@@ -65,12 +69,28 @@ def collect_status(env: Any) -> dict[str, Any]:
     try:
         with env.client(timeout=5.0) as client:
             body = client.status()
+            services = body.get("services") if isinstance(body.get("services"), list) else []
+            if routing and any(isinstance(s, dict) and s.get("in_fallback_chain") for s in services):
+                body.update(_routing(client))
     except DaemonUnavailable:
         reason = "the daemon is starting: its socket does not answer yet"
         return {"running": True, "ready": False, "pid": pid, **base, "readiness": {"status": "starting", "reason": reason}}
     except MstingError as exc:
         raise CommandError(f"the daemon (pid {pid}) did not answer /v1/status: {exc}", ExitCode.FAILED) from None
     return {"running": True, **body}
+
+
+def _routing(client: MstingClient) -> dict[str, Any]:
+    from msting.cli.services_view import SERVICES_PATH, daemon_get
+    from msting.client import DaemonUnavailable, MstingError
+
+    try:
+        _, body = daemon_get(client, SERVICES_PATH)
+    except DaemonUnavailable:
+        raise
+    except (MstingError, CommandError):
+        return {}
+    return {"default_service": body.get("default_service"), "fallback_chain": body.get("fallback_chain") or []}
 
 
 # ------------------------------------------------- helpers for the daemon commands
@@ -234,6 +254,7 @@ def print_status(term: Terminal, info: dict[str, Any]) -> None:
     models = info.get("models") or []
     if not models:
         term.info("no models configured")
+        _services_section(term, info)
         return
     rows: list[dict[str, Any]] = []
     errors: list[tuple[str, str]] = []
@@ -283,6 +304,7 @@ def print_status(term: Terminal, info: dict[str, Any]) -> None:
         line = Text(f"last error ({name}): ", style="bold red")
         line.append(error)
         term.print(line)
+    _services_section(term, info)
     events = info.get("events") or []
     if events:
         term.print(Text("recent events", style="bold"))
@@ -293,6 +315,14 @@ def print_status(term: Terminal, info: dict[str, Any]) -> None:
     builtin = dict.fromkeys(str(m.get("name")) for m in models if m.get("builtin") or m.get("name") == "msting-tiny")
     for name in builtin:  # once per model, not again for its embeddings companion
         term.print(Text(f"note: {name} is the {BUILTIN_MODEL_NOTE}", style="yellow"))
+
+
+def _services_section(term: Terminal, info: dict[str, Any]) -> None:
+    services = info.get("services")
+    if isinstance(services, list):
+        from msting.cli.services_view import print_services_section
+
+        print_services_section(term, services, info.get("fallback_chain"), info.get("default_service"))
 
 
 _COLUMNS = ("model", "state", "workers", "rss", "keep", "restarts", "load", "tok/s", "queue", "served")
