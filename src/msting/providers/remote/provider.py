@@ -24,7 +24,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, AsyncIterator, Mapping
 
 
-from msting.api.errors import InvalidRequest, MstingError, UpstreamError
+from msting.api.errors import InvalidRequest, MstingError, UpstreamError, unknown_model
 from msting.api.events import Attempt, Done, Embeddings, Event, Failed, Token
 from msting.api.requests import ChatRequest, CompletionRequest, EmbeddingRequest, GenerationRequest
 from msting.providers.base import ModelInfo, ProviderHealth
@@ -222,7 +222,12 @@ class RemoteProvider:
         return self.catalog.infos(self._model_state())
 
     def model(self, name: str | None) -> ModelInfo:
-        return self.catalog.info(self.catalog.resolve(name), self._model_state())
+        """A model this service lists (configured or discovered); NotFound otherwise. (A
+        request may still name an unlisted one: it is passed through to the upstream.)"""
+        resolved = self.catalog.resolve(name)
+        if resolved not in self.catalog.names():
+            raise unknown_model(resolved, self.catalog.names(), f"the service '{self.name}' lists no model '{resolved}'")
+        return self.catalog.info(resolved, self._model_state())
 
     def health(self) -> ProviderHealth:
         now = time.monotonic()
