@@ -108,14 +108,17 @@ class Breaker:
 
     def _open(self, now: float, seconds: float, reason: str) -> None:
         if self.state is Circuit.OPEN:
-            # Already open: a Retry-After may push the end further; another failed
-            # health check does not (else a dead URL's checks would keep it shut past
-            # any probe, and it could never come back).
+            # Already open. A Retry-After may push the end further. A failed health
+            # check before the end changes nothing but the reason (else a dead URL's
+            # frequent checks would keep pushing its end, past any probe); one after
+            # the end starts a new cooldown: the probe time came and it is still dead.
             if reason == RETRY_AFTER:
                 self.open_until = max(self.open_until, now + seconds)
                 self.reason = reason
-            elif reason == HEALTH and self.reason == FAILURES:
-                self.reason = reason  # known dead now: down, not waited for (its end stays)
+            elif reason == HEALTH and not (self.reason == RETRY_AFTER and now < self.open_until):
+                if now >= self.open_until:
+                    self.open_until = now + seconds
+                self.reason = reason  # known dead now: down, not waited for
             return
         self._move(Circuit.OPEN)
         self.open_until = now + seconds

@@ -106,4 +106,8 @@ class UrlPool:
         return [u.as_dict(now) for u in self.urls]
 
     def up_count(self, now: float) -> int:
-        return sum(1 for u in self.urls if u.state_name(now) in ("up", "probing"))
+        """URLs known to answer (a probing one has yet to prove it)."""
+        return sum(1 for u in self.urls if u.state_name(now) == "up")
+
+    def probing_count(self, now: float) -> int:
+        return sum(1 for u in self.urls if u.state_name(now) == "probing")

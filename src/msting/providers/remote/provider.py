@@ -216,7 +216,8 @@ class RemoteProvider:
     # ---- models, health -------------------------------------------------------------
 
     def _model_state(self) -> str:
-        return "available" if self.pool.up_count(time.monotonic()) else "unreachable"
+        now = time.monotonic()
+        return "available" if self.pool.up_count(now) or self.pool.probing_count(now) else "unreachable"
 
     def models(self) -> list[ModelInfo]:
         return self.catalog.infos(self._model_state())
@@ -236,6 +237,8 @@ class RemoteProvider:
             return ProviderHealth("ready", None)
         if up:
             return ProviderHealth("degraded", f"{total - up} of {total} URLs are down")
+        if self.pool.probing_count(now):
+            return ProviderHealth("degraded", "no URL is known to answer; the next request probes one")
         return ProviderHealth("failed", "every URL is down")
 
     async def _check(self, url: UrlState) -> dict:
