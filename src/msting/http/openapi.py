@@ -69,7 +69,9 @@ STRING_LIST = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type":
 
 # One schema per request key, shared by every route that accepts the key.
 PROPERTIES: dict[str, dict] = {
-    "model": _nullable({**NAME, "description": "A model name, `local~NAME`, or `default` (also when left out or null)."}),
+    "model": _nullable({**NAME, "description": "A model name as `GET /llm/models` lists it: `SERVICE~MODEL`, a bare `MODEL` "
+                                               "(the default service's, else the one other service that lists it), or "
+                                               "`default` (also when left out or null)."}),
     "prompt": {"type": "string", "description": "The text to continue."},
     "max_tokens": _numeric("max_tokens", "Tokens to generate at most (the context window caps it too); "
                                          "left out: the model's `max_tokens`."),
@@ -120,7 +122,7 @@ def _body(keys: set[str] | frozenset[str], *, required: tuple[str, ...] = (), ov
 # ---- components -------------------------------------------------------------------
 
 ERROR_TYPES = ["invalid_request_error", "authentication_error", "permission_error", "not_found_error",
-               "server_error", "unavailable_error", "timeout_error"]
+               "server_error", "upstream_error", "unavailable_error", "timeout_error"]
 
 USAGE = {"type": "object", "required": ["prompt_tokens", "completion_tokens", "total_tokens"],
          "properties": {"prompt_tokens": {"type": "integer", "minimum": 0}, "completion_tokens": {"type": "integer", "minimum": 0},
@@ -148,6 +150,16 @@ def _components() -> dict:
                                                                   "the worker wrote when a model failed to load, empty otherwise."},
                     "error_id": {"type": "string", "description": "A 500 `internal_error`: the id under which the daemon log "
                                                                   "has the details (the reply never carries exception text)."},
+                    "close_matches": {"type": "array", "items": {"type": "string"},
+                                      "description": "`model_not_found`: the known names closest to the one asked for, as "
+                                                     "requests name them."},
+                    "attempts": {"type": "array", "items": _ref("Attempt"),
+                                 "description": "A remote service's failure: every attempt made, in order (across the "
+                                                "fallback chain for `all_services_failed`)."},
+                    "services": {"type": "array", "items": {"type": "string"},
+                                 "description": "`all_services_failed`: the services tried, in order."},
+                    "retryable": {"type": "boolean", "description": "A remote service's failure: whether trying again may succeed."},
+                    "upstream_status": {"type": "integer", "description": "The HTTP status the remote engine answered."},
                 },
                 "additionalProperties": True,
             }},
@@ -220,11 +232,114 @@ def _components() -> dict:
                            "timings": _ref("Timings")},
         },
         "Model": {
-            "type": "object", "required": ["id", "object", "created", "owned_by", "state", "type"],
-            "properties": {"id": {"type": "string"}, "object": {"const": "model"}, "created": {"type": "integer"},
-                           "owned_by": {"type": "string"}, "state": {"type": "string"},
-                           "type": {"type": "string", "enum": ["llm", "embeddings"]}, "context_length": {"type": "integer"},
-                           "aliases": {"type": "array", "items": {"type": "string"}}},
+            "type": "object",
+            "required": ["id", "object", "created", "owned_by", "service", "upstream", "state", "type", "context_length",
+                         "capabilities", "aliases"],
+            "properties": {
+                "id": {"type": "string", "description": "The name requests use: bare for the default service's models, "
+                                                        "`SERVICE~MODEL` for the others' (the stub's always read `stub~...`)."},
+                "object": {"const": "model"}, "created": {"type": "integer"},
+                "owned_by": {"type": "string", "description": "The service (as `service`)."},
+                "service": {"type": "string", "description": "The service that serves it (`local`, `stub` or a configured one)."},
+                "upstream": {"type": "string", "description": "The name the service's own engine knows it by."},
+                "state": {"type": "string", "description": "The daemon's own models: `stopped`, `loading`, `ready`, ...; "
+                                                           "a remote service's: `available`, `loaded` or `unreachable`."},
+                "type": {"type": "string", "enum": ["llm", "embeddings"]},
+                "context_length": {"type": ["integer", "null"], "description": "null where the service does not say."},
+                "capabilities": {"anyOf": [_ref("Capabilities"), {"type": "null"}],
+                                 "description": "A remote service's (null: the service's own, see `GET /llm/services/{name}`)."},
+                "aliases": {"type": "array", "items": {"type": "string"},
+                            "description": "Other names that reach it: `SERVICE~MODEL`, and `default` for the default model."},
+            },
+        },
+        "ModelList": {
+            "type": "object", "required": ["object", "data"],
+            "properties": {"object": {"const": "list"}, "data": {"type": "array", "items": _ref("Model")}},
+        },
+        "Capabilities": {
+            "type": "object", "required": ["chat", "completions", "stream", "embed"],
+            "description": "What a service can do; asking for what it lacks is a 400 `unsupported_by_provider` naming it.",
+            "properties": {"chat": {"type": "boolean", "description": "Messages in, a reply out."},
+                           "completions": {"type": "boolean", "description": "A raw prompt continued."},
+                           "stream": {"type": "boolean"}, "embed": {"type": "boolean"}},
+        },
+        "Attempt": {
+            "type": "object", "required": ["service", "url", "error", "ms"],
+            "description": "One try at serving a request.",
+            "properties": {"service": {"type": "string"},
+                           "url": {"type": ["string", "null"], "description": "The upstream URL; null for the daemon's own workers."},
+                           "error": {"type": ["string", "null"], "description": "What went wrong; null for the attempt that answered."},
+                           "ms": {"type": "number"}},
+        },
+        "UrlState": {
+            "type": "object",
+            "required": ["url", "state", "cooling_until", "reason", "latency_ms", "in_flight", "served", "failed",
+                         "last_error", "last_error_at", "last_checked"],
+            "description": "One URL of a remote service and its circuit breaker.",
+            "properties": {
+                "url": {"type": "string"},
+                "state": {"type": "string", "enum": ["up", "down", "cooling_down", "probing"],
+                          "description": "`down`: its health check failed; `cooling_down`: open after failed requests or a "
+                                         "`Retry-After`; `probing`: the next request (one) tries it again."},
+                "cooling_until": {"type": ["number", "null"], "description": "Unix time a `down` or `cooling_down` URL is tried "
+                                                                             "again; null otherwise."},
+                "reason": {"type": ["string", "null"], "description": "Why its circuit opened."},
+                "latency_ms": {"type": ["number", "null"], "description": "Smoothed time to first token (or health check)."},
+                "in_flight": {"type": "integer", "minimum": 0}, "served": {"type": "integer", "minimum": 0},
+                "failed": {"type": "integer", "minimum": 0},
+                "last_error": {"type": ["string", "null"]}, "last_error_at": {"type": ["number", "null"], "description": "Unix time."},
+                "last_checked": {"type": ["number", "null"], "description": "Unix time of its last health check."},
+            },
+        },
+        "Service": {
+            "type": "object",
+            "required": ["name", "api_format", "builtin", "status", "reason", "default_model", "models", "capabilities", "urls",
+                         "is_default"],
+            "description": "A service behind the router: `local` (the daemon's own workers), `stub` (the offline test "
+                           "provider) or a remote one of `llm.services`.",
+            "properties": {
+                "name": {"type": "string"},
+                "api_format": {"type": "string", "enum": ["local", "stub", "openai", "ollama", "anthropic"]},
+                "builtin": {"type": "boolean"},
+                "status": {"type": "string", "enum": ["ready", "loading", "degraded", "failed", "stopping", "idle"]},
+                "reason": {"type": ["string", "null"]},
+                "default_model": {"type": ["string", "null"]},
+                "models": {"type": "array", "items": {"type": "string"}, "description": "The service's own model names."},
+                "capabilities": _ref("Capabilities"),
+                "urls": {"type": "array", "items": _ref("UrlState"), "description": "Empty for `local` and `stub`."},
+                "key_source": {"type": "string", "description": "A remote service: where its API key comes from (`env VAR`, "
+                                                                "`config` or `none`); never the key."},
+                "discovery": {"type": "object", "required": ["enabled", "refreshed_at"],
+                              "properties": {"enabled": {"type": "boolean"},
+                                             "refreshed_at": {"type": ["number", "null"], "description": "Unix time."}},
+                              "description": "A remote service: model discovery by its health checks."},
+                "is_default": {"type": "boolean"},
+                "in_fallback_chain": {"type": "boolean", "description": "In `GET /llm/services`."},
+            },
+        },
+        "ServiceList": {
+            "type": "object", "required": ["object", "default_service", "fallback_chain", "data"],
+            "properties": {"object": {"const": "list"}, "default_service": {"type": "string"},
+                           "fallback_chain": {"type": "array", "items": {"type": "string"}},
+                           "data": {"type": "array", "items": _ref("Service")}},
+        },
+        "Ping": {
+            "type": "object", "required": ["name", "status", "reason", "urls"],
+            "properties": {
+                "name": {"type": "string"},
+                "status": {"type": "string", "enum": ["ready", "loading", "degraded", "failed", "stopping", "idle"]},
+                "reason": {"type": ["string", "null"]},
+                "urls": {"type": "array", "description": "Each URL checked now (its model list, with the short timeout).",
+                         "items": {"type": "object", "required": ["url", "ok", "latency_ms", "error"],
+                                   "properties": {"url": {"type": "string"}, "ok": {"type": "boolean"},
+                                                  "latency_ms": {"type": ["number", "null"]}, "error": {"type": ["string", "null"]},
+                                                  "models": {"type": "integer", "description": "How many it listed (when ok)."}}}},
+            },
+        },
+        "ServiceCapabilities": {
+            "type": "object", "required": ["name", "chat", "completions", "stream", "embed"],
+            "properties": {"name": {"type": "string"}, "chat": {"type": "boolean"}, "completions": {"type": "boolean"},
+                           "stream": {"type": "boolean"}, "embed": {"type": "boolean"}},
         },
         "Health": {
             "type": "object", "required": ["status", "version", "pid", "ready", "readiness", "default_model", "models"],
@@ -256,12 +371,19 @@ def _components() -> dict:
                               "(`invalid_parameter`, with `param`), on every route."),
         "Unauthorized": ("401", "TCP only, when an API key is set: a missing or wrong `Authorization: Bearer` key."),
         "Forbidden": ("403", "TCP only: a `Host` header that is not loopback or an allowed host."),
-        "NotFound": ("404", "An unknown model, job or route."),
+        "NotFound": ("404", "An unknown model (`model_not_found`, with `close_matches`; `model_ambiguous` when several "
+                            "services list a bare name), service (`service_not_found`), job or route."),
         "Conflict": ("409", "`switch_in_progress`, `model_always_ready`."),
         "PayloadTooLarge": ("413", f"`body_too_large`: over {limits.MAX_BODY_BYTES} bytes."),
         "ServerError": ("500", "The engine failed, a worker died, or an internal error."),
-        "Unavailable": ("503", "`queue_full` (with `Retry-After`), `shutting_down`, `model_failed`, `insufficient_memory`."),
-        "Timeout": ("504", "`load_timeout`: the model was not ready in time; it keeps loading."),
+        "BadGateway": ("502", "A remote engine failed to answer: `upstream_error`, `upstream_auth_failed`, "
+                              "`upstream_stream_cut`, ...; `all_services_failed` when every service of the fallback chain "
+                              "failed and not all were unavailable (`attempts` and `services` name each)."),
+        "Unavailable": ("503", "`queue_full` (with `Retry-After`), `shutting_down`, `model_failed`, `insufficient_memory`; a "
+                               "remote service: `upstream_unavailable`, `upstream_rate_limited`, and `all_services_failed` when "
+                               "every service of the fallback chain was unavailable (with `Retry-After`)."),
+        "Timeout": ("504", "`load_timeout`: the model was not ready in time; it keeps loading. `upstream_timeout`: a remote "
+                           "engine did not answer in time."),
     }
     responses = {name: {"description": f"{code}: {text}", "content": {JSON: {"schema": _ref("Error")}}}
                  for name, (code, text) in statuses.items()}
@@ -276,17 +398,32 @@ def _components() -> dict:
 
 def _errors(*names: str) -> dict:
     codes = {"BadRequest": "400", "Unauthorized": "401", "Forbidden": "403", "NotFound": "404", "Conflict": "409",
-             "PayloadTooLarge": "413", "ServerError": "500", "Unavailable": "503", "Timeout": "504"}
+             "PayloadTooLarge": "413", "ServerError": "500", "BadGateway": "502", "Unavailable": "503", "Timeout": "504"}
     common = ("Unauthorized", "Forbidden", "ServerError")
     return {codes[n]: {"$ref": f"#/components/responses/{n}"} for n in (*names, *common)}
 
 
-def _ok(schema: dict, description: str = "OK", *, stream: str | None = None) -> dict:
+WHO_ANSWERED = {
+    "X-Msting-Provider": {"description": "The service that answered (`local`, `stub` or a remote one).",
+                          "schema": {"type": "string"}},
+    "X-Msting-Attempts": {"description": "How many attempts it took, across URLs and the fallback chain.",
+                          "schema": {"type": "integer", "minimum": 1}},
+    "X-Msting-Upstream": {"description": "The upstream URL that answered; only for a remote service.",
+                          "schema": {"type": "string"}},
+}
+
+
+def _ok(schema: dict, description: str = "OK", *, stream: str | None = None, who: bool = False) -> dict:
+    """A 200; `who`: a generation route's, with the who-answered headers (a stream sends
+    them too: its status line goes out with the first event, once a service answered)."""
     content: dict = {JSON: {"schema": schema}}
     if stream:
         content[SSE] = {"schema": _ref("SseStream")}
         description = f"{description}. With `\"stream\": true`: {stream}"
-    return {"description": description, "content": content}
+    ok = {"description": description, "content": content}
+    if who:
+        ok["headers"] = WHO_ANSWERED
+    return ok
 
 
 def _post(op_id: str, summary: str, body: dict, ok: dict, errors: dict, *, tags: list[str], description: str | None = None,
@@ -320,9 +457,9 @@ OPENAI_SSE = ("`data:` chunks (`{kind}`), then `data: [DONE]`; with `stream_opti
 
 
 def _paths() -> dict:
-    gen_errors = _errors("BadRequest", "NotFound", "PayloadTooLarge", "Unavailable")
+    gen_errors = _errors("BadRequest", "NotFound", "PayloadTooLarge", "BadGateway", "Unavailable", "Timeout")
     oai_errors = gen_errors
-    native_tags, oai_tags, admin_tags = ["native"], ["openai"], ["admin"]
+    native_tags, oai_tags, admin_tags, llm_tags = ["native"], ["openai"], ["admin"], ["services"]
     return {
         "/health": _get("health", "Liveness: 200 whenever the daemon serves", _ok(_ref("Health")), {}, tags=native_tags, security=[],
                         description="Open on TCP even when an API key is set (liveness probes); the Host check still applies."),
@@ -336,37 +473,36 @@ def _paths() -> dict:
         "/models/unload": _post("unload_model", "Stop an on-demand model's workers", _body(UNLOAD_KEYS, required=("model",)),
                                 _ok(_ref("Object")), _errors("BadRequest", "NotFound", "Conflict", "PayloadTooLarge"), tags=native_tags),
         "/generate": _post("generate", "Generate text", _body(native.GENERATE_KEYS, required=("prompt",)),
-                           _ok(_ref("GenerateResult"), stream=NATIVE_SSE), gen_errors, tags=native_tags),
+                           _ok(_ref("GenerateResult"), stream=NATIVE_SSE, who=True), gen_errors, tags=native_tags),
         "/llm": _post("llm", "Generate text (minimal form)", _body(native.LLM_KEYS, required=("prompt",)),
-                      _ok({"type": "object", "required": ["completion"], "properties": {"completion": {"type": "string"}}}),
+                      _ok({"type": "object", "required": ["completion"], "properties": {"completion": {"type": "string"}}}, who=True),
                       gen_errors, tags=native_tags, description="A 500 always has `error.stderr`: the lines the worker wrote when a model failed to load, "
                                   "empty otherwise (a worker's own errors go to the daemon log)."),
         "/v1/chat/completions": _post(
             "chat_completions", "OpenAI chat completions",
             _body(openai_api.CHAT_KEYS, required=("messages",)),
-            _ok(_ref("ChatCompletion"), stream=OPENAI_SSE.format(kind="chat.completion.chunk")), oai_errors, tags=oai_tags,
+            _ok(_ref("ChatCompletion"), stream=OPENAI_SSE.format(kind="chat.completion.chunk"), who=True), oai_errors, tags=oai_tags,
             description="Any other OpenAI parameter (`tools`, `logprobs`, `response_format`, ...) is a 400 naming it."),
         "/v1/completions": _post(
             "completions", "OpenAI completions",
             _body(openai_api.COMPLETION_KEYS, required=("prompt",), override={
                 "prompt": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 1}],
                            "description": "A string, or a list of exactly one string."}}),
-            _ok(_ref("Completion"), stream=OPENAI_SSE.format(kind="text_completion")), oai_errors, tags=oai_tags),
+            _ok(_ref("Completion"), stream=OPENAI_SSE.format(kind="text_completion"), who=True), oai_errors, tags=oai_tags),
         "/v1/embeddings": _post("embeddings", "OpenAI embeddings: one L2-normalised vector per input",
-                                _body(openai_api.EMBEDDING_KEYS, required=("input",)), _ok(_ref("Embeddings")),
+                                _body(openai_api.EMBEDDING_KEYS, required=("input",)), _ok(_ref("Embeddings"), who=True),
                                 oai_errors, tags=oai_tags),
-        "/v1/models": _get("list_models", "The models of the active profile",
-                           _ok({"type": "object", "required": ["object", "data"],
-                                "properties": {"object": {"const": "list"}, "data": {"type": "array", "items": _ref("Model")}}}),
-                           _errors(), tags=oai_tags),
+        "/v1/models": _get("list_models", "Every model of every service (the active profile's, and the remote services')",
+                           _ok(_ref("ModelList")), _errors(), tags=oai_tags),
         "/v1/models/{model_id}": _get("get_model", "One model", _ok(_ref("Model")), _errors("NotFound"), tags=oai_tags,
                                       parameters=[{"name": "model_id", "in": "path", "required": True,
-                                                   "schema": {"type": "string"}, "description": "A model name or `local~NAME`."}]),
+                                                   "schema": {"type": "string"},
+                                                   "description": "A model name, as requests name it (`SERVICE~MODEL`, or bare)."}]),
         "/v1/execute": _post(
             "execute", "A task-level call: `prompt` or `messages`, through the same scheduler",
             _body(openai_api.EXECUTE_KEYS, extra={"oneOf": [{"required": ["prompt"]}, {"required": ["messages"]}]},
                   description="Exactly one of `prompt` and `messages`."),
-            _ok(_ref("Execution"), stream=NATIVE_SSE), oai_errors, tags=oai_tags),
+            _ok(_ref("Execution"), stream=NATIVE_SSE, who=True), oai_errors, tags=oai_tags),
         "/v1/status": _get("status", "Daemon, models, workers, memory, events", _ok(_ref("Object")), _errors(), tags=admin_tags),
         "/v1/profiles": _get("profiles", "Every profile, with its models and the active one",
                              _ok(_ref("Object")), _errors(), tags=admin_tags),
@@ -383,6 +519,41 @@ def _paths() -> dict:
         "/v1/jobs/{job_id}": _get("job", "One job", _ok(_ref("Job")), _errors("NotFound"), tags=admin_tags,
                                   parameters=[{"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}]),
         "/openapi.json": _get("openapi", "This document", _ok({"type": "object"}), _errors(), tags=admin_tags),
+        **_service_paths(llm_tags),
+    }
+
+
+def _param(name: str, description: str) -> dict:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}, "description": description}
+
+
+SERVICE_PARAM = _param("name", "A service: `local`, `stub` or one of `llm.services`.")
+
+
+def _service_paths(tags: list[str]) -> dict:
+    """msting.http.services: the services behind the router, and their models."""
+    unknown = _errors("NotFound")
+    return {
+        "/llm/services": _get("services", "Every service (local, stub, the remote ones): status, models, each URL's state",
+                              _ok(_ref("ServiceList")), _errors(), tags=tags),
+        "/llm/services/{name}": _get("service", "One service", _ok(_ref("Service")), unknown, tags=tags,
+                                     parameters=[SERVICE_PARAM]),
+        "/llm/services/{name}/models": _get("service_models", "One service's models, named as requests name them",
+                                            _ok(_ref("ModelList")), unknown, tags=tags, parameters=[SERVICE_PARAM]),
+        "/llm/services/{name}/models/{model}": _get(
+            "service_model", "One model of one service", _ok(_ref("Model")), unknown, tags=tags,
+            parameters=[SERVICE_PARAM, _param("model", "The service's own name of the model, or `default`.")]),
+        "/llm/services/{name}/ping": _get(
+            "ping_service", "A live check of each URL of the service, now", _ok(_ref("Ping"), "At least one URL answered"),
+            {"503": {"description": "No URL answered (the same body)", "content": {JSON: {"schema": _ref("Ping")}}}, **unknown},
+            tags=tags, parameters=[SERVICE_PARAM]),
+        "/llm/services/{name}/capabilities": _get("service_capabilities", "What the service can do",
+                                                  _ok(_ref("ServiceCapabilities")), unknown, tags=tags,
+                                                  parameters=[SERVICE_PARAM]),
+        "/llm/models": _get("llm_models", "Every model of every service, named as requests name them",
+                            _ok(_ref("ModelList")), _errors(), tags=tags),
+        "/llm/models/{name}": _get("llm_model", "One model, by any name a request may give", _ok(_ref("Model")), unknown,
+                                   tags=tags, parameters=[_param("name", "`SERVICE~MODEL`, a bare model name, or `default`.")]),
     }
 
 
@@ -426,7 +597,8 @@ def build_document() -> dict:
         },
         "servers": [{"url": "http://127.0.0.1:8086", "description": "the default TCP address (`llm_service.port`)"}],
         "security": [{}, {"bearer": []}],
-        "tags": [{"name": "native"}, {"name": "openai", "description": "OpenAI-compatible"}, {"name": "admin"}],
+        "tags": [{"name": "native"}, {"name": "openai", "description": "OpenAI-compatible"}, {"name": "admin"},
+                 {"name": "services", "description": "The services behind the router (local, stub, remote) and their models"}],
         "paths": _paths(),
         "components": _components(),
         "x-websockets": _websockets(),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from pathlib import Path
@@ -155,3 +156,135 @@ def test_served_by_the_app_once_built():
         assert r.content == openapi.document_bytes()
         assert client.get("/openapi.json").content is not None
     assert openapi.document_bytes() is openapi.document_bytes()  # cached, not rebuilt per request
+
+
+# ---- the services routes answer as the document says ------------------------------------
+
+
+def _validator(doc: dict, schema: dict):
+    return jsonschema_rs.validator_for({"components": doc["components"], **schema})
+
+
+def _response_schema(doc: dict, path: str, method: str, status: int) -> dict:
+    response = doc["paths"][path][method]["responses"][str(status)]
+    if "$ref" in response:
+        response = doc["components"]["responses"][response["$ref"].rsplit("/", 1)[1]]
+    return response["content"]["application/json"]["schema"]
+
+
+def _check(doc: dict, path: str, response, status: int, method: str = "get") -> dict:
+    assert response.status_code == status, response.text
+    body = response.json()
+    errors = [f"{'/'.join(map(str, e.instance_path))}: {e.message}"
+              for e in _validator(doc, _response_schema(doc, path, method, status)).iter_errors(body)]
+    assert not errors, (path, status, errors, body)
+    return body
+
+
+@contextlib.contextmanager
+def _services_client(fallback_chain: tuple[str, ...]):
+    """A client of the app over a router of real providers: the stub (the default service
+    here) and a remote service `lan` whose one URL refuses connections (a port nothing
+    listens on)."""
+    from upstreams.fixtures import free_port
+
+    from msting.config.schema import parse_config
+    from msting.providers.remote.provider import RemoteProvider
+    from msting.providers.router import Router
+    from msting.providers.stub import StubProvider
+
+    config = parse_config({"llm": {"services": {"lan": {
+        "api_format": "openai", "urls": [f"http://127.0.0.1:{free_port()}"], "models": ["m1", "m2"], "default_model": "m1",
+        "upstream": {"short_timeout_sec": 1, "first_token_timeout_sec": 0.5, "long_timeout_sec": 2, "max_attempts": 1}}}}}, None)
+    remote = RemoteProvider(config.llm.service("lan"), env={}, max_tokens=8, temperature=0.5)
+    router = Router([StubProvider(), remote], default="stub", fallback_chain=fallback_chain)
+    app = build_app(router, SimpleNamespace(), security=SecurityPolicy())
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        try:
+            yield client
+        finally:
+            client.portal.call(remote.close)
+
+
+@pytest.fixture
+def services_app():
+    with _services_client(("lan", "stub")) as client:
+        yield client
+
+
+def test_the_services_routes_answer_as_the_document_says(services_app) -> None:
+    doc = _doc()
+    c = services_app
+    listed = _check(doc, "/llm/services", c.get("/llm/services"), 200)
+    assert (listed["default_service"], listed["fallback_chain"]) == ("stub", ["lan", "stub"])
+    assert [(s["name"], s["is_default"], s["in_fallback_chain"]) for s in listed["data"]] == [
+        ("stub", True, True), ("lan", False, True)]
+    lan = _check(doc, "/llm/services/{name}", c.get("/llm/services/lan"), 200)
+    assert [u["state"] for u in lan["urls"]] == ["up"] and lan["key_source"] == "none"
+    _check(doc, "/llm/services/{name}", c.get("/llm/services/stub"), 200)
+    missing = _check(doc, "/llm/services/{name}", c.get("/llm/services/nope"), 404)
+    assert missing["error"]["code"] == "service_not_found"
+    for name in ("lan", "stub"):
+        _check(doc, "/llm/services/{name}/models", c.get(f"/llm/services/{name}/models"), 200)
+        caps = _check(doc, "/llm/services/{name}/capabilities", c.get(f"/llm/services/{name}/capabilities"), 200)
+        assert caps["name"] == name
+    model = _check(doc, "/llm/services/{name}/models/{model}", c.get("/llm/services/lan/models/m2"), 200)
+    assert (model["id"], model["service"], model["upstream"], model["context_length"]) == ("lan~m2", "lan", "m2", None)
+    assert model["capabilities"] == {"chat": True, "completions": True, "stream": True, "embed": True}
+    _check(doc, "/llm/services/{name}/models/{model}", c.get("/llm/services/stub/models/any"), 200)
+    # a live check: the one URL refuses, the service is down (503, the same body)
+    ping = _check(doc, "/llm/services/{name}/ping", c.get("/llm/services/lan/ping"), 503)
+    assert ping["status"] == "failed" and [u["ok"] for u in ping["urls"]] == [False]
+    _check(doc, "/llm/services/{name}/ping", c.get("/llm/services/stub/ping"), 200)
+    lan = _check(doc, "/llm/services/{name}", c.get("/llm/services/lan"), 200)
+    [url] = lan["urls"]
+    assert url["state"] == "down" and url["cooling_until"] and url["last_error"] and url["last_checked"]
+    models = _check(doc, "/llm/models", c.get("/llm/models"), 200)
+    assert [m["id"] for m in models["data"]] == ["stub~stub", "lan~m1", "lan~m2"]
+    assert _check(doc, "/v1/models", c.get("/v1/models"), 200) == models
+    _check(doc, "/llm/models/{name}", c.get("/llm/models/m2"), 200)
+    _check(doc, "/v1/models/{model_id}", c.get("/v1/models/lan~m1"), 200)
+    unknown = _check(doc, "/llm/models/{name}", c.get("/llm/models/lan~"), 200)  # the service's default
+    assert unknown["id"] == "lan~m1"
+
+
+def test_who_answered_headers_are_documented_and_sent(services_app) -> None:
+    doc = _doc()
+    for path in ("/generate", "/llm", "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/execute"):
+        headers = doc["paths"][path]["post"]["responses"]["200"]["headers"]
+        assert set(headers) == {"X-Msting-Provider", "X-Msting-Attempts", "X-Msting-Upstream"}, path
+    r = services_app.post("/generate", json={"prompt": "Once", "model": "stub~x"})
+    body = _check(doc, "/generate", r, 200, method="post")
+    assert body["model"] == "stub~x"
+    assert (r.headers["x-msting-provider"], r.headers["x-msting-attempts"]) == ("stub", "1")
+    assert "x-msting-upstream" not in r.headers
+    # the remote service is down: the fallback chain's stub answers, after lan's attempt
+    r = services_app.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hi"}], "model": "m1"})
+    _check(doc, "/v1/chat/completions", r, 200, method="post")
+    assert (r.headers["x-msting-provider"], r.headers["x-msting-attempts"]) == ("stub", "2")
+
+
+def test_remote_errors_have_the_documented_shape() -> None:
+    from msting.api.errors import NotFound, UpstreamError
+    from msting.http.errors import error_body
+
+    doc = _doc()
+    error = _validator(doc, {"$ref": "#/components/schemas/Error"})
+    failed = UpstreamError("all_services_failed", "no service could answer (2 attempts): ...", services=["lan", "stub"],
+                           attempts=[{"service": "lan", "url": "http://10.0.0.1:1", "error": "refused", "ms": 1.5},
+                                     {"service": "stub", "url": None, "error": "boom", "ms": 0.1}], retryable=True)
+    assert error.is_valid(error_body(failed))
+    assert error.is_valid(error_body(NotFound("model_not_found", "model 'm3' is not known", close_matches=["lan~m1"])))
+    for path in ("/generate", "/v1/chat/completions", "/v1/embeddings"):
+        assert {"502", "503", "504"} <= set(doc["paths"][path]["post"]["responses"]), path
+    with _services_client(()) as c:  # no fallback chain: lan's own errors
+        r = c.post("/generate", json={"prompt": "Once", "model": "lan~m1"})
+        body = _check(doc, "/generate", r, 503, method="post")
+        assert body["error"]["code"] == "upstream_unreachable" and body["error"]["retryable"] is True
+        assert [a["url"] for a in body["error"]["attempts"]] == [c.get("/llm/services/lan").json()["urls"][0]["url"]]
+        c.get("/llm/services/lan/ping")  # now it is down
+        r = c.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hi"}], "model": "lan~m1",
+                                                 "stream": True})
+        body = _check(doc, "/v1/chat/completions", r, 503, method="post")  # an error status, not a 200 stream
+        assert body["error"]["message"].startswith("every URL of lan is down")
+        assert r.headers["retry-after"] == "1"
