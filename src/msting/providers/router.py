@@ -179,8 +179,8 @@ class Router:
         return replace(info, id=self.public_name(info.service, info.id), upstream=info.upstream or info.id)
 
     def model(self, name: str) -> ModelInfo:
-        provider, model = self.resolve(name)
         try:
+            provider, model = self.resolve(name)  # an unknown service too: with close matches, as a request's
             return self.public(provider.model(model))
         except NotFound as exc:
             self._with_close_matches(exc, name)
