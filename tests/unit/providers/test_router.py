@@ -301,9 +301,20 @@ def test_close_matches_span_every_service_and_come_sorted(local: FakeProvider) -
     assert router.close_matches("stry") == ["story"]
 
 
-def test_an_unknown_service_lists_close_matches_too(router: Router) -> None:
+@pytest.mark.parametrize("call", ["generate", "embed", "stream", "model"])
+def test_an_unknown_service_lists_close_matches_too(router: Router, call: str) -> None:
+    async def main() -> None:
+        if call == "generate":
+            await router.generate(CompletionRequest("x", "nope~story"))
+        elif call == "embed":
+            await router.embed(EmbeddingRequest(("x",), "nope~story"))
+        elif call == "stream":
+            router.stream(CompletionRequest("x", "nope~story"))
+        else:
+            router.model("nope~story")  # GET /v1/models/nope~story, /llm/models/nope~story
+
     with pytest.raises(NotFound) as exc:
-        generate(router, "nope~story")
+        asyncio.run(main())
     assert exc.value.details["close_matches"] == ["story"]
     assert exc.value.message.endswith("known models: chat, story; close matches: story")
 

@@ -190,6 +190,26 @@ def test_further_failed_health_checks_do_not_extend_it_so_a_probe_still_comes(b:
     assert not b.down
 
 
+def test_a_failed_health_check_after_the_cooldown_ended_starts_another_one(b: Breaker) -> None:
+    """The probe time came (nobody asked for the URL meanwhile) and it is still dead: down
+    again for a whole cooldown, not probing (a dead service must not read as ready)."""
+    b.failed(0.0, health=True)
+    b.failed(COOLDOWN + 1.0, health=True)
+    assert b.state is Circuit.OPEN and b.down and b.open_until == 2 * COOLDOWN + 1.0
+    assert not b.available(2 * COOLDOWN)
+
+
+@pytest.mark.parametrize("how", ["failures", "retry_after"])
+def test_a_failed_health_check_after_another_kind_of_circuit_ended_makes_it_down(b: Breaker, how: str) -> None:
+    if how == "failures":
+        end = opened(b)
+    else:
+        b.failed(0.0, retry_after=2.0)
+        end = 2.0
+    b.failed(end + 0.5, health=True)
+    assert b.down and b.open_until == end + 0.5 + COOLDOWN
+
+
 def test_a_failed_health_check_of_a_half_open_circuit_opens_it_as_down(b: Breaker) -> None:
     end = opened(b)
     assert b.available(end)
