@@ -468,3 +468,18 @@ def test_a_key_given_in_the_config_is_sent_and_masked(up: Upstreams) -> None:
 
     done, status = run(cfg, body, env={})
     assert done.text == TEXT and status["key_source"] == "config" and SECRET not in json.dumps(status)
+
+
+def test_leaving_a_stream_early_releases_its_url(up: Upstreams) -> None:
+    s = up["openai"]
+
+    async def body(p: RemoteProvider) -> tuple[Event, int, int]:
+        stream = p.stream(chat())
+        first = await stream.__aiter__().__anext__()
+        during = p.pool.urls[0].in_flight
+        await stream.aclose()
+        return first, during, p.pool.urls[0].in_flight
+
+    first, during, after = run(service_config("openai", [s.api_base]), body)
+    assert isinstance(first, Token) and TEXT.startswith(first.text)
+    assert (during, after) == (1, 0)
