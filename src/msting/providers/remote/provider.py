@@ -85,7 +85,7 @@ class RemoteProvider:
         self.catalog = Catalog(config.name, tuple(config.models), config.default_model, self.capabilities)
         self._api_key = config.api_key_from(env)
         self.upstream = Upstream(config.name, self.wire, self.wire.headers(self._api_key), verify=up.verify_cert,
-                                 long_timeout=up.long_timeout_sec)
+                                 secret=self._api_key)
         self._defaults = (max_tokens, temperature)
         self._rng = rng or random.Random()
         self._monitor: asyncio.Task | None = None

@@ -68,8 +68,23 @@ def _parse(text: str) -> Any:
         return text
 
 
-def status_failure(wire: Wire, service: str, status: int, text: str, headers: Mapping[str, str]) -> AttemptFailed:
-    message = str(wire.error_message(status, _parse(text)))[:500]
+def redacted(text: str, secret: str | None) -> str:
+    """`text` with the API key, and any run of 8 or more of its characters, masked (an
+    upstream's 401 may quote the key it got, whole or in part)."""
+    if not secret:
+        return text
+    text = text.replace(secret, "***")
+    for size in range(len(secret) - 1, 7, -1):
+        for start in range(len(secret) - size + 1):
+            piece = secret[start:start + size]
+            if piece in text:
+                text = text.replace(piece, "***")
+    return text
+
+
+def status_failure(wire: Wire, service: str, status: int, text: str, headers: Mapping[str, str],
+                   secret: str | None = None) -> AttemptFailed:
+    message = redacted(str(wire.error_message(status, _parse(text))), secret)[:500]
     said = f"{service} answered HTTP {status}: {message}"
     retry_after = retry_after_seconds(headers.get("Retry-After"))
     if status == 429:
@@ -114,8 +129,9 @@ class Upstream:
     """The HTTP side of one service: one aiohttp session (its connections kept alive),
     made on first use, inside the event loop."""
 
-    def __init__(self, service: str, wire: Wire, headers: dict[str, str], *, verify: bool, long_timeout: float):
+    def __init__(self, service: str, wire: Wire, headers: dict[str, str], *, verify: bool, secret: str | None = None):
         self.service = service
+        self.secret = secret  # masked out of every upstream message
         self.wire = wire
         self.headers = headers
         self.verify = verify
@@ -148,7 +164,7 @@ class Upstream:
         except TRANSPORT_ERRORS as exc:
             raise transport_failure(self.service, url, exc) from None
         if status >= 400:
-            raise status_failure(self.wire, self.service, status, text[:MAX_ERROR_BODY], headers)
+            raise status_failure(self.wire, self.service, status, text[:MAX_ERROR_BODY], headers, self.secret)
         try:
             return json.loads(text)
         except ValueError:
@@ -189,7 +205,8 @@ class LineStream:
             except TRANSPORT_ERRORS:
                 body = ""
             await self.aclose()
-            raise status_failure(self.upstream.wire, self.upstream.service, response.status, body, response.headers)
+            raise status_failure(self.upstream.wire, self.upstream.service, response.status, body, response.headers,
+                                 self.upstream.secret)
 
     async def next_line(self) -> str | None:
         """The next line, None at the end; AttemptFailed on a stall (no bytes within the
