@@ -25,7 +25,7 @@ from msting.api.errors import InvalidRequest
 from msting.api.events import Done, Embeddings, Event, Failed, Token, Usage
 from msting.api.requests import ChatRequest, EmbeddingRequest, GenerationRequest, SamplingParams
 from msting.providers.base import Capabilities
-from msting.providers.remote.sse import SseParser, bad_reply, count, cut, error_text, json_object, stream_error
+from msting.providers.remote.sse import SseParser, bad_reply, count, cut, error_text, json_object, model_entries, stream_error
 from msting.providers.remote.wire import RemoteModel, UpstreamRequest
 
 API = "anthropic"
@@ -156,16 +156,8 @@ class AnthropicWire:
 
     def models(self, body: Any) -> list[RemoteModel]:
         """`data[].id`, with the rest of each entry (display_name, created_at) as details."""
-        data = body.get("data") if isinstance(body, dict) else None
-        if not isinstance(data, list):
-            raise bad_reply(API, "a model list without a data list")
-        found = []
-        for entry in data:
-            name = entry.get("id") if isinstance(entry, dict) else None
-            if not isinstance(name, str) or not name:
-                raise bad_reply(API, "a model list with an entry that has no id")
-            found.append(RemoteModel(name, "llm", None, {k: v for k, v in entry.items() if k != "id"}))
-        return found
+        return [RemoteModel(name, "llm", None, {k: v for k, v in entry.items() if k != "id"})
+                for name, entry in model_entries(API, body)]
 
     def error_message(self, status: int, body: Any) -> str:
         """`error.message` of {"type": "error", "error": {"type", "message"}}, else the text."""

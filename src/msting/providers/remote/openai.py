@@ -15,7 +15,7 @@ from msting.api.events import Done, Embeddings, Event, Failed, Token, Usage
 from msting.api.requests import ChatRequest, EmbeddingRequest, GenerationRequest, SamplingParams
 from msting.providers.base import Capabilities
 from msting.providers.remote.sse import (
-    SseParser, bad_reply, count, cut, error_text, json_object, overloaded, positive_int, says_embeddings, stream_error,
+    SseParser, bad_reply, count, cut, error_text, json_object, model_entries, overloaded, positive_int, says_embeddings, stream_error,
     vector,
 )
 from msting.providers.remote.wire import RemoteModel, UpstreamRequest
@@ -168,14 +168,8 @@ class OpenAIWire:
     def models(self, body: Any) -> list[RemoteModel]:
         """`data[].id`; the context length where the server gives one (`context_length`;
         vLLM's `max_model_len`; llama-cpp-python's `meta.n_ctx_train`)."""
-        data = body.get("data") if isinstance(body, dict) else None
-        if not isinstance(data, list):
-            raise bad_reply(API, "a model list without a data list")
         found = []
-        for entry in data:
-            name = entry.get("id") if isinstance(entry, dict) else None
-            if not isinstance(name, str) or not name:
-                raise bad_reply(API, "a model list with an entry that has no id")
+        for name, entry in model_entries(API, body):
             meta = entry.get("meta") if isinstance(entry.get("meta"), dict) else {}
             context = (positive_int(entry.get("context_length")) or positive_int(entry.get("max_model_len"))
                        or positive_int(meta.get("n_ctx_train")))

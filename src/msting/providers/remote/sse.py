@@ -86,6 +86,21 @@ def bad_reply(api: str, what: str) -> UpstreamError:
     return UpstreamError("upstream_bad_reply", f"the {api} upstream sent {what}, not the reply its API documents")
 
 
+def model_entries(api: str, body: Any) -> list[tuple[str, dict[str, Any]]]:
+    """(id, entry) of each entry of a `{"data": [{"id": ...}, ...]}` model list (the
+    OpenAI and Anthropic shape)."""
+    data = body.get("data") if isinstance(body, dict) else None
+    if not isinstance(data, list):
+        raise bad_reply(api, "a model list without a data list")
+    found = []
+    for entry in data:
+        name = entry.get("id") if isinstance(entry, dict) else None
+        if not isinstance(name, str) or not name:
+            raise bad_reply(api, "a model list with an entry that has no id")
+        found.append((name, entry))
+    return found
+
+
 def stream_error(api: str, message: str, busy: bool) -> Failed:
     """The event for an error the upstream reported mid-stream: an overload or a rate
     limit (`busy`: worth trying elsewhere, or later) is Unavailable, anything else UpstreamError."""
