@@ -72,10 +72,37 @@ def _async_backend(kind: str, settings: ClientSettings, *, primary: bool) -> Any
 class _Base:
     """What both clients share: settings, the fallback decision and its warning, status."""
 
-    def __init__(self, settings: ClientSettings | None, environ: Mapping[str, str] | None, overrides: dict[str, Any]) -> None:
+    _make_backend: Any  # _backend or _async_backend
+
+    def __init__(
+        self,
+        *,
+        provider: str | None = None,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        timeout: float | None = None,
+        fallback: str | None = None,
+        socket_path: str | os.PathLike[str] | None = None,
+        environ: Mapping[str, str] | None = None,
+        settings: ClientSettings | None = None,
+    ) -> None:
+        overrides = dict(provider=provider, base_url=base_url, api_key=api_key, timeout=timeout, fallback=fallback,
+                         socket_path=socket_path)
         if settings is not None and (environ is not None or any(v is not None for v in overrides.values())):
             raise ValueError("give either settings or environ/keyword overrides, not both")
         self.settings = settings if settings is not None else ClientSettings.from_env(environ, **overrides)
+        self._primary = type(self)._make_backend(self.settings.provider, self.settings, primary=True)
+        self._secondary: Any = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Any:
+        return cls(environ=environ, **overrides)
+
+    def _fallback_backend(self) -> Any:
+        if self._secondary is None:
+            assert self.settings.fallback is not None
+            self._secondary = type(self)._make_backend(self.settings.fallback, self.settings, primary=False)
+        return self._secondary
 
     @property
     def provider(self) -> str:
@@ -121,32 +148,7 @@ class LLMClient(_Base):
     :class:`ClientSettings`). Keyword arguments that are not None override the
     environment. Close it (or use it as a context manager) when done."""
 
-    def __init__(
-        self,
-        *,
-        provider: str | None = None,
-        base_url: str | None = None,
-        api_key: str | None = None,
-        timeout: float | None = None,
-        fallback: str | None = None,
-        socket_path: str | os.PathLike[str] | None = None,
-        environ: Mapping[str, str] | None = None,
-        settings: ClientSettings | None = None,
-    ) -> None:
-        super().__init__(settings, environ, dict(provider=provider, base_url=base_url, api_key=api_key, timeout=timeout,
-                                                 fallback=fallback, socket_path=socket_path))
-        self._primary = _backend(self.settings.provider, self.settings, primary=True)
-        self._secondary: Any = None
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> LLMClient:
-        return cls(environ=environ, **overrides)
-
-    def _fallback_backend(self) -> Any:
-        if self._secondary is None:
-            assert self.settings.fallback is not None
-            self._secondary = _backend(self.settings.fallback, self.settings, primary=False)
-        return self._secondary
+    _make_backend = staticmethod(_backend)
 
     def generate(self, request: LLMRequest | str) -> LLMResponse:
         """One whole reply (a bare string is a prompt)."""
@@ -206,32 +208,7 @@ class AsyncLLMClient(_Base):
     """:class:`LLMClient` for asyncio (``httpx.AsyncClient``); close it with ``aclose``
     or use ``async with``."""
 
-    def __init__(
-        self,
-        *,
-        provider: str | None = None,
-        base_url: str | None = None,
-        api_key: str | None = None,
-        timeout: float | None = None,
-        fallback: str | None = None,
-        socket_path: str | os.PathLike[str] | None = None,
-        environ: Mapping[str, str] | None = None,
-        settings: ClientSettings | None = None,
-    ) -> None:
-        super().__init__(settings, environ, dict(provider=provider, base_url=base_url, api_key=api_key, timeout=timeout,
-                                                 fallback=fallback, socket_path=socket_path))
-        self._primary = _async_backend(self.settings.provider, self.settings, primary=True)
-        self._secondary: Any = None
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> AsyncLLMClient:
-        return cls(environ=environ, **overrides)
-
-    def _fallback_backend(self) -> Any:
-        if self._secondary is None:
-            assert self.settings.fallback is not None
-            self._secondary = _async_backend(self.settings.fallback, self.settings, primary=False)
-        return self._secondary
+    _make_backend = staticmethod(_async_backend)
 
     async def generate(self, request: LLMRequest | str) -> LLMResponse:
         request = as_request(request)
