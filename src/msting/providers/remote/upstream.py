@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections import deque
 import time
 from dataclasses import dataclass
@@ -108,7 +109,9 @@ def transport_failure(service: str, url: str, exc: BaseException) -> AttemptFail
     if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
         return AttemptFailed(Timeout("upstream_timeout", f"{service} ({url}) did not answer in time"), retryable=True)
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return AttemptFailed(Unavailable("upstream_unreachable", f"cannot connect to {service} at {url}: {exc.os_error}"),
+        number = getattr(exc.os_error, "errno", None)
+        reason = os.strerror(number).lower() if isinstance(number, int) and number > 0 else str(exc.os_error)
+        return AttemptFailed(Unavailable("upstream_unreachable", f"cannot connect to {service} at {url}: {reason}"),
                              retryable=True)
     return AttemptFailed(UpstreamError("upstream_broken", f"{service} ({url}) broke off: {type(exc).__name__}: {exc}"), retryable=True)
 
