@@ -9,9 +9,9 @@ name is a `NotFound` listing the close matches. Never a silent substitute.
 The name in a reply is one that routes back to the same model: bare for the default
 service, `service~model` for any other (the stub's replies always read `stub~...`).
 
-Fallback. When the service a request resolved to fails in a way another service may
-not (unavailable, timed out, an upstream error), the services after it in
-`fallback_chain` get the request in turn, each with the same model name if it lists
+Fallback. When the service a request resolved to is in `fallback_chain` and fails in
+a way another service may not (unavailable, timed out, an upstream error), the
+services after it in the chain get the request in turn, each with the same model name if it lists
 it, else its own default. Retries within a service are the service's own (one retry
 loop, msting.providers.remote.retry); this loop only moves between services. A stream
 fails over only before its first event; after that, the stream's own `Failed` event
@@ -107,9 +107,8 @@ class Router:
             raise
         steps: list[Step] = [(provider, model)]
         chain = self.fallback_chain
-        if chain:
-            after = chain[chain.index(provider.name) + 1:] if provider.name in chain else [s for s in chain if s != provider.name]
-            for service in after:
+        if provider.name in chain:  # a service outside the chain has no fallback: none was configured for it
+            for service in chain[chain.index(provider.name) + 1:]:
                 steps.append((self.providers[service], self._mapped(self.providers[service], model)))
         return steps
 

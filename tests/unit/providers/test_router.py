@@ -668,13 +668,16 @@ def test_the_chain_goes_on_from_the_resolved_service_and_skips_the_ones_before_i
     assert answer.model == "c~m" and a.seen == []
 
 
-def test_a_service_outside_the_chain_falls_back_to_the_whole_chain() -> None:
+def test_a_service_outside_the_chain_has_no_fallback() -> None:
     a = FakeProvider("a", ["m"])
     b = FakeProvider("b", ["m"])
-    off = FakeProvider("off", ["m"], fails=_unavailable("off"))
+    error = _unavailable("off")
+    off = FakeProvider("off", ["m"], fails=error)
     router = Router([a, b, off], fallback_chain=("b", "a"))
-    assert generate(router, "off~m").model == "b~m"
-    assert asked(a) == [] and asked(b) == ["m"]
+    with pytest.raises(Unavailable) as exc:
+        generate(router, "off~m")  # the chain backs up b and a, not a service nobody put in it
+    assert exc.value is error
+    assert asked(a) == [] and asked(b) == []
 
 
 def test_without_a_chain_a_failure_is_the_services_own_error() -> None:
