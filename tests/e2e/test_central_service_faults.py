@@ -1,7 +1,8 @@
 """The central service under upstream faults, against real servers: an upstream SIGKILLed
 under continuous load, Retry-After, the circuit breaker, two URLs sharing the load,
-discovery of models added and removed upstream; and (xfail, a known bug) a stream an
-upstream ends with a bare [DONE], as llama-cpp-python's server ends one it interrupts.
+discovery of models added and removed upstream; and a stream an upstream ends with a
+bare [DONE] (no finish_reason), as llama-cpp-python's server ends one it interrupts, is
+never presented as complete.
 
 One msting daemon (its own temporary MSTING_HOME) fronts OpenAI-format stand-ins
 (tests/upstreams); each scenario has its own service and stand-ins, so the module's
@@ -263,9 +264,6 @@ def test_discovery_sees_models_added_and_removed_upstream(central, fresh):
 # ---- a stream that ends with a bare [DONE] --------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="providers/remote/openai.py takes a [DONE] without any finish_reason for a complete "
-                   "reply (finish 'stop'; tests/unit/providers/remote/test_openai_wire.py asserts it): llama-cpp-python's "
-                   "server ends a generation it interrupts that way, so a cut reply reaches the client as a whole one")
 def test_a_stream_ended_by_a_bare_done_is_not_presented_as_complete(central, bare):
     with central.client(timeout=30) as c:
         stream = read_stream(c, CHAT_PATH, chat_body("bare~m", max_tokens=50))

@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from msting.api import limits
+from msting.api.errors import InvalidRequest
 from msting.api.events import Done, Failed, Token
 from msting.api.requests import ChatRequest, CompletionRequest, EmbeddingRequest, SamplingParams
 from msting.http.body import read_json_object
@@ -212,8 +213,17 @@ async def list_models(request: Request) -> Response:
     return JSONResponse({"object": "list", "data": [model_object(info) for info in router_of(request).models()]})
 
 
+def path_name(request: Request, key: str) -> str:
+    """A model or service name from the path, held to the length a body may give."""
+    name = request.path_params[key]
+    if len(name) > limits.MAX_NAME_CHARS:
+        raise InvalidRequest("invalid_parameter", f"the name in the path must be at most {limits.MAX_NAME_CHARS} characters, "
+                             f"got {len(name)}", param=key)
+    return name
+
+
 async def get_model(request: Request) -> Response:
-    return JSONResponse(model_object(router_of(request).model(request.path_params["model_id"])))
+    return JSONResponse(model_object(router_of(request).model(path_name(request, "model_id"))))
 
 
 async def execute(request: Request) -> Response:

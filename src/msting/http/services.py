@@ -15,11 +15,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from msting.http.native import router_of
-from msting.http.openai_api import model_object
+from msting.http.openai_api import model_object, path_name
 
 
 def _service(request: Request):
-    return router_of(request).service(request.path_params["name"])
+    return router_of(request).service(path_name(request, "name"))
 
 
 async def services(request: Request) -> Response:
@@ -44,7 +44,7 @@ async def service_models(request: Request) -> Response:
 async def service_model(request: Request) -> Response:
     router = router_of(request)
     provider = _service(request)
-    return JSONResponse(model_object(router.public(provider.model(request.path_params["model"]))))
+    return JSONResponse(model_object(router.public(provider.model(path_name(request, "model")))))
 
 
 async def ping(request: Request) -> Response:
@@ -63,7 +63,7 @@ async def models(request: Request) -> Response:
 
 
 async def model(request: Request) -> Response:
-    return JSONResponse(model_object(router_of(request).model(request.path_params["name"])))
+    return JSONResponse(model_object(router_of(request).model(path_name(request, "name"))))
 
 
 routes = [

@@ -69,6 +69,11 @@ class Router:
     def _names(self, provider: Provider) -> set[str]:
         return {info.id for info in provider.models()}
 
+    def _lists(self, provider: Provider, name: str | None) -> bool:
+        """Does `provider` list `name`? `x` also matches `x:latest` (Ollama's default tag)."""
+        names = self._names(provider)
+        return name in names or (name is not None and ":" not in name and f"{name}:latest" in names)
+
     def resolve(self, name: str | None) -> tuple[Provider, str | None]:
         """The provider for `name`, and the model name within it (None: its default)."""
         if name is not None:
@@ -80,9 +85,9 @@ class Router:
                                         + ", ".join(sorted(self.providers)))
                 return provider, model
         default = self.providers[self.default]
-        if name in DEFAULT_ALIASES or name in self._names(default):
+        if name in DEFAULT_ALIASES or self._lists(default, name):
             return default, name
-        owners = [p for p in self.providers.values() if p.name not in (self.default, STUB) and name in self._names(p)]
+        owners = [p for p in self.providers.values() if p.name not in (self.default, STUB) and self._lists(p, name)]
         if len(owners) == 1:
             return owners[0], name
         if len(owners) > 1:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from msting.api.errors import UpstreamError
 from msting.api.events import Done, Embeddings, Event, Failed, Token, Usage
 from msting.api.requests import ChatRequest, EmbeddingRequest, GenerationRequest, SamplingParams
 from msting.providers.base import Capabilities
@@ -63,6 +64,12 @@ class OpenAIDecoder:
         if not data:
             return []
         if data == "[DONE]":
+            if self._finish_reason is None:
+                # No finish_reason: the reply was stopped, not finished (llama-cpp-python's
+                # server ends a generation this way when another request arrives). A cut
+                # reply, retried before the client saw it, or an explicit error after.
+                return self._fail(Failed(UpstreamError("upstream_stream_cut", "the upstream ended the reply with [DONE] "
+                                                       "but no finish_reason: it was stopped before it was complete")))
             return [self._done()]
         chunk = json_object(data)
         if chunk is None:

@@ -286,7 +286,9 @@ class RemoteProvider:
     async def _watch(self) -> None:
         while True:
             try:
-                await asyncio.gather(*(self._check(u) for u in self.pool.urls))
+                # A URL serving requests is checked by them; and a check could cost one
+                # (llama-cpp-python's server stops a generation when another request arrives).
+                await asyncio.gather(*(self._check(u) for u in self.pool.urls if u.in_flight == 0))
             except Exception:  # a bug here must not end the monitor
                 log.exception("service %s: health check failed unexpectedly", self.name)
             await asyncio.sleep(self.settings.health_interval_sec)

@@ -151,10 +151,18 @@ def test_comments_event_lines_and_role_only_deltas_are_not_tokens():
 
 
 @pytest.mark.parametrize("reason, expected", [("length", "length"), ("stop", "stop"), ("content_filter", "stop"),
-                                              ("tool_calls", "stop"), (None, "stop")])
+                                              ("tool_calls", "stop")])
 def test_finish_reasons_are_stop_or_length(reason, expected):
     text = chunk(choices=[{"index": 0, "delta": {"content": "x"}, "finish_reason": reason}]) + "\ndata: [DONE]\n"
     assert decode(text)[-1].finish_reason == expected
+
+
+def test_done_without_a_finish_reason_is_a_cut_reply_not_a_complete_one():
+    # llama-cpp-python's server stops a generation this way when another request arrives
+    text = chunk(choices=[{"index": 0, "delta": {"content": "x"}, "finish_reason": None}]) + "\ndata: [DONE]\n"
+    events = decode(text)
+    assert events[0] == Token("x")
+    assert isinstance(events[-1], Failed) and events[-1].error.code == "upstream_stream_cut"
 
 
 def test_usage_on_the_last_content_chunk_and_llama_cpp_timings_are_kept():
