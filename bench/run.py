@@ -5,7 +5,7 @@ pick instead:
     .venv/bin/python bench/run.py [--quick] [--only SECTION ...] [--docs DIR | --no-docs] [--wait-quiet S] [--keep-homes]
     .venv/bin/python bench/run.py --render bench/results/run.json   # rewrite the page from saved results
 
-Sections: memory_cli and concurrency (bench/suite.py), overhead, service, switch
+Sections: memory_cli and concurrency (bench/suite.py), overhead, service, switch, proxy
 (bench/<name>.py; ``bench/service.py`` is ``bench/run.py --only service``). A run rewrites
 the generated blocks of docs/benchmarks.md and the plots in docs/img/, and writes the raw
 figures to bench/results/run.json (``run.quick.json``; with ``--only``, into the last run's
@@ -23,14 +23,15 @@ from typing import Any
 
 import harness as h
 import overhead
+import proxy
 import report as r
 import service
 import suite
 import switch
 
 SECTIONS: dict[str, Any] = {"memory_cli": suite.MEMORY, "overhead": overhead, "concurrency": suite.CONCURRENCY, "service": service,
-                            "switch": switch}
-DOC_ORDER = ["service", "overhead", "switch", "concurrency", "memory_cli"]  # the page's order
+                            "switch": switch, "proxy": proxy}
+DOC_ORDER = ["service", "overhead", "switch", "proxy", "concurrency", "memory_cli"]  # the page's order
 TARGET_LARGE_RATIO = 0.98  # decode tokens/s over in process on the 26M model, where the engine dominates
 
 
@@ -63,7 +64,7 @@ def measure(key: str, mode: str, wait: float) -> dict:
 
 def targets(res: dict) -> dict[str, list[list[str]]]:
     """The targets' rows, by the section they come from."""
-    groups: dict[str, list[list[str]]] = {SECTIONS[k].TITLE[3:]: [] for k in ("overhead", "concurrency", "service", "memory_cli", "switch")}
+    groups: dict[str, list[list[str]]] = {SECTIONS[k].TITLE[3:]: [] for k in ("overhead", "concurrency", "service", "memory_cli", "switch", "proxy")}
     yes = r.yes
     rows = groups[overhead.TITLE[3:]]
     for key, model in ((res.get("overhead") or {}).get("models") or {}).items():
@@ -141,6 +142,8 @@ def targets(res: dict) -> dict[str, list[list[str]]]:
     if sw:
         groups[switch.TITLE[3:]].append(["profile switch under load: switch time (median) / failed requests",
                      f"{sw['duration_ms']['median']:.0f} ms / {sw.get('failed')} of {sw.get('requests')}", "0 failed", yes(sw.get("failed") == 0)])
+    if res.get("proxy"):
+        groups[proxy.TITLE[3:]] += proxy.summary_rows(res["proxy"])
     return {title: rows for title, rows in groups.items() if rows}
 
 
