@@ -129,7 +129,8 @@ def _give_up(service: str, failure: AttemptFailed | None, attempts: list[Attempt
         if ready_in is None:
             message = f"every URL of {service} is down (its health check failed)"
         else:
-            message = f"every URL of {service} is cooling down (its circuit breakers are open) past the request's deadline"
+            message = (f"every URL of {service} is cooling down (its circuit breakers are open) for longer than this "
+                       "request may wait (the first-token timeout, or its deadline)")
         if failure is not None:
             message += f"; the last error: {failure.error.message}"
         elif pool is not None:
