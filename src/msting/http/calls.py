@@ -24,19 +24,31 @@ async def _disconnected(request: Request) -> None:
 
 
 async def answer(request: Request, call: Awaitable[T]) -> T:
-    """The result of `call`, or ClientGone (and `call` cancelled) if the client left first."""
-    task = asyncio.ensure_future(call)
-    watcher = asyncio.ensure_future(_disconnected(request))
+    """The result of `call`, or ClientGone (and `call` cancelled) if the client left first.
+
+    `call` runs in the route's own task; one watcher task cancels that task when the
+    client goes (one task per request, not two and an asyncio.wait)."""
+    current = asyncio.current_task()
+    assert current is not None
+    state = {"gone": False}
+
+    async def watch() -> None:
+        await _disconnected(request)
+        state["gone"] = True
+        current.cancel()  # the call's own cleanup cancels the request
+
+    watcher = asyncio.get_running_loop().create_task(watch())
     try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        return await call
+    except asyncio.CancelledError:
+        if not state["gone"]:
+            raise
+        uncancel = getattr(current, "uncancel", None)  # Python 3.11+
+        if uncancel is not None:
+            uncancel()
+        raise ClientGone from None
     finally:
         watcher.cancel()
-        if not task.done():
-            task.cancel()  # the call's own cleanup cancels the request
-            await asyncio.wait({task})
-    if task.cancelled():
-        raise ClientGone
-    return task.result()
 
 
 def route_headers(attempts: Sequence[Attempt]) -> dict[str, str]:

@@ -72,6 +72,9 @@ def _finish_reason(done: Done) -> str:
     return done.finish_reason if done.finish_reason in ("stop", "length") else "stop"
 
 
+PLACEHOLDER = "\x00"  # where a token's text goes in the chunk template
+
+
 def _data(obj: dict | str) -> str:
     return f"data: {obj if isinstance(obj, str) else json.dumps(obj, separators=(',', ':'))}\n\n"
 
@@ -96,11 +99,15 @@ async def _openai_stream(stream: Stream, *, chat: bool, include_usage: bool) -> 
 
     async with stream:
         head = chat
+        pre = post = ""
         async for event in stream:
-            out = _data(chunk(None, None, first=True)) if head else ""
-            head = False
+            out = ""
+            if head or not pre:  # the first event: the model is known now, and so is every token chunk but its text
+                out = _data(chunk(None, None, first=True)) if chat else ""
+                pre, post = _data(chunk(PLACEHOLDER, None)).split(json.dumps(PLACEHOLDER), 1)
+                head = False
             if isinstance(event, Token):
-                yield out + _data(chunk(event.text, None))
+                yield out + pre + json.dumps(event.text) + post
             elif isinstance(event, Done):  # the last events go out in one write
                 tail = _data(chunk(None, _finish_reason(event)))
                 if include_usage:
