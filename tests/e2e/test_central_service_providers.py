@@ -227,8 +227,11 @@ def test_a_huge_model_name_is_refused_without_being_echoed(central):
             assert status == 400 and len(text) < 1000, text[:300]
             assert "'model' must be at most" in text and json.loads(text)["error"]["param"] == "model"
     with central.client(timeout=30) as c:
-        for path in ("/v1/models/" + "y" * 10_000, "/v1/models/keyed~" + "y" * 10_000):
-            assert c.get(path).status_code == 404, path[:40]
+        for path in ("/v1/models/" + "y" * 10_000, "/v1/models/keyed~" + "y" * 10_000, "/llm/models/" + "y" * 300,
+                     "/llm/services/" + "y" * 300, "/llm/services/keyed/models/" + "y" * 300):
+            resp = c.get(path)
+            assert resp.status_code == 400 and len(resp.text) < 1000, path[:40]  # held to 256 characters, not echoed
+            assert "must be at most 256 characters" in resp.json()["error"]["message"]
         assert c.get("/health").status_code == 200
 
 
