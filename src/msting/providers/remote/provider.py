@@ -350,6 +350,11 @@ class RemoteStream:
                 except AttemptFailed as exc:
                     error = exc.error
                     error.details["incomplete"] = True
+                    url = self._url
+                    if url is not None:  # the URL failed this request: its circuit and status hear of it
+                        url.failed += 1
+                        url.record_error(f"a reply was cut short: {error.message}")
+                        url.breaker.failed(time.monotonic())
                     yield Failed(UpstreamError("upstream_stream_broken", f"the reply was cut short: {error.message}",
                                                incomplete=True, url=opened.lines.url))
                     return

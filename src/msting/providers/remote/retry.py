@@ -111,8 +111,9 @@ async def attempt_loop(service: str, pool: UrlPool, policy: RetryPolicy, deadlin
                 raise _give_up(service, failure, attempts, deadline=deadline) from None
             last = url
             continue
-        except BaseException:
+        except BaseException:  # cancelled (the client left): not the URL's failure, but a probe it held is free again
             pool.release(url)
+            url.breaker.probing = False
             raise
         url.served += 1
         url.breaker.succeeded()

@@ -399,3 +399,25 @@ def test_a_request_that_finds_another_requests_probe_out_neither_spins_nor_outwa
         assert isinstance(outcome, AttemptsFailed) and isinstance(outcome.error, Unavailable)
         assert not probe_over  # it gave up while the probe was still out
         assert said(outcome.attempts) == [(A, "not tried (probing): requests failed")]
+
+
+def test_a_cancelled_probe_frees_its_half_open_circuit_for_the_next_request() -> None:
+    pool = make_pool(A)
+    url = pool.urls[0]
+    url.breaker.failed(0.0, retry_after=0.01)  # open; half-open once the Retry-After has passed
+    time.sleep(0.02)
+
+    async def hangs(u: UrlState) -> str:
+        await asyncio.sleep(10)
+        return "never"
+
+    async def main() -> None:
+        task = asyncio.ensure_future(attempt_loop(SERVICE, pool, POLICY, Deadline.after(5), hangs, [], random.Random(SEED)))
+        await asyncio.sleep(0.05)
+        assert url.breaker.state is Circuit.HALF_OPEN and url.breaker.probing  # the probe is out
+        task.cancel()  # its client left
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(main())
+    assert url.in_flight == 0 and not url.breaker.probing
+    assert pool.choose(time.monotonic()) is url  # the next request may probe it
