@@ -293,12 +293,18 @@ class RemoteProvider:
                 log.exception("service %s: health check failed unexpectedly", self.name)
             await asyncio.sleep(self.settings.health_interval_sec)
 
+    def _key_source(self) -> str:
+        source = self.config.key_source
+        if self.config.api_key_env_var and self._api_key is None:
+            return f"{source} (not set when the daemon started: requests go without a key)"
+        return source
+
     def status(self) -> dict[str, Any]:
         health = self.health()
         now = time.monotonic()
         return {"name": self.name, "api_format": self.config.api_format, "builtin": False, "status": health.status,
                 "reason": health.reason, "default_model": self.config.default_model, "models": self.catalog.names(),
-                "key_source": self.config.key_source, "capabilities": self.capabilities.as_dict(),
+                "key_source": self._key_source(), "capabilities": self.capabilities.as_dict(),
                 "urls": self.pool.states(now),
                 "discovery": {"enabled": self.settings.enable_discovery, "refreshed_at": self.catalog.refreshed_at}}
 
