@@ -12,7 +12,7 @@ import typer
 
 from msting.cli.exit_codes import ExitCode
 from msting.cli.output import Terminal
-from msting.cli.services_view import SERVICES_PATH, daemon_get, ping_verdict, print_ping, print_services
+from msting.cli.services_view import ping_verdict, print_ping, print_services, service_errors
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object to stdout instead of text.")]
 ServiceArg = Annotated[str, typer.Argument(metavar="SERVICE", help="A service name (`msting llm services` lists them).", show_default=False)]
@@ -35,8 +35,8 @@ def services(json_: JsonOpt = False) -> None:
         from msting.cli.status import connect, daemon_errors
 
         env = load_env()
-        with connect(env) as client, daemon_errors(env):
-            _, body = daemon_get(client, SERVICES_PATH)
+        with connect(env) as client, daemon_errors(env), service_errors():
+            body = client.services()
     if json_:
         term.emit_json(body)
     else:
@@ -48,16 +48,14 @@ def ping(service: ServiceArg, json_: JsonOpt = False) -> None:
 
     Exit 0 when at least one URL answers (the service is ready or degraded), 1 when none does, 2 for an unknown service.
     """
-    from urllib.parse import quote
-
     term = Terminal(json_)
     with term.failures():
         from msting.cli.common import load_env
         from msting.cli.status import connect, daemon_errors
 
         env = load_env()
-        with connect(env, timeout=PING_TIMEOUT) as client, daemon_errors(env):
-            _, body = daemon_get(client, f"{SERVICES_PATH}/{quote(service, safe='')}/ping", ok=(200, 503), timeout=PING_TIMEOUT)
+        with connect(env, timeout=PING_TIMEOUT) as client, daemon_errors(env), service_errors():
+            body = client.ping_service(service, timeout=PING_TIMEOUT)
     verdict = ping_verdict(body)
     result = {"ok": verdict in ("ready", "degraded"), **body, "verdict": verdict}
     if json_:

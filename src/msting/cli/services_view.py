@@ -1,19 +1,17 @@
 """How the services behind the daemon's router read for a human: ``msting llm services``,
 ``msting llm ping`` and the services section of ``msting llm status``, and the one
-request they share (:func:`daemon_get`). At import time only the standard library and
+errors they share (:func:`service_errors`). At import time only the standard library and
 the CLI's output helpers; rich when something is printed.
 """
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 from msting.cli.exit_codes import ExitCode
 from msting.cli.output import CommandError, Terminal, fmt_ms
-
-if TYPE_CHECKING:
-    from msting.client import MstingClient
 
 SERVICES_PATH = "/llm/services"
 #: `services` names at most this many models of a service; --json has them all.
@@ -27,31 +25,21 @@ _URL_STYLES = {"up": "green", "probing": "yellow", "cooling_down": "yellow", "do
 # ------------------------------------------------------------------------- the daemon
 
 
-def daemon_get(client: MstingClient, path: str, *, ok: tuple[int, ...] = (200,), timeout: float | None = None) -> tuple[int, dict[str, Any]]:
-    """``GET path``: (status, JSON body) when the status is one of `ok`, else the
-    daemon's error as a MstingError (an unknown service is a CommandError, exit 2; a
-    daemon without the route, exit 1)."""
+@contextmanager
+def service_errors() -> Iterator[None]:
+    """The daemon's answers that are the user's to fix, as command errors: an unknown
+    service (exit 2), a daemon older than the /llm/services routes (exit 1)."""
     from msting.client import MstingError
 
-    # MstingClient has no methods for the /llm/services routes: its own request
-    # plumbing (the socket, the API key, its transport errors) serves them.
-    response = client._send("GET", path, timeout=timeout)
     try:
-        body = response.json()
-    except ValueError:
-        body = {"raw": response.text[:2000]}
-    if not isinstance(body, dict):
-        body = {"value": body}
-    if response.status_code in ok:
-        return response.status_code, body
-    err = body.get("error") if isinstance(body.get("error"), dict) else {}
-    code = err.get("code")
-    if code == "service_not_found":
-        raise CommandError(str(err.get("message")), ExitCode.USAGE, data={"http_status": response.status_code, "error_code": code})
-    if code == "route_not_found" and path.startswith(SERVICES_PATH):
-        raise CommandError(OLD_DAEMON, ExitCode.FAILED, data={"http_status": response.status_code, "error_code": code})
-    message = str(err.get("message") or f"HTTP {response.status_code}: {str(body)[:500]}")
-    raise MstingError(response.status_code, err.get("type"), code, message, body)
+        yield
+    except MstingError as exc:
+        data = {"http_status": exc.status, "error_code": exc.code}
+        if exc.code == "service_not_found":
+            raise CommandError(exc.message, ExitCode.USAGE, data=data) from None
+        if exc.code == "route_not_found":
+            raise CommandError(OLD_DAEMON, ExitCode.FAILED, data=data) from None
+        raise
 
 
 def ping_verdict(body: dict[str, Any]) -> str:

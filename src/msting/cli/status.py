@@ -81,14 +81,13 @@ def collect_status(env: Any, routing: bool = False) -> dict[str, Any]:
 
 
 def _routing(client: MstingClient) -> dict[str, Any]:
-    from msting.cli.services_view import SERVICES_PATH, daemon_get
     from msting.client import DaemonUnavailable, MstingError
 
     try:
-        _, body = daemon_get(client, SERVICES_PATH)
+        body = client.services()
     except DaemonUnavailable:
         raise
-    except (MstingError, CommandError):
+    except MstingError:  # a daemon from before the route: no services section
         return {}
     return {"default_service": body.get("default_service"), "fallback_chain": body.get("fallback_chain") or []}
 

@@ -314,6 +314,24 @@ class MstingClient:
         """``GET /v1/models``: each model with its ``state``, ``type`` and ``context_length``."""
         return self._json("GET", "/v1/models", timeout=timeout)["data"]
 
+    # -- the services behind the daemon ---------------------------------------------------
+
+    def services(self, timeout: float | None = None) -> dict[str, Any]:
+        """``GET /llm/services``: every service (local, stub, the configured remote ones),
+        each URL's state; ``default_service`` and ``fallback_chain``."""
+        return self._json("GET", "/llm/services", timeout=timeout)
+
+    def ping_service(self, name: str, timeout: float | None = None) -> dict[str, Any]:
+        """``GET /llm/services/{name}/ping``: a live check of each URL now. A service none
+        of whose URLs answers is a result too (the daemon's 503), not an error."""
+        from urllib.parse import quote
+
+        response = self._send("GET", f"/llm/services/{quote(name, safe='')}/ping", timeout=timeout)
+        data = _body(response)
+        if response.status_code >= 400 and response.status_code != 503:
+            raise _error_from(response, data)
+        return data
+
     # -- plumbing ----------------------------------------------------------------------
 
     def _send(self, method: str, path: str, body: Any = None, timeout: float | None = None) -> httpx.Response:

@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 from msting.cli import services_view as cli_services
 from msting.cli.app import build_app
 from msting.cli.output import Terminal
+from msting.client import MstingClient
 
 HERE = Path(__file__).resolve().parent
 LIVE = "http://127.0.0.1:45315"
@@ -296,8 +297,9 @@ def test_status_text_and_json_include_services(body, monkeypatch):
 # --------------------------------------------------------------- the harness
 
 
-class FakeClient:
-    """MstingClient's request plumbing over canned answers: path -> (status, body)."""
+class FakeClient(MstingClient):
+    """The real MstingClient's methods over canned answers (its `_send` replaced):
+    path -> (status, body)."""
 
     def __init__(self, routes: dict[str, tuple[int, dict[str, Any]]]):
         self.routes = routes
