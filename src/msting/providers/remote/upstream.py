@@ -28,6 +28,7 @@ from msting.providers.remote.wire import UpstreamRequest, Wire
 
 RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 MAX_ERROR_BODY = 4096  # bytes of an error reply kept for its message
+MAX_JSON_REPLY = 256 << 20  # a model list or embeddings reply larger than this is refused, not read into memory
 MAX_RETRY_AFTER = 3600.0
 DRAIN_TIMEOUT = 1.0  # seconds to read what follows a reply's end marker
 MAX_CONNECTIONS = 256  # per service
@@ -67,6 +68,20 @@ def _parse(text: str) -> Any:
         return json.loads(text)
     except ValueError:
         return text
+
+
+async def read_capped(content: aiohttp.StreamReader, cap: int) -> bytes:
+    """The reply's body up to `cap` + 1 bytes (one more says it was longer): never the
+    whole of an endless or huge body in memory."""
+    chunks: list[bytes] = []
+    size = 0
+    while size <= cap:
+        chunk = await content.read(cap + 1 - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 def redacted(text: str, secret: str | None) -> str:
@@ -160,7 +175,12 @@ class Upstream:
         async def send() -> tuple[int, str, Mapping[str, str]]:
             async with self.session.request(request.method, url + request.path, json=request.body, timeout=limits,
                                             allow_redirects=False) as response:
-                return response.status, await response.text(errors="replace"), response.headers
+                cap = MAX_ERROR_BODY if response.status >= 400 else MAX_JSON_REPLY
+                data = await read_capped(response.content, cap)
+                if len(data) > cap and response.status < 400:
+                    raise AttemptFailed(UpstreamError("upstream_bad_reply", f"{self.service} ({url}) answered more than "
+                                                      f"{MAX_JSON_REPLY >> 20} MiB"), retryable=False)
+                return response.status, data[:cap].decode("utf-8", "replace"), response.headers
 
         try:
             status, text, headers = await asyncio.wait_for(send(), timeout)  # the whole reply, not each read
@@ -204,7 +224,7 @@ class LineStream:
         response = self._response
         if response.status >= 400:
             try:
-                body = (await response.read())[:MAX_ERROR_BODY].decode("utf-8", "replace")
+                body = (await read_capped(response.content, MAX_ERROR_BODY))[:MAX_ERROR_BODY].decode("utf-8", "replace")
             except TRANSPORT_ERRORS:
                 body = ""
             await self.aclose()

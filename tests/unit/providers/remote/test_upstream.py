@@ -50,3 +50,54 @@ def test_a_429_carries_its_retry_after() -> None:
                                                  (None, None), ("999999", 3600.0)])
 def test_retry_after_values(value: str | None, seconds: float | None) -> None:
     assert retry_after_seconds(value) == seconds
+
+
+def _serve(body: bytes, status: int):
+    """A real local HTTP server answering every request with `body`, in chunks."""
+    from aiohttp import web
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(status=status, headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        for i in range(0, len(body), 1000):
+            await response.write(body[i:i + 1000])
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    return web.AppRunner(app)
+
+
+@pytest.mark.parametrize(("status", "size"), [(200, 50_000), (500, 2_000_000)])
+def test_a_huge_reply_is_not_read_into_memory_whole(monkeypatch: pytest.MonkeyPatch, status: int, size: int) -> None:
+    import asyncio
+
+    from aiohttp import web
+
+    from msting.providers.remote import upstream
+    from msting.providers.remote.upstream import AttemptFailed, Upstream
+
+    monkeypatch.setattr(upstream, "MAX_JSON_REPLY", 10_000)
+    body = b'{"data": [' + b'{"id": "m"},' * (size // 12) + b'{"id": "last"}]}'
+
+    async def main() -> AttemptFailed:
+        runner = _serve(body, status)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        up = Upstream("lan", wire_for("openai"), {}, verify=True)
+        try:
+            with pytest.raises(AttemptFailed) as exc:
+                await up.json(f"http://127.0.0.1:{port}", wire_for("openai").list_models(), 10)
+            return exc.value
+        finally:
+            await up.close()
+            await runner.cleanup()
+
+    failure = asyncio.run(main())
+    if status == 200:
+        assert failure.error.code == "upstream_bad_reply" and "more than" in failure.error.message
+    else:
+        assert "HTTP 500" in failure.error.message and len(failure.error.message) < 1000
