@@ -350,8 +350,11 @@ class RemoteStream:
                         return
                 try:
                     events = await p._next_events(opened.lines, opened.decoder, deadline)
-                    while opened.lines.buffered and not any(isinstance(e, (Done, Failed)) for e in events):
-                        events += await p._next_events(opened.lines, opened.decoder, deadline)  # no wait: already read
+                    ended = any(isinstance(e, (Done, Failed)) for e in events)
+                    while opened.lines.buffered and not ended:  # no wait: these lines are read already
+                        more = await p._next_events(opened.lines, opened.decoder, deadline)
+                        ended = any(isinstance(e, (Done, Failed)) for e in more)
+                        events += more
                     events = coalesced(events)
                 except AttemptFailed as exc:
                     error = exc.error
