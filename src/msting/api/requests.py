@@ -13,6 +13,15 @@ from typing import Union
 from msting.api import limits
 
 
+#: Model names that mean "the service's default model" (as does no name at all).
+DEFAULT_MODEL_NAMES = frozenset({"", "default"})
+
+
+def names_default(model: str | None) -> bool:
+    """Does a request naming `model` ask for its service's default model?"""
+    return model is None or model in DEFAULT_MODEL_NAMES
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """How to sample. `max_tokens` and `temperature` left as None take the model's own

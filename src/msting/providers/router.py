@@ -27,12 +27,11 @@ from typing import AsyncIterator, TypeVar
 
 from msting.api.errors import MstingError, NotFound, ServerError, Timeout, Unavailable, UpstreamError, unknown_model
 from msting.api.events import Attempt, Done, Embeddings, Event, Failed
-from msting.api.requests import EmbeddingRequest, GenerationRequest
+from msting.api.requests import EmbeddingRequest, GenerationRequest, names_default
 from msting.providers.base import ModelInfo, Provider, Stream
 
 SEPARATOR = "~"
 STUB = "stub"
-DEFAULT_ALIASES = (None, "", "default")
 FAILS_OVER = (Unavailable, Timeout, ServerError)  # what another service may not suffer from
 CLOSE_MATCHES = 5
 
@@ -85,7 +84,7 @@ class Router:
                                         + ", ".join(sorted(self.providers)))
                 return provider, model
         default = self.providers[self.default]
-        if name in DEFAULT_ALIASES or self._lists(default, name):
+        if names_default(name) or self._lists(default, name):
             return default, name
         owners = [p for p in self.providers.values() if p.name not in (self.default, STUB) and self._lists(p, name)]
         if len(owners) == 1:

@@ -10,12 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from msting.api.errors import InvalidRequest, unknown_model
+from msting.api.requests import names_default
 from msting.config import Config
 from msting.daemon.local.model import LocalModel, ModelSpec, embeddings_spec
 from msting.daemon.local.spares import WorkerLauncher
 from msting.daemon.store import Store
 
-DEFAULT_ALIASES = frozenset({"default", ""})
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ class Routing:
         """A model by name, or `default`/omitted for the default model. Never a silent
         substitute. `also`: the incoming profile during a switch, where a model that
         only it has is found (its requests wait in its queue while it loads)."""
-        if name is None or name in DEFAULT_ALIASES:
+        if names_default(name):
             return self.models[self.default_model]
         model = self.models.get(name)
         if model is None and also is not None:

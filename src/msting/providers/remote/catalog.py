@@ -7,10 +7,9 @@ from __future__ import annotations
 import time
 
 from msting.api.errors import InvalidRequest
+from msting.api.requests import names_default
 from msting.providers.base import Capabilities, ModelInfo
 from msting.providers.remote.wire import RemoteModel
-
-DEFAULT_ALIASES = ("", "default")
 
 
 class Catalog:
@@ -48,7 +47,7 @@ class Catalog:
 
     def resolve(self, name: str | None) -> str:
         """The upstream model a request names (its default for None/"default")."""
-        if name is not None and name not in DEFAULT_ALIASES:
+        if not names_default(name):
             return name  # passed through: the upstream may serve models no list shows yet
         if self.default_model:
             return self.default_model

@@ -20,7 +20,7 @@ from msting.providers.base import Capabilities
 from msting.providers.remote.sse import (
     bad_reply, count, cut, error_text, json_object, overloaded, positive_int, says_embeddings, stream_error, vector,
 )
-from msting.providers.remote.wire import RemoteModel, UpstreamRequest
+from msting.providers.remote.wire import RemoteModel, UpstreamRequest, sampling_fields
 
 API = "ollama"
 CHAT_PATH = "/api/chat"
@@ -33,17 +33,8 @@ NS_PER_MS = 1_000_000
 
 
 def options(s: SamplingParams) -> dict[str, Any]:
-    """The request's `options`; what is at its neutral value is left to the model."""
-    opts: dict[str, Any] = {"num_predict": s.max_tokens, "temperature": s.temperature, "top_p": s.top_p}
-    if s.stop:
-        opts["stop"] = list(s.stop)
-    if s.seed is not None:
-        opts["seed"] = s.seed
-    if s.presence_penalty:
-        opts["presence_penalty"] = s.presence_penalty
-    if s.frequency_penalty:
-        opts["frequency_penalty"] = s.frequency_penalty
-    return opts
+    """The request's `options`: the OpenAI sampling fields, the length named as Ollama names it."""
+    return sampling_fields(s, max_tokens_key="num_predict")
 
 
 def _timings(final: dict[str, Any]) -> dict[str, float]:

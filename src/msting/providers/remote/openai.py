@@ -13,13 +13,13 @@ from typing import Any
 
 from msting.api.errors import UpstreamError
 from msting.api.events import Done, Embeddings, Event, Failed, Token, Usage
-from msting.api.requests import ChatRequest, EmbeddingRequest, GenerationRequest, SamplingParams
+from msting.api.requests import ChatRequest, EmbeddingRequest, GenerationRequest
 from msting.providers.base import Capabilities
 from msting.providers.remote.sse import (
     SseParser, bad_reply, count, cut, error_text, json_object, model_entries, overloaded, positive_int, says_embeddings, stream_error,
     vector,
 )
-from msting.providers.remote.wire import RemoteModel, UpstreamRequest
+from msting.providers.remote.wire import RemoteModel, UpstreamRequest, sampling_fields
 
 API = "openai"
 CHAT_PATH = "/v1/chat/completions"
@@ -27,20 +27,6 @@ COMPLETIONS_PATH = "/v1/completions"
 EMBEDDINGS_PATH = "/v1/embeddings"
 MODELS_PATH = "/v1/models"
 TIMING_KEYS = ("prompt_ms", "predicted_ms", "predicted_per_second")  # what llama.cpp's server adds to its last chunk
-
-
-def sampling_fields(s: SamplingParams) -> dict[str, Any]:
-    """The sampling fields of a chat or text completion; what is at its neutral value is left out."""
-    fields: dict[str, Any] = {"max_tokens": s.max_tokens, "temperature": s.temperature, "top_p": s.top_p}
-    if s.stop:
-        fields["stop"] = list(s.stop)
-    if s.seed is not None:
-        fields["seed"] = s.seed
-    if s.presence_penalty:
-        fields["presence_penalty"] = s.presence_penalty
-    if s.frequency_penalty:
-        fields["frequency_penalty"] = s.frequency_penalty
-    return fields
 
 
 class OpenAIDecoder:

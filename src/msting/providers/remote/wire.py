@@ -20,8 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from msting.api.events import Done, Embeddings, Event
-from msting.api.requests import EmbeddingRequest, GenerationRequest
+from msting.api.events import Embeddings, Event
+from msting.api.requests import EmbeddingRequest, GenerationRequest, SamplingParams
 from msting.providers.base import Capabilities
 
 
@@ -94,7 +94,16 @@ class Wire(Protocol):
         ...
 
 
-def done_for(model: str, finish_reason: str | None, prompt_tokens: int, completion_tokens: int) -> Done:
-    from msting.api.events import Usage
-
-    return Done(model=model, finish_reason=finish_reason, usage=Usage(prompt_tokens, completion_tokens))
+def sampling_fields(s: SamplingParams, max_tokens_key: str = "max_tokens") -> dict[str, Any]:
+    """The sampling fields of a request body (OpenAI's names; Ollama's options differ only
+    in the length's); what is at its neutral value is left out."""
+    fields: dict[str, Any] = {max_tokens_key: s.max_tokens, "temperature": s.temperature, "top_p": s.top_p}
+    if s.stop:
+        fields["stop"] = list(s.stop)
+    if s.seed is not None:
+        fields["seed"] = s.seed
+    if s.presence_penalty:
+        fields["presence_penalty"] = s.presence_penalty
+    if s.frequency_penalty:
+        fields["frequency_penalty"] = s.frequency_penalty
+    return fields
