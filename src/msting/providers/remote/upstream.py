@@ -128,6 +128,9 @@ def transport_failure(service: str, url: str, exc: BaseException) -> AttemptFail
         reason = os.strerror(number).lower() if isinstance(number, int) and number > 0 else str(exc.os_error)
         return AttemptFailed(Unavailable("upstream_unreachable", f"cannot connect to {service} at {url}: {reason}"),
                              retryable=True)
+    if isinstance(exc, (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError)):
+        return AttemptFailed(UpstreamError("upstream_broken", f"{service} ({url}) closed the connection in the middle of "
+                                           "its reply"), retryable=True)
     return AttemptFailed(UpstreamError("upstream_broken", f"{service} ({url}) broke off: {type(exc).__name__}: {exc}"), retryable=True)
 
 
