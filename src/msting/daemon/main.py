@@ -9,6 +9,10 @@ Shutdown: signal handlers only enqueue the signal. The first SIGTERM/SIGINT make
 readiness 503 and refuses new requests, lets queued and in-flight requests finish
 within `drain_grace_sec`, stops the workers (shutdown, SIGTERM, SIGKILL) and exits 0.
 A second signal kills the workers and exits at once.
+
+Under systemd (``$NOTIFY_SOCKET``, msting.daemon.notify) each milestone is a ``STATUS=``
+line, ``READY=1`` comes once readiness is ``ready`` (or ``idle``), ``WATCHDOG=1`` from the
+event loop when ``$WATCHDOG_USEC`` is set, and ``STOPPING=1`` when the drain begins.
 """
 
 from __future__ import annotations
@@ -27,23 +31,34 @@ import sys
 from msting.config import Config, ConfigError, Paths, load_config, resolve_paths
 from msting.daemon import instance
 from msting.daemon.exit_codes import DaemonExit
+from msting.daemon.notify import Notifier, follow_readiness, keep_watchdog
 
 log = logging.getLogger("msting.daemon")
 
 
 
 def main(argv: list[str] | None = None) -> int:
+    notifier = Notifier.from_environ()
+    try:
+        return _main(notifier)
+    finally:
+        notifier.close()
+
+
+def _main(notifier: Notifier) -> int:
     paths = resolve_paths()
     paths.ensure()
     try:
         config = load_config(paths)
     except ConfigError as exc:
         print(f"msting daemon: configuration error:\n{exc}", file=sys.stderr)
+        notifier.status(f"configuration error (exit 78), fix it and start again: {exc}")
         return DaemonExit.CONFIG
     if not config.llm_service.enabled:
         where = config.source or "the default config"
         print(f"msting daemon: the service is disabled (llm_service.enabled is false in {where}); "
               "set it to true to run the daemon", file=sys.stderr)
+        notifier.status(f"disabled: llm_service.enabled is false in {where} (exit 78)")
         return DaemonExit.CONFIG
     from msting.http.security import SecurityPolicy, is_loopback_address
 
@@ -56,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
               f"Anyone who can reach {where} could use the service without a key. "
               f"Set {var} to a secret key (clients then send 'Authorization: Bearer <key>'), "
               f"or set llm_service.host to 127.0.0.1.", file=sys.stderr)
+        notifier.status(f"configuration error (exit 78): llm_service.host {host} is not loopback and {var} is not set")
         return DaemonExit.CONFIG
     setup_logging(config, paths)
     lock = instance.DaemonLock(paths.lockfile)
@@ -63,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         lock.acquire()
     except instance.AlreadyRunning as exc:
         print(f"msting daemon: {exc}", file=sys.stderr)
+        notifier.status(f"not started (exit 75): {exc}")
         return DaemonExit.ALREADY_RUNNING
     socket_path = config.socket_path(paths)
     sockets: list[socket.socket] = []
@@ -73,11 +90,13 @@ def main(argv: list[str] | None = None) -> int:
         except instance.RuntimeErrorWithHint as exc:
             log.error("%s", exc)
             print(f"msting daemon: {exc}", file=sys.stderr)
+            notifier.status(f"not started: {exc}")
             return DaemonExit.FAILURE
         instance.write_pidfile(paths.pidfile, os.getpid())
         log.info("daemon %d starting: socket %s, url %s", os.getpid(), socket_path, config.url)
         log.info("security: %s", security.describe())
-        return asyncio.run(_serve(config, paths, sockets, security))
+        notifier.status(f"starting: listening on {socket_path} and {config.url}")
+        return asyncio.run(_serve(config, paths, sockets, security, notifier))
     finally:
         for sock in sockets:
             sock.close()
@@ -159,7 +178,8 @@ def _make_server(app, sockets_timeout: float):
     return Server(config)
 
 
-async def _serve(config: Config, paths: Paths, sockets: list[socket.socket], security=None) -> int:
+async def _serve(config: Config, paths: Paths, sockets: list[socket.socket], security=None,
+                 notifier: Notifier | None = None) -> int:
     from msting.daemon.control import DaemonControl
     from msting.daemon.jobs import Jobs
     from msting.daemon.local.plan import restore_routing
@@ -175,6 +195,7 @@ async def _serve(config: Config, paths: Paths, sockets: list[socket.socket], sec
 
     from msting.timeslice import set_time_slice
 
+    notifier = notifier or Notifier(None)
     log.info("event loop thread: %s", set_time_slice())
     loop = asyncio.get_running_loop()
     signals: asyncio.Queue[int] = asyncio.Queue()
@@ -189,6 +210,7 @@ async def _serve(config: Config, paths: Paths, sockets: list[socket.socket], sec
                    "fix its permissions, or move it aside to start with a fresh one")
         log.error("%s", message)
         print(f"msting daemon: {message}", file=sys.stderr)
+        notifier.status(f"not started (exit 78): {message}")
         return DaemonExit.CONFIG
     try:
         launcher = WorkerLauncher(enabled=config.llm_service.warm_spare)
@@ -196,6 +218,7 @@ async def _serve(config: Config, paths: Paths, sockets: list[socket.socket], sec
     except ConfigError as exc:
         log.error("the default profile is invalid:\n%s", exc)
         print(f"msting daemon: configuration error:\n{exc}", file=sys.stderr)
+        notifier.status(f"configuration error (exit 78), fix the profile and start again: {exc}")
         return DaemonExit.CONFIG
     service = LocalService(config, paths, routing, store, launcher)
     local = LocalProvider(service)
@@ -221,22 +244,37 @@ async def _serve(config: Config, paths: Paths, sockets: list[socket.socket], sec
     # stall). Collect first so nothing collectable is frozen.
     gc.collect()
     gc.freeze()
-    notifier = asyncio.create_task(_systemd_notify(service, control), name="systemd")
+    where = f"{config.socket_path(paths)} and {config.url}"
+
+    def milestone() -> tuple[str, str]:
+        status, reason, _ = control.readiness()
+        if status == "ready":
+            return status, f"ready: profile {service.routing.profile}, default model {service.routing.default_model}, on {where}"
+        return status, f"{status}: {reason}" if reason else status
+
+    readiness_task = asyncio.create_task(follow_readiness(notifier, milestone), name="notify readiness")
+    watchdog_task = asyncio.create_task(keep_watchdog(notifier), name="notify watchdog")
 
     sig = await signals.get()
     log.info("received %s: draining (grace %gs)", signal.Signals(sig).name, config.llm_service.drain_grace_sec)
+    readiness_task.cancel()  # from here on the stop's own lines
+    notifier.stopping(f"stopping ({signal.Signals(sig).name}): draining in-flight requests "
+                      f"(up to {config.llm_service.drain_grace_sec:g} s), then stopping the workers")
     shutdown = asyncio.create_task(service.shutdown(config.llm_service.drain_grace_sec), name="shutdown")
     second = asyncio.create_task(signals.get())
     done, _ = await asyncio.wait({shutdown, second}, return_when=asyncio.FIRST_COMPLETED)
     forced = second in done
     if forced:
         log.warning("second signal: forcing exit")
+        notifier.status("stopping: second signal, killing the workers and exiting now")
         service.kill_workers()
         server.force_exit = True
         shutdown.cancel()
     else:
         second.cancel()
-    notifier.cancel()
+    watchdog_task.cancel()
+    if not forced:
+        notifier.status("stopping: workers stopped, closing the HTTP server")
     server.should_exit = True
     try:
         await asyncio.wait_for(serve_task, timeout=config.llm_service.stop_timeout_sec + 5)
@@ -247,32 +285,3 @@ async def _serve(config: Config, paths: Paths, sockets: list[socket.socket], sec
     store.record_event("daemon_stop", detail="forced" if forced else "graceful")
     store.close()
     return DaemonExit.FAILURE if forced else DaemonExit.OK
-
-
-async def _systemd_notify(service, control) -> None:
-    """READY=1 once the always-ready models settled, then watchdog pings from the event loop."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-
-    def notify(message: str) -> None:
-        with contextlib.suppress(OSError):
-            sock.sendto(message.encode(), address)
-
-    try:
-        for model in service.routing.models.values():
-            if model.started:
-                await model.wait_settled(service.config.llm_service.startup_timeout_sec)
-        status, reason, _ = control.readiness()
-        notify(f"READY=1\nSTATUS={status}{': ' + reason if reason else ''}")
-        usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
-        if usec <= 0:
-            return
-        while True:
-            await asyncio.sleep(usec / 2e6)
-            notify("WATCHDOG=1")
-    finally:
-        sock.close()

@@ -1,0 +1,136 @@
+"""The daemon under an init system: systemd's notification protocol on a real datagram
+socket, from a real daemon started as the unit starts it (`msting llm start --foreground`)."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import time
+import uuid
+
+import pytest
+from daemon_home import msting_command
+
+pytestmark = pytest.mark.e2e
+
+WATCHDOG_USEC = 400_000  # a ping every 0.2 s
+
+
+class NotifySocket:
+    """What systemd listens on: a Unix datagram socket, by path or in the abstract namespace."""
+
+    def __init__(self, home, abstract: bool):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        if abstract:
+            name = f"msting-test-{uuid.uuid4().hex}"
+            self.sock.bind("\0" + name)
+            self.address = "@" + name
+        else:
+            self.address = str(home / "notify.sock")
+            self.sock.bind(self.address)
+        self.messages: list[str] = []
+
+    def next(self, timeout: float = 60) -> str:
+        self.sock.settimeout(timeout)
+        message = self.sock.recv(8192).decode()
+        self.messages.append(message)
+        return message
+
+    def until(self, predicate, timeout: float = 90) -> str:
+        """Read until a message matches; fails (socket timeout) if none comes."""
+        deadline = time.monotonic() + timeout
+        while True:
+            message = self.next(max(0.1, deadline - time.monotonic()))
+            if predicate(message):
+                return message
+
+    def close(self):
+        self.sock.close()
+
+
+def _foreground(daemon_home, notify: NotifySocket) -> subprocess.Popen:
+    env = dict(daemon_home.env, NOTIFY_SOCKET=notify.address, WATCHDOG_USEC=str(WATCHDOG_USEC))
+    return subprocess.Popen([*msting_command(), "llm", "start", "--foreground"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _lines(message: str) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in message.split("\n"))
+
+
+@pytest.mark.parametrize("abstract", [False, True], ids=["path", "abstract"])
+def test_ready_status_watchdog_and_stopping_arrive_in_order(daemon_home, abstract):
+    notify = NotifySocket(daemon_home.home, abstract)
+    proc = _foreground(daemon_home, notify)
+    try:
+        first = notify.next()
+        assert first.startswith("STATUS=starting: listening on ") and str(daemon_home.socket) in first
+        ready = notify.until(lambda m: "READY=1" in m.split("\n"))
+        # READY=1 only once readiness holds: the default model has generated
+        with daemon_home.client() as c:
+            assert c.get("/health/ready").status_code == 200
+            model = c.get("/v1/status").json()["models"][0]
+        assert model["state"] == "ready" and model["verified"] is True
+        assert _lines(ready)["STATUS"].startswith("ready: profile default, default model msting-tiny")
+        before = notify.messages[:-1]
+        assert any(m.startswith("STATUS=loading: model 'msting-tiny'") for m in before), before
+        assert not any("READY=1" in m for m in before)
+
+        pings = len([m for m in notify.messages if m == "WATCHDOG=1"])
+        for _ in range(3):  # the pings go on after READY=1
+            notify.until(lambda m: m == "WATCHDOG=1")
+        assert len([m for m in notify.messages if m == "WATCHDOG=1"]) >= pings + 3
+
+        proc.send_signal(signal.SIGTERM)
+        stopping = notify.until(lambda m: "STOPPING=1" in m.split("\n"))
+        assert "draining" in _lines(stopping)["STATUS"]
+        notify.until(lambda m: m.startswith("STATUS=stopping: workers stopped"))
+        assert proc.wait(timeout=60) == 0, proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        notify.close()
+    seen = [next(k for k in ("READY=1", "STOPPING=1", "STATUS") if k in m) for m in notify.messages if m != "WATCHDOG=1"]
+    assert seen.index("READY=1") < seen.index("STOPPING=1")
+    assert seen.count("READY=1") == 1 and seen.count("STOPPING=1") == 1
+
+
+def test_a_failed_model_never_sends_ready(daemon_home, corrupt_gguf):
+    daemon_home.write_config({"llm": {"model": str(corrupt_gguf)}})
+    notify = NotifySocket(daemon_home.home, abstract=False)
+    proc = _foreground(daemon_home, notify)
+    try:
+        failed = notify.until(lambda m: m.startswith("STATUS=failed: "))
+        assert "corrupt.gguf" in failed
+        # the daemon stays up and alive (watchdog), but start-up is not complete
+        for _ in range(3):
+            notify.until(lambda m: m == "WATCHDOG=1")
+        with daemon_home.client() as c:
+            assert c.get("/health/ready").json()["status"] == "failed"
+        proc.send_signal(signal.SIGTERM)
+        notify.until(lambda m: "STOPPING=1" in m.split("\n"))
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        notify.close()
+    assert not any("READY=1" in m.split("\n") for m in notify.messages), notify.messages
+
+
+def test_a_config_error_says_so_and_exits_78(daemon_home):
+    daemon_home.write_config({"llm_service": {"prot": 1}})
+    notify = NotifySocket(daemon_home.home, abstract=False)
+    proc = _foreground(daemon_home, notify)
+    try:
+        status = notify.next()
+        assert proc.wait(timeout=60) == 78
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        notify.close()
+    assert status.startswith("STATUS=configuration error (exit 78)") and "llm_service.prot" in status
+    assert "\n" not in status
+
