@@ -697,20 +697,68 @@ def compile_msting() -> None:
 # tokenizer, deterministic F32 weights) at 512 wide and 8 layers: about 26M parameters, 104 MB.
 LARGE_DIMS = {"n_embd": 512, "n_layer": 8, "n_head": 8, "n_head_kv": 8, "n_ff": 1376}
 LARGE_NAME = "msting-bench-26m"
+# A model of realistic size, where decoding is memory-bound as with the 1-8B models users run:
+# the same recipe at 1024 wide and 12 layers, stored in F16 (its matrices; the norms stay F32):
+# about 184M parameters, 350 MiB.
+REALISTIC_DIMS = {"n_embd": 1024, "n_layer": 12, "n_head": 16, "n_head_kv": 16, "n_ff": 3584}
+REALISTIC_NAME = "msting-bench-180m"
 
 
 def large_model(folder: Path = CACHE) -> Path:
-    """The generated bench model, written once into bench/.cache (the same bytes every time)."""
+    """The generated 26M bench model, written once into bench/.cache (the same bytes every time)."""
+    return generated_model(LARGE_NAME, LARGE_DIMS, folder=folder)
+
+
+def realistic_model(folder: Path = CACHE) -> Path:
+    """The generated 180M F16 bench model, written once into bench/.cache."""
+    return generated_model(REALISTIC_NAME, REALISTIC_DIMS, f16=True, folder=folder)
+
+
+def generated_model(name: str, dims: dict, f16: bool = False, folder: Path = CACHE) -> Path:
+    """msting-tiny's recipe at `dims` (random weights, msting-tiny's vocabulary), in F32 or,
+    with `f16`, converted to F16; written once into `folder` (the same bytes every time)."""
     from msting.models.builtin import BUILTIN_VERSION, write_tiny_model
 
-    target = folder / f"{LARGE_NAME}-v{BUILTIN_VERSION}.gguf"
+    target = folder / f"{name}{'-f16' if f16 else ''}-v{BUILTIN_VERSION}.gguf"
     if not (target.is_file() and target.stat().st_size > 0):
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(".tmp")
-        write_tiny_model(tmp, **LARGE_DIMS, name=LARGE_NAME,
-                         description="msting benchmark model: msting-tiny's recipe, larger (random weights)")
-        os.replace(tmp, target)
+        tmp, f32 = target.with_suffix(".tmp"), target.with_suffix(".f32.tmp")
+        try:
+            write_tiny_model(f32 if f16 else tmp, **dims, name=name,
+                             description="msting benchmark model: msting-tiny's recipe, larger (random weights)")
+            if f16:
+                to_f16(f32, tmp)
+            os.replace(tmp, target)
+        finally:
+            for leftover in (tmp, f32):
+                leftover.unlink(missing_ok=True)
     return target
+
+
+def to_f16(src: Path, dst: Path) -> None:
+    """Copy the GGUF `src` to `dst` with its matrices in F16 (1-D tensors stay F32, as
+    llama.cpp's converters keep them), every metadata key kept but the file type."""
+    import gguf
+    import numpy as np
+
+    reader = gguf.GGUFReader(str(src))
+    arch = reader.fields[gguf.Keys.General.ARCHITECTURE].contents()
+    writer = gguf.GGUFWriter(str(dst), arch)
+    try:
+        for f in reader.fields.values():
+            if f.name in (gguf.Keys.General.ARCHITECTURE, gguf.Keys.General.FILE_TYPE) or f.name.startswith("GGUF."):
+                continue
+            vtype = f.types[0]
+            writer.add_key_value(f.name, f.contents(), vtype, sub_type=f.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None)
+        writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+        for t in reader.tensors:
+            data = np.asarray(t.data)
+            writer.add_tensor(t.name, data.astype(np.float16) if data.ndim >= 2 else data)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+    finally:
+        writer.close()
 
 
 def human_params(n: int | None) -> str:

@@ -5,8 +5,10 @@ pick instead:
     .venv/bin/python bench/run.py [--quick] [--only SECTION ...] [--docs DIR | --no-docs] [--wait-quiet S] [--keep-homes]
     .venv/bin/python bench/run.py --render bench/results/run.json   # rewrite the page from saved results
 
-Sections: memory_cli and concurrency (bench/suite.py), overhead, service, switch, proxy
-(bench/<name>.py; ``bench/service.py`` is ``bench/run.py --only service``). A run rewrites
+Sections: memory_cli and concurrency (bench/suite.py), overhead, service, switch, proxy,
+batching (bench/<name>.py; ``bench/service.py`` is ``bench/run.py --only service``).
+``--param KEY=VALUE`` (VALUE as JSON, else a string) replaces one parameter of the sections'
+profile, e.g. ``--only batching --quick --param rounds=2 'servers=["msting (defaults)"]'``. A run rewrites
 the generated blocks of docs/benchmarks.md and the plots in docs/img/, and writes the raw
 figures to bench/results/run.json (``run.quick.json``; with ``--only``, into the last run's
 file, the other sections kept).
@@ -21,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import batching
 import harness as h
 import overhead
 import proxy
@@ -30,15 +33,16 @@ import suite
 import switch
 
 SECTIONS: dict[str, Any] = {"memory_cli": suite.MEMORY, "overhead": overhead, "concurrency": suite.CONCURRENCY, "service": service,
-                            "switch": switch, "proxy": proxy}
-DOC_ORDER = ["service", "overhead", "switch", "proxy", "concurrency", "memory_cli"]  # the page's order
+                            "switch": switch, "proxy": proxy, "batching": batching}
+DOC_ORDER = ["service", "overhead", "switch", "proxy", "batching", "concurrency", "memory_cli"]  # the page's order
 TARGET_LARGE_RATIO = 0.98  # decode tokens/s over in process on the 26M model, where the engine dominates
 
 
-def measure(key: str, mode: str, wait: float) -> dict:
-    """One section: its parts in order, then every process it started stopped."""
+def measure(key: str, mode: str, wait: float, params: dict | None = None) -> dict:
+    """One section: its parts in order, then every process it started stopped; `params`
+    replace those of its profile."""
     mod = SECTIONS[key]
-    p = mod.PROFILES[mode]
+    p = {**mod.PROFILES[mode], **(params or {})}
     if wait:
         h.wait_quiet(wait)
     res: dict[str, Any] = {"mode": mode, "params": p, "machine": h.machine(), "started_at": h.now(),
@@ -64,7 +68,8 @@ def measure(key: str, mode: str, wait: float) -> dict:
 
 def targets(res: dict) -> dict[str, list[list[str]]]:
     """The targets' rows, by the section they come from."""
-    groups: dict[str, list[list[str]]] = {SECTIONS[k].TITLE[3:]: [] for k in ("overhead", "concurrency", "service", "memory_cli", "switch", "proxy")}
+    groups: dict[str, list[list[str]]] = {SECTIONS[k].TITLE[3:]: [] for k in ("overhead", "batching", "concurrency", "service", "memory_cli", "switch",
+                                                                          "proxy")}
     yes = r.yes
     rows = groups[overhead.TITLE[3:]]
     for key, model in ((res.get("overhead") or {}).get("models") or {}).items():
@@ -142,8 +147,9 @@ def targets(res: dict) -> dict[str, list[list[str]]]:
     if sw:
         groups[switch.TITLE[3:]].append(["profile switch under load: switch time (median) / failed requests",
                      f"{sw['duration_ms']['median']:.0f} ms / {sw.get('failed')} of {sw.get('requests')}", "0 failed", yes(sw.get("failed") == 0)])
-    if res.get("proxy"):
-        groups[proxy.TITLE[3:]] += proxy.summary_rows(res["proxy"])
+    for mod in (proxy, batching):
+        if res.get(mod.KEY):
+            groups[mod.TITLE[3:]] += mod.summary_rows(res[mod.KEY])
     return {title: rows for title, rows in groups.items() if rows}
 
 
@@ -226,8 +232,20 @@ def write_docs(res: dict, folder: Path) -> None:
     r.write_block(page, "summary", r.md(summary_blocks(res, plots(res, folder / "img"))))
     for key in DOC_ORDER:
         if res.get(key) and not res[key].get("errors"):
+            if hasattr(SECTIONS[key], "plot"):  # a section's own plot, shown in its block
+                SECTIONS[key].plot(res[key], folder / "img")
             r.write_block(page, key, r.md(section_blocks(res, key)), SECTIONS[key].TITLE)
     print(f"updated {page}")
+
+
+def parse_param(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise SystemExit(f"--param {text!r}: expected KEY=VALUE")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -235,7 +253,9 @@ def main(argv: list[str] | None = None) -> int:
                   "fewer repetitions and tokens (1-2 minutes)", "benchmarks.md and img/")
     ap.add_argument("--wait-quiet", type=float, default=0, metavar="S",
                     help="before each section, wait up to S seconds until no other pytest/msting/busy program runs")
+    ap.add_argument("--param", nargs="+", default=[], metavar="KEY=VALUE", help="replace a parameter of the sections' profile (VALUE: JSON, else a string)")
     args = ap.parse_args(argv)
+    params = dict(parse_param(x) for x in args.param)
     docs = args.docs.resolve() if args.docs else None
     if args.render:
         write_docs(json.loads(args.render.read_text()), docs or r.DOCS)
@@ -253,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     res["large_model"] = {"path": str(large), "size_bytes": large.stat().st_size, "dims": h.LARGE_DIMS}
     try:
         for key in sections:
-            res[key] = measure(key, mode, args.wait_quiet)
+            res[key] = measure(key, mode, args.wait_quiet, params)
             res["errors"] += res[key]["errors"]
             res.setdefault("section_sec", {})[key] = res[key]["duration_sec"]
             print(f"  [{key}] took {res[key]['duration_sec']:.0f} s", flush=True)
