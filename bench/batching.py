@@ -310,8 +310,8 @@ def summarize(cells: dict[str, list[dict]], levels: list[int]) -> dict:
                             "requests": len(replies), "ok": sum(x["ok"] for x in replies),
                             "tokens": sorted({x.get("tokens") for x in replies if x["ok"]}, key=str),
                             "finish": sorted({str(x.get("finish")) for x in replies if x["ok"]}),
-                            "texts": len({x.get("text") for x in replies if x["ok"]}),
                             "failures": [x.get("error") for x in replies if not x["ok"]][:3]}
+    out["texts"] = sorted({x.get("text") or "" for c in map(str, levels) for run in cells.get(c) or [] for x in run["replies"] if x["ok"]})
     runs = cells.get("ttft") or []
     replies = [x for run in runs for x in run["replies"]]
     ms = [x["ttft"] * 1000.0 for x in replies if x["ok"]]
@@ -454,13 +454,13 @@ def summary_rows(res: dict) -> list[list[str]]:
 def server_note(name: str, s: dict) -> str:
     i = s.get("info") or {}
     if s["kind"] == "msting":
-        bits = [f"n_threads {i.get('n_threads')}"]
+        th = i.get("threads") if isinstance(i.get("threads"), dict) else {}
+        bits = [f"n_threads {i.get('n_threads') or th.get('chosen')}"]
         if "parallel" in i:
             bits.append(f"parallel {i['parallel']}")
         if i.get("replicas", 1) != 1:
             bits.append(f"replicas {i['replicas']}")
-        th = i.get("threads")
-        if isinstance(th, dict) and th.get("reason"):
+        if th.get("reason"):
             bits.append(f"threads {th.get('source')}: {th['reason']}")
         return ", ".join(bits)
     if s["kind"] == "llama-server":
@@ -521,7 +521,7 @@ def blocks(res: dict) -> list:
                 f"measured in {m.get('measure_sec', 0) / 60:.1f} min). Aggregate tok/s: median (min-max) over the rounds; TTFT at "
                 f"{TTFT_CLIENTS} clients, ms:",
                 r.Table(["server", *[f"{c} client{'s' if c > 1 else ''}" for c in levels], "TTFT p50 / p95", "RSS all MiB", "RSS model MiB",
-                         "ok", "settings in effect"], model_rows(m, levels), "lr" + "r" * (len(levels) + 4) + "l")]
+                         "ok", "settings in effect"], model_rows(m, levels), "l" + "r" * (len(levels) + 4) + "l")]
         for name, why in m.get("not_started", {}).items():
             out.append(f"{name} did not start: {why.splitlines()[0][:300]}")
     out.append(f"![aggregate tok/s against clients]({PLOT})")
@@ -535,9 +535,7 @@ def notes(res: dict) -> list[str]:
             continue
         toks = {name: lv["tokens"] for name, s in m["servers"].items() for lv in s["levels"].values()}
         counts = sorted({str(t) for ts in toks.values() for t in ts})
-        out.append(f"{MODELS[key]}: completion tokens per reply {', '.join(counts)} (`max_tokens` {m['max_tokens']}); distinct texts "
-                   "per server over its replies: " + ", ".join(f"{n} {max(lv['texts'] for lv in s['levels'].values())}"
-                                                               for n, s in m["servers"].items()) + ".")
+        out.append(f"{MODELS[key]}: completion tokens per reply {', '.join(counts)} (`max_tokens` {m['max_tokens']}). " + texts_line(m))
         fc = [x["foreign_cores"] for x in m.get("rounds", [])]
         if fc:
             out.append(f"{MODELS[key]}: other programs used {', '.join(f'{x:.2f}' for x in fc)} cores during the rounds (the machine's "
@@ -546,6 +544,18 @@ def notes(res: dict) -> list[str]:
         if fails:
             out.append(f"{MODELS[key]}: failed requests, e.g. {'; '.join(fails[:3])}.")
     return out
+
+
+def texts_line(m: dict) -> str:
+    """Whether each server gave one text at every level, and which servers agree (temperature 0:
+    a sequence's text must not depend on the others decoded with it)."""
+    groups: dict[str, list[str]] = {}
+    for name, s in m["servers"].items():
+        if len(s["texts"]) == 1:
+            groups.setdefault(s["texts"][0], []).append(name)
+    several = [f"{n} ({len(s['texts'])})" for n, s in m["servers"].items() if len(s["texts"]) > 1]
+    return (("Every server gave one text at every level" if not several else f"Servers with several texts over their replies: {', '.join(several)}")
+            + "; servers giving the same text: " + " | ".join(", ".join(ns) for ns in groups.values()) + ".")
 
 
 def plot(res: dict, folder: Path) -> list[str]:
@@ -564,11 +574,13 @@ def plot(res: dict, folder: Path) -> list[str]:
     levels = res["params"]["levels"]
     fig, axes = plt.subplots(1, len(models), figsize=(6.5 * len(models), 4.8), squeeze=False)
     styles = {"msting": "-", "llama-server": "--", "llama_cpp.server": ":"}
+    colors = plt.get_cmap("tab20").colors
     for ax, m in zip(axes[0], models.values()):
-        for name, s in m["servers"].items():
+        for i, (name, s) in enumerate(m["servers"].items()):
             a = [s["levels"][str(c)]["agg_tps"] for c in levels]
             ax.errorbar(levels, [v["median"] for v in a], yerr=[[v["median"] - v["min"] for v in a], [v["max"] - v["median"] for v in a]],
-                        marker="o", ms=4, capsize=2, ls=styles[s["kind"]], lw=2.2 if name == "msting (defaults)" else 1.2, label=name)
+                        marker="o", ms=4, capsize=2, ls=styles[s["kind"]], color=colors[(2 * i) % 20 + (2 * i) // 20],
+                        lw=2.4 if name == "msting (defaults)" else 1.2, label=name)
         ax.set_xscale("log", base=2)
         ax.set_xticks(levels, [str(c) for c in levels])
         ax.set(xlabel="concurrent clients", ylabel="aggregate completion tokens/s")
