@@ -236,7 +236,8 @@ def test_cancelled_non_streaming_request_frees_its_replica(service):
 def test_stream_abandoned_while_queued_never_runs(daemon_home):
     import socket as socketlib
 
-    daemon_home.write_config({"llm": {"n_ctx": 8192}})  # a long first request: seconds
+    # a long first request (seconds) in the worker's only slot, so the next one waits in the queue
+    daemon_home.write_config({"llm": {"n_ctx": 8192, "parallel": 1}})
     daemon_home.start()
 
     def model():

@@ -130,11 +130,11 @@ def test_worker_kill_during_a_burst_loses_no_request(daemon_home):
             return c.post("/generate", json=body)
 
     # Freeze the worker first, so the burst piles up behind it whatever the machine's
-    # load: one request in its hands, the rest queued. Then kill -9 it.
+    # load: as many requests in its hands as it has slots, the rest queued. Then kill -9 it.
     os.kill(worker_pid, signal.SIGSTOP)
     with ThreadPoolExecutor(max_workers=n) as pool:
         futures = [pool.submit(one, i) for i in range(n)]
-        daemon_home.wait_for(lambda: daemon_home.client().get("/v1/status").json()["models"][0]["queue_depth"] >= n - 1,
+        daemon_home.wait_for(lambda: (m := daemon_home.client().get("/v1/status").json()["models"][0])["queue_depth"] + m["in_flight"] >= n,
                              timeout=60, interval=0.01, what="the burst queued behind the frozen worker")
         os.kill(worker_pid, signal.SIGKILL)
         responses = [f.result() for f in futures]

@@ -11,7 +11,7 @@ import typer
 
 from msting.cli.exit_codes import ExitCode
 from msting.cli.output import CommandError, Terminal, fmt_ms
-from msting.cli.status import connect, daemon_errors, fmt_bytes, fmt_keep_alive
+from msting.cli.status import connect, daemon_errors, fmt_bytes, fmt_keep_alive, fmt_worker
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object to stdout instead of text.")]
 ModelArg = Annotated[str, typer.Argument(metavar="NAME", help="A model of the active profile (`msting llm models` lists them), or 'default'.", show_default=False)]
@@ -57,7 +57,8 @@ def merge_models(listed: list[dict[str, Any]], shown: list[dict[str, Any]]) -> l
         for part in [main, *(p for p in parts if p is not main)]:
             role = "embeddings" if part is not main else None
             for w in part.get("workers") or []:
-                workers.append({"pid": w.get("pid"), "state": w.get("state"), "rss_bytes": w.get("rss_bytes"), "role": role})
+                workers.append({"pid": w.get("pid"), "state": w.get("state"), "slots": w.get("slots"), "slots_busy": w.get("slots_busy"),
+                                "rss_bytes": w.get("rss_bytes"), "role": role})
         rss = [p.get("rss_bytes") for p in parts if isinstance(p.get("rss_bytes"), (int, float))]
         rows.append(
             {
@@ -103,7 +104,7 @@ def print_models(term: Terminal, result: dict[str, Any]) -> None:
         state = str(m.get("state") or "?")
         ctx = m.get("context_length")
         workers = [
-            f"{w.get('pid') or '-'} {w.get('state') or '?'} {fmt_bytes(w.get('rss_bytes'), short=True)}" + (f" ({w['role']})" if w.get("role") else "")
+            f"{fmt_worker(w)} {fmt_bytes(w.get('rss_bytes'), short=True)}" + (f" ({w['role']})" if w.get("role") else "")
             for w in m["workers"]
         ]
         table.add_row(
@@ -116,7 +117,7 @@ def print_models(term: Terminal, result: dict[str, Any]) -> None:
             fmt_bytes(m["rss_bytes"], short=True) if m.get("rss_bytes") else "-",
         )
     term.print(table)
-    legend = "* default model; keep-alive = how long an idle model stays loaded (always: always-ready); workers: pid, state, RSS"
+    legend = "* default model; keep-alive = how long an idle model stays loaded (always: always-ready); workers: pid, state, slots busy/total, RSS"
     term.print(Text(legend, style="dim"))
 
 

@@ -165,6 +165,40 @@ def fmt_keep_alive(model: dict[str, Any]) -> str:
     return fmt_duration(sec) if sec >= 60 else f"{sec:g}s"
 
 
+def fmt_worker(worker: dict[str, Any]) -> str:
+    """``1234 BUSY 3/4``: pid, state, and slots busy / total once it serves."""
+    text = f"{worker.get('pid') or '-'} {worker.get('state', '?')}"
+    slots, busy = worker.get("slots"), worker.get("slots_busy")
+    if isinstance(slots, int) and isinstance(busy, int):
+        text += f" {busy}/{slots}"
+    return text
+
+
+def fmt_threads(worker: dict[str, Any]) -> str | None:
+    """A worker's thread count and how it was chosen: ``n_threads 2, measured: 2
+    threads decoded 61.2 tok/s against 37.9 with 1``, or ``n_threads 4, as configured``."""
+    threads = worker.get("threads") if isinstance(worker.get("threads"), dict) else {}
+    chosen = threads.get("chosen", worker.get("n_threads"))
+    if chosen is None:
+        return None
+    text = f"n_threads {chosen}"
+    if threads.get("source") == "measured":
+        text += ", measured" + (f": {threads['reason']}" if threads.get("reason") else "")
+    elif threads.get("source") == "spec":
+        text += ", as configured"
+    return text
+
+
+def model_details(model: dict[str, Any]) -> str | None:
+    """What the table has no room for: the threads choice of the model's workers (once
+    when they agree), and the prompt tokens they reused from a slot's cache."""
+    parts = list(dict.fromkeys(t for w in model.get("workers") or [] if (t := fmt_threads(w))))
+    cached = model.get("cached_tokens")
+    if isinstance(cached, int) and model.get("type") != "embeddings":
+        parts.append(f"{cached} prompt tokens reused from the cache")
+    return "; ".join(parts) or None
+
+
 def model_labels(models: list[dict[str, Any]]) -> list[str]:
     """Row labels: an llm model's embeddings companion (same name) reads ``NAME (embeddings)``."""
     llm_names = {m.get("name") for m in models if m.get("type") != "embeddings"}
@@ -257,8 +291,12 @@ def print_status(term: Terminal, info: dict[str, Any]) -> None:
         return
     rows: list[dict[str, Any]] = []
     errors: list[tuple[str, str]] = []
+    details: list[tuple[str, str]] = []
     for label, m in zip(model_labels(models), models):
         workers = m.get("workers") or []
+        detail = model_details(m)
+        if detail and m.get("state") != "stopped":
+            details.append((label, detail))
         last_error = m.get("last_error") or next((w.get("last_error") for w in workers if w.get("last_error")), None)
         if last_error:
             fatal = m.get("fatal") if isinstance(m.get("fatal"), dict) else None
@@ -275,7 +313,7 @@ def print_status(term: Terminal, info: dict[str, Any]) -> None:
             {
                 "model": name,
                 "state": Text(model_state, style=_STATE_STYLES.get(model_state, "")),
-                "workers": "\n".join(f"{w.get('pid') or '-'} {w.get('state', '?')}" for w in workers) or "-",
+                "workers": "\n".join(fmt_worker(w) for w in workers) or "-",
                 "rss": fmt_bytes(rss, short=True) if rss else "-",
                 "keep": fmt_keep_alive(m),
                 "restarts": str(m.get("restarts", 0)),
@@ -295,10 +333,13 @@ def print_status(term: Terminal, info: dict[str, Any]) -> None:
         dropped.append(col)
         table = _models_table(rows, dropped)
     term.print(table)
-    legend = "* default model; keep = how long an idle model stays loaded (always: always-ready); queue = waiting(+running)"
+    legend = ("* default model; workers: pid, state, slots busy/total; keep = how long an idle model stays loaded "
+              "(always: always-ready); queue = waiting(+running)")
     if dropped:
         legend += f"; {', '.join(dropped)} hidden: the terminal is too narrow (--json has them)"
     term.print(Text(legend, style="dim"))
+    for name, detail in details:
+        term.print(Text(f"{name}: {detail}"))
     for name, error in errors:
         line = Text(f"last error ({name}): ", style="bold red")
         line.append(error)

@@ -87,6 +87,7 @@ class ServiceConfig:
     warm_spare: bool = opt(True, Bool())
     api_key_env_var: str = opt("LLM_API_KEY", ENV_VAR_NAME)
     allowed_hosts: tuple[str, ...] = opt((), StrList())
+    metrics_public: bool = opt(False, Bool())  # GET /metrics without the API key (for a scraper)
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,7 @@ class LLMConfig:
     n_threads: int | None = opt(None, Num(integer=True, lo=1, nullable=True))
     n_gpu_layers: int = opt(0, Num(integer=True, lo=-1))
     replicas: int = opt(1, Num(integer=True, lo=1, hi=64))
+    parallel: int | None = opt(None, Num(integer=True, lo=1, hi=64, nullable=True))  # slots per worker; null = automatic
     chat_format: str | None = opt(None, Str(nullable=True))
     fallback_chain: tuple[str, ...] = opt((), StrList())
     services: tuple[RemoteServiceConfig, ...] = services_field()

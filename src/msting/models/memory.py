@@ -7,12 +7,16 @@ is loaded. A model served by ``replicas`` worker processes costs
   live in the page cache and are shared by every process that maps the same file:
   the replicas of a model, and other models on the same file (:func:`preflight`
   counts each file once).
-* **KV cache**, per replica: ``pad(n_ctx) * kv_bytes_per_token`` with f16 keys and
-  values (llama.cpp's default) and the context padded to a multiple of 256, as
-  llama.cpp does.
+* **KV cache**, per replica: ``parallel * pad(n_ctx) * kv_bytes_per_token`` with f16
+  keys and values (llama.cpp's default), the context padded to a multiple of 256, as
+  llama.cpp does, and one context of ``n_ctx`` for each of the worker's ``parallel``
+  slots (the sequences it decodes together in one batch).
 * **overhead**, per replica: the worker process itself (:data:`WORKER_PROCESS_BYTES`,
   measured), llama.cpp's vocabulary tables, and llama.cpp's compute, work and output
   buffers for a full batch at a full context (see :func:`_buffers_per_replica`).
+
+:func:`choose_parallel` picks a model's ``parallel`` when the configuration leaves it
+automatic: the largest of :data:`AUTO_PARALLEL` whose estimate fits the memory limit.
 
 The figures are for CPU inference (flash attention off, as llama-cpp-python
 defaults): offloading layers to a GPU (``n_gpu_layers``) only lowers what RAM must
@@ -67,6 +71,9 @@ NON_CAUSAL_ARCHS = frozenset(
 _F32 = 4
 _F16 = 2
 
+# The slot counts an automatic ``parallel`` chooses from, largest first.
+AUTO_PARALLEL = (8, 4, 2, 1)
+
 
 @dataclass(frozen=True)
 class MemoryEstimate:
@@ -90,6 +97,7 @@ class MemoryEstimate:
     buffers_bytes: int
     total_bytes: int
     notes: tuple[str, ...] = ()
+    parallel: int = 1  # slots per replica: each has its own KV cache of n_ctx
 
     @property
     def kv_bytes_per_replica(self) -> int:
@@ -102,7 +110,7 @@ class MemoryEstimate:
     def line(self) -> str:
         """One human line: ``story: 1.2 GiB (weights 0.9 GiB, KV cache 2 x 96.0 MiB, ...)``."""
         times = f"{self.replicas} x " if self.replicas > 1 else ""
-        kind = ", embeddings" if self.embedding else ""
+        kind = (f", {self.parallel} slots" if self.parallel > 1 else "") + (", embeddings" if self.embedding else "")
         text = (
             f"{self.name}: {format_bytes(self.total_bytes)} (weights {format_bytes(self.weights_bytes)}, "
             f"KV cache {times}{format_bytes(self.kv_bytes_per_replica)}, "
@@ -212,9 +220,12 @@ def _pools(info: GGUFInfo) -> bool:
     return value is not None and value != 0
 
 
-def _buffers_per_replica(info: GGUFInfo, n_ctx: int, embedding: bool) -> tuple[int, list[str]]:
+def _buffers_per_replica(info: GGUFInfo, n_ctx: int, embedding: bool, parallel: int = 1) -> tuple[int, list[str]]:
     """llama.cpp's buffers for one worker at its worst: a full micro-batch attending
-    to a full context (a long prompt's last chunk). Each term was checked against
+    to a full context (a long prompt's last chunk). With ``parallel`` slots, each slot
+    has its own KV stream of ``n_ctx`` cells (a non-unified cache), so attention still
+    spans one slot's cells (``n_kv`` below), while a generation step outputs one row of
+    logits per slot. Each term was checked against
     llama.cpp's own "compute buffer size" and the RSS of real workers (msting-tiny,
     stories260K and 50,000-token test vocabularies; generate and embed):
 
@@ -249,23 +260,26 @@ def _buffers_per_replica(info: GGUFInfo, n_ctx: int, embedding: bool) -> tuple[i
         logits = n_ub * vocab * _F32
         output = n_ub * (vocab + embd) * _F32
     else:
-        logits = vocab * _F32
-        output = (vocab + embd) * _F32
+        logits = parallel * vocab * _F32
+        output = parallel * (vocab + embd) * _F32
     activations = n_ub * _F32 * (8 * embd + 2 * n_ff)
     return max(attention, logits) + work + output + activations + vocab * VOCAB_BYTES_PER_TOKEN, notes
 
 
 def estimate_model(
-    info: GGUFInfo, n_ctx: int, replicas: int = 1, embedding: bool = False, name: str | None = None
+    info: GGUFInfo, n_ctx: int, replicas: int = 1, embedding: bool = False, name: str | None = None, parallel: int = 1
 ) -> MemoryEstimate:
-    """The memory a model needs when served by ``replicas`` workers with context
-    ``n_ctx``; ``embedding`` for an embeddings worker (its micro-batch is the whole
-    context). ``name`` labels the estimate (default: the file's general.name or stem).
+    """The memory a model needs when served by ``replicas`` workers of ``parallel``
+    slots each, with context ``n_ctx`` per slot; ``embedding`` for an embeddings
+    worker (its micro-batch is the whole context). ``name`` labels the estimate
+    (default: the file's general.name or stem).
     """
     if n_ctx < 1:
         raise ValueError(f"n_ctx must be >= 1, got {n_ctx}")
     if replicas < 1:
         raise ValueError(f"replicas must be >= 1, got {replicas}")
+    if parallel < 1:
+        raise ValueError(f"parallel must be >= 1, got {parallel}")
     notes: list[str] = []
     per_token = kv_bytes_per_token(info)
     if embedding and _is_non_causal(info):
@@ -274,8 +288,8 @@ def estimate_model(
         kv = 0
         notes.append("KV cache size unknown (the file does not give block_count, embedding_length and head counts)")
     else:
-        kv = padded_ctx(n_ctx) * per_token
-    buffers, buffer_notes = _buffers_per_replica(info, n_ctx, embedding)
+        kv = parallel * padded_ctx(n_ctx) * per_token
+    buffers, buffer_notes = _buffers_per_replica(info, n_ctx, embedding, parallel)
     notes.extend(buffer_notes)
     overhead = WORKER_PROCESS_BYTES + buffers
     weights = info.size_bytes
@@ -291,7 +305,26 @@ def estimate_model(
         buffers_bytes=buffers * replicas,
         total_bytes=weights + (kv + overhead) * replicas,
         notes=tuple(notes),
+        parallel=parallel,
     )
+
+
+def choose_parallel(info: GGUFInfo, n_ctx: int, replicas: int = 1, *, budget_bytes: int | None, embedding: bool = False,
+                    available_bytes: int | None = None) -> int:
+    """The automatic ``parallel``: the largest of :data:`AUTO_PARALLEL` (8, 4, 2, 1)
+    whose estimate (weights + replicas x (parallel x KV(n_ctx) + overhead)) fits in
+    what :func:`preflight` checks against: the memory available (psutil's
+    ``available`` unless given) and ``budget_bytes`` when there is a budget. 1 when
+    none fits (the preflight then refuses the model, with the figures)."""
+    if available_bytes is None:
+        import psutil
+
+        available_bytes = int(psutil.virtual_memory().available)
+    limit = available_bytes if budget_bytes is None else min(available_bytes, budget_bytes)
+    for parallel in AUTO_PARALLEL:
+        if estimate_model(info, n_ctx, replicas, embedding=embedding, parallel=parallel).total_bytes <= limit:
+            return parallel
+    return 1
 
 
 def preflight(

@@ -164,7 +164,7 @@ def test_split_known_keeps_the_known_keys_and_reports_the_others_first() -> None
 
 def test_profile_parameters_are_declared_as_the_llm_section_is() -> None:
     llm = schema_fields(LLMConfig)
-    for cls, names in ((ModelParams, list(schema_fields(ModelParams))), (ProfileModel, ["n_ctx", "replicas"])):
+    for cls, names in ((ModelParams, list(schema_fields(ModelParams))), (ProfileModel, ["n_ctx", "replicas", "parallel"])):
         for name in names:
             mine = schema_fields(cls)[name]
             assert mine.default == llm[name].default and mine.metadata["spec"] is llm[name].metadata["spec"], name

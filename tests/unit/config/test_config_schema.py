@@ -42,6 +42,7 @@ def test_default_yaml_values_as_documented() -> None:
     assert cfg.llm_service.api_key_env_var == "LLM_API_KEY"
     assert cfg.llm.model == "builtin:tiny"
     assert cfg.llm.n_threads is None
+    assert cfg.llm.parallel is None  # automatic
     assert cfg.logging.console_level == "WARNING"
     assert cfg.logging.max_bytes == 10485760
     assert cfg.url == "http://127.0.0.1:8086"
@@ -174,6 +175,8 @@ def test_every_problem_is_listed(paths: Paths) -> None:
         ("llm", "max_tokens", "0", "must be an integer between 1 and 1048576, got 0"),
         ("llm", "n_ctx", "8", "must be an integer >= 16, got 8"),
         ("llm", "n_threads", "0", "must be an integer >= 1 or null, got 0"),
+        ("llm", "parallel", "0", "must be an integer between 1 and 64 or null, got 0"),
+        ("llm", "parallel", "65", "must be an integer between 1 and 64 or null, got 65"),
         ("llm", "model", "builtin:huge", "unknown builtin model 'builtin:huge'"),
         ("logging", "file_level", "verbose", "must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, got 'verbose'"),
         ("logging", "backups", "-1", "must be an integer >= 0, got -1"),

@@ -133,9 +133,9 @@ def test_estimate_profile(paths: Paths, tmp_path: Path) -> None:
     p = load_profile(shipped_profiles_dir() / "embeddings.yaml")
     estimates = estimate_profile(p, paths.models_dir)
     info = read_gguf_info(paths.models_dir / "msting-tiny.gguf")
-    assert estimates == [
-        estimate_model(info, 2048, 1, embedding=False, name="msting-tiny"),
-        estimate_model(info, 512, 1, embedding=True, name="tiny-embed"),
+    assert estimates == [  # parallel automatic: 8 slots fit, with memory to spare
+        estimate_model(info, 2048, 1, embedding=False, name="msting-tiny", parallel=8),
+        estimate_model(info, 512, 1, embedding=True, name="tiny-embed", parallel=8),
     ]
     bad = parse_yaml(MINIMAL.replace("builtin:tiny", str(tmp_path / "none.gguf")))
     with pytest.raises(ConfigError) as exc:

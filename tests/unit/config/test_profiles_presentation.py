@@ -23,7 +23,7 @@ def test_describe_profiles(paths: Paths, home: Path, tmp_path: Path) -> None:
     assert default["implicit"] and not default["shipped"] and default["source"] is None
     assert default["valid"] and default["problems"] == [] and default["default_model"] == "msting-tiny"
     info = read_gguf_info(paths.models_dir / "msting-tiny.gguf")
-    tiny = estimate_model(info, 2048)
+    tiny = estimate_model(info, 2048, parallel=8)  # parallel automatic: 8 slots fit, with memory to spare
     assert default["estimated_bytes"] == default["always_ready_bytes"] == tiny.total_bytes
     assert default["models"] == [{
         "name": "msting-tiny", "type": "llm", "source": "builtin:tiny", "n_ctx": 2048, "replicas": 1,
@@ -33,7 +33,7 @@ def test_describe_profiles(paths: Paths, home: Path, tmp_path: Path) -> None:
 
     emb = described["embeddings"]
     assert emb["valid"] and emb["shipped"] and not emb["implicit"]
-    embed = estimate_model(info, 512, embedding=True)
+    embed = estimate_model(info, 512, embedding=True, parallel=8)
     assert emb["always_ready_bytes"] == tiny.total_bytes
     assert emb["estimated_bytes"] == tiny.total_bytes + embed.total_bytes - info.size_bytes  # one file, once
 

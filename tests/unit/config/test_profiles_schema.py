@@ -94,6 +94,7 @@ def test_full_profile_from_the_issue(tmp_path: Path) -> None:
             type: LLM
             n_ctx: 4096
             replicas: 2
+            parallel: 4
             always_ready: true
             params: {temperature: 0, max_tokens: 64, n_threads: 2, n_gpu_layers: -1, chat_format: chatml}
           embed:
@@ -110,7 +111,8 @@ def test_full_profile_from_the_issue(tmp_path: Path) -> None:
     assert p.source == src
     story, embed = p.models["story"], p.models["embed"]
     assert story.type == "llm" and story.path == Path("/path/to/model.gguf")
-    assert (story.n_ctx, story.replicas) == (4096, 2)
+    assert (story.n_ctx, story.replicas, story.parallel) == (4096, 2, 4)
+    assert embed.parallel is None  # automatic
     assert story.params == ModelParams(temperature=0.0, max_tokens=64, n_threads=2, n_gpu_layers=-1, chat_format="chatml")
     assert embed.embedding and embed.path == tmp_path / "models" / "embed.gguf"
     assert not embed.always_ready and embed.keep_alive_sec == 60.5
@@ -141,11 +143,13 @@ def test_every_schema_problem_is_listed_at_once() -> None:
           typ: {source: builtin:tiny, type: chat, n_ctx: big}
           tmp: {source: builtin:tiny, temperature: 0.5}
           many: {source: builtin:tiny, replicas: 65}
+          wide: {source: builtin:tiny, parallel: 65}
+          none: {source: builtin:tiny, parallel: 0}
         """
     )
     assert problems == {
         "description": "must be a string or null, got 5",
-        "default_model": "'embed' is an embeddings model; the default model must be an llm model; the llm models are: story, web, hf, tmp, many",
+        "default_model": "'embed' is an embeddings model; the default model must be an llm model; the llm models are: story, web, hf, tmp, many, wide, none",
         "memory_budget_mb": "must be a number > 0 or null, got -1",
         "routing": "unknown key (expected one of: description, default_model, models, memory_budget_mb)",
         "models.story.n_ctxx": "unknown key (did you mean 'n_ctx'?)",
@@ -162,6 +166,8 @@ def test_every_schema_problem_is_listed_at_once() -> None:
         "models.typ.n_ctx": "must be an integer >= 16, got 'big'",
         "models.tmp.temperature": "unknown key here (did you mean 'models.tmp.params.temperature'?)",
         "models.many.replicas": "must be an integer between 1 and 64, got 65",
+        "models.wide.parallel": "must be an integer between 1 and 64 or null, got 65",
+        "models.none.parallel": "must be an integer between 1 and 64 or null, got 0",
     }
 
 
@@ -412,6 +418,7 @@ def test_profile_from_config_llm_section(tmp_path: Path) -> None:
                 "n_threads": 3,
                 "n_gpu_layers": -1,
                 "replicas": 2,
+                "parallel": 4,
                 "chat_format": "chatml",
             }
         },
@@ -422,7 +429,7 @@ def test_profile_from_config_llm_section(tmp_path: Path) -> None:
     m = p.models["story"]
     assert m.source == str(tmp_path / "models" / "story.gguf")
     assert m.path == tmp_path / "models" / "story.gguf"
-    assert (m.type, m.n_ctx, m.replicas, m.always_ready) == ("llm", 1024, 2, True)
+    assert (m.type, m.n_ctx, m.replicas, m.parallel, m.always_ready) == ("llm", 1024, 2, 4, True)
     assert m.params == ModelParams(temperature=0.2, max_tokens=99, n_threads=3, n_gpu_layers=-1, chat_format="chatml")
 
 

@@ -20,10 +20,10 @@ def make_config(**llm_service: object) -> Config:
 
 
 def spec(name: str, path: Path, *, n_ctx: int = 256, type: str = "llm", always_ready: bool = True, replicas: int = 1,
-         temperature: float = limits.DEFAULT_TEMPERATURE, max_tokens: int = limits.DEFAULT_MAX_TOKENS,
+         parallel: int | None = 1, temperature: float = limits.DEFAULT_TEMPERATURE, max_tokens: int = limits.DEFAULT_MAX_TOKENS,
          keep_alive_sec: float = 300.0) -> ModelSpec:
     return ModelSpec(name=name, source=str(path), path=Path(path), builtin=False, n_ctx=n_ctx, n_threads=1, n_gpu_layers=0,
-                     replicas=replicas, always_ready=always_ready, type=type, temperature=temperature, max_tokens=max_tokens,
+                     replicas=replicas, parallel=parallel, always_ready=always_ready, type=type, temperature=temperature, max_tokens=max_tokens,
                      keep_alive_sec=keep_alive_sec)
 
 

@@ -17,7 +17,7 @@ from msting.api.errors import InvalidRequest, ServerError
 from msting.api.events import Done, Embeddings, Failed, Token, Usage
 from msting.api.requests import ChatRequest, CompletionRequest, EmbeddingRequest, Message, SamplingParams
 from msting.daemon.local import frames
-from msting.daemon.local.queue import JobStatus, LocalJob, ModelQueue, QueueFull, job_transition
+from msting.daemon.local.queue import JobStatus, LocalJob, ModelQueue, QueueFull, fits, job_transition
 from msting.transitions import IllegalTransition
 from msting.worker import params, protocol
 
@@ -589,3 +589,137 @@ def test_an_embedding_job_is_answered_with_embeddings() -> None:
     result = Embeddings("m", [[0.6, 0.8]], Usage(1))
     j.finish(result)
     assert j.events.get_nowait() is result and j.status is S.FINISHED
+
+
+# ---- slots ------------------------------------------------------------------------------
+
+
+class SlottedWorker:
+    """A worker with `slots` slots, taking jobs by the supervisor's rule (queue.fits):
+    its `offer` says None while it may not begin the job now. Its serve loop takes
+    again as soon as it took a job, as WorkerSupervisor._serve does."""
+
+    def __init__(self, q: ModelQueue, slots: int):
+        self.q = q
+        self.slots = slots
+        self.running: list[LocalJob] = []
+        self.task: asyncio.Task | None = None
+
+    def offer(self, j: LocalJob) -> bool | None:
+        if not fits(j, self.running, self.slots):
+            return None
+        self.running.append(j)
+        j.started(time.monotonic())
+        return True
+
+    async def serve(self) -> None:
+        while True:
+            await self.q.take(self.offer)
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self.serve())
+
+    def finish(self, j: LocalJob) -> None:
+        """`j` is answered: its slot frees and the queue's head is offered again."""
+        self.running.remove(j)
+        j.finish(Done("m", "", "stop", Usage(1, 1), {}))
+        self.q.dispatch()
+
+    async def stop(self) -> None:
+        assert self.task is not None
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+
+
+def suspect(prompt: str) -> LocalJob:
+    j = job(prompt)
+    j.attempts = 1  # it was in flight when a worker died
+    return j
+
+
+def test_a_worker_with_slots_takes_that_many_jobs_and_the_rest_wait() -> None:
+    async def main() -> None:
+        q = ModelQueue(8)
+        w = SlottedWorker(q, 3)
+        w.start()
+        await yield_a_few()
+        jobs = [job(f"p{i}") for i in range(5)]
+        for j in jobs:
+            q.put(j)
+            await yield_a_few()
+        assert w.running == jobs[:3] and len(q) == 2  # the bound counts the two waiting, not the slots
+        w.finish(jobs[1])  # a slot frees: the head goes to it at once, inside finish()
+        assert w.running == [jobs[0], jobs[2], jobs[3]] and len(q) == 1
+        await w.stop()
+
+    asyncio.run(main())
+
+
+def test_a_suspect_waits_for_an_idle_worker_and_runs_alone() -> None:
+    async def main() -> None:
+        q = ModelQueue(8)
+        w = SlottedWorker(q, 4)
+        w.start()
+        await yield_a_few()
+        busy = job("busy")
+        q.put(busy)
+        await yield_a_few()
+        s1, s2, later = suspect("s1"), suspect("s2"), job("later")
+        q.put_front(s1, s2)  # in order, ahead of everything
+        q.put(later)
+        await yield_a_few()
+        # the suspect at the head holds back the queue: no slot is given to `later` past it
+        assert w.running == [busy] and len(q) == 3
+        w.finish(busy)
+        await yield_a_few()
+        assert w.running == [s1]  # alone, though three slots are free
+        w.finish(s1)
+        await yield_a_few()
+        assert w.running == [s2]
+        w.finish(s2)
+        await yield_a_few()
+        assert w.running == [later] and len(q) == 0
+        await w.stop()
+
+    asyncio.run(main())
+
+
+def test_put_front_keeps_the_order_given() -> None:
+    async def main() -> None:
+        q = ModelQueue(8)
+        queued = job("queued")
+        q.put(queued)
+        a, b, c = job("a"), job("b"), job("c")
+        q.put_front(a, b, c)
+        w = Worker()
+        assert [await q.take(w.begin) for _ in range(4)] == [a, b, c, queued]
+
+    asyncio.run(main())
+
+
+def test_a_full_worker_lets_the_next_waiting_worker_take_the_job() -> None:
+    async def main() -> None:
+        q = ModelQueue(8)
+        full, free = SlottedWorker(q, 1), SlottedWorker(q, 1)
+        full.start()
+        await yield_a_few()
+        first = job("first")
+        q.put(first)
+        await yield_a_few()
+        free.start()
+        await yield_a_few()
+        second = job("second")
+        q.put(second)
+        assert full.running == [first] and free.running == [second]
+        await full.stop()
+        await free.stop()
+
+    asyncio.run(main())
+
+
+def test_fits_is_the_slot_rule() -> None:
+    a, b, s = job("a"), job("b"), suspect("s")
+    assert fits(a, [], 1) and not fits(a, [b], 1)
+    assert fits(a, [b], 2)
+    assert fits(s, [], 4) and not fits(s, [a], 4)  # a suspect only on an idle worker
+    assert not fits(a, [s], 4)  # and nothing beside it

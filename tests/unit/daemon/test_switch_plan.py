@@ -175,7 +175,9 @@ def test_identical_specs_are_kept_new_ones_load_and_the_plan_says_so(
     assert sorted(plan["keep"]) == ["story", "story:embed"]
     assert plan["unload"] == []  # extra is dropped but never ran: nothing to stop
     assert plan["on_demand"] == ["lazy"]
-    expected = preflight([estimate_model(read_gguf_info(stories), 384, 1)])
+    fresh = target.models["fresh"]
+    assert fresh.parallel == 8  # automatic: the largest slot count, since 8 slots of a tiny model fit
+    expected = preflight([estimate_model(read_gguf_info(stories), 384, 1, parallel=8)])
     mem = plan["memory"]
     assert mem["needed_bytes"] == expected.needed and mem["budget_bytes"] is None and mem["freed_by_unload_bytes"] == 0
     assert mem["message"].startswith("needs ") and "is available" in mem["message"]
@@ -191,7 +193,8 @@ def test_a_changed_spec_loads_a_new_model_under_the_same_name(
     assert target.models["story"].spec.n_ctx == 512
     assert target.models["extra"] is service.routing.models["extra"]
     assert plan["load"] == ["story"] and sorted(plan["keep"]) == ["extra", "extra:embed"]
-    assert plan["memory"]["needed_bytes"] == preflight([estimate_model(read_gguf_info(stories), 512, 1)]).needed
+    assert target.models["story"].parallel == 8  # automatic, with memory to spare
+    assert plan["memory"]["needed_bytes"] == preflight([estimate_model(read_gguf_info(stories), 512, 1, parallel=8)]).needed
 
 
 def test_models_of_one_file_count_its_weights_once(paths: Paths, config: Config, store: Store, one: Path, stories: Path) -> None:
@@ -199,7 +202,7 @@ def test_models_of_one_file_count_its_weights_once(paths: Paths, config: Config,
     write_profile(paths, "pair", {"a": model(stories, n_ctx=384), "b": model(stories, n_ctx=448)})
     _, plan = build_plan(service, load_target(service, "pair"))
     info = read_gguf_info(stories)
-    a, b = estimate_model(info, 384), estimate_model(info, 448)
+    a, b = estimate_model(info, 384, parallel=8), estimate_model(info, 448, parallel=8)  # automatic parallel, memory to spare
     assert plan["load"] == ["a", "b"]
     assert plan["memory"]["needed_bytes"] == a.total_bytes + b.total_bytes - info.size_bytes
 

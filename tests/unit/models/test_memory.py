@@ -293,3 +293,40 @@ def test_estimate_bounds_a_real_worker(builtin_model_path: Path, embedding: bool
     estimate = estimate_model(read_gguf_info(builtin_model_path), n_ctx, embedding=embedding).total_bytes
     assert measured <= estimate, f"worker RSS {measured / MiB:.1f} MiB > estimate {estimate / MiB:.1f} MiB"
     assert estimate <= 1.6 * measured, f"estimate {estimate / MiB:.1f} MiB vs worker RSS {measured / MiB:.1f} MiB"
+
+
+# ------------------------------------------------------------------------- parallel
+
+
+def test_each_slot_costs_one_kv_cache_of_n_ctx(builtin_model_path: Path) -> None:
+    info = read_gguf_info(builtin_model_path)
+    one = estimate_model(info, 512)
+    four = estimate_model(info, 512, replicas=2, parallel=4)
+    assert four.parallel == 4 and one.parallel == 1
+    assert four.kv_bytes_per_replica == 4 * one.kv_bytes_per_replica
+    assert four.kv_bytes == 2 * 4 * 512 * kv_bytes_per_token(info)
+    # attention spans one slot's own KV stream; the output buffer gets one row per slot
+    # (the logits share the attention scores' memory, which is larger here)
+    vocab, embd = 640, 64
+    assert four.buffers_bytes // 2 - one.buffers_bytes == 3 * (vocab + embd) * 4
+    assert four.weights_bytes == one.weights_bytes  # the weights, once
+    assert "4 slots" in four.line() and "slots" not in one.line()
+    with pytest.raises(ValueError):
+        estimate_model(info, 512, parallel=0)
+
+
+def test_automatic_parallel_is_the_largest_of_8_4_2_1_that_fits(builtin_model_path: Path) -> None:
+    from msting.models.memory import AUTO_PARALLEL, choose_parallel
+
+    info = read_gguf_info(builtin_model_path)
+    sizes = {p: estimate_model(info, 1024, parallel=p).total_bytes for p in AUTO_PARALLEL}
+    assert sizes[8] > sizes[4] > sizes[2] > sizes[1]
+    assert choose_parallel(info, 1024, budget_bytes=None, available_bytes=100 * GiB) == 8
+    assert choose_parallel(info, 1024, budget_bytes=sizes[8], available_bytes=100 * GiB) == 8  # exactly fits
+    assert choose_parallel(info, 1024, budget_bytes=sizes[8] - 1, available_bytes=100 * GiB) == 4
+    assert choose_parallel(info, 1024, budget_bytes=None, available_bytes=sizes[2]) == 2  # the memory available bounds it too
+    assert choose_parallel(info, 1024, budget_bytes=sizes[4], available_bytes=sizes[2]) == 2  # the smaller of the two
+    assert choose_parallel(info, 1024, budget_bytes=1, available_bytes=100 * GiB) == 1  # nothing fits: 1, the preflight refuses
+    # replicas multiply the per-worker part
+    two = estimate_model(info, 1024, replicas=2, parallel=8).total_bytes
+    assert choose_parallel(info, 1024, 2, budget_bytes=two - 1, available_bytes=100 * GiB) == 4

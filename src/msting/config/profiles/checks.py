@@ -90,11 +90,14 @@ def check_files(profile: Profile, models_dir: Path) -> list[ConfigProblem]:
 
 def estimate_models(profile: Profile, infos: dict[str, GGUFInfo]) -> dict[str, MemoryEstimate]:
     """A memory estimate (named by model name) per model of the profile that has its
-    GGUF header in ``infos`` (from :func:`inspect_files`), in profile order."""
-    from msting.models.memory import estimate_model
+    GGUF header in ``infos`` (from :func:`inspect_files`), in profile order. An
+    automatic ``parallel`` is chosen as the daemon chooses it (the memory budget)."""
+    from msting.models.memory import choose_parallel, estimate_model
 
+    budget = profile.memory_budget_bytes
     return {
-        name: estimate_model(info, m.n_ctx, m.replicas, embedding=m.embedding, name=name)
+        name: estimate_model(info, m.n_ctx, m.replicas, embedding=m.embedding, name=name,
+                             parallel=m.parallel or choose_parallel(info, m.n_ctx, m.replicas, budget_bytes=budget, embedding=m.embedding))
         for name, m in profile.models.items()
         if (info := infos.get(name)) is not None
     }

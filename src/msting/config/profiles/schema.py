@@ -65,6 +65,7 @@ class ProfileModel:
     type: str = opt("llm", Choice(MODEL_TYPES))
     n_ctx: int = same_as(LLMConfig, "n_ctx")
     replicas: int = same_as(LLMConfig, "replicas")
+    parallel: int | None = same_as(LLMConfig, "parallel")  # null = automatic (msting.models.memory.choose_parallel)
     always_ready: bool = opt(True, Bool())
     keep_alive_sec: float = opt(300.0, Num(integer=False, lo=0, lo_open=True))
     params: ModelParams = section(ModelParams)
@@ -335,6 +336,7 @@ def profile_from_config(config: Config) -> Profile:
         type="llm",
         n_ctx=llm.n_ctx,
         replicas=llm.replicas,
+        parallel=llm.parallel,
         always_ready=True,
         params=ModelParams(
             temperature=llm.temperature,

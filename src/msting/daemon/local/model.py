@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from dataclasses import dataclass, replace
 from enum import Enum
@@ -62,22 +61,17 @@ class ModelSpec:
     source: str
     path: Path
     builtin: bool
-    n_ctx: int
-    n_threads: int
+    n_ctx: int  # of each slot
+    n_threads: int | None  # None: the worker measures which count decodes fastest
     n_gpu_layers: int
     replicas: int = 1
+    parallel: int | None = None  # slots per worker; None: automatic (LocalModel.parallel)
     always_ready: bool = True
     type: str = "llm"  # "llm" | "embeddings"
     chat_format: str | None = None
     temperature: float = limits.DEFAULT_TEMPERATURE  # request defaults
     max_tokens: int = limits.DEFAULT_MAX_TOKENS
     keep_alive_sec: float = 300.0  # an on-demand model unloads after this long idle
-
-
-def default_threads() -> int:
-    # On a small machine the daemon and its clients compete with llama.cpp for cores:
-    # measured on 2 cores, 1 thread served more tokens/s than 2 (see docs/architecture.md).
-    return max(1, (os.cpu_count() or 2) // 2)
 
 
 def specs_from_profile(profile, models_dir: Path) -> list[ModelSpec]:
@@ -95,7 +89,7 @@ def specs_from_profile(profile, models_dir: Path) -> list[ModelSpec]:
         p = pm.params
         specs.append(ModelSpec(
             name=name, source=pm.source, path=path, builtin=builtin, n_ctx=pm.n_ctx,
-            n_threads=p.n_threads or default_threads(), n_gpu_layers=p.n_gpu_layers, replicas=pm.replicas,
+            n_threads=p.n_threads, n_gpu_layers=p.n_gpu_layers, replicas=pm.replicas, parallel=pm.parallel,
             always_ready=pm.always_ready, type=pm.type, chat_format=p.chat_format,
             temperature=p.temperature, max_tokens=p.max_tokens, keep_alive_sec=pm.keep_alive_sec,
         ))
@@ -112,20 +106,23 @@ def embeddings_spec(spec: ModelSpec) -> ModelSpec:
 class LocalModel:
     """One model: its replicas (workers), its bounded queue, and its counters."""
 
-    def __init__(self, spec: ModelSpec, config: Config, store: Store, launcher: WorkerLauncher | None = None):
+    def __init__(self, spec: ModelSpec, config: Config, store: Store, launcher: WorkerLauncher | None = None,
+                 budget_bytes: int | None = None):
         self.spec = spec
+        self.budget_bytes = budget_bytes  # the profile's memory budget: what an automatic `parallel` must fit
+        self._parallel: int | None = spec.parallel
         self.launcher = launcher or WorkerLauncher(enabled=False)  # starts its worker processes
         self.store = store
         self.settings = config.llm_service
         self.queue = ModelQueue(self.settings.queue_size)
         # Worker ids must be unique in the daemon; an embeddings companion shares its model's name.
         self.key = spec.name if spec.type == "llm" else f"{spec.name}:embed"
-        worker_spec = self.worker_spec()
-        self.workers = [WorkerSupervisor(f"{self.key}#{i}", spec.name, worker_spec, self.settings, self.launcher, self.queue, self)
+        self.workers = [WorkerSupervisor(f"{self.key}#{i}", spec.name, self.worker_spec, self.settings, self.launcher, self.queue, self)
                         for i in range(spec.replicas)]
         self.profile: str | None = None  # set by the routing that serves it, for the store's model records
         self.requests_served = 0
         self.requests_cancelled = 0  # stopped mid-generation because the client went away
+        self.cached_tokens = 0  # prompt tokens the workers reused from a slot's KV cache instead of recomputing
         self._estimate: int | None = None
         self.tokens_per_sec: float | None = None
         self.last_used = time.monotonic()
@@ -143,8 +140,26 @@ class LocalModel:
 
     def worker_spec(self) -> dict:
         s = self.spec
-        return {"name": s.name, "path": str(s.path), "n_ctx": s.n_ctx, "n_threads": s.n_threads, "n_gpu_layers": s.n_gpu_layers,
-                "seed": 0, "embedding": s.type == "embeddings", "chat_format": s.chat_format}
+        return {"name": s.name, "path": str(s.path), "n_ctx": s.n_ctx, "parallel": self.parallel, "n_threads": s.n_threads,
+                "n_gpu_layers": s.n_gpu_layers, "seed": 0, "embedding": s.type == "embeddings", "chat_format": s.chat_format}
+
+    @property
+    def parallel(self) -> int:
+        """Slots per worker: the profile's `parallel`, or the automatic choice, made
+        once the model file can be read (until then 1: the worker reports the file's
+        problem): the largest of 8, 4, 2, 1 whose memory estimate fits the budget and
+        the memory available (msting.models.memory.choose_parallel)."""
+        if self._parallel is None:
+            from msting.models.gguf_file import ModelFileError, read_gguf_info
+            from msting.models.memory import choose_parallel
+
+            try:
+                info = read_gguf_info(self.spec.path)
+            except ModelFileError:
+                return 1
+            self._parallel = choose_parallel(info, self.spec.n_ctx, self.spec.replicas, budget_bytes=self.budget_bytes,
+                                             embedding=self.spec.type == "embeddings")
+        return self._parallel
 
     # ---- lifecycle ------------------------------------------------------------------
 
@@ -175,13 +190,14 @@ class LocalModel:
 
     @property
     def estimated_bytes(self) -> int:
-        """Memory this model needs when loaded (weights once, KV cache and overhead per replica)."""
+        """Memory this model needs when loaded (weights once, KV cache per slot, and
+        overhead, per replica)."""
         if self._estimate is None:
             from msting.models.gguf_file import read_gguf_info
             from msting.models.memory import estimate_model
 
             info = read_gguf_info(self.spec.path)
-            self._estimate = estimate_model(info, self.spec.n_ctx, self.spec.replicas,
+            self._estimate = estimate_model(info, self.spec.n_ctx, self.spec.replicas, parallel=self.parallel,
                                             embedding=self.spec.type == "embeddings").total_bytes
         return self._estimate
 
@@ -237,9 +253,14 @@ class LocalModel:
             for job in self.queue.drain_all():
                 job.fail(Unavailable("model_failed", f"model '{self.name}' failed: {reason}"))
 
-    def on_answer(self, worker: WorkerSupervisor, job: LocalJob, finish_reason: str | None, tokens_per_sec: float | None) -> None:
-        """A worker answered `job` (a done frame)."""
-        if finish_reason == "cancelled":
+    def on_answer(self, worker: WorkerSupervisor, job: LocalJob, frame: dict) -> None:
+        """A worker answered `job` (its done frame)."""
+        cached = (frame.get("usage") or {}).get("cached_tokens")
+        if isinstance(cached, int) and not isinstance(cached, bool) and cached > 0:
+            self.cached_tokens += cached
+        speed = (frame.get("timings") or {}).get("predicted_per_second")
+        tokens_per_sec = float(speed) if isinstance(speed, (int, float)) and speed else None
+        if frame.get("finish_reason") == "cancelled":
             self.requests_cancelled += 1
         elif tokens_per_sec and not job.internal:
             # An exponentially weighted average: recent speed, without keeping a history.
@@ -248,8 +269,7 @@ class LocalModel:
 
     def cancel_job(self, job: LocalJob) -> None:
         for w in self.workers:
-            if w.current is job:
-                w.cancel(job)
+            w.cancel(job)
 
     def on_finished(self, worker: WorkerSupervisor, job: LocalJob) -> None:
         """A worker is done with `job` and free again."""
@@ -273,7 +293,7 @@ class LocalModel:
 
     @property
     def in_flight(self) -> int:
-        return sum(1 for w in self.workers if w.current is not None and not w.current.internal)
+        return sum(w.in_flight for w in self.workers)
 
     @property
     def info(self) -> dict | None:
@@ -313,8 +333,12 @@ class LocalModel:
             "load_ms": self.load_ms,
             "backend": info.get("backend"),
             "n_ctx": self.spec.n_ctx,
-            "n_threads": self.spec.n_threads,
+            "n_threads": self.spec.n_threads,  # as configured; None = measured by each worker (see workers)
             "replicas": len(self.workers),
+            "parallel": self.parallel,
+            "slots": sum(w.slots for w in self.workers if w.verified),
+            "slots_busy": sum(w.slots_busy for w in self.workers),
+            "cached_tokens": self.cached_tokens,
             "queue_depth": len(self.queue),
             "in_flight": self.in_flight,
             "requests_served": self.requests_served,

@@ -64,7 +64,8 @@ def build_plan(service, profile) -> tuple[Routing, dict]:
     to_load = [rt for rt in target.models.values() if rt not in current and not rt.on_demand]
     kept = [rt for rt in target.all_models() if rt in current]
     to_unload = [rt for rt in current if rt not in target.all_models() and rt.started]
-    estimates = [estimate_model(read_gguf_info(rt.spec.path), rt.spec.n_ctx, rt.spec.replicas, embedding=rt.spec.type == "embeddings")
+    estimates = [estimate_model(read_gguf_info(rt.spec.path), rt.spec.n_ctx, rt.spec.replicas, parallel=rt.parallel,
+                                embedding=rt.spec.type == "embeddings")
                  for rt in to_load]
     check = preflight(estimates, budget_bytes=budget)
     freed = sum(sum(rt.worker_rss().values()) for rt in to_unload)

@@ -18,7 +18,7 @@ import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Callable, Protocol
+from typing import Callable, Collection, Protocol
 
 from msting.api.errors import MstingError
 from msting.api.events import Done, Embeddings, Failed, Token
@@ -84,6 +84,12 @@ class LocalJob:
     def over(self) -> bool:
         return self.status.over
 
+    @property
+    def suspect(self) -> bool:
+        """It was in flight when a worker died: it may be what killed it, so it runs
+        alone on a worker until it is answered (see WorkerSupervisor._offer)."""
+        return self.attempts > 0
+
     def _move(self, target: JobStatus) -> None:
         self.status = job_transition(self.status, target)
 
@@ -127,25 +133,44 @@ class QueueFull(Exception):
     pass
 
 
+def fits(job: LocalJob, running: Collection[LocalJob], slots: int) -> bool:
+    """Whether a worker with `slots` slots, running `running`, may begin `job` now: a
+    slot is free, and neither `job` nor one running is a suspect (a suspect runs alone)."""
+    if len(running) >= slots:
+        return False
+    return not running or not (job.suspect or any(r.suspect for r in running))
+
+
+# What a worker's `offer` callback answers when the queue offers it a job: True, it took
+# charge of the job (sent it to its process); False, it refused the job and answered it
+# (the job cannot be put in a frame), and goes on waiting; None, not now (no free slot,
+# or the job must run alone and the worker has others in flight).
+Offer = Callable[[LocalJob], "bool | None"]
+
+
 class ModelQueue:
     """A bounded FIFO of requests for one model, shared by that model's workers.
 
     A request that arrives while a worker waits in `take()` is handed to that worker
-    at once: `put()` calls the worker's `begin` callback synchronously, which sends the
+    at once: `put()` calls the worker's `offer` callback synchronously, which sends the
     request to the worker process before the HTTP handler even writes its response
     headers, so the model starts on it while the daemon finishes the HTTP side.
 
+    A worker serves up to its number of slots at once; it waits in `take()` again as
+    soon as it took a job, and its `offer` says None while it has no free slot. The
+    queue is strictly first in, first out: a job at the head that no waiting worker
+    can take now holds back those behind it, and `dispatch()` (a worker freed a slot)
+    offers it again. The bound counts only the jobs waiting here, not those in slots.
+
     `take()` is cancel-safe: a waiter whose task was cancelled is skipped, and a
-    request is only handed to a waiter whose `begin` took charge of it, so a worker
-    that is cancelled while waiting never loses a request. `begin` returns False when
-    it could not send the request (it has then answered the request with an error):
-    the worker goes on waiting for the next one.
+    request is only handed to a waiter whose `offer` took charge of it, so a worker
+    that is cancelled while waiting never loses a request.
     """
 
     def __init__(self, maxsize: int):
         self.maxsize = maxsize
         self._items: deque[LocalJob] = deque()
-        self._waiters: deque[tuple[asyncio.Future, Callable[[LocalJob], bool]]] = deque()
+        self._waiters: deque[tuple[asyncio.Future, Offer]] = deque()
         self._arrived = asyncio.Event()  # set while requests wait here (see wait_nonempty)
 
     def __len__(self) -> int:
@@ -154,40 +179,65 @@ class ModelQueue:
     def put(self, req: LocalJob) -> None:
         if len(self) >= self.maxsize:
             raise QueueFull
-        if not self._hand_off(req):
-            self._items.append(req)
-            self._arrived.set()
+        self._items.append(req)
+        self.dispatch()
 
-    def put_front(self, req: LocalJob) -> None:
-        """Re-queue a job whose worker died (or the daemon's own probe); not subject to the bound."""
-        if not self._hand_off(req):
-            self._items.appendleft(req)
+    def put_front(self, *reqs: LocalJob) -> None:
+        """Re-queue jobs whose worker died (or the daemon's own probe) ahead of all
+        others, in the order given; not subject to the bound."""
+        self._items.extendleft(reversed(reqs))
+        self.dispatch()
+
+    def dispatch(self) -> None:
+        """Hand the jobs at the head to waiting workers while one can take the head."""
+        while self._items:
+            head = self._items[0]
+            if head.over:
+                self._items.popleft()
+                continue
+            if not self._hand_off(head):
+                break
+            self._items.popleft()
+        if len(self):
             self._arrived.set()
+        else:
+            self._arrived.clear()
 
     def _hand_off(self, req: LocalJob) -> bool:
-        """Give `req` to a waiting worker; True when it is taken care of (sent, or
-        answered with the error that kept it from being sent)."""
-        while self._waiters:
-            fut, begin = self._waiters[0]
+        """Offer `req` to the waiting workers in the order they came; True when one
+        took care of it (sent it, or answered it with the error that kept it from
+        being sent)."""
+        for entry in list(self._waiters):
+            fut, offer = entry
             if fut.done():  # its worker stopped waiting (cancelled)
-                self._waiters.popleft()
+                self._waiters.remove(entry)
                 continue
-            if not begin(req):
-                return True  # refused and answered; the worker keeps waiting
-            self._waiters.popleft()
-            fut.set_result(req)
-            return True
+            taken = offer(req)
+            if taken is None:
+                continue  # this worker cannot take it now; maybe the next one can
+            if taken:
+                self._waiters.remove(entry)
+                fut.set_result(req)
+            return True  # refused and answered: the worker keeps waiting
         return False
 
-    async def take(self, begin: Callable[[LocalJob], bool]) -> LocalJob:
-        """The next live request, after `begin(req)` has taken charge of it."""
+    async def take(self, offer: Offer) -> LocalJob:
+        """The next live request, after `offer(req)` has taken charge of it."""
         while self._items:
-            req = self._items.popleft()
-            if not req.over and begin(req):
+            req = self._items[0]
+            if req.over:
+                self._items.popleft()
+                continue
+            taken = offer(req)
+            if taken is None:
+                break  # the head waits for this worker (or another) to be able to take it
+            self._items.popleft()
+            if taken:
                 return req
-        self._arrived.clear()
+        if not len(self):
+            self._arrived.clear()
         fut = asyncio.get_running_loop().create_future()
-        self._waiters.append((fut, begin))
+        self._waiters.append((fut, offer))
         return await fut
 
     async def wait_nonempty(self) -> None:

@@ -34,7 +34,7 @@ class Routing:
 
         def model(spec: ModelSpec) -> LocalModel:
             old = reuse.get(f"{spec.type}:{spec.name}")
-            return old if old is not None and old.spec == spec else LocalModel(spec, config, store, launcher)
+            return old if old is not None and old.spec == spec else LocalModel(spec, config, store, launcher, budget_bytes)
 
         models = {s.name: model(s) for s in specs}
         embedders = {s.name: model(embeddings_spec(s)) for s in specs if s.type == "llm"}

@@ -3,6 +3,10 @@
     STOPPED → STARTING → LOADING → VERIFYING → READY ⇄ BUSY → DRAINING → STOPPED
     plus BACKOFF (waiting to restart after a crash) and FATAL (gave up; see last_error).
 
+A worker has `parallel` slots: it is READY while none holds a request and BUSY while
+one or more do (READY → BUSY as its first request begins, BUSY → READY as its last one
+ends); how many are busy is the supervisor's count, not a state.
+
 Any live state can crash into BACKOFF or FATAL. An illegal transition raises, so a
 supervision bug shows up as a loud error instead of a worker in a state it cannot be in.
 """
@@ -21,9 +25,9 @@ class WorkerState(str, Enum):
     STARTING = "STARTING"  # process spawned, no hello yet
     LOADING = "LOADING"  # hello received, loading the model
     VERIFYING = "VERIFYING"  # loaded; a real generate proves it can serve before it takes traffic
-    READY = "READY"  # idle, accepting a request
-    BUSY = "BUSY"  # serving one request
-    DRAINING = "DRAINING"  # finishing its request, then exits
+    READY = "READY"  # idle: no slot holds a request
+    BUSY = "BUSY"  # serving one or more requests (a free slot still takes another)
+    DRAINING = "DRAINING"  # finishing its requests, then exits
     BACKOFF = "BACKOFF"  # crashed, waiting before the next start
     FATAL = "FATAL"  # will not be restarted automatically
 

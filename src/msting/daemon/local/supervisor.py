@@ -3,9 +3,11 @@
 Each `WorkerSupervisor` runs one lifecycle task:
 
     spawn → hello (LOADING) → ready (VERIFYING) → a real 1-token generate (READY)
-          → serve requests from the model's queue, one at a time (READY ⇄ BUSY)
-    on crash or hang: re-queue the request in hand (or fail it if it already streamed,
-          or if it was in flight in a worker that died before), back off, start again;
+          → serve requests from the model's queue, up to the worker's slots at once
+            (READY with none in flight ⇄ BUSY with one or more)
+    on crash or hang: re-queue the requests in hand that had not streamed, at the front
+          and in order, as suspects that run alone (fail one that already streamed, or
+          that was in flight in a worker that died before), back off, start again;
     a boot error or too many start failures → FATAL, which is not forever: a boot error
           is retried when the model file changes, repeated failures after
           `restart.fatal_retry_sec`, and either at once on an explicit load.
@@ -16,6 +18,16 @@ only one that reads the socket; the watchdog only kills, it never cleans up, so 
 cleanup happens in one place. Hang detection judges each process on its own clock:
 every incarnation starts with a fresh `Liveness`, so a replacement is never blamed for
 its predecessor's silence.
+
+A worker process serves `parallel` sequences at once in one batched context (its
+ready frame says how many slots it has). The supervisor keeps up to that many jobs in
+flight, by id: token, done and error frames go to their job, `cancel` names one. A
+worker dies for all of its jobs at once, so which one killed it is unknown: each job
+that was in flight and had not streamed becomes a *suspect* (`LocalJob.suspect`) and is
+retried alone on a worker, with no other job in flight beside it. A request that kills
+every worker it runs on is so pinned down and answered with `request_crashed_worker`
+after `MAX_ATTEMPTS`, and the innocent ones it shared a batch with complete. The decode
+loop is one thread, so hangs are judged per worker, not per slot.
 
 A supervisor knows its model only through what it was given when built (its worker
 spec, the settings, the launcher, the model's queue) and the `SupervisorEvents` sink it
@@ -30,7 +42,7 @@ import logging
 import os
 import time
 from collections import deque
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from msting.api.errors import InvalidRequest, ServerError
 from msting.config.schema import ServiceConfig
@@ -38,7 +50,7 @@ from msting.daemon.local import frames, liveness, verify
 from msting.daemon.local.backoff import RestartTracker
 from msting.daemon.local.endings import Exit, FatalInfo, describe_exit
 from msting.daemon.local.procs import ChildProcess
-from msting.daemon.local.queue import JobStatus, LocalJob, ModelQueue
+from msting.daemon.local.queue import JobStatus, LocalJob, ModelQueue, fits
 from msting.daemon.local.spares import LaunchError, WorkerLauncher, stop_process
 from msting.daemon.local.states import WorkerState, transition
 from msting.worker import protocol
@@ -59,17 +71,18 @@ class SupervisorEvents(Protocol):
 
     def on_event(self, kind: str, worker: WorkerSupervisor, detail: str | None = None) -> None: ...
 
-    def on_answer(self, worker: WorkerSupervisor, job: LocalJob, finish_reason: str | None, tokens_per_sec: float | None) -> None: ...
+    def on_answer(self, worker: WorkerSupervisor, job: LocalJob, frame: dict) -> None: ...
 
     def on_finished(self, worker: WorkerSupervisor, job: LocalJob) -> None: ...
 
 
 class WorkerSupervisor:
-    def __init__(self, worker_id: str, model_name: str, spec: dict[str, Any], settings: ServiceConfig, launcher: WorkerLauncher,
-                 queue: ModelQueue, events: SupervisorEvents, clock=time.monotonic):
+    def __init__(self, worker_id: str, model_name: str, spec: Callable[[], dict[str, Any]], settings: ServiceConfig,
+                 launcher: WorkerLauncher, queue: ModelQueue, events: SupervisorEvents, clock=time.monotonic):
         self.id = worker_id
         self.model_name = model_name
-        self.spec = spec  # the worker's --spec: name, path, n_ctx, ..., embedding
+        self._spec_of = spec  # asked again at each spawn (an automatic `parallel` is chosen once the file can be read)
+        self.spec = spec()  # the worker's --spec: name, path, n_ctx, parallel, ..., embedding
         self.settings = settings  # the config's llm_service section
         self.launcher = launcher
         self.queue = queue
@@ -93,8 +106,11 @@ class WorkerSupervisor:
         self._retry = asyncio.Event()  # an explicit load while FATAL: try again now
         self._proc: ChildProcess | None = None
         self._writer: asyncio.StreamWriter | None = None
-        self._current: LocalJob | None = None
-        self._current_done: asyncio.Future | None = None
+        self.slots = 1  # sequences the worker process serves at once (its ready frame's `parallel`)
+        self._jobs: dict[str, LocalJob] = {}  # in flight, by id, in the order they began
+        self._answered: dict[str, asyncio.Future] = {}  # resolved when the job leaves its slot
+        self._empty = asyncio.Event()  # set while no job is in flight
+        self._empty.set()
         self._boot: asyncio.Future | None = None
         self._boot_error: str | None = None
         self._kill_reason: str | None = None
@@ -127,10 +143,11 @@ class WorkerSupervisor:
             self.start()
 
     async def stop(self) -> None:
-        """Drain: finish the request in hand, then shut the process down."""
+        """Drain: take no more requests, finish every one in flight, then shut the
+        process down."""
         self._stop.set()
-        if self._serve_task and self._current is None:
-            self._serve_task.cancel()
+        if self._serve_task:
+            self._serve_task.cancel()  # take() is cancel-safe: nothing is lost
         if self._task:
             await asyncio.shield(self._task)
 
@@ -146,17 +163,28 @@ class WorkerSupervisor:
             self._proc.kill()
 
     def cancel(self, job: LocalJob) -> None:
-        """The client went away: stop generating for it."""
-        if self._current is job and self._writer is not None:
+        """The client went away: stop generating for it (only it: its slot frees
+        within a decode step, and its done frame, finish_reason cancelled, ends it)."""
+        if self._jobs.get(job.id) is job:
             self._send(protocol.encode(MsgType.CANCEL, job.id))
 
     @property
     def stderr_tail(self) -> str:
         return "\n".join(self._stderr)
 
+    def holds(self, job: LocalJob) -> bool:
+        """`job` is in flight on this worker."""
+        return self._jobs.get(job.id) is job
+
     @property
-    def current(self) -> LocalJob | None:
-        return self._current
+    def slots_busy(self) -> int:
+        """Slots holding a job (the daemon's own probes too)."""
+        return len(self._jobs)
+
+    @property
+    def in_flight(self) -> int:
+        """Clients' jobs in flight (the daemon's own probes not counted)."""
+        return sum(1 for j in self._jobs.values() if not j.internal)
 
     @property
     def verified(self) -> bool:
@@ -164,6 +192,7 @@ class WorkerSupervisor:
         return self.state.serving
 
     def snapshot(self) -> dict:
+        info = self.info or {}
         return {
             "id": self.id,
             "pid": self.pid,
@@ -175,6 +204,10 @@ class WorkerSupervisor:
             "backoff_sec": round(self.backoff_sec, 3) if self.state is WorkerState.BACKOFF and self.backoff_sec else None,
             "verified": self.verified,
             "fatal": self.fatal.to_dict() if self.fatal and self.state is WorkerState.FATAL else None,
+            "slots": self.slots if self.state.serving else None,
+            "slots_busy": self.slots_busy if self.state.serving else None,
+            "n_threads": info.get("n_threads"),
+            "threads": info.get("threads"),
         }
 
     # ---- lifecycle ------------------------------------------------------------------
@@ -198,7 +231,7 @@ class WorkerSupervisor:
                 reason = Exit("crash", f"supervision error: {exc}")
             finally:
                 await self._reap()
-            self._settle_current(reason.reason)
+            self._settle_jobs(reason.reason)
             if reason.kind == "stopped" or self._stop.is_set():
                 self._to_stopped()
                 return
@@ -312,25 +345,29 @@ class WorkerSupervisor:
         now = self._clock()
         self._live = liveness.Liveness(last_progress=now, last_ping=now)  # this process's own clock
         reader_task = asyncio.create_task(self._read_frames(reader), name=f"reader {self.id}")
-        watchdog = None
+        watchdog = drained = None
         try:
             await self._await_boot(reader_task)
             await self._verify(reader_task)
             self.tracker.on_ready()
             self._serve_task = asyncio.create_task(self._serve(), name=f"serve {self.id}")
+            drained = asyncio.create_task(self._drained(), name=f"drained {self.id}")
             watchdog = asyncio.create_task(
-                liveness.watch(self._live, self.settings, self._clock, lambda: self.state is WorkerState.BUSY,
+                liveness.watch(self._live, self.settings, self._clock, lambda: bool(self._jobs),
                                lambda: self._send(protocol.encode(MsgType.PING, None)), self.kill_now),
                 name=f"watchdog {self.id}")
-            await asyncio.wait({reader_task, self._serve_task}, return_when=asyncio.FIRST_COMPLETED)
-            if self._serve_task.done() and not self._serve_task.cancelled():
-                self._serve_task.result()  # surfaces a serve-loop bug
-                return  # drained on request: a clean stop
-            if self._stop.is_set() and self._serve_task.cancelled():
-                return
-            raise await self._death_reason()
+            waiting = {reader_task, self._serve_task, drained}
+            while True:
+                done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                if drained in done:
+                    return  # told to stop, and nothing is in flight any more: a clean stop
+                if reader_task in done:
+                    raise await self._death_reason()
+                if not self._serve_task.cancelled():
+                    self._serve_task.result()  # surfaces a serve-loop bug
+                waiting.discard(self._serve_task)  # stopped taking; the jobs in flight finish
         finally:
-            for task in (self._serve_task, watchdog):
+            for task in (self._serve_task, watchdog, drained):
                 if task and not task.done():
                     task.cancel()
             self._serve_task = None
@@ -338,7 +375,7 @@ class WorkerSupervisor:
                 reader_task.cancel()
 
     async def _spawn(self) -> asyncio.StreamReader:
-        spec = self.spec
+        spec = self.spec = self._spec_of()
         try:
             launched = await self.launcher.launch(json.dumps(spec))
         except LaunchError as exc:
@@ -364,6 +401,9 @@ class WorkerSupervisor:
             ready = self._boot.result()
             self.info = ready.get("model") or {}
             self.load_ms = ready.get("load_ms")
+            slots = self.info.get("parallel")
+            # the worker says how many sequences it serves at once; one that does not say serves one
+            self.slots = slots if isinstance(slots, int) and not isinstance(slots, bool) and slots >= 1 else 1
             self._set(WorkerState.VERIFYING)
             log.info("worker %s loaded the model in %.1f ms", self.id, self.load_ms or 0.0)
             return
@@ -392,28 +432,44 @@ class WorkerSupervisor:
         self.events.on_event("worker_ready", self, f"pid {self.pid}, loaded in {self.load_ms or 0:.1f} ms, verified")
 
     async def _serve(self) -> None:
+        """Take jobs while the worker has free slots: each take() returns as soon as
+        the job was sent; its answer arrives through the reader (see _on_request_end)."""
         while not self._stop.is_set():
-            job = await self.queue.take(self._begin)
-            await self._wait_answer()
-            self.events.on_finished(self, job)
+            await self.queue.take(self._offer)
+
+    async def _drained(self) -> None:
+        """Return once the worker was told to stop and has nothing in flight."""
+        await self._stop.wait()
+        await self._empty.wait()
 
     async def _exchange(self, req: LocalJob) -> None:
         """Send one request and wait until the worker answered it (done or error)."""
         if self._begin(req):
-            await self._wait_answer()
+            answered = self._answered.get(req.id)
+            if answered is not None:  # None: the worker ended and settled it already
+                await answered
+
+    def _offer(self, job: LocalJob) -> bool | None:
+        """The queue offers `job` (see ModelQueue): None while it cannot be taken
+        here now: no free slot, or a suspect (it was in flight when a worker died)
+        that must run alone, or a suspect already running alone here."""
+        if self._stop.is_set() or not self.state.serving or not fits(job, self._jobs.values(), self.slots):
+            return None
+        return self._begin(job)
 
     def _begin(self, job: LocalJob) -> bool:
         """Take charge of `job` and send it to the worker process (synchronous: the
         queue calls it the moment it hands the job over). False: the job cannot be
-        put in a frame; it is answered with a 400 and the worker stays free."""
+        put in a frame; it is answered with a 400 and the slot stays free."""
         try:
             frame = frames.request_frame(job)  # its fields were validated by the HTTP layer
         except (protocol.ProtocolError, TypeError, ValueError) as exc:
             log.warning("worker %s: refusing %s: %s", self.id, job.id, exc)
             job.fail(InvalidRequest("invalid_request", f"the request cannot be sent to the model: {exc}"))
             return False
-        self._current = job
-        self._current_done = asyncio.get_running_loop().create_future()
+        self._jobs[job.id] = job
+        self._answered[job.id] = asyncio.get_running_loop().create_future()
+        self._empty.clear()
         now = self._clock()
         job.started(now)
         self._live.last_progress = now
@@ -422,13 +478,20 @@ class WorkerSupervisor:
         self._send(frame)
         return True
 
-    async def _wait_answer(self) -> None:
-        if self._current_done is not None:  # None: the worker ended and settled it already
-            await self._current_done
-        self._current = None
-        self._current_done = None
-        if self.state is WorkerState.BUSY:
-            self._set(WorkerState.READY)
+    def _leave(self, job_id: str) -> LocalJob | None:
+        """`job_id` leaves its slot; the worker is READY again when none is left, and
+        the queue's head is offered again (a slot is free)."""
+        job = self._jobs.pop(job_id, None)
+        answered = self._answered.pop(job_id, None)
+        if answered is not None and not answered.done():
+            answered.set_result(None)
+        if not self._jobs:
+            self._empty.set()
+            if self.state is WorkerState.BUSY:
+                self._set(WorkerState.READY)
+        if job is not None and self.state.serving:
+            self.queue.dispatch()
+        return job
 
     # ---- frames ---------------------------------------------------------------------
 
@@ -458,8 +521,8 @@ class WorkerSupervisor:
         kind = frame["type"]
         now = self._clock()
         if kind == MsgType.TOKEN:
-            req = self._current
-            if req is not None and frame["id"] == req.id:
+            req = self._jobs.get(frame["id"])
+            if req is not None:
                 self._live.last_progress = now
                 if req.stream and frame.get("text"):
                     req.emit_token(frame["text"])
@@ -468,11 +531,12 @@ class WorkerSupervisor:
         elif kind == MsgType.PONG:
             live = self._live
             live.ping_sent_at = None
-            ago = frame.get("last_token_at")
-            if ago is None:
-                ago = frame.get("busy_since")
-            if self.state is WorkerState.BUSY and isinstance(ago, (int, float)):
-                live.last_progress = max(live.last_progress, now - float(ago))
+            # progress: the decode loop's last token for any sequence, or the start of
+            # the oldest job in flight, whichever is more recent
+            agos = [a for a in (frame.get("last_token_at"), frame.get("busy_since"))
+                    if isinstance(a, (int, float)) and not isinstance(a, bool)]
+            if self._jobs and agos:
+                live.last_progress = max(live.last_progress, now - float(min(agos)))
         elif kind == MsgType.HELLO:
             self._set(WorkerState.LOADING)
         elif kind == MsgType.READY:
@@ -484,17 +548,17 @@ class WorkerSupervisor:
             log.warning("worker %s error: %s", self.id, frame.get("message"))
 
     def _on_request_end(self, frame: dict) -> None:
-        req = self._current
-        if req is None or frame["id"] != req.id:
+        req = self._jobs.get(frame["id"])
+        if req is None:
             return  # a late answer for a request already settled elsewhere
         if frame["type"] == MsgType.DONE:
-            speed = (frame.get("timings") or {}).get("predicted_per_second")
-            self.events.on_answer(self, req, frame.get("finish_reason"), float(speed) if speed else None)
+            self.events.on_answer(self, req, frame)
             req.finish(frames.result(req, frame))
         else:
             req.fail(frames.error(frame))
-        if self._current_done is not None and not self._current_done.done():
-            self._current_done.set_result(None)
+        self._leave(req.id)
+        if self.state.serving:  # not the worker's own verification
+            self.events.on_finished(self, req)
 
     async def _read_stderr(self, stream: asyncio.StreamReader) -> None:
         while True:
@@ -526,29 +590,38 @@ class WorkerSupervisor:
         tail = f"; stderr: {self._stderr[-1]}" if self._stderr else ""
         return Exit("crash", f"worker {self.last_exit}{tail}")
 
-    def _settle_current(self, reason: str) -> None:
-        """The request in hand when the worker ended: retry it, or end it honestly."""
-        req, self._current = self._current, None
-        if self._current_done is not None and not self._current_done.done():
-            self._current_done.set_result(None)
-        self._current_done = None
-        if req is None or req.over:
-            return
-        req.attempts += 1
-        if req.status is JobStatus.STREAMING:
-            req.fail(ServerError("worker_crashed", f"the worker died after part of the reply was streamed; the reply is incomplete ({reason})"))
-        elif req.attempts >= MAX_ATTEMPTS:
-            log.warning("worker %s: %s was in flight in %d workers that died; answering it with an error", self.id, req.id, req.attempts)
-            self.events.on_event("request_crashed_worker", self, f"{req.id}: {reason}")
-            req.fail(ServerError(
-                "request_crashed_worker",
-                f"model '{self.model_name}': the request was in flight when {req.attempts} of its workers died, "
-                f"so it is not tried again; the model keeps serving other requests (last: {reason})",
-            ))
-        else:
-            log.info("worker %s: re-queueing %s after the worker ended (%s)", self.id, req.id, reason)
-            req.requeued()
-            self.queue.put_front(req)
+    def _settle_jobs(self, reason: str) -> None:
+        """The requests in hand when the worker ended: retry each, or end it honestly.
+        Those that had not streamed go back to the front of the queue, in the order
+        they began, as suspects (each runs alone from now on)."""
+        jobs = list(self._jobs.values())
+        self._jobs.clear()
+        for answered in self._answered.values():
+            if not answered.done():
+                answered.set_result(None)
+        self._answered.clear()
+        self._empty.set()
+        retry = []
+        for req in jobs:
+            if req.over:
+                continue
+            req.attempts += 1
+            if req.status is JobStatus.STREAMING:
+                req.fail(ServerError("worker_crashed", f"the worker died after part of the reply was streamed; the reply is incomplete ({reason})"))
+            elif req.attempts >= MAX_ATTEMPTS:
+                log.warning("worker %s: %s was in flight in %d workers that died; answering it with an error", self.id, req.id, req.attempts)
+                self.events.on_event("request_crashed_worker", self, f"{req.id}: {reason}")
+                req.fail(ServerError(
+                    "request_crashed_worker",
+                    f"model '{self.model_name}': the request was in flight when {req.attempts} of its workers died, "
+                    f"so it is not tried again; the model keeps serving other requests (last: {reason})",
+                ))
+            else:
+                req.requeued()
+                retry.append(req)
+        if retry:
+            log.info("worker %s: re-queueing %s after the worker ended (%s)", self.id, ", ".join(r.id for r in retry), reason)
+            self.queue.put_front(*retry)
 
     async def _reap(self) -> None:
         """Make sure the process is gone: shutdown frame, then SIGTERM, then SIGKILL."""
