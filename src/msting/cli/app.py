@@ -57,6 +57,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "unload": ("models", "unload"),
     "services": ("services", "services"),
     "ping": ("services", "ping"),
+    "doctor": ("doctor", "doctor"),
+}
+# The `llm` command groups: name -> (module in msting.cli, help, its commands; each a
+# function of that name in the module).
+GROUPS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "service": ("init_service", "Run the daemon as a service of the init system (systemd, launchd): install, uninstall, status.",
+                ("install", "uninstall", "status")),
 }
 
 
@@ -99,7 +106,7 @@ def build_app(only: str | None = None) -> typer.Typer:
     llm_app = typer.Typer(
         name="llm",
         cls=LeanGroup,
-        help="Manage the local LLM service: install, start, stop, status, logs, profiles, models, services.",
+        help="Manage the local LLM service: install, start, stop, status, logs, profiles, models, services, doctor, service.",
         epilog=EXIT_CODES_EPILOG,
         no_args_is_help=True,
         context_settings={"help_option_names": ["-h", "--help"]},
@@ -109,13 +116,21 @@ def build_app(only: str | None = None) -> typer.Typer:
         if only is None or name == only:
             command = getattr(importlib.import_module(f"msting.cli.{module}"), function)
             llm_app.command(name, cls=LeanCommand)(command)
+    for name, (module, help_text, functions) in GROUPS.items():
+        if only is None or name == only:
+            group = typer.Typer(name=name, cls=LeanGroup, help=help_text, epilog=EXIT_CODES_EPILOG, no_args_is_help=True,
+                                context_settings={"help_option_names": ["-h", "--help"]})
+            loaded = importlib.import_module(f"msting.cli.{module}")
+            for function in functions:
+                group.command(function, cls=LeanCommand)(getattr(loaded, function))
+            llm_app.add_typer(group, name=name)
     app.callback()(_root)
     return app
 
 
 def _named_command(args: list[str]) -> str | None:
     """The `llm` command these arguments run, when they name one unambiguously."""
-    if len(args) >= 2 and args[0] == "llm" and args[1] in COMMANDS:
+    if len(args) >= 2 and args[0] == "llm" and (args[1] in COMMANDS or args[1] in GROUPS):
         return args[1]
     return None
 

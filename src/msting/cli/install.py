@@ -93,6 +93,9 @@ def _install(term: Terminal, steps: Steps, model: str | None, no_deps: bool, no_
         "socket": str(env.socket_path),
         "url": env.url,
     }
+    gpu = _gpu_backend(term, env)
+    if gpu is not None:
+        summary["gpu"] = gpu
     if llm.is_builtin:
         summary["note"] = BUILTIN_MODEL_NOTE
     if no_start:
@@ -137,6 +140,21 @@ def _install(term: Terminal, steps: Steps, model: str | None, no_deps: bool, no_
 
 
 # ------------------------------------------------------------------------- steps
+
+
+def _gpu_backend(term: Terminal, env: Any) -> dict[str, Any] | None:
+    """The GPU backend a worker will use, from the hardware and what llama-cpp-python was
+    built with (msting.hardware, in a child process); None without llama_cpp."""
+    from msting import hardware
+
+    llama = hardware.probe()
+    if not llama.get("importable"):
+        return None
+    gpu = hardware.describe(llama, hardware.gpu_hardware(), int(env.config.llm.n_gpu_layers))
+    term.info(f"  backend: {gpu['line']}")
+    if gpu["hint"]:
+        term.warn(gpu["hint"])
+    return {k: gpu[k] for k in ("backend", "line", "compiled", "hardware", "gpu_devices", "hint")}
 
 
 def _ensure_deps(term: Terminal, no_deps: bool) -> tuple[str, bool]:
@@ -259,7 +277,9 @@ def _print_summary(term: Terminal, s: dict[str, Any]) -> None:
     grid.add_column(overflow="fold")
     grid.add_row("model", Text(str(s["model"]["name"])))
     grid.add_row("path", Text(str(s["model"]["path"])))
-    if s.get("backend"):
+    if s.get("gpu"):
+        grid.add_row("backend", Text(s["gpu"]["line"]))
+    elif s.get("backend"):
         grid.add_row("backend", s["backend"])
     if "load_ms" in s:
         grid.add_row("load time", fmt_ms(s.get("load_ms")))

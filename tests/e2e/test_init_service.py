@@ -1,0 +1,136 @@
+"""`msting llm service install | uninstall | status` through the real CLI. Files go under
+--root (a temporary directory), never into this machine's /etc or ~/.config; the units
+written are checked by systemd's own `systemd-analyze verify`."""
+
+from __future__ import annotations
+
+import json
+import os
+import plistlib
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from daemon_home import msting_command
+
+pytestmark = pytest.mark.e2e
+
+
+def _said(text: str) -> str:
+    """Typer's boxed usage error as one line."""
+    return " ".join(text.translate({ord(c): " " for c in "│╭╮╰╯─"}).split())
+
+
+def _unit(root: Path, home: str, system: bool) -> Path:
+    if system:
+        return root / "etc/systemd/system/msting.service"
+    return root / home.lstrip("/") / ".config/systemd/user/msting.service"
+
+
+def _verify(unit: Path, system: bool, tmp_path: Path) -> subprocess.CompletedProcess:
+    tool = shutil.which("systemd-analyze")
+    if tool is None:
+        pytest.skip("systemd-analyze is not installed")
+    runtime = tmp_path / "xdg-runtime"
+    runtime.mkdir(mode=0o700, exist_ok=True)
+    args = [tool, "verify", str(unit)] if system else [tool, "--user", "verify", str(unit)]
+    # --user needs a runtime directory to set up its (offline) manager
+    return subprocess.run(args, capture_output=True, text=True, timeout=60, env={**os.environ, "XDG_RUNTIME_DIR": str(runtime)})
+
+
+@pytest.mark.parametrize("system", [False, True], ids=["user", "system"])
+def test_the_unit_written_passes_systemd_analyze_verify(daemon_home, tmp_path, system):
+    root = tmp_path / "root"
+    scope = "--system" if system else "--user"
+    proc = daemon_home.cli("llm", "service", "install", scope, "--root", str(root), "--json", check=True)
+    result = json.loads(proc.stdout)
+    unit = _unit(root, daemon_home.env["HOME"], system)
+    assert Path(result["path"]) == unit and unit.read_text() == result["content"]
+    assert result["commands"] == []  # under --root nothing is enabled
+    text = unit.read_text()
+    python = Path(sys.executable).parent / "python"
+    exec_line = next(line for line in text.splitlines() if line.startswith("ExecStart="))
+    assert exec_line.split("=", 1)[1].split()[0] in (str(python), sys.executable)
+    assert exec_line.endswith(" -m msting llm start --foreground")
+    assert f"Environment=MSTING_HOME={daemon_home.home}" in text.splitlines()
+    for line in ("Type=notify", "WatchdogSec=30", "Restart=on-failure", "RestartPreventExitStatus=78 75"):
+        assert line in text.splitlines()
+    verified = _verify(unit, system, tmp_path)
+    assert verified.returncode == 0 and verified.stderr.strip() == "", verified.stderr
+
+    status = daemon_home.cli("llm", "service", "status", scope, "--root", str(root), "--json")
+    assert status.returncode == 0, status.stdout + status.stderr
+    body = json.loads(status.stdout)
+    assert body["installed"] is True and body["up_to_date"] is True and body["daemon"]["running"] is False
+
+    unit.write_text(text.replace("WatchdogSec=30", "WatchdogSec=5"))
+    human = daemon_home.cli("llm", "service", "status", scope, "--root", str(root))
+    assert human.returncode == 0 and "differs from what `msting llm service install` writes now" in human.stdout
+
+    gone = daemon_home.cli("llm", "service", "uninstall", scope, "--root", str(root), "--json", check=True)
+    assert json.loads(gone.stdout)["removed"] is True and not unit.exists()
+    after = daemon_home.cli("llm", "service", "status", scope, "--root", str(root))
+    assert after.returncode == 1 and "not installed" in after.stdout
+    again = daemon_home.cli("llm", "service", "uninstall", scope, "--root", str(root))
+    assert again.returncode == 0 and "nothing to remove" in again.stdout
+
+
+def test_dry_run_shows_the_file_and_the_commands_and_writes_nothing(daemon_home, tmp_path):
+    root = tmp_path / "root"
+    proc = daemon_home.cli("llm", "service", "install", "--dry-run", "--json", check=True)
+    shown = json.loads(proc.stdout)
+    assert shown["dry_run"] is True
+    assert shown["commands"] == ["systemctl --user daemon-reload", "systemctl --user enable msting.service",
+                                 "systemctl --user restart msting.service"]
+    assert not Path(shown["path"]).exists()
+    written = json.loads(daemon_home.cli("llm", "service", "install", "--root", str(root), "--json", check=True).stdout)
+    assert written["content"] == shown["content"]
+    human = daemon_home.cli("llm", "service", "install", "--dry-run", check=True)
+    assert "would write " in human.stdout and "would run: systemctl --user enable msting.service" in human.stdout
+
+
+def test_the_launchd_plist_parses(daemon_home, tmp_path):
+    root = tmp_path / "root"
+    proc = daemon_home.cli("llm", "service", "install", "--init-system", "launchd", "--root", str(root), "--json", check=True)
+    path = Path(json.loads(proc.stdout)["path"])
+    assert path == root / daemon_home.env["HOME"].lstrip("/") / "Library/LaunchAgents/dev.msting.llm.plist"
+    plist = plistlib.loads(path.read_bytes())
+    assert plist["RunAtLoad"] is True and plist["KeepAlive"] == {"SuccessfulExit": False}
+    assert plist["ProgramArguments"][1:] == ["-m", "msting", "llm", "start", "--foreground"]
+    assert plist["EnvironmentVariables"]["MSTING_HOME"] == str(daemon_home.home)
+    assert plist["StandardOutPath"] == str(daemon_home.home / "logs" / "launchd.out")
+    # only shown or written elsewhere: this machine does not run launchd
+    live = daemon_home.cli("llm", "service", "install", "--init-system", "launchd")
+    assert live.returncode == 2 and "does not run launchd" in live.stderr
+
+
+def test_hostile_inputs_get_clear_errors(daemon_home, tmp_path):
+    evil = dict(daemon_home.env, MSTING_HOME=str(daemon_home.home) + "\nExecStartPre=/bin/sh -c 'rm -rf ~'")
+    proc = subprocess.run([*msting_command(), "llm", "service", "install", "--dry-run"], env=evil, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "newline" in proc.stderr and "ExecStartPre" not in proc.stdout
+
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    proc = daemon_home.cli("llm", "service", "install", "--root", str(a_file))
+    assert proc.returncode == 2 and "is a file" in _said(proc.stderr)
+
+    proc = daemon_home.cli("llm", "service", "install", "--init-system", "upstart")
+    assert proc.returncode == 2 and "'upstart' is not one of 'systemd', 'launchd'" in _said(proc.stderr)
+
+    no_home = {k: v for k, v in daemon_home.env.items() if k != "MSTING_HOME"}
+    no_home["HOME"] = str(tmp_path / "home")
+    proc = subprocess.run([*msting_command(), "llm", "service", "install", "--system", "--dry-run"], env=no_home,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "a system service needs MSTING_HOME" in proc.stderr
+
+
+@pytest.mark.skipif(Path("/run/systemd/system").is_dir(), reason="systemd runs here: a live install would enable a real unit")
+def test_a_live_install_without_systemd_says_so_and_writes_nothing(daemon_home, tmp_path):
+    env = dict(daemon_home.env, HOME=str(tmp_path / "home"))
+    proc = subprocess.run([*msting_command(), "llm", "service", "install"], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert "systemd is not running on this machine" in proc.stderr and "--dry-run" in proc.stderr
+    assert not (tmp_path / "home" / ".config" / "systemd").exists()
+
