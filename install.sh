@@ -3,7 +3,7 @@
 # ~/.local/bin, and run `msting llm install` (which starts the daemon and proves that
 # the model generates). Safe to re-run: it upgrades the venv in place.
 #
-#   ./install.sh [--prefix DIR] [--model PATH] [--no-start]
+#   ./install.sh [--prefix DIR] [--model PATH] [--no-start] [--service]
 #
 # Environment: PYTHON (the interpreter to build the venv with; default: the newest
 # python3.x >= 3.10 found), MSTING_HOME (moves every msting directory under one root).
@@ -16,6 +16,7 @@ PREFIX="${XDG_DATA_HOME:-$HOME/.local/share}/msting/venv"
 BIN_DIR="$HOME/.local/bin"
 MODEL=""
 NO_START=0
+SERVICE=0
 
 say() { printf '==> %s\n' "$*"; }
 warn() { printf 'warning: %s\n' "$*" >&2; }
@@ -26,7 +27,7 @@ die() {
 
 usage() {
     cat <<EOF
-Usage: ./install.sh [--prefix DIR] [--model PATH] [--no-start]
+Usage: ./install.sh [--prefix DIR] [--model PATH] [--no-start] [--service]
 
 Installs msting into a virtualenv and runs \`msting llm install\`.
 
@@ -34,10 +35,13 @@ Options:
   --prefix DIR   virtualenv to install into (default: \${XDG_DATA_HOME:-\$HOME/.local/share}/msting/venv)
   --model PATH   a GGUF model file to serve (default: the built-in test model)
   --no-start     prepare dependencies, config and model, but do not start the daemon
+  --service      then run the daemon under the init system: \`msting llm service install\`
+                 (a systemd user unit on Linux, a launchd agent on macOS), started unless --no-start
   -h, --help     show this help
 
 Environment: PYTHON=/path/to/python3 picks the interpreter (Python >= ${MIN_PY_MAJOR}.${MIN_PY_MINOR}).
-Exit status: that of \`msting llm install\` (0 ready, 1 failed, 2 usage/config error, 3 timed out).
+Exit status: that of \`msting llm install\` (0 ready, 1 failed, 2 usage/config error, 3 timed out),
+then with --service that of \`msting llm service install\`.
 EOF
 }
 
@@ -63,6 +67,10 @@ while (($#)); do
             ;;
         --no-start)
             NO_START=1
+            shift
+            ;;
+        --service)
+            SERVICE=1
             shift
             ;;
         -h | --help)
@@ -186,5 +194,24 @@ status=0
 "$MSTING" "${args[@]}" || status=$?
 if ((status != 0)); then
     printf '\nmsting llm install failed (exit code %d); see the messages above.\n' "$status" >&2
+    exit "$status"
+fi
+
+# --- msting llm service install ----------------------------------------------------
+
+if ((SERVICE)); then
+    service_args=(llm service install)
+    if ((NO_START)); then
+        service_args+=(--no-start)
+    else
+        # The daemon install started proved the model; the init system takes over from here.
+        say "handing the daemon over to the init system"
+        "$MSTING" llm stop || exit $?
+    fi
+    say "running: msting ${service_args[*]}"
+    "$MSTING" "${service_args[@]}" || status=$?
+    if ((status != 0)); then
+        printf '\nmsting llm service install failed (exit code %d); the daemon can still be run with `msting llm start`.\n' "$status" >&2
+    fi
 fi
 exit "$status"

@@ -19,10 +19,10 @@ _msting() {
     fi
 
     local top_opts="--help -h --version -V"
-    local llm_cmds="install start stop restart status wait logs health profiles switch-profile models load unload services ping"
+    local llm_cmds="install start stop restart status wait logs health profiles switch-profile models load unload services ping doctor service"
 
     # Find the group and the subcommand typed so far.
-    local i group="" cmd=""
+    local i group="" cmd="" sub=""
     for ((i = 1; i < cword; i++)); do
         case "${words[i]}" in
             -*) ;;
@@ -31,6 +31,8 @@ _msting() {
                     group="${words[i]}"
                 elif [[ -z $cmd ]]; then
                     cmd="${words[i]}"
+                elif [[ $cmd == service && -z $sub ]]; then
+                    sub="${words[i]}"
                 fi
                 ;;
         esac
@@ -56,6 +58,15 @@ _msting() {
         --timeout | -n | --lines)
             return
             ;;
+        --root)
+            compopt -o filenames 2>/dev/null
+            COMPREPLY=($(compgen -d -- "$cur"))
+            return
+            ;;
+        --init-system)
+            COMPREPLY=($(compgen -W "systemd launchd" -- "$cur"))
+            return
+            ;;
     esac
 
     local opts
@@ -74,6 +85,18 @@ _msting() {
         load) opts="--timeout --json" ;;
         unload) opts="--json" ;;
         services) opts="--json" ;;
+        doctor) opts="--json" ;;
+        service)
+            case "$sub" in
+                "")
+                    COMPREPLY=($(compgen -W "install uninstall status --help -h" -- "$cur"))
+                    return
+                    ;;
+                install) opts="--user --system --dry-run --no-start --root --init-system --json" ;;
+                uninstall | status) opts="--user --system --root --init-system --json" ;;
+                *) return ;;
+            esac
+            ;;
         ping)
             opts="--json"
             if [[ $cur != -* ]]; then

@@ -1,7 +1,7 @@
 # fish completion for msting.
 # Install: cp completions/msting.fish ~/.config/fish/completions/  (install.sh does this)
 
-set -l llm_cmds install start stop restart status wait logs health profiles switch-profile models load unload services ping
+set -l llm_cmds install start stop restart status wait logs health profiles switch-profile models load unload services ping doctor service
 
 complete -c msting -f
 complete -c msting -n __fish_use_subcommand -s h -l help -d 'Show help'
@@ -24,9 +24,16 @@ complete -c msting -n $in_llm -a load -d 'Load a model and wait until it is read
 complete -c msting -n $in_llm -a unload -d 'Unload a model'
 complete -c msting -n $in_llm -a services -d 'List the services behind the daemon and their URLs'
 complete -c msting -n $in_llm -a ping -d 'Check each URL of a service now'
+complete -c msting -n $in_llm -a doctor -d 'Check what msting needs, each with a fix hint'
+complete -c msting -n $in_llm -a service -d 'Run the daemon under the init system (systemd, launchd)'
 
 function __msting_llm_cmd
-    __fish_seen_subcommand_from llm; and __fish_seen_subcommand_from $argv
+    __fish_seen_subcommand_from llm; or return 1
+    # `service install` and `service status` are not `install` and `status`
+    if not contains service $argv; and __fish_seen_subcommand_from service
+        return 1
+    end
+    __fish_seen_subcommand_from $argv
 end
 
 complete -c msting -n '__msting_llm_cmd install' -l model -r -F -d 'GGUF model file to serve'
@@ -44,3 +51,17 @@ end
 complete -c msting -n '__msting_llm_cmd ping' -a '(__msting_services)' -d 'Service'
 complete -c msting -n '__msting_llm_cmd logs' -s f -l follow -d 'Keep printing new lines'
 complete -c msting -n '__msting_llm_cmd logs' -s n -l lines -x -d 'Number of lines'
+set -l svc_cmds install uninstall status
+set -l in_service "__msting_llm_cmd service; and not __fish_seen_subcommand_from $svc_cmds"
+complete -c msting -n $in_service -a install -d 'Write, enable and start the service'
+complete -c msting -n $in_service -a uninstall -d 'Stop, disable and remove the service'
+complete -c msting -n $in_service -a status -d 'Whether the service is installed, enabled and active'
+set -l svc_any "__msting_llm_cmd service; and __fish_seen_subcommand_from $svc_cmds"
+complete -c msting -n $svc_any -l user -d "The user's own service"
+complete -c msting -n $svc_any -l system -d 'A system service'
+complete -c msting -n $svc_any -l root -r -a '(__fish_complete_directories)' -d 'Act on DIR as if it were /'
+complete -c msting -n $svc_any -l init-system -x -a 'systemd launchd' -d 'systemd or launchd'
+complete -c msting -n $svc_any -l json -d 'Print JSON'
+complete -c msting -n '__msting_llm_cmd service; and __fish_seen_subcommand_from install' -l dry-run -d 'Print the file and the commands'
+complete -c msting -n '__msting_llm_cmd service; and __fish_seen_subcommand_from install' -l no-start -d 'Enable but do not start'
+complete -c msting -n '__msting_llm_cmd doctor' -l json -d 'Print JSON'
