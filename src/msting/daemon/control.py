@@ -1,26 +1,37 @@
 """The daemon's operator surface, as the HTTP layer's `Control` asks for it: health and
-status, load and unload, profiles and switches, jobs."""
+status, load, unload and restart, profiles and switches, jobs, the metrics, the
+readiness checks, the log's tail, and restarting the daemon itself."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import time
+from typing import Callable
 
 import psutil
 
 from msting import __version__
-from msting.api.errors import NotFound
+from msting.api.errors import NotAllowed, NotFound
 from msting.daemon.jobs import Jobs
 from msting.daemon.local import switch
+from msting.daemon.local.admission import shutting_down
+from msting.daemon.metrics import DaemonMetrics
 from msting.providers.local import LocalProvider
+
+LOG_TAIL_BYTES = 64 * 1024  # the most of the log file read for its tail
 
 
 class DaemonControl:
-    def __init__(self, local: LocalProvider, jobs: Jobs):
+    def __init__(self, local: LocalProvider, jobs: Jobs, *, metrics: DaemonMetrics | None = None,
+                 restart: Callable[[], None] | None = None):
+        """`restart`: asks the daemon to drain, stop and start again in the same process
+        (msting.daemon.main); None where nothing can (then restart_daemon refuses)."""
         self.local = local
         self.service = local.service
         self._jobs = jobs
+        self._metrics = metrics
+        self._restart = restart
         self.default_load_timeout = self.service.config.llm_service.startup_timeout_sec
 
     def _readiness(self) -> tuple[str, str | None]:
@@ -123,3 +134,71 @@ class DaemonControl:
         if found is None:
             raise NotFound("job_not_found", f"no job {job_id}")
         return found
+
+    # ---- operations (the debug page's buttons; the CLI can use them too) -----------
+
+    def metrics(self) -> tuple[bytes, str]:
+        if self._metrics is None:
+            raise NotFound("metrics_off", "this daemon keeps no metrics")
+        return self._metrics.render(), self._metrics.content_type
+
+    async def run_checks(self) -> dict:
+        """The readiness checks of `msting llm health` (the same code,
+        msting.cli.health.run_checks), run now from the daemon through its own socket:
+        /health answers, the default model loads, a 10-token generate returns text;
+        each with its result and timing."""
+        from msting.cli.health import checks_json, run_checks
+        from msting.client import MstingClient
+
+        socket_path = self.service.config.socket_path(self.service.paths)
+
+        class OwnSocket:
+            def client(self, timeout: float) -> MstingClient:
+                return MstingClient(socket_path=socket_path, timeout=timeout)
+
+        checks = await asyncio.to_thread(run_checks, _Silent(), OwnSocket(), self.default_load_timeout)
+        return checks_json(checks)
+
+    async def restart_model(self, name: str | None) -> dict:
+        """Stop a model's workers (each finishes the request in hand; requests that
+        arrive meanwhile wait in its queue) and start them again."""
+        if self.service.stopping:
+            raise shutting_down()
+        model = self.service.admission.find(name)
+        pids = [w.pid for w in model.workers if w.pid]
+        self.service.store.record_event("model_restart", model=model.name, detail=f"asked for; workers {pids}")
+        await model.stop()
+        model.start()
+        return {"model": model.name, "state": model.state.value, "stopped_pids": pids}
+
+    def restart_daemon(self) -> dict:
+        if self._restart is None:
+            raise NotAllowed("restart_unavailable", "this daemon cannot restart itself; use `msting llm restart`")
+        if self.service.stopping:
+            raise shutting_down()
+        self._restart()
+        return {"restarting": True, "pid": os.getpid(),
+                "detail": "the daemon drains, stops its workers and starts again in the same process (same pid)"}
+
+    def log_tail(self, lines: int) -> list[str]:
+        """The last `lines` lines of the daemon's log file."""
+        path = self.service.config.log_file(self.service.paths)
+        try:
+            with open(path, "rb") as f:
+                size = f.seek(0, os.SEEK_END)
+                f.seek(max(0, size - LOG_TAIL_BYTES))
+                text = f.read().decode("utf-8", "replace").splitlines()
+        except OSError:
+            return []
+        if size > LOG_TAIL_BYTES:
+            text = text[1:]  # the first line read is only a part of one
+        return text[-lines:]
+
+
+class _Silent:
+    """The checks' progress goes nowhere: the caller gets the results."""
+
+    def _quiet(self, message: str) -> None:
+        pass
+
+    step_ok = step_fail = step_skip = _quiet

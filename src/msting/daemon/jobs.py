@@ -138,3 +138,11 @@ class Jobs:
 
     def running(self, kind: str) -> Job | None:
         return next((j for j in self._live.values() if j.kind == kind and j.state is JobState.RUNNING), None)
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        """This daemon's jobs by (kind, state)."""
+        out: dict[tuple[str, str], int] = {}
+        for job in self._live.values():
+            key = (job.kind, job.state.value)
+            out[key] = out.get(key, 0) + 1
+        return out

@@ -31,6 +31,7 @@ import sys
 from msting.config import Config, ConfigError, Paths, load_config, resolve_paths
 from msting.daemon import instance
 from msting.daemon.exit_codes import DaemonExit
+from msting.daemon.restart import RESTART, RESTART_SIGNAL, reexec
 from msting.daemon.notify import Notifier, follow_readiness, keep_watchdog
 
 log = logging.getLogger("msting.daemon")
@@ -40,9 +41,12 @@ log = logging.getLogger("msting.daemon")
 def main(argv: list[str] | None = None) -> int:
     notifier = Notifier.from_environ()
     try:
-        return _main(notifier)
+        code = _main(notifier)
     finally:
         notifier.close()
+    if code == RESTART:  # asked for through the API, and everything is released: the same pid starts again
+        reexec()
+    return code
 
 
 def _main(notifier: Notifier) -> int:
@@ -182,6 +186,7 @@ async def _serve(config: Config, paths: Paths, sockets: list[socket.socket], sec
                  notifier: Notifier | None = None) -> int:
     from msting.daemon.control import DaemonControl
     from msting.daemon.jobs import Jobs
+    from msting.daemon.metrics import DaemonMetrics
     from msting.daemon.local.plan import restore_routing
     from msting.daemon.local.service import LocalService
     from msting.daemon.local.spares import WorkerLauncher
@@ -222,11 +227,14 @@ async def _serve(config: Config, paths: Paths, sockets: list[socket.socket], sec
         return DaemonExit.CONFIG
     service = LocalService(config, paths, routing, store, launcher)
     local = LocalProvider(service)
-    control = DaemonControl(local, Jobs(store))
+    jobs = Jobs(store)
+    metrics = DaemonMetrics(service, jobs, store)
+    control = DaemonControl(local, jobs, metrics=metrics, restart=lambda: signals.put_nowait(RESTART_SIGNAL))
     remotes = [RemoteProvider(spec, env=os.environ, max_tokens=config.llm.max_tokens, temperature=config.llm.temperature)
                for spec in config.llm.services]
     router = Router([local, StubProvider(), *remotes], default=config.llm.default_service,
-                    fallback_chain=config.llm.fallback_chain)
+                    fallback_chain=config.llm.fallback_chain, observer=metrics.requests)
+    metrics.attach(router.services, control.readiness)
     app = build_app(router, control, security=security or SecurityPolicy.from_config(config))
     server = _make_server(app, config.llm_service.stop_timeout_sec)
     serve_task = asyncio.create_task(server.serve(sockets=sockets), name="http")
@@ -284,4 +292,6 @@ async def _serve(config: Config, paths: Paths, sockets: list[socket.socket], sec
         await remote.close()
     store.record_event("daemon_stop", detail="forced" if forced else "graceful")
     store.close()
-    return DaemonExit.FAILURE if forced else DaemonExit.OK
+    if forced:
+        return DaemonExit.FAILURE
+    return RESTART if sig == RESTART_SIGNAL else DaemonExit.OK

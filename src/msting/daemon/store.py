@@ -12,6 +12,7 @@ import json
 import sqlite3
 import time
 from pathlib import Path
+from typing import Callable
 
 MIGRATIONS: list[str] = [
     # 1: daemon facts and a log of lifecycle events (starts, crashes, FATAL, restarts)
@@ -70,6 +71,8 @@ class Store:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=2000")
         self._migrate()
+        # Told of each event as it is recorded (kind, model, detail): the metrics count them.
+        self.listeners: list[Callable[[str, str | None, str | None], None]] = []
 
     def _refuse_newer(self) -> None:
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
@@ -110,6 +113,8 @@ class Store:
                                (time.time(), kind, model, worker, detail))
         if cur.lastrowid and cur.lastrowid % 500 == 0:
             self._db.execute("DELETE FROM events WHERE id <= ?", (cur.lastrowid - MAX_EVENTS,))
+        for listener in self.listeners:
+            listener(kind, model, detail)
 
     def recent_events(self, limit: int = 20) -> list[dict]:
         rows = self._db.execute("SELECT ts, kind, model, worker, detail FROM events ORDER BY id DESC LIMIT ?", (limit,)).fetchall()

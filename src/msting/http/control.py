@@ -1,5 +1,6 @@
 """What the HTTP layer needs from the daemon beyond serving requests: health, status,
-loading and unloading models, profiles and switches, jobs.
+loading, unloading and restarting models, profiles and switches, jobs, the metrics,
+the readiness checks, the log's tail, restarting the daemon.
 
 Declared here, where it is used; the daemon's `msting.daemon.control.DaemonControl`
 provides it. The routes see only this and the provider router, never the daemon's
@@ -37,3 +38,19 @@ class Control(Protocol):
     def jobs(self) -> list[dict]: ...
 
     def job(self, job_id: str) -> dict: ...
+
+    def metrics(self) -> tuple[bytes, str]:
+        """The Prometheus text of /metrics, and its content type."""
+        ...
+
+    async def run_checks(self) -> dict:
+        """The readiness checks now (`msting llm health`'s): ok, failed_step, checks."""
+        ...
+
+    async def restart_model(self, model: str | None) -> dict: ...
+
+    def restart_daemon(self) -> dict:
+        """Ask the daemon to drain and start again; returns at once."""
+        ...
+
+    def log_tail(self, lines: int) -> list[str]: ...

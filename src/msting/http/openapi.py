@@ -28,7 +28,7 @@ from starlette.routing import Route
 from msting import __version__
 from msting.api import limits
 from msting.http import native, openai_api, ws
-from msting.http.admin import SWITCH_KEYS, UNLOAD_KEYS
+from msting.http.admin import NO_KEYS, RESTART_KEYS, SWITCH_KEYS, UNLOAD_KEYS
 from msting.http.native import LOAD_KEYS
 from msting.http.parsing import ROLES
 
@@ -519,7 +519,36 @@ def _paths() -> dict:
         "/v1/jobs/{job_id}": _get("job", "One job", _ok(_ref("Job")), _errors("NotFound"), tags=admin_tags,
                                   parameters=[{"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}]),
         "/openapi.json": _get("openapi", "This document", _ok({"type": "object"}), _errors(), tags=admin_tags),
+        **_operations_paths(admin_tags),
         **_service_paths(llm_tags),
+    }
+
+
+def _operations_paths(tags: list[str]) -> dict:
+    """The operator's tools: metrics, the debug page, the readiness checks, restarts."""
+    text = {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}}
+    html = {"description": "The page", "content": {"text/html": {"schema": {"type": "string"}}}}
+    feed = {"description": "`event: state` every half second: `{\"status\": (as /v1/status), \"services\": (as /llm/services' "
+                           "data), \"log\": [the last lines of the daemon log]}`", "content": {SSE: {"schema": _ref("SseStream")}}}
+    return {
+        "/metrics": _get("metrics", "Prometheus metrics (text format 0.0.4)", text, _errors(), tags=tags,
+                         description="Needs the API key on TCP unless `llm_service.metrics_public` is true."),
+        "/debug": _get("debug_page", "The debug page (one HTML page, no external asset)", html, {}, tags=tags, security=[],
+                       description="Open on TCP even when an API key is set: it holds no data; it asks for the key and sends "
+                                   "it on its own requests. The Host check still applies."),
+        "/debug/feed": _get("debug_feed", "The debug page's live feed (server-sent events)", feed, _errors(), tags=tags),
+        "/v1/health/checks": _post(
+            "run_checks", "Run the readiness checks now (those of `msting llm health`), each with its result and timing",
+            _body(NO_KEYS), _ok(_ref("Object"), "Every check passed"),
+            {"503": {"description": "A check failed (the same body)", "content": {JSON: {"schema": _ref("Object")}}},
+             **_errors("BadRequest")}, tags=tags),
+        "/models/restart": _post("restart_model", "Restart a model's workers (each finishes its request first)",
+                                 _body(RESTART_KEYS, required=("model",)), _ok(_ref("Object")),
+                                 _errors("BadRequest", "NotFound", "PayloadTooLarge", "Unavailable"), tags=tags),
+        "/v1/daemon/restart": _post(
+            "restart_daemon", "Drain and restart the daemon in the same process", _body(NO_KEYS),
+            {"description": "Restarting", "content": {JSON: {"schema": _ref("Object")}}},
+            _errors("BadRequest", "Unavailable"), tags=tags, ok_status="202"),
     }
 
 

@@ -5,7 +5,9 @@
   before a byte is read (:func:`http_protocol_class`). No API key is needed there.
 - **TCP**: when the API key variable (``llm_service.api_key_env_var``, default
   ``LLM_API_KEY``) is set in the daemon's environment, every request except
-  ``GET /health`` needs ``Authorization: Bearer <key>`` (compared in constant time);
+  ``GET /health``, the debug page's own HTML (``/debug``: no data in it; the page asks
+  for the key and sends it on its every request) and, with
+  ``llm_service.metrics_public``, ``/metrics``, needs ``Authorization: Bearer <key>`` (compared in constant time);
   otherwise 401 in the OpenAI error format. Independently of the key, the ``Host``
   header must name a loopback host (``localhost``, ``127.x.y.z``, ``[::1]``, any
   port) or one of ``llm_service.allowed_hosts``: DNS-rebinding protection; otherwise
@@ -36,7 +38,8 @@ from typing import Any
 
 log = logging.getLogger("msting.http.security")
 
-OPEN_PATHS = frozenset({"/health"})  # liveness probes: no API key needed, even on TCP
+OPEN_PATHS = frozenset({"/health", "/debug"})  # liveness probes, the debug page's shell: no API key needed, even on TCP
+METRICS_PATH = "/metrics"  # open too with llm_service.metrics_public
 LOOPBACK_HOST_NAMES = frozenset({"localhost", "[::1]"})  # plus any 127.x.y.z
 _HOST_CACHE_MAX = 1024
 
@@ -103,6 +106,7 @@ class SecurityPolicy:
     api_key: str | None = field(default=None, repr=False)  # never logged or shown
     key_var: str = "LLM_API_KEY"
     allowed_hosts: frozenset[str] = frozenset()
+    open_paths: frozenset[str] = OPEN_PATHS  # served without the key
 
     @property
     def auth_required(self) -> bool:
@@ -117,11 +121,13 @@ class SecurityPolicy:
         bind = svc.host.strip().lower()
         if bind not in ("0.0.0.0", "::", "[::]", "") and not is_loopback_address(bind):
             allowed.add(normalize_allowed_host(bind))
-        return cls(api_key=read_api_key(svc.api_key_env_var, environ), key_var=svc.api_key_env_var, allowed_hosts=frozenset(allowed))
+        open_paths = OPEN_PATHS | {METRICS_PATH} if getattr(svc, "metrics_public", False) else OPEN_PATHS
+        return cls(api_key=read_api_key(svc.api_key_env_var, environ), key_var=svc.api_key_env_var, allowed_hosts=frozenset(allowed),
+                   open_paths=open_paths)
 
     def describe(self) -> str:
         """One line for the daemon log (never the key)."""
-        auth = (f"API-key auth ON for TCP (Bearer key from ${self.key_var}; /health stays open)"
+        auth = (f"API-key auth ON for TCP (Bearer key from ${self.key_var}; {', '.join(sorted(self.open_paths))} stay open)"
                 if self.auth_required else f"API-key auth OFF for TCP (${self.key_var} is not set)")
         hosts = ", ".join(sorted(self.allowed_hosts)) or "none"
         unix = "mode 0600 + peer uid check" if peer_check_available() else "mode 0600 (no SO_PEERCRED here)"
@@ -150,6 +156,7 @@ class SecurityMiddleware:
         self.policy = policy
         self._key = policy.api_key.encode("utf-8") if policy.api_key is not None else None
         self._allowed = policy.allowed_hosts
+        self._open = policy.open_paths
         self._host_ok: dict[bytes, bool] = {}  # Host header value -> allowed, bounded
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
@@ -195,7 +202,7 @@ class SecurityMiddleware:
                 return await self._deny_host(scope, receive, send,
                                              f"Host header '{shown}' is not allowed; add it to llm_service.allowed_hosts")
 
-        if self._key is not None and scope["path"] not in OPEN_PATHS:
+        if self._key is not None and scope["path"] not in self._open:
             if auth is None:
                 log.debug("refused %s %s from %s: no API key", scope.get("method", "WEBSOCKET"), scope["path"], scope.get("client"))
                 return await _deny(scope, receive, send, 401, _MISSING_KEY, _AUTH_HEADERS)

@@ -16,17 +16,23 @@ it, else its own default. Retries within a service are the service's own (one re
 loop, msting.providers.remote.retry); this loop only moves between services. A stream
 fails over only before its first event; after that, the stream's own `Failed` event
 is the end. When every service fails, the error names each attempt.
+
+Observing. Every request the router takes ends in exactly one `RequestEnded`, handed to
+the `observer` given at construction (msting.daemon.metrics counts them): this is the one
+place on the request path where requests, tokens, time to first token, durations,
+retries and fallbacks are seen, whatever the route or the provider.
 """
 
 from __future__ import annotations
 
+import asyncio
 import difflib
 import time
-from dataclasses import replace
-from typing import AsyncIterator, TypeVar
+from dataclasses import dataclass, replace
+from typing import AsyncIterator, Protocol, TypeVar
 
 from msting.api.errors import MstingError, NotFound, ServerError, Timeout, Unavailable, UpstreamError, unknown_model
-from msting.api.events import Attempt, Done, Embeddings, Event, Failed
+from msting.api.events import Attempt, Done, Embeddings, Event, Failed, Token, Usage
 from msting.api.requests import EmbeddingRequest, GenerationRequest, names_default
 from msting.providers.base import ModelInfo, Provider, Stream
 
@@ -39,6 +45,28 @@ R = TypeVar("R", bound="GenerationRequest | EmbeddingRequest")
 Step = tuple[Provider, "str | None"]
 
 
+@dataclass(frozen=True)
+class RequestEnded:
+    """One request, as it ended. `service` and `model` are the ones that answered, or
+    the first ones asked (None when the name resolved to nothing); `kind` is generate,
+    stream or embed; `error` is None for an answer, `cancelled` true when the client
+    left first; `first_token_sec` is the time to a stream's first token."""
+
+    kind: str
+    service: str | None
+    model: str | None
+    seconds: float
+    error: BaseException | None = None
+    cancelled: bool = False
+    usage: Usage | None = None
+    first_token_sec: float | None = None
+    attempts: tuple[Attempt, ...] = ()
+
+
+class RequestObserver(Protocol):
+    def request_ended(self, ended: RequestEnded) -> None: ...
+
+
 def attempts_of(error: MstingError, service: str, ms: float) -> list[Attempt]:
     """The attempts a failed call made: the provider's own list, else one."""
     listed = error.details.get("attempts")
@@ -48,7 +76,9 @@ def attempts_of(error: MstingError, service: str, ms: float) -> list[Attempt]:
 
 
 class Router:
-    def __init__(self, providers: list[Provider], default: str | None = None, fallback_chain: tuple[str, ...] = ()):
+    def __init__(self, providers: list[Provider], default: str | None = None, fallback_chain: tuple[str, ...] = (),
+                 observer: RequestObserver | None = None):
+        self.observer = observer
         self.providers = {p.name: p for p in providers}
         self.default = default or providers[0].name
         if self.default not in self.providers:
@@ -144,27 +174,61 @@ class Router:
         return await self._call("embed", request)  # type: ignore[return-value]
 
     async def _call(self, method: str, request: R) -> Done | Embeddings:
-        steps = self._steps(request.model)
+        started = time.monotonic()
+        first: Step | None = None
         tried: list[Attempt] = []
-        errors: list[tuple[str, MstingError]] = []
-        for i, (provider, model) in enumerate(steps):
-            started = time.monotonic()
-            try:
-                result = await getattr(provider, method)(request if model == request.model else replace(request, model=model))
-            except MstingError as exc:
-                if isinstance(exc, NotFound) and i == 0:
-                    self._with_close_matches(exc, request.model)
-                if len(steps) == 1 or not falls_over(exc, first=i == 0):
-                    raise
-                tried += attempts_of(exc, provider.name, (time.monotonic() - started) * 1000)
-                errors.append((provider.name, exc))
-                continue
-            own = list(result.attempts) or [Attempt(provider.name, None, None, (time.monotonic() - started) * 1000)]
-            return replace(result, model=self.public_name(provider.name, result.model), attempts=tuple(tried + own))
-        raise every_service_failed(errors, tried)
+        try:
+            steps = self._steps(request.model)
+            first = steps[0]
+            errors: list[tuple[str, MstingError]] = []
+            for i, (provider, model) in enumerate(steps):
+                began = time.monotonic()
+                try:
+                    result = await getattr(provider, method)(request if model == request.model else replace(request, model=model))
+                except MstingError as exc:
+                    if isinstance(exc, NotFound) and i == 0:
+                        self._with_close_matches(exc, request.model)
+                    if len(steps) == 1 or not falls_over(exc, first=i == 0):
+                        raise
+                    tried += attempts_of(exc, provider.name, (time.monotonic() - began) * 1000)
+                    errors.append((provider.name, exc))
+                    continue
+                own = list(result.attempts) or [Attempt(provider.name, None, None, (time.monotonic() - began) * 1000)]
+                done = replace(result, model=self.public_name(provider.name, result.model), attempts=tuple(tried + own))
+                self._ended(RequestEnded(method, provider.name, result.model, time.monotonic() - started, usage=result.usage,
+                                         attempts=done.attempts))
+                return done
+            raise every_service_failed(errors, tried)
+        except BaseException as exc:  # CancelledError too: the client went away
+            self._failed(method, first, request.model, started, exc, tried)
+            raise
+
+    def _ended(self, ended: RequestEnded) -> None:
+        if self.observer is not None:
+            self.observer.request_ended(ended)
+
+    def _failed(self, kind: str, first: Step | None, requested: str | None, started: float, exc: BaseException,
+                tried: list[Attempt]) -> None:
+        """A request that ended without an answer. A MstingError carries every attempt
+        (the provider's own list, or every service's when the whole chain failed)."""
+        if self.observer is None:
+            return
+        cancelled = isinstance(exc, (asyncio.CancelledError, GeneratorExit))
+        service = first[0].name if first is not None else None
+        attempts = attempts_of(exc, service, 0.0) if isinstance(exc, MstingError) and service is not None else tried
+        model = None if first is None else first[1] if first[1] is not None else requested
+        self.observer.request_ended(RequestEnded(kind, service, model, time.monotonic() - started,
+                                                 error=None if cancelled else exc, cancelled=cancelled, attempts=tuple(attempts)))
 
     def stream(self, request: GenerationRequest) -> RoutedStream:
-        return RoutedStream(self, self._steps(request.model), request)
+        started = time.monotonic()
+        steps: list[Step] = []
+        try:
+            steps = self._steps(request.model)
+            return RoutedStream(self, steps, request)
+        except MstingError as exc:  # refused before any event (unknown model, full queue)
+            self._failed("stream", steps[0] if steps else None, request.model, started, exc, [])
+            raise
 
     # ---- listing --------------------------------------------------------------------
 
@@ -234,6 +298,10 @@ class RoutedStream:
         self._errors: list[tuple[str, MstingError]] = []
         self._current: Stream | None = None
         self._started = time.monotonic()
+        self._began = self._started  # the request's own start, for its duration
+        self._first_token: float | None = None
+        self._committed = False  # a service produced the first event: it answers
+        self._ended = False  # the observer was told how it ended
         self._iter: AsyncIterator[Event] | None = None
         # The first service's admission errors (unknown model, full queue) are raised
         # here, before any response, unless a fallback may still answer.
@@ -262,7 +330,38 @@ class RoutedStream:
             self._iter = self._events()
         return self._iter
 
+    def _end(self, *, error: BaseException | None = None, cancelled: bool = False, usage: Usage | None = None) -> None:
+        """Tell the router's observer how the request ended (once)."""
+        if self._ended:
+            return
+        self._ended = True
+        if self._committed and self._current is not None:
+            model = self._current.model
+        else:
+            model = self._steps[0][1] if self._steps[0][1] is not None else self.request.model
+        self.router._ended(RequestEnded("stream", self.service, model, time.monotonic() - self._began, error=error,
+                                        cancelled=cancelled, usage=usage, first_token_sec=self._first_token,
+                                        attempts=tuple(self.attempts)))
+
     async def _events(self) -> AsyncIterator[Event]:
+        routed = self._routed()
+        try:
+            async for event in routed:
+                if self._first_token is None and isinstance(event, Token):
+                    self._first_token = time.monotonic() - self._began
+                if isinstance(event, Done):
+                    self._end(usage=event.usage, cancelled=event.finish_reason == "cancelled")
+                elif isinstance(event, Failed):
+                    self._end(error=event.error)
+                yield event
+        except BaseException as exc:
+            cancelled = isinstance(exc, (asyncio.CancelledError, GeneratorExit))
+            self._end(error=None if cancelled else exc, cancelled=cancelled)
+            raise
+        finally:
+            await routed.aclose()
+
+    async def _routed(self) -> AsyncIterator[Event]:
         for i, (provider, model) in enumerate(self._steps):
             first = i == 0
             stream = self._current if first else self._open(provider, model, first=False)
@@ -289,6 +388,7 @@ class RoutedStream:
                 self._failed(provider.name, event.error)
                 continue
             # Committed: this service answers; nothing is tried after its first event.
+            self._committed = True
             self.service = provider.name
             self.model = self.router.public_name(provider.name, stream.model)
             own = list(getattr(stream, "attempts", ())) or [Attempt(provider.name, None, None, 0.0)]
@@ -312,6 +412,7 @@ class RoutedStream:
             await it.aclose()
         if self._current is not None:
             await self._current.aclose()
+        self._end(cancelled=True)  # left before its end (nothing if it had ended)
 
     async def __aenter__(self) -> RoutedStream:
         return self

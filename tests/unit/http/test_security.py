@@ -508,7 +508,7 @@ def test_the_key_is_never_shown() -> None:
     on = SecurityPolicy.from_config(_config(allowed_hosts=["b.lan", "a.lan"]), {"LLM_API_KEY": KEY})
     text = on.describe()
     assert KEY not in text and KEY not in repr(on) and KEY not in str(on)
-    assert text.startswith("API-key auth ON for TCP (Bearer key from $LLM_API_KEY; /health stays open)")
+    assert text.startswith("API-key auth ON for TCP (Bearer key from $LLM_API_KEY; /debug, /health stay open)")
     assert "(a.lan, b.lan)" in text
     off = SecurityPolicy.from_config(_config(api_key_env_var="MY_KEY"), {})
     assert off.describe().startswith("API-key auth OFF for TCP ($MY_KEY is not set)")
