@@ -289,7 +289,8 @@ def test_config_error_exits_2_and_starts_nothing(daemon_home):
 
 
 def test_queue_full_gives_503_with_retry_after(daemon_home):
-    daemon_home.write_config({"llm_service": {"queue_size": 1}, "llm": {"n_ctx": 32768}})
+    # one slot: a long request in it, one waiting in the queue, and the queue is full
+    daemon_home.write_config({"llm_service": {"queue_size": 1}, "llm": {"n_ctx": 32768, "parallel": 1}})
     daemon_home.start()
     body = {"prompt": "Once", "max_tokens": 3000, "temperature": 0}
 

@@ -167,7 +167,7 @@ def test_a_full_queue_is_unavailable_queue_full_with_retry_after(store: Store, s
         with pytest.raises(Unavailable) as exc:
             a.job(CompletionRequest("c", "story"))
         assert exc.value.code == "queue_full" and exc.value.retry_after == 1
-        assert exc.value.message == "the queue for model 'story' is full (2 requests); retry shortly"
+        assert exc.value.message == "the queue for model 'story' is full (2 requests waiting); retry shortly"
         assert queued(r.models["story"]) == [first, second]
         # a place is free again once a queued job is cancelled
         a.cancel(first)

@@ -84,7 +84,11 @@ class Admission:
         try:
             model.queue.put(job)
         except QueueFull:
-            raise Unavailable("queue_full", f"the queue for model '{model.name}' is full ({model.queue.maxsize} requests); retry shortly",
+            n = model.queue.maxsize
+            waiting = f"{n} request{'s' if n != 1 else ''} waiting"
+            slots = sum(w.slots for w in model.workers if w.verified)
+            busy = f", and all {slots} slots of its workers busy" if slots and model.slots_busy >= slots else ""
+            raise Unavailable("queue_full", f"the queue for model '{model.name}' is full ({waiting}{busy}); retry shortly",
                               retry_after=1) from None
 
     def _make_room(self, model: LocalModel) -> None:

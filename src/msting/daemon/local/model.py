@@ -292,6 +292,10 @@ class LocalModel:
         return self.state
 
     @property
+    def slots_busy(self) -> int:
+        return sum(w.slots_busy for w in self.workers)
+
+    @property
     def in_flight(self) -> int:
         return sum(w.in_flight for w in self.workers)
 
@@ -337,7 +341,7 @@ class LocalModel:
             "replicas": len(self.workers),
             "parallel": self.parallel,
             "slots": sum(w.slots for w in self.workers if w.verified),
-            "slots_busy": sum(w.slots_busy for w in self.workers),
+            "slots_busy": self.slots_busy,
             "cached_tokens": self.cached_tokens,
             "queue_depth": len(self.queue),
             "in_flight": self.in_flight,
