@@ -3,12 +3,14 @@ real foreign listener on the port."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import socket
 import subprocess
 import sys
 
 import pytest
+from daemon_home import msting_command
 
 pytestmark = pytest.mark.e2e
 
@@ -71,9 +73,8 @@ def test_a_checksum_beside_the_model_is_checked(daemon_home, stories_model_path,
     daemon_home.write_config({"llm": {"model": str(model)}})
     code, body = _doctor(daemon_home)
     assert code == 1 and "models" in body["failed"] and "mismatch" in _check(body, "models")["detail"]
-    from conftest import STORIES_SHA256
-
-    (tmp_path / "stories.gguf.sha256").write_text(STORIES_SHA256 + "  stories.gguf\n")
+    digest = hashlib.sha256(stories_model_path.read_bytes()).hexdigest()
+    (tmp_path / "stories.gguf.sha256").write_text(digest + "  stories.gguf\n")
     code, body = _doctor(daemon_home)
     assert "models" not in body["failed"] and "sha256 matches" in _check(body, "models")["detail"]
 
@@ -138,3 +139,14 @@ def test_install_reports_the_gpu_backend_as_doctor_does(daemon_home):
     assert gpu["line"] in _check(body, "llama_cpp")["detail"]
     assert gpu["backend"] in gpu["compiled"] and "built with" in gpu["line"]
     assert f"backend: {gpu['line']}" in proc.stderr
+
+
+def test_msting_home_that_is_a_file(daemon_home, tmp_path):
+    a_file = tmp_path / "home-file"
+    a_file.write_text("x")
+    env = dict(daemon_home.env, MSTING_HOME=str(a_file))
+    proc = subprocess.run([*msting_command(), "llm", "doctor", "--json"], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    body = json.loads(proc.stdout)
+    assert body["failed"] == ["config"] and "is not a directory" in _check(body, "config")["detail"]
+    assert "Traceback" not in proc.stderr

@@ -119,6 +119,10 @@ def test_hostile_inputs_get_clear_errors(daemon_home, tmp_path):
     proc = daemon_home.cli("llm", "service", "install", "--init-system", "upstart")
     assert proc.returncode == 2 and "'upstart' is not one of 'systemd', 'launchd'" in _said(proc.stderr)
 
+    proc = subprocess.run([*msting_command(), "llm", "service", "install", "--dry-run"], env=dict(daemon_home.env, MSTING_HOME=str(a_file)),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "is not a directory" in proc.stderr and "Traceback" not in proc.stderr
+
     no_home = {k: v for k, v in daemon_home.env.items() if k != "MSTING_HOME"}
     no_home["HOME"] = str(tmp_path / "home")
     proc = subprocess.run([*msting_command(), "llm", "service", "install", "--system", "--dry-run"], env=no_home,

@@ -119,8 +119,15 @@ def check_llama_cpp(ctx: Context) -> tuple[str, dict[str, Any]]:
 
 def check_config(ctx: Context) -> tuple[str, dict[str, Any]]:
     from msting.config.errors import ConfigError
+    from msting.config.paths import HOME_ENV_VAR
     from msting.config.schema import load_config
 
+    for folder in (ctx.paths.config_dir, ctx.paths.data_dir, ctx.paths.log_dir, ctx.paths.runtime_dir):
+        existing = next(p for p in (folder, *folder.parents) if p.exists() or p == p.parent)
+        if not existing.is_dir():
+            where = f"{HOME_ENV_VAR}={os.environ[HOME_ENV_VAR]}" if os.environ.get(HOME_ENV_VAR) else str(folder)
+            raise fail(f"{existing} is not a directory, so msting cannot keep {folder} ({where})",
+                       f"point {HOME_ENV_VAR} at a directory (or unset it for the default folders)")
     try:
         ctx.config = load_config(ctx.paths)
     except ConfigError as exc:
@@ -452,7 +459,10 @@ def _health(ctx: Context) -> dict[str, Any] | None:
     from msting.client import MstingClient, MstingError
 
     env = ctx.env()
-    if not env.is_running():
+    try:
+        if not env.is_running():
+            return None
+    except OSError:  # the runtime folder is unusable: the runtime check says so
         return None
     client = MstingClient(socket_path=env.socket_path, timeout=DAEMON_TIMEOUT)
     try:

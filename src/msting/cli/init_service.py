@@ -209,6 +209,9 @@ def _spec(target: Target, env: Any):
     home = os.environ.get(HOME_ENV_VAR) or None
     if home:
         home = str(Path(home).expanduser().absolute())
+        if Path(home).exists() and not Path(home).is_dir():
+            raise CommandError(f"{HOME_ENV_VAR}={home} is not a directory", ExitCode.USAGE,
+                               hint=f"point {HOME_ENV_VAR} at a directory (or unset it for the default folders)")
     if target.system and not home:
         raise CommandError(
             "a system service needs MSTING_HOME: without it the daemon (started outside your login session) "
