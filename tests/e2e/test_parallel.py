@@ -105,7 +105,7 @@ class Frozen:
 
 
 def _slots_busy(daemon_home, n: int, queued: int = 0) -> None:
-    daemon_home.wait_for(lambda: (w := _worker(daemon_home))["slots_busy"] == n and _model(daemon_home)["queue_depth"] == queued,
+    daemon_home.wait_for(lambda: _worker(daemon_home)["slots_busy"] == n and _model(daemon_home)["queue_depth"] == queued,
                          timeout=30, interval=0.01, what=f"{n} requests in the worker's slots and {queued} queued")
 
 
@@ -125,6 +125,7 @@ def test_concurrent_streams_on_one_worker_equal_their_solo_text_and_status_shows
         assert status["models"][0]["in_flight"] == SLOTS
         text = daemon_home.cli("llm", "status").stdout
         assert f"{w['pid']} BUSY {SLOTS}/{SLOTS}" in text, text
+        assert f"msting-tiny: n_threads {w['n_threads']}, measured: " in " ".join(text.split()), text
     results = {p: s.result() for p, s in streams.items()}
     for p, (text, end) in results.items():
         assert end is not None and end[0] == "done", (p, end)

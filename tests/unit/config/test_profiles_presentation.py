@@ -27,7 +27,7 @@ def test_describe_profiles(paths: Paths, home: Path, tmp_path: Path) -> None:
     assert default["estimated_bytes"] == default["always_ready_bytes"] == tiny.total_bytes
     assert default["models"] == [{
         "name": "msting-tiny", "type": "llm", "source": "builtin:tiny", "n_ctx": 2048, "replicas": 1,
-        "always_ready": True, "keep_alive_sec": 300.0, "estimated_bytes": tiny.total_bytes,
+        "parallel": None, "estimated_parallel": 8, "always_ready": True, "keep_alive_sec": 300.0, "estimated_bytes": tiny.total_bytes,
         "params": {"temperature": 0.7, "max_tokens": 256, "n_threads": None, "n_gpu_layers": 0, "chat_format": None},
     }]
 

@@ -26,7 +26,9 @@ def describe_profiles(paths: Paths, config: Config) -> list[dict[str, Any]]:
     ``estimated_bytes`` (every model loaded at once, shared files counted once; None
     unless valid), ``always_ready_bytes`` (the always-ready models only) and
     ``models``: ``name``, ``type``, ``source``, ``n_ctx``, ``replicas``,
-    ``always_ready``, ``keep_alive_sec``, ``params``, ``estimated_bytes``.
+    ``parallel`` (as written; None = automatic), ``estimated_parallel`` (the slots
+    the estimate counts: the automatic choice), ``always_ready``,
+    ``keep_alive_sec``, ``params``, ``estimated_bytes``.
 
     Reads each model file's header, and writes the built-in model when a profile
     uses it.
@@ -52,6 +54,7 @@ def describe_profiles(paths: Paths, config: Config) -> list[dict[str, Any]]:
                 est = estimates.get(name)
                 models.append({
                     "name": name, "type": m.type, "source": m.source, "n_ctx": m.n_ctx, "replicas": m.replicas,
+                    "parallel": m.parallel, "estimated_parallel": est.parallel if est is not None else None,
                     "always_ready": m.always_ready, "keep_alive_sec": m.keep_alive_sec, "params": asdict(m.params),
                     "estimated_bytes": est.total_bytes if est is not None else None,
                 })
