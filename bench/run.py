@@ -6,7 +6,7 @@ pick instead:
     .venv/bin/python bench/run.py --render bench/results/run.json   # rewrite the page from saved results
 
 Sections: memory_cli and concurrency (bench/suite.py), overhead, service, switch, proxy,
-batching (bench/<name>.py; ``bench/service.py`` is ``bench/run.py --only service``).
+batching, ops (bench/<name>.py; ``bench/service.py`` is ``bench/run.py --only service``).
 ``--param KEY=VALUE`` (VALUE as JSON, else a string) replaces one parameter of the sections'
 profile, e.g. ``--only batching --quick --param rounds=2 'servers=["msting (defaults)"]'``. A run rewrites
 the generated blocks of docs/benchmarks.md and the plots in docs/img/, and writes the raw
@@ -25,6 +25,7 @@ from typing import Any
 
 import batching
 import harness as h
+import ops
 import overhead
 import proxy
 import report as r
@@ -33,8 +34,8 @@ import suite
 import switch
 
 SECTIONS: dict[str, Any] = {"memory_cli": suite.MEMORY, "overhead": overhead, "concurrency": suite.CONCURRENCY, "service": service,
-                            "switch": switch, "proxy": proxy, "batching": batching}
-DOC_ORDER = ["service", "overhead", "switch", "proxy", "batching", "concurrency", "memory_cli"]  # the page's order
+                            "switch": switch, "proxy": proxy, "batching": batching, "ops": ops}
+DOC_ORDER = ["service", "overhead", "switch", "proxy", "batching", "concurrency", "memory_cli", "ops"]  # the page's order
 TARGET_LARGE_RATIO = 0.98  # decode tokens/s over in process on the 26M model, where the engine dominates
 
 

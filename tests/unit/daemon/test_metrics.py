@@ -74,7 +74,7 @@ def test_the_router_tells_the_observer_how_each_request_ended():
             await router.generate(request("nope~m"))
 
     asyncio.run(scenario())
-    got = parsed(metrics.text())
+    got = parsed(metrics.text().decode())
 
     def requests(**labels: str) -> float:
         return got.get(("msting_requests_total", tuple(sorted(labels.items()))), 0)
@@ -97,7 +97,7 @@ def test_model_labels_are_capped_per_service(monkeypatch):
     metrics = RequestMetrics()
     for i in range(10):
         metrics.request_ended(RequestEnded("generate", "lan", f"m{i}", 0.01))
-    got = parsed(metrics.text())
+    got = parsed(metrics.text().decode())
     models = sorted({dict(labels)["model"] for (name, labels) in got if name == "msting_requests_total"})
     assert models == ["(other)", "m0", "m1", "m2"]
     assert got[("msting_requests_total", (("kind", "generate"), ("model", "(other)"), ("outcome", "ok"), ("service", "lan")))] == 7
@@ -109,7 +109,7 @@ def test_retries_and_fallbacks_come_from_the_attempts():
     metrics = RequestMetrics()
     attempts = (Attempt("lan", "u1", "503"), Attempt("lan", "u2", "503"), Attempt("lan", "u1", "503"), Attempt("stub"))
     metrics.request_ended(RequestEnded("generate", "stub", "m", 0.2, attempts=attempts))
-    got = parsed(metrics.text())
+    got = parsed(metrics.text().decode())
     assert got[("msting_retries_total", (("service", "lan"),))] == 2
     assert got[("msting_fallbacks_total", (("service", "lan"), ("to", "stub")))] == 1
 

@@ -48,5 +48,5 @@ class DaemonMetrics:
         from prometheus_client import generate_latest
 
         families = [*self.events.families(), *(self.state.families() if self.state is not None else ())]
-        text = self.requests.text() + "".join(f.text() for f in families)
-        return text.encode("utf-8") + generate_latest(self.registry)
+        state = "".join(f.text() for f in families).encode("utf-8")
+        return b"".join((self.requests.text(), state, generate_latest(self.registry)))

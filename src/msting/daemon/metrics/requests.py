@@ -6,8 +6,9 @@ counts it by outcome, adds its tokens, and observes its time to first token (str
 and its duration (answered requests). Attempts give the retries within a service and
 the fallbacks from one service to the next.
 
-A series' text is kept between scrapes and made again only after it changed, so a
-scrape of hundreds of series that saw no request since the last one costs a join.
+A series' text is kept between scrapes and made again only after it changed, and the
+whole text is kept while no series changed: a scrape of hundreds of series costs the
+series that saw a request since the last one, and a join.
 
 Label values come from the services and models that answered; a name a client made up
 (an unknown model) is counted under `(unknown)`, and a service has at most
@@ -30,8 +31,9 @@ UNKNOWN = "(unknown)"
 OTHER = "(other)"
 NONE = "(none)"  # a request whose name resolved to no service
 
-TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, INF)
-DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, INF)
+# Few buckets: every one is a line per series on every scrape (300 series: 300 lines each).
+TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, INF)
+DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, INF)
 
 # Outcome labels: an error class says what kind of failure it was (most specific first).
 OUTCOMES = ((TooLarge, "too_large"), (InvalidRequest, "invalid_request"), (NotFound, "not_found"), (Conflict, "conflict"),
@@ -118,6 +120,7 @@ class RequestMetrics:
         self._models: dict[str, int] = {}  # model labels per service
         self._retries: dict[str, int] = {}
         self._fallbacks: dict[tuple[str, str], int] = {}
+        self._text: bytes | None = None  # the whole text, until a request ends
 
     def _labels(self, ended: RequestEnded) -> tuple[str, str]:
         service = ended.service or NONE
@@ -142,6 +145,7 @@ class RequestMetrics:
     # ---- the router's observer ------------------------------------------------------
 
     def request_ended(self, ended: RequestEnded) -> None:
+        self._text = None
         outcome = outcome_of(ended)
         self.series(*self._labels(ended)).record(ended.kind, outcome, ended)
         # Attempts in order: each extra one within a service is a retry, each change of
@@ -157,7 +161,13 @@ class RequestMetrics:
 
     # ---- exposition -----------------------------------------------------------------
 
-    def text(self) -> str:
+    def text(self) -> bytes:
+        """The exposition text (ASCII but for label values, which are UTF-8)."""
+        if self._text is None:
+            self._text = self._render().encode("utf-8")
+        return self._text
+
+    def _render(self) -> str:
         series = list(self._series.values())
         texts = [s.text() for s in series]
         out = []
