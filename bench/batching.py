@@ -454,8 +454,9 @@ def summary_rows(res: dict) -> list[list[str]]:
 def server_note(name: str, s: dict) -> str:
     i = s.get("info") or {}
     if s["kind"] == "msting":
-        th = i.get("threads") if isinstance(i.get("threads"), dict) else {}
-        bits = [f"n_threads {i.get('n_threads') or th.get('chosen')}"]
+        w = (i.get("workers") or [{}])[0]  # the threads each worker chose, when n_threads is automatic
+        th = next((x for x in (i.get("threads"), w.get("threads")) if isinstance(x, dict)), {})
+        bits = [f"n_threads {i.get('n_threads') or w.get('n_threads') or th.get('chosen')}"]
         if "parallel" in i:
             bits.append(f"parallel {i['parallel']}")
         if i.get("replicas", 1) != 1:
