@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
 import subprocess
@@ -144,7 +143,7 @@ def test_hello_then_ready(spawn, builtin_model_path):
     assert set(model) == {
         "path", "arch", "n_ctx", "n_ctx_train", "n_vocab", "n_embd",
         "n_params", "size_bytes", "chat_template", "chat_format", "backend",
-        "embedding", "pooling",
+        "embedding", "pooling", "parallel", "n_threads", "threads",
     }
     assert model["arch"] == "llama"
     assert model["n_ctx"] == 2048 and model["n_ctx_train"] == 2048
@@ -155,6 +154,21 @@ def test_hello_then_ready(spawn, builtin_model_path):
     assert model["chat_format"] == "gguf-template"  # the model's own template
     assert model["backend"] == "cpu"
     assert model["embedding"] is False and model["pooling"] is None
+    assert model["parallel"] == 1
+    # n_threads null in the spec: measured at load, for 1 up to the usable cores
+    threads = model["threads"]
+    assert threads["source"] == "measured" and threads["chosen"] == model["n_threads"] >= 1
+    assert "1" in threads["measured"] and str(model["n_threads"]) in threads["measured"]
+    assert all(v > 0 for v in threads["measured"].values()) and "tok/s" in threads["reason"]
+
+
+def test_explicit_n_threads_wins(spawn, builtin_model_path):
+    w = spawn(builtin_model_path, n_threads=1)
+    _, ready = w.boot()
+    assert ready["model"]["n_threads"] == 1
+    assert ready["model"]["threads"] == {
+        "source": "spec", "chosen": 1, "measured": {}, "reason": "n_threads 1 set for this model",
+    }
 
 
 def test_generate_non_stream(tiny):
@@ -418,6 +432,12 @@ def write_variant(src: Path, dst: Path, pooling: int | None = None, chat_templat
     return dst
 
 
+def counts(usage: dict) -> dict:
+    """A `done` frame's token counts, without the prompt tokens its slot's cache saved
+    (a request right after a similar one reuses part of its KV)."""
+    return {k: v for k, v in usage.items() if k != "cached_tokens"}
+
+
 def test_chat_messages_use_the_gguf_template(tiny):
     done, before = tiny.generate("c", messages=CHAT, max_tokens=12, temperature=0.0)
     assert before == [] and done["type"] == "done", done
@@ -430,7 +450,7 @@ def test_chat_messages_use_the_gguf_template(tiny):
     # the same as completing the prompt the template renders (BOS added once)
     plain, _ = tiny.generate("p", prompt=CHAT_AS_CHATML, max_tokens=12, temperature=0.0)
     assert plain["text"].lstrip() == done["text"]
-    assert plain["usage"] == usage and plain["finish_reason"] == done["finish_reason"]
+    assert counts(plain["usage"]) == counts(usage) and plain["finish_reason"] == done["finish_reason"]
     # streamed chat agrees with non-streamed chat
     sdone, frames = tiny.generate("s", messages=CHAT, max_tokens=12, temperature=0.0, stream=True)
     assert "".join(f["text"] for f in frames) == done["text"]
@@ -445,7 +465,7 @@ def test_chat_format_override(spawn, builtin_model_path):
     assert done["type"] == "done" and done["text"].strip()
     # llama-cpp-python's "chatml" format: the same turns as the model's template
     plain, _ = w.generate("p", prompt=CHAT_AS_CHATML, max_tokens=10, temperature=0.0)
-    assert plain["text"].lstrip() == done["text"] and plain["usage"] == done["usage"]
+    assert plain["text"].lstrip() == done["text"] and counts(plain["usage"]) == counts(done["usage"])
 
 
 def test_unknown_chat_format_is_a_boot_error(spawn, builtin_model_path):
@@ -587,7 +607,7 @@ def test_chat_template_errors_are_bad_requests(spawn, builtin_model_path, tmp_pa
     user = [{"role": "user", "content": "Hello"}]
     done, _ = w.generate("ok", messages=user, max_tokens=3, temperature=0.0)
     plain, _ = w.generate("p", prompt="[user] Hello</s>[assistant]", max_tokens=3, temperature=0.0)
-    assert done["type"] == "done" and done["usage"] == plain["usage"]
+    assert done["type"] == "done" and counts(done["usage"]) == counts(plain["usage"])
 
 
 def test_presence_and_frequency_penalties(tiny):
@@ -789,3 +809,146 @@ def test_spare_with_a_bad_spec_is_a_boot_error(spawn, tmp_path):
     assert error["type"] == "error" and error["kind"] == "boot"
     assert "missing.gguf" in error["message"]
     assert spare.wait() == EXIT_BOOT_ERROR
+
+
+# ---- parallel sequences in one worker (slots) ----------------------------------------
+
+PROMPTS = [
+    "Once upon a time", "The little dog", "Lily and Tom went to", "One day, a bird",
+    "The sun was", "Max liked to eat", "In the park there", "She saw a big",
+]
+
+
+def _text(done: dict, frames: list[dict]) -> str:
+    return done["text"] or "".join(f["text"] for f in frames if f["type"] == "token")
+
+
+def run_together(w: Worker, requests: dict[str, dict]) -> dict[str, tuple[dict, list[dict]]]:
+    """Send every request at once; each one's (done or error frame, its token frames)."""
+    for rid, fields in requests.items():
+        w.send("generate", rid, **fields)
+    frames: dict[str, list[dict]] = {rid: [] for rid in requests}
+    ends: dict[str, dict] = {}
+    while len(ends) < len(requests):
+        frame = w.read()
+        assert frame is not None, w.stderr()
+        assert frame["id"] in requests, frame
+        if frame["type"] in ("done", "error"):
+            ends[frame["id"]] = frame
+        else:
+            frames[frame["id"]].append(frame)
+    return {rid: (ends[rid], frames[rid]) for rid in requests}
+
+
+@pytest.mark.parametrize("model", ["msting-tiny", "stories260K"])
+def test_each_sequence_equals_its_output_alone_at_every_parallel_n(spawn, builtin_model_path, stories_model_path, model):
+    path = builtin_model_path if model == "msting-tiny" else stories_model_path
+
+    def request(i: int) -> dict:
+        fields = dict(max_tokens=24 + 9 * i, temperature=0.0, stream=i % 2 == 0)
+        if i == 3:
+            return dict(fields, messages=[{"role": "user", "content": PROMPTS[i]}])
+        return dict(fields, prompt=PROMPTS[i])
+
+    one = spawn(path, n_threads=1, n_ctx=512)
+    one.boot()
+    alone = {}
+    for i in range(8):
+        done, frames = one.generate(f"a{i}", **request(i))
+        assert done["type"] == "done", done
+        alone[i] = (_text(done, frames), done["usage"]["completion_tokens"], done["finish_reason"])
+    assert len({text for text, _, _ in alone.values()}) == 8  # different prompts, different replies
+    for n in (1, 2, 4, 8):
+        w = spawn(path, n_threads=1, n_ctx=512, parallel=n)
+        _, ready = w.boot()
+        assert ready["model"]["parallel"] == n and ready["model"]["n_ctx"] == 512
+        for round in range(2):  # the second round runs on the slots' caches
+            out = run_together(w, {f"r{i}": request(i) for i in range(n)})
+            for i in range(n):
+                done, frames = out[f"r{i}"]
+                assert done["type"] == "done", done
+                got = (_text(done, frames), done["usage"]["completion_tokens"], done["finish_reason"])
+                assert got == alone[i], (n, round, i)
+                if done["usage"]["completion_tokens"] and request(i)["stream"]:
+                    assert sum(f["n"] for f in frames) == done["usage"]["completion_tokens"]
+
+
+def test_seeded_sampling_does_not_depend_on_the_other_sequences(spawn, builtin_model_path):
+    w = spawn(builtin_model_path, n_threads=1, parallel=4)
+    w.boot()
+    args = dict(prompt="Once upon a time", max_tokens=40, temperature=0.9, top_p=0.9, seed=99)
+    alone, _ = w.generate("alone", **args)
+    out = run_together(w, {
+        "x": dict(args), "y": dict(args, prompt="The people"), "z": dict(args, seed=5), "w": dict(args, temperature=0.0),
+    })
+    assert out["x"][0]["text"] == alone["text"]
+    assert out["z"][0]["text"] != alone["text"]  # another seed samples another text
+
+
+def test_slots_busy_cancel_and_pong(spawn, builtin_model_path):
+    w = spawn(builtin_model_path, n_threads=1, parallel=2, n_ctx=8192)
+    w.boot()
+    w.send("ping", "idle")
+    pong = w.read()
+    assert pong["slots"] == 2 and pong["slots_busy"] == 0 and pong["busy"] is False
+    assert pong["busy_since"] is None and pong["last_token_at"] is None
+    long = dict(prompt="Once upon a time", max_tokens=1_000_000, temperature=0.8, stream=True)
+    w.send("generate", "a", seed=1, **long)
+    w.send("generate", "b", seed=2, **long)
+    seen: set[str] = set()
+    while seen != {"a", "b"}:
+        frame = w.read()
+        assert frame["type"] == "token", frame
+        seen.add(frame["id"])
+    w.send("generate", "c", prompt="x", max_tokens=5)  # every slot taken
+    err, _ = w.read_until("error")
+    assert err["id"] == "c" and err["kind"] == "busy" and "2 requests" in err["message"]
+    w.send("generate", "a", prompt="x", max_tokens=5)  # an id already running
+    err, _ = w.read_until("error")
+    assert err["id"] == "a" and err["kind"] == "bad_request"
+    w.send("ping", "busy")
+    pong, _ = w.read_until("pong")
+    assert pong["slots"] == 2 and pong["slots_busy"] == 2 and pong["busy"] is True
+    assert 0 <= pong["last_token_at"] < 5 and pong["busy_since"] >= 0
+
+    w.send("cancel", "a")  # only a stops; b goes on, and its slot takes a new request
+    done, before = w.read_until("done")
+    assert done["id"] == "a" and done["finish_reason"] == "cancelled"
+    w.send("generate", "d", prompt="Hello", max_tokens=3, temperature=0.0)
+    frames = []
+    while True:
+        frame = w.read()
+        if frame["type"] == "done":
+            break
+        frames.append(frame)
+    assert frame["id"] == "d" and frame["usage"]["completion_tokens"] == 3
+    assert all(f["type"] == "token" and f["id"] in ("a", "b", "d") for f in before + frames)
+    assert w.read()["id"] == "b"  # b streams on
+    w.send("ping", "one")
+    pong, _ = w.read_until("pong")
+    assert pong["slots_busy"] == 1
+    w.send("cancel", "b")
+    done, _ = w.read_until("done")
+    assert done["id"] == "b" and done["finish_reason"] == "cancelled"
+    w.send("ping", "idle-again")
+    pong, _ = w.read_until("pong")
+    assert pong["slots_busy"] == 0 and pong["busy"] is False and pong["last_token_at"] is None
+
+
+def test_a_long_prompt_is_prefilled_in_chunks_while_others_generate(spawn, builtin_model_path):
+    w = spawn(builtin_model_path, n_threads=1, parallel=2, n_ctx=4096)
+    w.boot()
+    args = dict(max_tokens=20, temperature=0.0)
+    long_prompt = "the people of the world " * 500  # about 2500 tokens: 20 chunks of prefill
+    alone_long, _ = w.generate("l0", prompt=long_prompt, **args)
+    w.send("generate", "short", prompt="Once upon a time", max_tokens=2000, temperature=0.0, stream=True)
+    w.read_until("token")
+    w.send("generate", "long", prompt=long_prompt, **args)
+    long, before = w.read_until("done")
+    assert long["id"] == "long" and long["text"] == alone_long["text"]
+    assert long["usage"]["prompt_tokens"] > 2000
+    # the short one kept streaming while the long prompt was decoded, chunk by chunk
+    assert len([f for f in before if f["id"] == "short"]) >= 2
+    w.send("cancel", "short")
+    done, _ = w.read_until("done")
+    assert done["id"] == "short"

@@ -3,7 +3,8 @@
 Started by the daemon as ``python -m msting.worker --fd FD --spec JSON`` where FD is
 the worker end of a ``socketpair`` (passed with ``pass_fds``) and JSON is::
 
-    {"name": str, "path": str, "n_ctx": int, "n_threads": int | null,
+    {"name": str, "path": str, "n_ctx": int (each slot's), "n_threads": int | null
+     (null: measured at load), "parallel": int (slots, default 1),
      "n_gpu_layers": int, "seed": int | null,
      "embedding": bool (default false), "chat_format": str | null (default null)}
 
@@ -74,6 +75,7 @@ def _load_engine(spec: dict[str, Any]) -> tuple[Any, dict[str, Any], float, Fail
         seed=spec["seed"],
         embedding=spec["embedding"],
         chat_format=spec["chat_format"],
+        parallel=spec["parallel"],
     )
     failpoints = Failpoints.from_env()
     failpoints.at_load()

@@ -20,6 +20,7 @@ from typing import Any
 from msting.api import limits
 
 DEFAULT_N_CTX = 2048
+PARALLEL = (1, 64)  # sequences one worker serves at once (slots)
 
 
 class BadRequest(ValueError):
@@ -171,6 +172,9 @@ def parse_spec(spec: Any) -> dict[str, Any]:
 
     n_ctx = opt_int("n_ctx", DEFAULT_N_CTX)
     n_threads = opt_int("n_threads", None)
+    parallel = opt_int("parallel", 1)
+    if not PARALLEL[0] <= parallel <= PARALLEL[1]:
+        raise BadRequest(f"--spec 'parallel' must be an integer from {PARALLEL[0]} to {PARALLEL[1]}, got {parallel}")
     embedding = spec.get("embedding")
     if embedding is None:
         embedding = False
@@ -184,6 +188,7 @@ def parse_spec(spec: Any) -> dict[str, Any]:
         "path": path,
         "n_ctx": n_ctx if n_ctx and n_ctx > 0 else DEFAULT_N_CTX,
         "n_threads": n_threads if n_threads and n_threads > 0 else None,
+        "parallel": parallel,
         "n_gpu_layers": opt_int("n_gpu_layers", 0) or 0,
         "seed": _spec_seed(opt_int("seed", None)),
         "embedding": embedding,

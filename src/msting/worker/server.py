@@ -1,10 +1,12 @@
-"""The worker's job dispatcher: the frames of a loaded worker, one job at a time.
+"""The worker's job dispatcher: the frames of a loaded worker, up to one job per slot.
 
-Threads: the main thread reads frames (:meth:`WorkerServer.serve`) and answers
-``ping`` at once; one long-lived job thread runs the engine, one ``generate`` or
-``embed`` at a time (another one meanwhile is refused as ``busy``); ``cancel`` stops
-the job in hand. Both threads write frames (:class:`msting.worker.transport.Connection`
-locks its writes).
+Threads: the main thread reads frames (:meth:`WorkerServer.serve`), answers ``ping``
+at once, validates ``generate`` and ``embed`` frames and hands them to the engine's
+decode loop (:mod:`msting.worker.batch`), which serves up to ``parallel`` jobs at once
+(one more is refused as ``busy``); ``cancel`` stops the job with that id at the
+loop's next step. The loop's thread writes each job's frames through its sink
+(:class:`_GenerateSink`, :class:`_EmbedSink`); :class:`msting.worker.transport.Connection`
+locks its writes.
 
 Whatever a frame holds, the worker answers and keeps serving: a frame it cannot serve
 is an ``error`` kind ``bad_request``; a Python exception while handling a frame or
@@ -14,13 +16,12 @@ an ``error`` kind ``engine`` that names the error id, never the exception's text
 
 from __future__ import annotations
 
-import queue
 import re
 import threading
 import time
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from msting.timeslice import JOB_SLICE_US, set_time_slice
 from msting.worker import params
 from msting.worker.failpoints import Failpoints
 from msting.worker.log import internal_error
@@ -29,12 +30,19 @@ from msting.worker.protocol import EXIT_OK, MsgType, ProtocolError
 from msting.worker.transport import Connection, frame_id
 
 # A streamed token frame is sent when at least this long has passed since the
-# previous one; faster pieces are coalesced into the next frame. The first token goes
-# out at once. 10 ms (100 frames/s, smooth to a reader) cut the daemon's CPU per
-# stream by more than half against 2 ms in bench/overhead.py.
+# previous one of the same job; faster pieces are coalesced into the next frame. The
+# first token goes out at once. 10 ms (100 frames/s, smooth to a reader) cut the
+# daemon's CPU per stream by more than half against 2 ms in bench/overhead.py.
 TOKEN_COALESCE_S = 0.010
-# How long shutdown/EOF waits for a cancelled generation to wind down.
+# How long shutdown/EOF waits for cancelled jobs to wind down.
 _JOIN_TIMEOUT_S = 10.0
+
+
+@dataclass(eq=False)
+class _Job:
+    kind: str  # "generate" | "embed"
+    started: float  # time.monotonic()
+    cancel: threading.Event = field(default_factory=threading.Event)
 
 
 class WorkerServer:
@@ -44,16 +52,10 @@ class WorkerServer:
         self.conn = conn
         self.engine = engine
         self.failpoints = failpoints or Failpoints()
+        self.slots = int(getattr(engine, "parallel", 1))
         self._state = threading.Lock()
-        self._current_id: str | None = None
-        self._cancel: threading.Event | None = None
-        self._busy_since: float | None = None
-        self._last_token_at: float | None = None
-        # One long-lived job thread fed by a queue: starting a thread per request cost
-        # ~0.25 ms of time to first token on a 2-core machine.
-        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._job_loop, name="jobs", daemon=True)
-        self._thread.start()
+        self._jobs: dict[str, _Job] = {}  # running, by request id
+        self._stopped_cleanly = True
 
     # ---- main thread -------------------------------------------------------------
 
@@ -66,12 +68,12 @@ class WorkerServer:
             except Exception as exc:  # a bug in frame handling: answer it, keep serving
                 message = internal_error(exc, f"handling a {frame['type']!r} frame")
                 self._send_error(frame["id"], "engine", message)
-        self._stop_job()
+        self._stop_jobs()
         return EXIT_OK
 
     def job_thread_alive(self) -> bool:
-        """After :meth:`serve`: True when a job ignored cancellation and still runs."""
-        return self._thread.is_alive()
+        """After :meth:`serve`: True when the decode loop ignored cancellation and still runs."""
+        return not self._stopped_cleanly
 
     def _undecodable(self, line: bytes, exc: ProtocolError) -> None:
         fid = frame_id(line)
@@ -90,13 +92,14 @@ class WorkerServer:
         if ftype == MsgType.PING:
             self.conn.send(MsgType.PONG, fid, **self._status())
         elif ftype == MsgType.GENERATE:
-            self._start_job(frame, params.parse_generate, self._generate)
+            self._start_job(frame, params.parse_generate)
         elif ftype == MsgType.EMBED:
-            self._start_job(frame, params.parse_embed, self._embed)
+            self._start_job(frame, params.parse_embed)
         elif ftype == MsgType.CANCEL:
             with self._state:
-                if self._cancel is not None and fid is not None and fid == self._current_id:
-                    self._cancel.set()
+                job = self._jobs.get(fid) if fid is not None else None
+            if job is not None:
+                job.cancel.set()
         elif ftype == MsgType.SHUTDOWN:
             return True
         else:
@@ -121,21 +124,26 @@ class WorkerServer:
     def _status(self) -> dict[str, Any]:
         now = time.monotonic()
         with self._state:
-            busy = self._current_id is not None
-            since = self._busy_since
-            last = self._last_token_at
+            busy = len(self._jobs)
+            oldest = min((job.started for job in self._jobs.values()), default=None)
+        last = self.engine.last_token_at
+        # a token from before the oldest running job started says nothing about now
+        if last is not None and (oldest is None or last < oldest):
+            last = None
         return {
-            "busy": busy,
-            "busy_since": round(now - since, 6) if busy and since is not None else None,
-            "last_token_at": round(now - last, 6) if busy and last is not None else None,
+            "busy": busy > 0,
+            "busy_since": round(now - oldest, 6) if oldest is not None else None,
+            "last_token_at": round(now - last, 6) if last is not None else None,
+            "slots": self.slots,
+            "slots_busy": busy,
         }
 
-    def _start_job(self, frame: dict[str, Any], parse: Callable, work: Callable) -> None:
-        """Validate a generate/embed frame and run *work* on the job thread, or
-        answer at once: bad_request, or busy while another job runs."""
-        fid = frame["id"]
+    def _start_job(self, frame: dict[str, Any], parse: Callable) -> None:
+        """Validate a generate/embed frame and start it in the engine's decode loop,
+        or answer at once: bad_request, or busy while every slot is taken."""
+        fid, ftype = frame["id"], frame["type"]
         try:
-            refusal = self._refusal(frame["type"])
+            refusal = self._refusal(ftype)
             if refusal:
                 raise BadRequest(refusal)
             args = parse(frame)
@@ -143,130 +151,126 @@ class WorkerServer:
             self._send_error(fid, "bad_request", str(exc))
             return
         except Exception as exc:  # a frame the validation did not foresee: still not servable
-            message = internal_error(exc, f"reading a {frame['type']!r} frame")
-            self._send_error(fid, "bad_request", f"the worker cannot serve this {frame['type']} frame ({message})")
+            message = internal_error(exc, f"reading a {ftype!r} frame")
+            self._send_error(fid, "bad_request", f"the worker cannot serve this {ftype} frame ({message})")
             return
+        job = _Job(ftype, time.monotonic())
         with self._state:
-            if self._current_id is not None:
-                busy_with = self._current_id
-            else:
-                busy_with = None
-                event = threading.Event()
-                self._current_id = fid
-                self._cancel = event
-                self._busy_since = time.monotonic()
-                self._last_token_at = None
+            busy_with = sorted(self._jobs) if len(self._jobs) >= self.slots else None
+            duplicate = fid in self._jobs
+            if busy_with is None and not duplicate:
+                self._jobs[fid] = job
+        if duplicate:
+            self._send_error(fid, "bad_request", f"a request with id {fid!r} is already running")
+            return
         if busy_with is not None:
-            self.conn.send(
-                MsgType.ERROR, fid, kind="busy",
-                message=f"worker is busy with request {busy_with!r}",
-            )
+            shown = ", ".join(repr(i) for i in busy_with[:4]) + (", ..." if len(busy_with) > 4 else "")
+            what = f"request {shown}" if len(busy_with) == 1 else f"{len(busy_with)} requests ({shown})"
+            self.conn.send(MsgType.ERROR, fid, kind="busy", message=f"worker is busy with {what}")
             return
-        self._jobs.put((fid, work, args, event))
+        from msting.worker.engine import RequestError
 
-    def _stop_job(self) -> None:
+        try:
+            if ftype == MsgType.GENERATE:
+                self.failpoints.at_generate(args)
+                stream = args.pop("stream")
+                self.engine.start_generate(_GenerateSink(self, fid, stream), job.cancel, **args)
+            else:
+                self.engine.start_embed(_EmbedSink(self, fid), job.cancel, args["inputs"])
+        except RequestError as exc:  # e.g. the prompt does not fit the context
+            self._finish(fid)
+            self._send_error(fid, "bad_request", str(exc))
+        except Exception as exc:  # the worker keeps serving
+            self._finish(fid)
+            self._send_error(fid, "engine", internal_error(exc, f"starting request {fid!r}"))
+
+    def _stop_jobs(self) -> None:
         with self._state:
-            if self._cancel is not None:
-                self._cancel.set()
-        self._jobs.put(None)  # the job thread ends after the current job
-        if self._thread.is_alive():
-            self._thread.join(_JOIN_TIMEOUT_S)
+            for job in self._jobs.values():
+                job.cancel.set()
+        self._stopped_cleanly = self.engine.stop(_JOIN_TIMEOUT_S)
 
-    def _job_loop(self) -> None:
-        # A long slice: whoever wakes up on this core while it decodes (the client
-        # reading the stream, this process's frame reader) runs at once (msting.timeslice).
-        set_time_slice(JOB_SLICE_US)
-        while (job := self._jobs.get()) is not None:
-            try:
-                self._run_job(*job)
-            except Exception as exc:  # never lose the job thread: the worker would stay busy forever
-                req_id = job[0]
-                self._finish(req_id)
-                try:
-                    self._send_error(req_id, "engine", internal_error(exc, f"answering request {req_id!r}"))
-                except Exception:
-                    pass
-
-    # ---- job thread --------------------------------------------------------------
+    # ---- the decode loop's thread ------------------------------------------------
 
     def _finish(self, req_id: str) -> None:
         # cleared *before* the final frame goes out, so that a request sent by the
         # daemon right after it reads `done` never sees a stale "busy"
         with self._state:
-            if self._current_id == req_id:
-                self._current_id = None
-                self._cancel = None
-                self._busy_since = None
-                self._last_token_at = None
+            self._jobs.pop(req_id, None)
 
-    def _run_job(self, req_id: str, work: Callable, args: dict[str, Any], cancel: threading.Event) -> None:
-        """Run *work* (which returns the fields of the `done` frame) and answer."""
-        from msting.worker.engine import RequestError
-
-        send = self.conn.send
-        try:
-            fields = work(req_id, args, cancel)
-        except RequestError as exc:  # e.g. the prompt does not fit the context
-            self._finish(req_id)
-            self._send_error(req_id, "bad_request", str(exc))
-            return
-        except Exception as exc:  # the worker keeps serving
-            self._finish(req_id)
-            self._send_error(req_id, "engine", internal_error(exc, f"running request {req_id!r}"))
-            return
+    def _done(self, req_id: str, fields: dict[str, Any]) -> None:
         self._finish(req_id)
         try:
-            send(MsgType.DONE, req_id, **fields)
+            self.conn.send(MsgType.DONE, req_id, **fields)
         except ProtocolError as exc:  # e.g. too many embeddings for one frame
             self._send_error(req_id, "bad_request", f"the answer does not fit in one frame ({exc}); ask for less at a time")
 
-    def _generate(self, req_id: str, args: dict[str, Any], cancel: threading.Event) -> dict[str, Any]:
-        from msting.worker.engine import GenerationResult
+    def _failed(self, req_id: str, exc: BaseException) -> None:
+        self._finish(req_id)
+        try:
+            self._send_error(req_id, "engine", internal_error(exc, f"running request {req_id!r}"))
+        except Exception:
+            pass
 
-        stream = args.pop("stream")
-        send = self.conn.send
-        parts: list[str] = []
-        pending: list[str] = []
-        pending_n = 0
-        last_sent: float | None = None
-        result: GenerationResult | None = None
-        self.failpoints.at_generate(args)
-        for event in self.engine.generate(cancelled=cancel, **args):
-            if isinstance(event, GenerationResult):
-                result = event
-                continue
-            now = time.monotonic()
-            with self._state:
-                self._last_token_at = now
-            if not stream:
-                parts.append(event.text)
-                continue
-            pending.append(event.text)
-            pending_n += event.n
-            if last_sent is None or now - last_sent >= TOKEN_COALESCE_S:
-                send(MsgType.TOKEN, req_id, text="".join(pending), n=pending_n)
-                pending.clear()
-                pending_n = 0
-                last_sent = now
-        if result is None:
-            raise RuntimeError("the engine ended without a result")
-        if pending:
-            send(MsgType.TOKEN, req_id, text="".join(pending), n=pending_n)
-        return {
-            "text": "" if stream else "".join(parts),
+
+class _GenerateSink:
+    """One generate job's frames: its pieces (coalesced when streamed), then done."""
+
+    def __init__(self, server: WorkerServer, req_id: str, stream: bool) -> None:
+        self._server = server
+        self._req_id = req_id
+        self._stream = stream
+        self._parts: list[str] = []  # all text (not streamed), or not yet sent (streamed)
+        self._pending_n = 0
+        self._last_sent: float | None = None
+
+    def piece(self, text: str, n: int) -> None:
+        self._parts.append(text)
+        if not self._stream:
+            return
+        self._pending_n += n
+        now = time.monotonic()
+        if self._last_sent is None or now - self._last_sent >= TOKEN_COALESCE_S:
+            self._flush()
+            self._last_sent = now
+
+    def _flush(self) -> None:
+        self._server.conn.send(MsgType.TOKEN, self._req_id, text="".join(self._parts), n=self._pending_n)
+        self._parts.clear()
+        self._pending_n = 0
+
+    def finish(self, result: Any) -> None:
+        if self._stream and self._parts:
+            self._flush()
+        self._server._done(self._req_id, {
+            "text": "" if self._stream else "".join(self._parts),
             "finish_reason": result.finish_reason,
             "usage": result.usage,
             "timings": result.timings,
-        }
+        })
 
-    def _embed(self, req_id: str, args: dict[str, Any], cancel: threading.Event) -> dict[str, Any]:
-        result = self.engine.embed(args["inputs"], cancelled=cancel)
-        return {
+    def fail(self, exc: BaseException) -> None:
+        self._server._failed(self._req_id, exc)
+
+
+class _EmbedSink:
+    def __init__(self, server: WorkerServer, req_id: str) -> None:
+        self._server = server
+        self._req_id = req_id
+
+    def piece(self, text: str, n: int) -> None:  # pragma: no cover - embeddings have no pieces
+        pass
+
+    def finish(self, result: Any) -> None:
+        self._server._done(self._req_id, {
             "embeddings": result.embeddings,
             "finish_reason": "cancelled" if result.cancelled else "stop",
             "usage": result.usage,
             "timings": result.timings,
-        }
+        })
+
+    def fail(self, exc: BaseException) -> None:
+        self._server._failed(self._req_id, exc)
 
 
 _TYPE_RE = re.compile(rb'"type"\s*:\s*"([a-z]{1,16})"')

@@ -253,14 +253,18 @@ def test_spec():
     spec = parse_spec({"path": "/m.gguf"})
     assert spec == {
         "name": None, "path": "/m.gguf", "n_ctx": 2048, "n_threads": None, "n_gpu_layers": 0,
-        "seed": None, "embedding": False, "chat_format": None,
+        "seed": None, "embedding": False, "chat_format": None, "parallel": 1,
     }
+    assert parse_spec({"path": "/m.gguf", "parallel": 8, "n_threads": None})["parallel"] == 8
+    assert parse_spec({"path": "/m.gguf", "parallel": None})["parallel"] == 1
     spec = parse_spec({"path": "/m.gguf", "n_threads": 0, "embedding": True, "chat_format": "chatml"})
     assert spec["n_threads"] is None and spec["embedding"] is True and spec["chat_format"] == "chatml"
     assert parse_spec({"path": "/m.gguf", "embedding": None, "chat_format": ""})["chat_format"] is None
     for bad, match in [
         ([], "JSON object"), ({}, "'path'"), ({"path": "p", "n_ctx": "big"}, "n_ctx"),
         ({"path": "p", "embedding": 1}, "embedding"), ({"path": "p", "chat_format": 5}, "chat_format"),
+        ({"path": "p", "parallel": 0}, "'parallel' must be an integer from 1 to 64, got 0"),
+        ({"path": "p", "parallel": 65}, "parallel"), ({"path": "p", "parallel": "4"}, "parallel"),
     ]:
         with pytest.raises(BadRequest, match=match):
             parse_spec(bad)
@@ -292,7 +296,7 @@ def test_the_engine_defaults_are_the_frames_defaults():
 
     from msting.worker.engine import Engine
 
-    generate = inspect.signature(Engine.generate).parameters
+    generate = inspect.signature(Engine.start_generate).parameters
     frame = _gen(prompt="hi")
     for name in ("max_tokens", "temperature", "top_p", "presence_penalty", "frequency_penalty"):
         assert generate[name].default == frame[name], name

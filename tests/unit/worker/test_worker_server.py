@@ -1,5 +1,6 @@
 """The worker's transport, job dispatcher and warm-spare wait, in-process: a real
-socketpair, a fake engine (msting.worker.transport, .server, .spare)."""
+socketpair, a stand-in engine whose prompts name what goes wrong, or the real engine
+on msting-tiny (msting.worker.transport, .server, .spare)."""
 
 import socket
 import threading
@@ -7,26 +8,40 @@ import threading
 import pytest
 
 from msting.worker import params, spare
-from msting.worker.engine import GenerationResult, Piece
+from msting.worker.engine import Engine, GenerationResult
 from msting.worker.protocol import MAX_FRAME_BYTES, decode, encode
 from msting.worker.server import WorkerServer
 from msting.worker.transport import Connection, frame_id
 
 
 class _FakeEngine:
-    """Just enough of Engine: prompts name what goes wrong."""
+    """Just enough of Engine: prompts name what goes wrong, while starting ("boom")
+    or in the decode loop's thread after a first piece ("late")."""
 
     embedding = False
     serves_generate = True
     pooling = None
+    parallel = 1
+    last_token_at = None
 
-    def generate(self, cancelled, prompt=None, messages=None, **kwargs):
+    def start_generate(self, sink, cancelled, prompt=None, messages=None, **kwargs):
         if prompt == "boom":
             raise RuntimeError("secret engine detail")
-        yield Piece("hi", 1)
-        if prompt == "late":
-            raise ValueError("secret late detail")
-        yield GenerationResult("stop", 1, 1, 0.1, 0.1)
+
+        def loop():
+            sink.piece("hi", 1)
+            if prompt == "late":
+                try:  # as the loop does: it passes on what it caught
+                    raise ValueError("secret late detail")
+                except ValueError as exc:
+                    sink.fail(exc)
+            else:
+                sink.finish(GenerationResult("stop", 1, 1, 0.1, 0.1))
+
+        threading.Thread(target=loop, daemon=True).start()
+
+    def stop(self, timeout):
+        return True
 
 
 class _Harness:
@@ -131,7 +146,18 @@ def test_a_bug_in_validation_is_a_bad_request(harness, monkeypatch):
     _idle_and_serving(harness)
 
 
-def test_a_bug_around_the_job_does_not_lose_the_job_thread(harness, monkeypatch):
+@pytest.fixture
+def real(builtin_model_path):
+    engine = Engine(builtin_model_path, n_ctx=512, n_threads=1)
+    engine.load()
+    h = _Harness(engine)
+    yield h
+    h.close()
+    engine.close()
+
+
+def test_a_bug_around_the_job_does_not_lose_the_decode_loop(real, monkeypatch):
+    harness = real
     calls = {"n": 0}
     finish = harness.server._finish
 
