@@ -29,6 +29,7 @@ from typing import Any
 import harness as h
 import httpx
 import report as r
+from proxy import num
 from upstreams.fixtures import StandIn  # tests/ is on sys.path (harness)
 
 KEY = "ops"
@@ -320,10 +321,6 @@ def bench_page(p: dict) -> dict:
 
 
 # ---- the report ---------------------------------------------------------------------------------
-
-
-def num(v: float | None, digits: int = 2) -> str:
-    return "-" if v is None else f"{v:.{digits}f}"
 
 
 def summary_rows(res: dict) -> list[list[str]]:
