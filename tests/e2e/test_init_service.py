@@ -7,13 +7,16 @@ from __future__ import annotations
 import json
 import os
 import plistlib
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from daemon_home import msting_command
+from notify_socket import NotifySocket
 
 pytestmark = pytest.mark.e2e
 
@@ -138,3 +141,73 @@ def test_a_live_install_without_systemd_says_so_and_writes_nothing(daemon_home, 
     assert "systemd is not running on this machine" in proc.stderr and "--dry-run" in proc.stderr
     assert not (tmp_path / "home" / ".config" / "systemd").exists()
 
+
+
+def _unit_command(text: str) -> tuple[list[str], dict[str, str]]:
+    """ExecStart= and Environment= of a unit as systemd reads them (quotes, %% and $$)."""
+    argv: list[str] = []
+    env: dict[str, str] = {}
+    for line in text.splitlines():
+        key, _, value = line.partition("=")
+        if key == "ExecStart":
+            argv = [w.replace("$$", "$").replace("%%", "%") for w in shlex.split(value)]
+        elif key == "Environment":
+            for assignment in shlex.split(value):
+                name, _, val = assignment.partition("=")
+                env[name] = val.replace("%%", "%")
+    return argv, env
+
+
+def test_the_installed_unit_runs_the_daemon_until_ready(daemon_home, tmp_path):
+    """What systemd does with the unit (it cannot run here: it is not PID 1): start its
+    ExecStart with its Environment and a notification socket, wait for READY=1, stop it
+    with KillSignal."""
+    daemon_home.write_config({"llm_service": {"port": daemon_home.port}})  # a unit passes no MSTING_LLM_PORT
+    root = tmp_path / "root"
+    written = json.loads(daemon_home.cli("llm", "service", "install", "--root", str(root), "--json", check=True).stdout)
+    argv, unit_env = _unit_command(written["content"])
+    assert unit_env["MSTING_HOME"] == str(daemon_home.home)
+    notify = NotifySocket(tmp_path, abstract=True)
+    base = {k: v for k, v in daemon_home.env.items() if k not in ("MSTING_HOME", "MSTING_LLM_PORT")}
+    out = tmp_path / "journal.out"  # a file, as the journal: a pipe nobody reads would fill up
+    with open(out, "ab") as journal:
+        proc = subprocess.Popen(argv, env={**base, **unit_env, "NOTIFY_SOCKET": notify.address, "WATCHDOG_USEC": "30000000"},
+                                stdout=journal, stderr=journal)
+    try:
+        notify.until(lambda m: "READY=1" in m.split("\n"))
+        status = daemon_home.status()  # the CLI, with the same home, finds the daemon the unit started
+        assert status["ready"] is True and status["pid"] == proc.pid  # the main process: NotifyAccess=main holds
+        service = json.loads(daemon_home.cli("llm", "service", "status", "--root", str(root), "--json").stdout)
+        assert service["daemon"] == {"running": True, "pid": proc.pid} and service["up_to_date"] is True
+        proc.send_signal(signal.SIGTERM)
+        notify.until(lambda m: "STOPPING=1" in m.split("\n"))
+        assert proc.wait(timeout=60) == 0, out.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        notify.close()
+
+
+def test_the_plist_runs_the_daemon_until_ready(daemon_home, tmp_path):
+    """What launchd does with the plist: ProgramArguments with EnvironmentVariables, output
+    to StandardOutPath."""
+    daemon_home.write_config({"llm_service": {"port": daemon_home.port}})
+    root = tmp_path / "root"
+    written = json.loads(daemon_home.cli("llm", "service", "install", "--init-system", "launchd", "--root", str(root), "--json",
+                                         check=True).stdout)
+    plist = plistlib.loads(written["content"].encode())
+    base = {k: v for k, v in daemon_home.env.items() if k not in ("MSTING_HOME", "MSTING_LLM_PORT")}
+    out = Path(plist["StandardOutPath"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "ab") as log:
+        proc = subprocess.Popen(plist["ProgramArguments"], env={**base, **plist["EnvironmentVariables"]}, stdout=log, stderr=log)
+    try:
+        assert daemon_home.cli("llm", "wait", "--timeout", "90").returncode == 0, out.read_text()
+        assert daemon_home.status()["pid"] == proc.pid
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -4,55 +4,29 @@ socket, from a real daemon started as the unit starts it (`msting llm start --fo
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
-import time
-import uuid
 
 import pytest
+import yaml
 from daemon_home import msting_command
+from notify_socket import NotifySocket
 
 pytestmark = pytest.mark.e2e
 
 WATCHDOG_USEC = 400_000  # a ping every 0.2 s
 
 
-class NotifySocket:
-    """What systemd listens on: a Unix datagram socket, by path or in the abstract namespace."""
-
-    def __init__(self, home, abstract: bool):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        if abstract:
-            name = f"msting-test-{uuid.uuid4().hex}"
-            self.sock.bind("\0" + name)
-            self.address = "@" + name
-        else:
-            self.address = str(home / "notify.sock")
-            self.sock.bind(self.address)
-        self.messages: list[str] = []
-
-    def next(self, timeout: float = 60) -> str:
-        self.sock.settimeout(timeout)
-        message = self.sock.recv(8192).decode()
-        self.messages.append(message)
-        return message
-
-    def until(self, predicate, timeout: float = 90) -> str:
-        """Read until a message matches; fails (socket timeout) if none comes."""
-        deadline = time.monotonic() + timeout
-        while True:
-            message = self.next(max(0.1, deadline - time.monotonic()))
-            if predicate(message):
-                return message
-
-    def close(self):
-        self.sock.close()
-
-
 def _foreground(daemon_home, notify: NotifySocket) -> subprocess.Popen:
+    """As the unit runs it; its output goes to a file (a pipe nobody reads would fill and
+    block the daemon's logging), as the journal takes it under systemd."""
     env = dict(daemon_home.env, NOTIFY_SOCKET=notify.address, WATCHDOG_USEC=str(WATCHDOG_USEC))
-    return subprocess.Popen([*msting_command(), "llm", "start", "--foreground"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    with open(daemon_home.home / "foreground.out", "ab") as out:
+        return subprocess.Popen([*msting_command(), "llm", "start", "--foreground"], env=env,
+                                stdout=subprocess.DEVNULL, stderr=out)
+
+
+def _output(daemon_home) -> str:
+    return (daemon_home.home / "foreground.out").read_text(errors="replace")[-3000:]
 
 
 def _lines(message: str) -> dict[str, str]:
@@ -86,7 +60,7 @@ def test_ready_status_watchdog_and_stopping_arrive_in_order(daemon_home, abstrac
         stopping = notify.until(lambda m: "STOPPING=1" in m.split("\n"))
         assert "draining" in _lines(stopping)["STATUS"]
         notify.until(lambda m: m.startswith("STATUS=stopping: workers stopped"))
-        assert proc.wait(timeout=60) == 0, proc.stderr.read()
+        assert proc.wait(timeout=60) == 0, _output(daemon_home)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -134,3 +108,24 @@ def test_a_config_error_says_so_and_exits_78(daemon_home):
     assert status.startswith("STATUS=configuration error (exit 78)") and "llm_service.prot" in status
     assert "\n" not in status
 
+
+
+def test_a_profile_switch_shows_in_the_status_line(daemon_home):
+    folder = daemon_home.home / "config" / "profiles"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "alt.yaml").write_text(yaml.safe_dump({"description": "a second tiny model", "default_model": "alt-tiny",
+                                                     "models": {"alt-tiny": {"source": "builtin:tiny", "n_ctx": 1024}}}))
+    notify = NotifySocket(daemon_home.home, abstract=False)
+    proc = _foreground(daemon_home, notify)
+    try:
+        notify.until(lambda m: "READY=1" in m.split("\n"))
+        daemon_home.cli("llm", "switch-profile", "alt", check=True)
+        notify.until(lambda m: m.startswith("STATUS=ready: profile alt, default model alt-tiny"))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        notify.close()
+    assert sum("READY=1" in m.split("\n") for m in notify.messages) == 1

@@ -9,7 +9,6 @@ the init system started, with ``MSTING_HOME`` baked in when it was set.
 
 from __future__ import annotations
 
-import plistlib
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path, PurePosixPath
@@ -175,6 +174,8 @@ def _seconds(value: float) -> str:
 
 
 def render_launchd(spec: UnitSpec) -> str:
+    import plistlib
+
     env = {"PYTHONUNBUFFERED": "1"}
     if spec.msting_home:
         env["MSTING_HOME"] = _check(spec.msting_home, "MSTING_HOME")

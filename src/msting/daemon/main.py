@@ -256,9 +256,11 @@ async def _serve(config: Config, paths: Paths, sockets: list[socket.socket], sec
 
     def milestone() -> tuple[str, str]:
         status, reason, _ = control.readiness()
+        switching = f"; a profile switch is running (job {service.switch_job})" if service.switch_job else ""
         if status == "ready":
-            return status, f"ready: profile {service.routing.profile}, default model {service.routing.default_model}, on {where}"
-        return status, f"{status}: {reason}" if reason else status
+            return status, (f"ready: profile {service.routing.profile}, default model {service.routing.default_model}, "
+                            f"on {where}{switching}")
+        return status, (f"{status}: {reason}" if reason else status) + switching
 
     readiness_task = asyncio.create_task(follow_readiness(notifier, milestone), name="notify readiness")
     watchdog_task = asyncio.create_task(keep_watchdog(notifier), name="notify watchdog")

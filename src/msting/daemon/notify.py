@@ -13,7 +13,10 @@ socket (a path, or ``@name`` in the abstract namespace), and reads newline-separ
 - ``STOPPING=1``: the service is shutting down (draining).
 
 A few lines on a socket; no dependency. Without ``$NOTIFY_SOCKET`` every call is a
-no-op, so the daemon calls these unconditionally.
+no-op, so the daemon calls these unconditionally. Sends never block: a datagram socket
+whose reader is behind (its queue holds net.unix.max_dgram_qlen datagrams, 10 by
+default) would otherwise stall the event loop; such a message is dropped, and the
+readiness line is sent again until it goes through.
 """
 
 from __future__ import annotations
@@ -60,13 +63,13 @@ class Notifier:
         return self.watchdog_usec / 2e6 if self.watchdog_usec > 0 else None
 
     def send(self, *lines: str) -> bool:
-        """Send one datagram of `lines`; False when there is no socket or it failed
-        (a notification never takes the daemon down)."""
+        """Send one datagram of `lines`; False when there is no socket, its queue is full
+        or it failed (a notification never blocks or takes the daemon down)."""
         if self.address is None:
             return False
         try:
             if self._sock is None:
-                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
             self._sock.sendto("\n".join(lines).encode("utf-8", errors="replace"), self.address)
             return True
         except OSError:
@@ -120,7 +123,8 @@ def _int(value: str | None) -> int:
 
 async def follow_readiness(notifier: Notifier, milestone: Callable[[], tuple[str, str]]) -> None:
     """Send ``STATUS=`` whenever `milestone()` (readiness status, a line describing it)
-    changes, with ``READY=1`` the first time the status is ``ready`` or ``idle``."""
+    changes, with ``READY=1`` the first time the status is ``ready`` or ``idle``; a
+    line that could not be sent is sent again."""
     if not notifier.enabled:
         return
     shown: tuple[str, str] | None = None
@@ -128,12 +132,12 @@ async def follow_readiness(notifier: Notifier, milestone: Callable[[], tuple[str
     while True:
         status, text = milestone()
         if (status, text) != shown:
-            shown = (status, text)
             if not ready and status in ("ready", "idle"):
-                notifier.ready(text)
-                ready = True
+                ready = sent = notifier.ready(text)
             else:
-                notifier.status(text)
+                sent = notifier.status(text)
+            if sent:
+                shown = (status, text)
         await asyncio.sleep(RUNNING_POLL_SEC if ready else STARTING_POLL_SEC)
 
 

@@ -105,3 +105,47 @@ def test_follow_readiness_sends_ready_once_on_the_first_ready(listener, monkeypa
         except TimeoutError:
             break
     assert seen == [b"STATUS=loading: a", b"READY=1\nSTATUS=ready: a", b"STATUS=degraded: a", b"STATUS=ready: a"]
+
+
+def test_a_reader_that_falls_behind_never_blocks_the_sender(listener):
+    """A datagram socket holds a few unread datagrams (net.unix.max_dgram_qlen); beyond
+    them a blocking send would stall the daemon's event loop."""
+    path, sock = listener
+    n = Notifier(path)
+    results = [n.watchdog() for _ in range(500)]  # returns at once, full or not
+    assert results[0] is True and results[-1] is False
+    while True:  # drained, it sends again
+        try:
+            sock.recv(4096)
+        except TimeoutError:
+            break
+        sock.settimeout(0.05)
+    assert n.watchdog() is True
+    n.close()
+
+
+def test_a_ready_line_that_could_not_be_sent_is_sent_again(listener, monkeypatch):
+    path, sock = listener
+    monkeypatch.setattr(notify, "STARTING_POLL_SEC", 0.001)
+    monkeypatch.setattr(notify, "RUNNING_POLL_SEC", 0.001)
+    sock.settimeout(0.05)
+
+    async def run():
+        n = Notifier(path)
+        while n.watchdog():  # fill the reader's queue
+            pass
+        task = asyncio.create_task(notify.follow_readiness(n, lambda: ("ready", "ready: a")))
+        await asyncio.sleep(0.05)  # READY=1 is tried (and dropped) meanwhile
+        got = []
+        while True:  # the reader catches up ...
+            try:
+                got.append(sock.recv(4096))
+            except TimeoutError:
+                break
+        got += [await asyncio.to_thread(sock.recv, 4096)]  # ... and READY=1 comes
+        task.cancel()
+        n.close()
+        return got
+
+    got = asyncio.run(run())
+    assert got[-1] == b"READY=1\nSTATUS=ready: a" and got.count(b"READY=1\nSTATUS=ready: a") == 1
