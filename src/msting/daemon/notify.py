@@ -69,7 +69,8 @@ class Notifier:
             return False
         try:
             if self._sock is None:
-                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
+                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)  # not inherited by workers (PEP 446)
+                self._sock.setblocking(False)
             self._sock.sendto("\n".join(lines).encode("utf-8", errors="replace"), self.address)
             return True
         except OSError:
