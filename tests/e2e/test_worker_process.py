@@ -952,3 +952,76 @@ def test_a_long_prompt_is_prefilled_in_chunks_while_others_generate(spawn, built
     w.send("cancel", "short")
     done, _ = w.read_until("done")
     assert done["id"] == "short"
+
+
+# ---- the prompt cache: a free slot's KV reused by the next prompt that shares its start
+
+
+def test_a_second_chat_turn_reuses_the_first_turns_kv(spawn, builtin_model_path, stories_model_path):
+    for path in (builtin_model_path, stories_model_path):
+        cached = spawn(path, n_threads=1, parallel=2)
+        cached.boot()
+        turn = [{"role": "system", "content": "You are brief."}, {"role": "user", "content": "Once upon a time"}]
+        first, _ = cached.generate("t1", messages=turn, max_tokens=30, temperature=0.0)
+        assert first["usage"]["cached_tokens"] == 0
+        turn2 = turn + [{"role": "assistant", "content": first["text"]}, {"role": "user", "content": "And then?"}]
+        second, _ = cached.generate("t2", messages=turn2, max_tokens=30, temperature=0.0)
+        # a fresh worker decodes the whole prompt: the same text
+        fresh = spawn(path, n_threads=1, parallel=2)
+        fresh.boot()
+        uncached, _ = fresh.generate("t2", messages=turn2, max_tokens=30, temperature=0.0)
+        assert uncached["usage"]["cached_tokens"] == 0
+        assert second["text"] == uncached["text"] and counts(second["usage"]) == counts(uncached["usage"])
+        # the first turn's prompt and most of its reply were not decoded again
+        assert first["usage"]["prompt_tokens"] <= second["usage"]["cached_tokens"] < second["usage"]["prompt_tokens"]
+
+
+def test_a_shared_system_prompt_is_decoded_once_per_slot(spawn, builtin_model_path):
+    w = spawn(builtin_model_path, n_threads=1, parallel=2)
+    w.boot()
+    system = {"role": "system", "content": "You are a helpful assistant who answers every question in a few words. " * 4}
+    questions = ["Who are you?", "What is the world?", "Hello there", "Where are the people?"]
+    alone = {}
+    for i, q in enumerate(questions):
+        fresh = spawn(builtin_model_path, n_threads=1)
+        fresh.boot()
+        done, _ = fresh.generate("q", messages=[system, {"role": "user", "content": q}], max_tokens=20, temperature=0.0)
+        assert done["usage"]["cached_tokens"] == 0
+        alone[q] = done["text"]
+        fresh.close()
+    for i, q in enumerate(questions):
+        done, _ = w.generate(f"q{i}", messages=[system, {"role": "user", "content": q}], max_tokens=20, temperature=0.0)
+        assert done["text"] == alone[q]
+        if i:
+            assert done["usage"]["cached_tokens"] > 40  # the system prompt, at least
+
+
+# ---- embeddings: several inputs in one decode, one sequence each ------------------------
+
+
+@pytest.mark.parametrize("pooling", [None, 1])  # msting-tiny's per-token vectors (mean-pooled here), llama.cpp's mean pooling
+def test_batched_embeddings_equal_each_input_alone(spawn, builtin_model_path, tmp_path, pooling):
+    path = builtin_model_path if pooling is None else write_variant(builtin_model_path, tmp_path / "mean.gguf", pooling=pooling)
+    inputs = ["hello world", "the people of the world", "water", "Once upon a time there was a little world", "x", "hello"]
+    one = spawn(path, embedding=True, n_threads=1)
+    one.boot()
+    alone = [embed(one, f"a{i}", [text])["embeddings"][0] for i, text in enumerate(inputs)]
+    w = spawn(path, embedding=True, n_threads=1, parallel=4)
+    _, ready = w.boot()
+    assert ready["model"]["parallel"] == 4
+    done = embed(w, "all", inputs)  # 4 inputs in the first decode, 2 in the second
+    assert done["type"] == "done", done
+    assert done["usage"]["prompt_tokens"] == sum(embed(one, "n", [t])["usage"]["prompt_tokens"] for t in inputs)
+    for a, b in zip(alone, done["embeddings"]):
+        assert max(abs(x - y) for x, y in zip(a, b)) < 1e-6
+    if pooling is not None:
+        return  # a model that declares pooling does not generate
+    # embeddings and generation share the slots: a generation streams on meanwhile
+    w.send("generate", "g", prompt="Once upon a time", max_tokens=200, temperature=0.0, stream=True)
+    w.read_until("token")
+    again = embed(w, "again", inputs)
+    assert again["type"] == "done" and len(again["embeddings"]) == len(inputs)
+    for a, b in zip(alone, again["embeddings"]):
+        assert max(abs(x - y) for x, y in zip(a, b)) < 1e-6
+    gen, _ = w.read_until("done")
+    assert gen["id"] == "g" and gen["usage"]["completion_tokens"] == 200

@@ -18,7 +18,9 @@ of every step) leaves its slot at once.
 
 An embedding job runs in the same loop, one decode per step (embeddings switched on
 for it alone): as many of its inputs as there are free slots and room in the batch,
-each in its own sequence, pooled per sequence.
+each in its own sequence, pooled per sequence (the mean of its token vectors here for
+a model that declares no pooling; llama.cpp's pooling otherwise, one input per decode
+when the model has a KV cache, since llama.cpp pools per micro-batch).
 
 Sinks (the worker server's) are called on this thread: ``piece(text, n)``,
 ``finish(result)``, ``fail(exc)``. No ``llama_cpp`` import: the engine passes its
@@ -454,7 +456,11 @@ class DecodeLoop:
         seqs = [slot] + [s for s in self._slots if s.job is None]
         done = len(job.vectors)
         counts = [len(t) for t in job.inputs[done:]]
-        group = next(pooling.decode_groups(counts, self._n_batch, len(seqs), one_each=False))
+        # llama.cpp pools a sequence per micro-batch, and a non-unified KV cache splits
+        # sequences of unequal lengths over several: its own pooling (mean, cls, last)
+        # gets one input per decode unless the model has no KV cache (BERT)
+        one_each = not job.mean_pool and self._mem is not None
+        group = next(pooling.decode_groups(counts, self._n_batch, len(seqs), one_each=one_each))
         token, pos, n_seq, seq_id, logits = batch.token, batch.pos, batch.n_seq_id, batch.seq_id, batch.logits
         n = 0
         spans: list[tuple[Slot, int, int]] = []  # (sequence, first row, rows)

@@ -119,7 +119,7 @@ def import_backend() -> Any:
 # threads measured at load: this long in all (split over the thread counts, two
 # rounds each), and at least this many timed decode steps per count and round
 MEASURE_BUDGET_S = 0.5
-MEASURE_MIN_STEPS = 4
+MEASURE_MIN_STEPS = 3
 
 
 class Engine:

@@ -60,7 +60,8 @@ def choose(measured: dict[int, float], margin: float = MARGIN) -> ThreadChoice:
     counts = sorted(measured)
     best = counts[0]
     for n in counts[1:]:
-        if measured[n] >= measured[best] * (1.0 + margin):
+        here, kept = measured[n], measured[best]
+        if here > 0 and (kept <= 0 or here / kept >= 1.0 + margin - 1e-9):
             best = n
     if len(counts) == 1:
         reason = f"1 usable core: {best} thread{'s' if best > 1 else ''} ({measured[best]:.1f} tok/s)"
