@@ -14,6 +14,7 @@ import shutil
 import tempfile
 
 import pytest
+import yaml
 from daemon_home import DaemonHome
 
 pytestmark = pytest.mark.e2e
@@ -133,11 +134,18 @@ def test_in_chromium_ready_checks_and_a_model_restart(keyed_daemon: DaemonHome):
     assert KEY not in dh.log_file.read_text()
 
 
+ALT = {"description": "a second tiny model", "default_model": "alt-tiny",
+       "models": {"alt-tiny": {"source": "builtin:tiny", "n_ctx": 1024}}}
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary (Debian's chromium package: scripts/test-deps.sh)")
-def test_in_chromium_the_daemon_restarts_and_the_page_follows(daemon_home: DaemonHome):
+def test_in_chromium_a_profile_switch_then_a_daemon_restart(daemon_home: DaemonHome):
     from playwright.sync_api import expect, sync_playwright
 
     dh = daemon_home
+    folder = dh.home / "config" / "profiles"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "alt.yaml").write_text(yaml.safe_dump(ALT))
     dh.start()
     pid = dh.daemon_pid()
     with dh.client() as c:
@@ -149,12 +157,22 @@ def test_in_chromium_the_daemon_restarts_and_the_page_follows(daemon_home: Daemo
             page = browser.new_page()
             page.goto(f"{dh.url}/debug")
             expect(page.locator("#readiness")).to_have_text("ready", timeout=30_000)
+
+            page.select_option("#profile-select", "alt")
+            page.click("#switch-profile")
+            page.click("#confirm-ok")
+            expect(page.locator("#message")).to_contain_text("switch to 'alt' started")
+            expect(page.locator("#profile")).to_have_text("alt", timeout=60_000)
+            expect(page.locator("tr[data-model='alt-tiny'] td.state")).to_have_text("ready", timeout=60_000)
+            expect(page.locator("#events")).to_contain_text("profile_switched")
+
             page.click("#restart-daemon")
             page.click("#confirm-ok")
             expect(page.locator("#message")).to_contain_text("is restarting")
             expect(page.locator("#conn")).to_have_text("reconnecting", timeout=30_000)
             expect(page.locator("#conn")).to_have_text("live", timeout=60_000)
             expect(page.locator("#readiness")).to_have_text("ready", timeout=60_000)
+            expect(page.locator("#profile")).to_have_text("alt")  # the active profile survives the restart
             browser.close()
     finally:
         shutil.rmtree(profile, ignore_errors=True)
@@ -162,4 +180,4 @@ def test_in_chromium_the_daemon_restarts_and_the_page_follows(daemon_home: Daemo
         status = c.get("/v1/status").json()
     assert status["pid"] == pid == dh.daemon_pid()  # the same process, started again
     assert status["started_at"] > started
-    assert [e["kind"] for e in status["events"]].count("daemon_start") >= 1
+    assert status["profile"] == "alt"
