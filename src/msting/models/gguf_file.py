@@ -31,6 +31,10 @@ SUPPORTED_VERSIONS = (2, 3)
 DEFAULT_ALIGNMENT = 32
 MAX_DIMS = 4  # GGML_MAX_DIMS
 _MAX_NESTING = 8
+# String arrays whose elements are kept (as a list of str) rather than skipped: the
+# model card's short lists that capabilities read (e.g. tags such as "code").
+KEPT_STRING_ARRAYS = frozenset({"general.tags", "general.languages"})
+_MAX_KEPT_ELEMENTS = 256
 
 # GGUF metadata value types: id -> (name, struct format or None)
 _VT_UINT8, _VT_INT8, _VT_UINT16, _VT_INT16 = 0, 1, 2, 3
@@ -186,6 +190,30 @@ class GGUFInfo:
         return value if isinstance(value, str) else None
 
     @property
+    def file_type(self) -> int | None:
+        """``general.file_type`` (llama.cpp's LLAMA_FTYPE), None when absent."""
+        return self._get_int("general.file_type")
+
+    @property
+    def pooling(self) -> str | None:
+        """The declared pooling type's name (``<arch>.pooling_type``: none, mean, cls,
+        last, rank), None when the file declares none."""
+        value = self._arch_int("pooling_type")
+        if value is None:
+            return None
+        return POOLING_NAMES.get(value, f"type {value}")
+
+    def strings(self, key: str) -> tuple[str, ...]:
+        """A kept string array (:data:`KEPT_STRING_ARRAYS`), or one string, as a tuple;
+        () when absent or of another type."""
+        value = self.metadata.get(key)
+        if isinstance(value, str):
+            return (value,)
+        if isinstance(value, list):
+            return tuple(v for v in value if isinstance(v, str))
+        return ()
+
+    @property
     def n_params(self) -> int:
         return sum(t.n_elements for t in self.tensors)
 
@@ -300,8 +328,9 @@ def _read_value(r: _Reader, vtype: int, key: str, depth: int = 0) -> Any:
     )
 
 
-def _read_array(r: _Reader, key: str, depth: int) -> dict[str, Any]:
-    """Read (mostly skip) an array; return only its length and element type."""
+def _read_array(r: _Reader, key: str, depth: int) -> dict[str, Any] | list[str]:
+    """Read (mostly skip) an array; return only its length and element type, or the
+    strings themselves for a short array named in :data:`KEPT_STRING_ARRAYS`."""
     if depth >= _MAX_NESTING:
         raise ModelFileError(f"{r.path} is corrupt: arrays nested too deeply in {key!r}")
     etype = r.u32(f"array type of {key!r}")
@@ -322,6 +351,8 @@ def _read_array(r: _Reader, key: str, depth: int) -> dict[str, Any]:
                 f"{r.path} is corrupt: string array {key!r} claims {count} elements "
                 f"but only {r.remaining()} bytes remain"
             )
+        if depth == 0 and key in KEPT_STRING_ARRAYS and count <= _MAX_KEPT_ELEMENTS:
+            return [r.string(f"element of {key!r}") for _ in range(count)]
         r.skip_strings(count, f"element of {key!r}")
     elif etype == _VT_ARRAY:
         if count * 12 > r.remaining():  # u32 type + u64 length per nested array

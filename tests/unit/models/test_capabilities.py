@@ -1,0 +1,184 @@
+"""capabilities_of on real GGUF files: msting-tiny, stories260K, and small files written
+here with the ``gguf`` package, one per rule."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from msting.models.capabilities import FILE_TYPE_NAMES, capabilities_of, find_projector
+from msting.models.gguf_file import ModelFileError
+
+
+def write_gguf(path: Path, arch: str = "llama", *, name: str | None = "test model",
+               setup: Callable[[Any], None] | None = None,
+               shapes: tuple[tuple[int, ...], ...] = ((8, 32), (32,)),
+               dtype: str = "float32") -> Path:
+    """A small valid GGUF file: *shapes* (numpy order) as tensors, *setup(writer)*
+    adding metadata."""
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(path), arch)
+    try:
+        if name is not None:
+            writer.add_name(name)
+        writer.add_context_length(4096)
+        if setup is not None:
+            setup(writer)
+        for i, shape in enumerate(shapes):
+            writer.add_tensor(f"t{i}.weight", np.zeros(shape, dtype=dtype))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+    finally:
+        writer.close()
+    return path
+
+
+def test_builtin_model(builtin_model_path: Path):
+    caps = capabilities_of(builtin_model_path)
+    assert caps == {
+        "type": "llm",
+        "arch": "llama",
+        "quantization": "F32",
+        "context_length": 2048,
+        "n_params": caps["n_params"],
+        "size_bytes": builtin_model_path.stat().st_size,
+        "instructed": True,  # msting-tiny has a ChatML template
+        "tooling": False,  # that does not render tools
+        "coding": False,
+        "is_gguf": True,
+        "is_mlx": False,
+        "pooling": None,
+        "projector": None,
+    }
+    # 640 x 64 embeddings and output, 4 blocks, the final norm
+    per_block = 2 * 64 + 4 * 64 * 64 + 3 * 176 * 64
+    assert caps["n_params"] == 2 * 640 * 64 + 4 * per_block + 64
+
+
+def test_stories260k(stories_model_path: Path):
+    caps = capabilities_of(stories_model_path)
+    assert caps["type"] == "llm"
+    assert caps["arch"] == "llama"
+    assert caps["context_length"] == 2048
+    # no general.file_type in this file: the weights' type, as llama.cpp guesses it
+    assert caps["quantization"] == "F32"
+    assert caps["n_params"] == 292_800  # stories260K: ~260K parameters
+    assert caps["size_bytes"] == stories_model_path.stat().st_size
+    assert caps["instructed"] is False and caps["tooling"] is False and caps["coding"] is False
+    assert caps["is_gguf"] is True and caps["is_mlx"] is False
+
+
+def test_n_params_sums_every_shape(tmp_path: Path):
+    p = write_gguf(tmp_path / "m.gguf", shapes=((3, 32), (5, 7, 32), (32,)))
+    assert capabilities_of(p)["n_params"] == 3 * 32 + 5 * 7 * 32 + 32
+
+
+@pytest.mark.parametrize("ftype,name", [(15, "Q4_K_M"), (1, "F16"), (7, "Q8_0"), (18, "Q6_K"),
+                                        (30, "IQ4_XS"), (32, "BF16"), (15 | 1024, "Q4_K_M")])
+def test_quantization_from_file_type(tmp_path: Path, ftype: int, name: str):
+    p = write_gguf(tmp_path / "m.gguf", setup=lambda w: w.add_file_type(ftype))
+    assert capabilities_of(p)["quantization"] == name
+
+
+def test_quantization_guessed_from_weights(tmp_path: Path):
+    p = write_gguf(tmp_path / "m.gguf", shapes=((8, 32), (8, 32), (32,)), dtype="float16")
+    assert capabilities_of(p)["quantization"] == "F16"
+
+
+def test_file_type_table_matches_gguf_package():
+    import gguf
+
+    for member in gguf.LlamaFileType:
+        if member.name == "GUESSED":
+            continue
+        expected = member.name.removeprefix("MOSTLY_").removeprefix("ALL_")
+        assert FILE_TYPE_NAMES[member.value] == expected, member
+
+
+def test_embeddings_from_pooling(tmp_path: Path):
+    import gguf
+
+    p = write_gguf(tmp_path / "e.gguf", "bert", setup=lambda w: w.add_pooling_type(gguf.PoolingType.MEAN))
+    caps = capabilities_of(p)
+    assert caps["type"] == "embeddings" and caps["pooling"] == "mean" and caps["arch"] == "bert"
+    # pooling "none" is an LLM
+    p = write_gguf(tmp_path / "n.gguf", setup=lambda w: w.add_pooling_type(gguf.PoolingType.NONE))
+    assert capabilities_of(p)["type"] == "llm"
+    assert capabilities_of(p)["pooling"] is None
+
+
+def test_vlm_from_projector_beside(tmp_path: Path):
+    model = write_gguf(tmp_path / "gemma-3-4b-it-Q4_K_M.gguf")
+    assert capabilities_of(model)["type"] == "llm"
+    proj = write_gguf(tmp_path / "mmproj-gemma-3-4b-it-f16.gguf", "clip",
+                      setup=lambda w: w.add_bool("clip.has_vision_encoder", True))
+    caps = capabilities_of(model)
+    assert caps["type"] == "vlm" and caps["projector"] == str(proj)
+    # another model in the same folder does not get gemma's projector
+    other = write_gguf(tmp_path / "qwen2.5-0.5b-instruct-q8_0.gguf")
+    assert capabilities_of(other)["type"] == "llm"
+    assert find_projector(proj) is None  # a projector is not its own
+
+
+def test_anonymous_projector_needs_a_lone_model(tmp_path: Path):
+    model = write_gguf(tmp_path / "model-Q4_K_M.gguf")
+    write_gguf(tmp_path / "mmproj-F16.gguf", "clip")
+    assert capabilities_of(model)["type"] == "vlm"
+    write_gguf(tmp_path / "other.gguf")
+    assert capabilities_of(model)["type"] == "llm"  # whose would it be?
+
+
+def test_vlm_from_metadata(tmp_path: Path):
+    p = write_gguf(tmp_path / "v.gguf", "gemma3", setup=lambda w: w.add_uint32("gemma3.vision.image_size", 896))
+    assert capabilities_of(p)["type"] == "vlm"
+
+
+def test_instructed_and_tooling(tmp_path: Path):
+    plain = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    tools = ("{% if tools %}{% for t in tools %}{{ t | tojson }}{% endfor %}{% endif %}"
+             "{% for m in messages %}{% if m.tool_calls %}{{ m.tool_calls }}{% endif %}{% endfor %}")
+    p = write_gguf(tmp_path / "a.gguf", setup=lambda w: w.add_chat_template(plain))
+    caps = capabilities_of(p)
+    assert caps["instructed"] is True and caps["tooling"] is False
+    p = write_gguf(tmp_path / "b.gguf", setup=lambda w: w.add_chat_template(tools))
+    caps = capabilities_of(p)
+    assert caps["instructed"] is True and caps["tooling"] is True
+    # a named tool_use template (as Hermes and Command-R files carry)
+    p = write_gguf(tmp_path / "c.gguf", setup=lambda w: w.add_chat_template(
+        [{"name": "default", "template": plain}, {"name": "tool_use", "template": plain}]))
+    caps = capabilities_of(p)
+    assert caps["instructed"] is True and caps["tooling"] is True
+    p = write_gguf(tmp_path / "d.gguf")
+    assert capabilities_of(p)["instructed"] is False
+
+
+@pytest.mark.parametrize("name,tags,fname,arch,coding", [
+    ("Qwen2.5 Coder 1.5B Instruct", None, "m.gguf", "qwen2", True),
+    ("CodeLlama 7B", None, "m.gguf", "llama", True),
+    ("Llama 3.2 1B", ["code", "text-generation"], "m.gguf", "llama", True),
+    ("some model", None, "deepseek-coder-1.3b-q4_k_m.gguf", "llama", True),
+    ("StarCoder2", None, "m.gguf", "starcoder2", True),
+    ("Decoder-only story model", ["text-generation"], "m.gguf", "llama", False),
+    ("Llama 3.2 1B", None, "m.gguf", "llama", False),
+])
+def test_coding_hints(tmp_path: Path, name: str, tags: list[str] | None, fname: str, arch: str, coding: bool):
+    def setup(w: Any) -> None:
+        if tags:
+            w.add_array("general.tags", tags)
+
+    p = write_gguf(tmp_path / fname, arch, name=name, setup=setup)
+    assert capabilities_of(p)["coding"] is coding
+
+
+def test_not_gguf(tmp_path: Path):
+    p = tmp_path / "x.gguf"
+    p.write_bytes(b"PK\x03\x04" + b"\0" * 64)
+    with pytest.raises(ModelFileError, match="is not a GGUF file"):
+        capabilities_of(p)
+    with pytest.raises(ModelFileError, match="does not exist"):
+        capabilities_of(tmp_path / "missing.gguf")
