@@ -181,3 +181,31 @@ def test_in_chromium_a_profile_switch_then_a_daemon_restart(daemon_home: DaemonH
     assert status["pid"] == pid == dh.daemon_pid()  # the same process, started again
     assert status["started_at"] > started
     assert status["profile"] == "alt"
+
+
+def test_an_open_feed_ends_with_the_stop(daemon_home: DaemonHome):
+    """The feed's last state says `stopping` and the stream ends whole: an open page never
+    holds the daemon's shutdown until the HTTP server cuts its connection."""
+    import threading
+
+    dh = daemon_home
+    dh.start()
+    seen: list[dict] = []
+    errors: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            with dh.client(timeout=60) as c, c.stream("GET", "/debug/feed") as r:
+                for line in r.iter_lines():
+                    if line.startswith("data: "):
+                        seen.append(json.loads(line[len("data: "):]))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    dh.wait_for(lambda: seen, what="the first state")
+    dh.cli("llm", "stop", "--timeout", "30", check=True)
+    reader.join(30)
+    assert not reader.is_alive() and not errors, errors
+    assert seen[-1]["status"]["readiness"]["status"] == "stopping"

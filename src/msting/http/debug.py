@@ -61,9 +61,13 @@ def snapshot(request: Request) -> dict:
 
 
 async def _states(request: Request) -> AsyncIterator[str]:
+    """States until the daemon stops: the last one says `stopping` and ends the stream, so
+    an open page never holds the HTTP server's shutdown (the page connects again)."""
     while True:
-        data = json.dumps(snapshot(request), separators=(",", ":"), default=str)
-        yield f"event: state\ndata: {data}\n\n"
+        state = snapshot(request)
+        yield f"event: state\ndata: {json.dumps(state, separators=(',', ':'), default=str)}\n\n"
+        if state["status"]["readiness"]["status"] == "stopping":
+            return
         await asyncio.sleep(FEED_INTERVAL_SEC)
 
 
