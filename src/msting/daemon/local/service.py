@@ -109,7 +109,7 @@ class LocalService:
         return {"model": model.name, "state": model.state.value, "already_loaded": already, "load_ms": model.load_ms, "info": model.info or {}}
 
     async def unload(self, name: str | None) -> dict:
-        """Stop a model's workers (after their current request) and check they are gone."""
+        """Stop a model's workers (after the requests in their slots) and check they are gone."""
         model = self.admission.find(name)
         if not model.on_demand:
             raise Conflict("model_always_ready",
