@@ -238,3 +238,44 @@ def test_the_queue_bound_counts_waiting_requests_not_the_slots(daemon_home):
     for s in (*held, waiting):
         _, end = s.result()
         assert end is not None and end[0] == "done", end
+
+
+def test_stop_drains_every_request_in_the_slots_not_just_one(daemon_home):
+    daemon_home.write_config(CONFIG)
+    daemon_home.start()
+
+    def generate(prompt: str):
+        with daemon_home.client(timeout=180) as c:
+            return c.post("/generate", json={"prompt": prompt, "max_tokens": 400, "temperature": 0})
+
+    with ThreadPoolExecutor(max_workers=5) as pool:
+        with Frozen(_worker(daemon_home)["pid"]):
+            answers = [pool.submit(generate, p) for p in PROMPTS]
+            _slots_busy(daemon_home, SLOTS)
+            stop = pool.submit(daemon_home.cli, "llm", "stop")
+            with daemon_home.client() as c:  # draining: new work is refused, the four wait
+                daemon_home.wait_for(lambda: c.get("/health/ready").status_code == 503, what="the daemon draining")
+        replies = [f.result() for f in answers]
+        assert stop.result().returncode == 0
+    assert [r.status_code for r in replies] == [200] * SLOTS, [r.text for r in replies]
+    assert all(r.json()["usage"]["completion_tokens"] == 400 for r in replies), [r.json()["usage"] for r in replies]
+    assert daemon_home.our_processes() == []
+
+
+def test_concurrent_embeddings_share_a_worker_and_match_their_solo_vectors(daemon_home):
+    daemon_home.write_config(CONFIG)
+    daemon_home.start()
+
+    def embed(text: str) -> list[float]:
+        with daemon_home.client(timeout=120) as c:
+            r = c.post("/v1/embeddings", json={"input": text})
+            assert r.status_code == 200, r.text
+            return r.json()["data"][0]["embedding"]
+
+    solo = {p: embed(p) for p in PROMPTS}  # the first starts the model's embeddings worker
+    with ThreadPoolExecutor(max_workers=SLOTS) as pool:
+        together = dict(zip(PROMPTS, pool.map(embed, PROMPTS)))
+    for p in PROMPTS:
+        assert together[p] == pytest.approx(solo[p], abs=1e-5), p
+    embedder = next(m for m in daemon_home.client().get("/v1/status").json()["models"] if m["type"] == "embeddings")
+    assert embedder["parallel"] == SLOTS and embedder["workers"][0]["slots"] == SLOTS
