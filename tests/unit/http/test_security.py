@@ -648,3 +648,12 @@ async def test_a_unix_peer_of_another_uid_is_dropped_at_accept(socket_dir: Path,
         assert await asyncio.wait_for(reader.readline(), 10) == b"echo ping\n"
         writer.close()
         await writer.wait_closed()
+
+
+def test_metrics_are_open_only_where_the_config_says() -> None:
+    closed = SecurityPolicy.from_config(_config(), {"LLM_API_KEY": KEY})
+    opened = SecurityPolicy.from_config(_config(metrics_public=True), {"LLM_API_KEY": KEY})
+    assert "/metrics" not in closed.open_paths and "/metrics" in opened.open_paths
+    assert {"/health", "/debug"} <= closed.open_paths  # the debug page's shell holds no data
+    assert "/debug/feed" not in opened.open_paths and "/v1/status" not in opened.open_paths
+    assert "/debug, /health, /metrics stay open" in opened.describe()
