@@ -138,8 +138,12 @@ def test_concurrent_streams_on_one_worker_equal_their_solo_text_and_status_shows
     assert model["n_threads"] is None and model["parallel"] == SLOTS
 
 
-def test_a_worker_killed_with_four_in_flight_requeues_the_unstarted_and_ends_the_started_streams(daemon_home):
-    daemon_home.write_config(CONFIG)
+@pytest.mark.parametrize("death", ["kill -9", "hang"])
+def test_a_worker_killed_with_four_in_flight_requeues_the_unstarted_and_ends_the_started_streams(daemon_home, death):
+    """kill -9 by the test, or a hang: the worker stays frozen until the daemon's
+    watchdog (hang_timeout_sec 5) kills it. Either way one death settles all four slots."""
+    hang = death == "hang"
+    daemon_home.write_config({**CONFIG, "llm_service": {"hang_timeout_sec": 5 if hang else 30}})
     daemon_home.start()
     solo = {p: _solo(daemon_home, p) for p in PROMPTS}
     pid = _worker(daemon_home)["pid"]
@@ -154,7 +158,10 @@ def test_a_worker_killed_with_four_in_flight_requeues_the_unstarted_and_ends_the
         _slots_busy(daemon_home, 4)
         queued = Stream(daemon_home, PROMPTS[0], SHORT)
         _slots_busy(daemon_home, 4, queued=1)
-        os.kill(pid, signal.SIGKILL)
+        if hang:
+            daemon_home.wait_for(lambda: _worker(daemon_home)["pid"] != pid, timeout=60, what="the hung worker killed")
+        else:
+            os.kill(pid, signal.SIGKILL)
     for s in started:
         _, end = s.result()
         assert end is not None and end[0] == "error", end
@@ -166,6 +173,8 @@ def test_a_worker_killed_with_four_in_flight_requeues_the_unstarted_and_ends_the
     model = _model(daemon_home)
     assert model["restarts"] == 1 and model["state"] == "ready"
     assert model["workers"][0]["pid"] != pid
+    if hang:
+        assert "hung" in (model["workers"][0]["last_error"] or ""), model["workers"][0]
 
 
 def test_a_poison_request_among_three_innocent_ones_fails_alone_and_the_model_stays_up(daemon_home):
