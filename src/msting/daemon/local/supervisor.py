@@ -13,7 +13,8 @@ Each `WorkerSupervisor` runs one lifecycle task:
           `restart.fatal_retry_sec`, and either at once on an explicit load.
 
 Three tasks cooperate per incarnation: the frame reader (its EOF means the worker
-died), the serve loop, and the watchdog (pings, hang detection). The reader is the
+died; it hands each answer to its job), the serve loop (it takes a job from the queue
+whenever a slot is free), and the watchdog (pings, hang detection). The reader is the
 only one that reads the socket; the watchdog only kills, it never cleans up, so all
 cleanup happens in one place. Hang detection judges each process on its own clock:
 every incarnation starts with a fresh `Liveness`, so a replacement is never blamed for
