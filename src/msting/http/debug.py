@@ -1,6 +1,7 @@
 """The debug page: `GET /debug` (one HTML page, no external asset) and its live feed,
 `GET /debug/feed` (server-sent events: `event: state`, the daemon's status, its services
-and the tail of its log, twice a second).
+and the tail of its log, and its clock (`now`, for how long a worker is in its state),
+twice a second).
 
 The page's HTML holds no data, so it is served without the API key (like /health; the
 Host check still applies). Everything it shows comes from the feed and the operator
@@ -20,6 +21,7 @@ import base64
 import hashlib
 import json
 import re
+import time
 from importlib.resources import files
 from typing import AsyncIterator
 
@@ -57,7 +59,8 @@ async def page(request: Request) -> Response:
 
 def snapshot(request: Request) -> dict:
     control = control_of(request)
-    return {"status": control.status(), "services": router_of(request).services(), "log": control.log_tail(LOG_LINES)}
+    return {"now": time.time(), "status": control.status(), "services": router_of(request).services(),
+            "log": control.log_tail(LOG_LINES)}
 
 
 async def _states(request: Request) -> AsyncIterator[str]:
