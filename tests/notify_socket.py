@@ -4,6 +4,7 @@ that records what the daemon sends."""
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import socket
 import threading
@@ -56,3 +57,20 @@ class NotifySocket:
         self._closed.set()
         self._reader.join(timeout=5)
         self.sock.close()
+
+    def __enter__(self) -> NotifySocket:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+@contextlib.contextmanager
+def killed_at_exit(proc):
+    """`proc` (a daemon as an init system started it), killed if a test leaves it running."""
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from daemon_home import msting_command
-from notify_socket import NotifySocket
+from notify_socket import NotifySocket, killed_at_exit
 
 pytestmark = pytest.mark.e2e
 
@@ -167,13 +167,11 @@ def test_the_installed_unit_runs_the_daemon_until_ready(daemon_home, tmp_path):
     written = json.loads(daemon_home.cli("llm", "service", "install", "--root", str(root), "--json", check=True).stdout)
     argv, unit_env = _unit_command(written["content"])
     assert unit_env["MSTING_HOME"] == str(daemon_home.home)
-    notify = NotifySocket(tmp_path, abstract=True)
     base = {k: v for k, v in daemon_home.env.items() if k not in ("MSTING_HOME", "MSTING_LLM_PORT")}
     out = tmp_path / "journal.out"  # a file, as the journal: a pipe nobody reads would fill up
-    with open(out, "ab") as journal:
-        proc = subprocess.Popen(argv, env={**base, **unit_env, "NOTIFY_SOCKET": notify.address, "WATCHDOG_USEC": "30000000"},
-                                stdout=journal, stderr=journal)
-    try:
+    with NotifySocket(tmp_path, abstract=True) as notify, open(out, "ab") as journal, killed_at_exit(subprocess.Popen(
+            argv, env={**base, **unit_env, "NOTIFY_SOCKET": notify.address, "WATCHDOG_USEC": "30000000"},
+            stdout=journal, stderr=journal)) as proc:
         notify.until(lambda m: "READY=1" in m.split("\n"))
         status = daemon_home.status()  # the CLI, with the same home, finds the daemon the unit started
         assert status["ready"] is True and status["pid"] == proc.pid  # the main process: NotifyAccess=main holds
@@ -182,11 +180,6 @@ def test_the_installed_unit_runs_the_daemon_until_ready(daemon_home, tmp_path):
         proc.send_signal(signal.SIGTERM)
         notify.until(lambda m: "STOPPING=1" in m.split("\n"))
         assert proc.wait(timeout=60) == 0, out.read_text()[-3000:]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        notify.close()
 
 
 def test_the_plist_runs_the_daemon_until_ready(daemon_home, tmp_path):
@@ -200,14 +193,9 @@ def test_the_plist_runs_the_daemon_until_ready(daemon_home, tmp_path):
     base = {k: v for k, v in daemon_home.env.items() if k not in ("MSTING_HOME", "MSTING_LLM_PORT")}
     out = Path(plist["StandardOutPath"])
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "ab") as log:
-        proc = subprocess.Popen(plist["ProgramArguments"], env={**base, **plist["EnvironmentVariables"]}, stdout=log, stderr=log)
-    try:
+    with open(out, "ab") as log, killed_at_exit(subprocess.Popen(plist["ProgramArguments"], env={**base, **plist["EnvironmentVariables"]},
+                                                                 stdout=log, stderr=log)) as proc:
         assert daemon_home.cli("llm", "wait", "--timeout", "90").returncode == 0, out.read_text()
         assert daemon_home.status()["pid"] == proc.pid
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 import yaml
 from daemon_home import msting_command
-from notify_socket import NotifySocket
+from notify_socket import NotifySocket, killed_at_exit
 
 pytestmark = pytest.mark.e2e
 
@@ -35,9 +35,7 @@ def _lines(message: str) -> dict[str, str]:
 
 @pytest.mark.parametrize("abstract", [False, True], ids=["path", "abstract"])
 def test_ready_status_watchdog_and_stopping_arrive_in_order(daemon_home, abstract):
-    notify = NotifySocket(daemon_home.home, abstract)
-    proc = _foreground(daemon_home, notify)
-    try:
+    with NotifySocket(daemon_home.home, abstract) as notify, killed_at_exit(_foreground(daemon_home, notify)) as proc:
         first = notify.next()
         assert first.startswith("STATUS=starting: listening on ") and str(daemon_home.socket) in first
         ready = notify.until(lambda m: "READY=1" in m.split("\n"))
@@ -61,11 +59,6 @@ def test_ready_status_watchdog_and_stopping_arrive_in_order(daemon_home, abstrac
         assert "draining" in _lines(stopping)["STATUS"]
         notify.until(lambda m: m.startswith("STATUS=stopping: workers stopped"))
         assert proc.wait(timeout=60) == 0, _output(daemon_home)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        notify.close()
     seen = [next(k for k in ("READY=1", "STOPPING=1", "STATUS") if k in m) for m in notify.messages if m != "WATCHDOG=1"]
     assert seen.index("READY=1") < seen.index("STOPPING=1")
     assert seen.count("READY=1") == 1 and seen.count("STOPPING=1") == 1
@@ -73,9 +66,7 @@ def test_ready_status_watchdog_and_stopping_arrive_in_order(daemon_home, abstrac
 
 def test_a_failed_model_never_sends_ready(daemon_home, corrupt_gguf):
     daemon_home.write_config({"llm": {"model": str(corrupt_gguf)}})
-    notify = NotifySocket(daemon_home.home, abstract=False)
-    proc = _foreground(daemon_home, notify)
-    try:
+    with NotifySocket(daemon_home.home, abstract=False) as notify, killed_at_exit(_foreground(daemon_home, notify)) as proc:
         failed = notify.until(lambda m: m.startswith("STATUS=failed: "))
         assert "corrupt.gguf" in failed
         # the daemon stays up and alive (watchdog), but start-up is not complete
@@ -86,28 +77,16 @@ def test_a_failed_model_never_sends_ready(daemon_home, corrupt_gguf):
         proc.send_signal(signal.SIGTERM)
         notify.until(lambda m: "STOPPING=1" in m.split("\n"))
         assert proc.wait(timeout=60) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        notify.close()
     assert not any("READY=1" in m.split("\n") for m in notify.messages), notify.messages
 
 
 def test_a_config_error_says_so_and_exits_78(daemon_home):
     daemon_home.write_config({"llm_service": {"prot": 1}})
-    notify = NotifySocket(daemon_home.home, abstract=False)
-    proc = _foreground(daemon_home, notify)
-    try:
+    with NotifySocket(daemon_home.home, abstract=False) as notify, killed_at_exit(_foreground(daemon_home, notify)) as proc:
         status = notify.next()
         assert proc.wait(timeout=60) == 78
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        notify.close()
     assert status.startswith("STATUS=configuration error (exit 78)") and "llm_service.prot" in status
     assert "\n" not in status
-
 
 
 def test_a_profile_switch_shows_in_the_status_line(daemon_home):
@@ -115,17 +94,10 @@ def test_a_profile_switch_shows_in_the_status_line(daemon_home):
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "alt.yaml").write_text(yaml.safe_dump({"description": "a second tiny model", "default_model": "alt-tiny",
                                                      "models": {"alt-tiny": {"source": "builtin:tiny", "n_ctx": 1024}}}))
-    notify = NotifySocket(daemon_home.home, abstract=False)
-    proc = _foreground(daemon_home, notify)
-    try:
+    with NotifySocket(daemon_home.home, abstract=False) as notify, killed_at_exit(_foreground(daemon_home, notify)) as proc:
         notify.until(lambda m: "READY=1" in m.split("\n"))
         daemon_home.cli("llm", "switch-profile", "alt", check=True)
         notify.until(lambda m: m.startswith("STATUS=ready: profile alt, default model alt-tiny"))
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        notify.close()
     assert sum("READY=1" in m.split("\n") for m in notify.messages) == 1
