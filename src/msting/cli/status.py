@@ -191,8 +191,14 @@ def fmt_threads(worker: dict[str, Any]) -> str | None:
 
 def model_details(model: dict[str, Any]) -> str | None:
     """What the table has no room for: the threads choice of the model's workers (once
-    when they agree), and the prompt tokens they reused from a slot's cache."""
-    parts = list(dict.fromkeys(t for w in model.get("workers") or [] if (t := fmt_threads(w))))
+    for those that chose the same count the same way, with the first one's figures),
+    and the prompt tokens they reused from a slot's cache."""
+    choices: dict[str, str] = {}
+    for w in model.get("workers") or []:
+        text = fmt_threads(w)
+        if text:
+            choices.setdefault(text.split(":")[0], text)
+    parts = list(choices.values())
     cached = model.get("cached_tokens")
     if isinstance(cached, int) and model.get("type") != "embeddings":
         parts.append(f"{cached} prompt tokens reused from the cache")

@@ -27,9 +27,18 @@ def test_the_threads_choice_says_how_it_was_made() -> None:
 
 def test_model_details_name_the_threads_once_and_the_cached_tokens() -> None:
     worker = {"pid": 1, "state": "READY", "n_threads": 2, "threads": MEASURED}
-    model = {"type": "llm", "cached_tokens": 120, "workers": [worker, {**worker, "pid": 2}]}
+    other = {**worker, "pid": 2, "threads": {**MEASURED, "measured": {"1": 36.0, "2": 60.0},
+                                             "reason": "2 threads decoded 60.0 tok/s against 36.0 with 1"}}
+    model = {"type": "llm", "cached_tokens": 120, "workers": [worker, other]}  # two replicas, one choice
     assert model_details(model) == "n_threads 2, measured: 2 threads decoded 61.2 tok/s against 37.9 with 1; " \
                                    "120 prompt tokens reused from the cache"
     assert model_details({"type": "embeddings", "cached_tokens": 0, "workers": [worker]}) == \
         "n_threads 2, measured: 2 threads decoded 61.2 tok/s against 37.9 with 1"
     assert model_details({"type": "llm", "workers": []}) is None
+
+
+def test_workers_that_chose_differently_are_each_named() -> None:
+    one = {"pid": 1, "n_threads": 1, "threads": {"source": "measured", "chosen": 1, "reason": "1 thread was fastest"}}
+    two = {"pid": 2, "n_threads": 2, "threads": MEASURED}
+    assert model_details({"type": "embeddings", "workers": [one, two]}) == \
+        "n_threads 1, measured: 1 thread was fastest; n_threads 2, measured: 2 threads decoded 61.2 tok/s against 37.9 with 1"
