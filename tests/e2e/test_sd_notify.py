@@ -101,3 +101,24 @@ def test_a_profile_switch_shows_in_the_status_line(daemon_home):
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
     assert sum("READY=1" in m.split("\n") for m in notify.messages) == 1
+
+
+def test_the_daemons_own_restart_is_a_reload_not_a_stop(daemon_home):
+    """POST /v1/daemon/restart drains and execs in the same pid: systemd must see
+    RELOADING=1 then READY=1 (STOPPING=1 would make it wait for an exit, then kill)."""
+    with NotifySocket(daemon_home.home, abstract=False) as notify, killed_at_exit(_foreground(daemon_home, notify)) as proc:
+        notify.until(lambda m: "READY=1" in m.split("\n"))
+        with daemon_home.client() as c:
+            assert c.post("/v1/daemon/restart", json={}).status_code == 202
+        reloading = notify.until(lambda m: "RELOADING=1" in m.split("\n"))
+        assert _lines(reloading)["STATUS"].startswith("restarting: draining") and int(_lines(reloading)["MONOTONIC_USEC"]) > 0
+        ready = notify.until(lambda m: "READY=1" in m.split("\n"))
+        assert _lines(ready)["STATUS"].startswith("ready: profile default")
+        with daemon_home.client() as c:
+            assert c.get("/health").json()["pid"] == proc.pid and c.get("/health/ready").status_code == 200
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        notify.until(lambda m: "STOPPING=1" in m.split("\n"))
+        assert proc.wait(timeout=60) == 0, _output(daemon_home)
+    stops = [m for m in notify.messages if "STOPPING=1" in m.split("\n")]
+    assert len(stops) == 1 and notify.messages.index(stops[0]) > notify.messages.index(ready)

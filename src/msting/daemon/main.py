@@ -268,8 +268,12 @@ async def _serve(config: Config, paths: Paths, sockets: list[socket.socket], sec
     sig = await signals.get()
     log.info("received %s: draining (grace %gs)", signal.Signals(sig).name, config.llm_service.drain_grace_sec)
     readiness_task.cancel()  # from here on the stop's own lines
-    notifier.stopping(f"stopping ({signal.Signals(sig).name}): draining in-flight requests "
-                      f"(up to {config.llm_service.drain_grace_sec:g} s), then stopping the workers")
+    draining = (f"draining in-flight requests (up to {config.llm_service.drain_grace_sec:g} s), "
+                "then stopping the workers")
+    if sig == RESTART_SIGNAL:  # the same pid comes back: a reload to systemd, not a stop
+        notifier.reloading(f"restarting: {draining}, then starting again in the same process")
+    else:
+        notifier.stopping(f"stopping ({signal.Signals(sig).name}): {draining}")
     shutdown = asyncio.create_task(service.shutdown(config.llm_service.drain_grace_sec), name="shutdown")
     second = asyncio.create_task(signals.get())
     done, _ = await asyncio.wait({shutdown, second}, return_when=asyncio.FIRST_COMPLETED)

@@ -10,7 +10,10 @@ socket (a path, or ``@name`` in the abstract namespace), and reads newline-separ
 - ``WATCHDOG=1``: the service is alive; with ``WatchdogSec=`` systemd sets
   ``$WATCHDOG_USEC`` and kills a service that stays silent that long. The daemon sends
   it from its event loop, so a stuck loop stops the pings;
-- ``STOPPING=1``: the service is shutting down (draining).
+- ``STOPPING=1``: the service is shutting down (draining);
+- ``RELOADING=1``: the service restarts in place (the daemon's own restart, an exec in
+  the same pid); the new image's ``READY=1`` ends it. STOPPING=1 there would make
+  systemd wait for an exit that never comes, then kill the daemon.
 
 A few lines on a socket; no dependency. Without ``$NOTIFY_SOCKET`` every call is a
 no-op, so the daemon calls these unconditionally. Sends never block: a datagram socket
@@ -24,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import time
 from collections.abc import Callable, Mapping
 
 #: How often readiness is looked at: until the first READY=1, then after it.
@@ -84,6 +88,10 @@ class Notifier:
 
     def stopping(self, text: str) -> bool:
         return self.send("STOPPING=1", status_line(text))
+
+    def reloading(self, text: str) -> bool:
+        # MONOTONIC_USEC: newer systemd matches the reload with it (required for Type=notify-reload)
+        return self.send("RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}", status_line(text))
 
     def watchdog(self) -> bool:
         return self.send("WATCHDOG=1")

@@ -30,6 +30,9 @@ def test_lines_arrive_as_one_datagram(listener):
     assert sock.recv(4096) == b"READY=1\nSTATUS=ready: all models fine"
     assert n.stopping("draining") and sock.recv(4096) == b"STOPPING=1\nSTATUS=draining"
     assert n.watchdog() and sock.recv(4096) == b"WATCHDOG=1"
+    assert n.reloading("restarting")
+    reload_lines = sock.recv(4096).split(b"\n")
+    assert reload_lines[0] == b"RELOADING=1" and reload_lines[1].startswith(b"MONOTONIC_USEC=") and reload_lines[2] == b"STATUS=restarting"
     n.close()
 
 
