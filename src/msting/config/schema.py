@@ -172,6 +172,15 @@ class LLMConfig:
 
 
 @dataclass(frozen=True)
+class ModelsConfig:
+    """Installing models (``models``): where the Ollama registry is, how downloads retry."""
+
+    ollama_registry: str = opt("https://registry.ollama.ai", Str())
+    stall_timeout_sec: float = opt(30.0, _POSITIVE)
+    max_retries: int = opt(8, Num(integer=True, lo=0, hi=100))
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     """Daemon logging (``logging``)."""
 
@@ -189,6 +198,7 @@ class Config:
 
     llm_service: ServiceConfig = section(ServiceConfig)
     llm: LLMConfig = section(LLMConfig)
+    models: ModelsConfig = section(ModelsConfig)
     logging: LoggingConfig = section(LoggingConfig)
     source: Path | None = None
 

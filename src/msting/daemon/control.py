@@ -7,24 +7,27 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, AsyncIterator, Callable
 
 import psutil
 
 from msting import __version__
-from msting.api.errors import NotAllowed, NotFound
+from msting.api.errors import Conflict, NotAllowed, NotFound
 from msting.daemon.jobs import Jobs
 from msting.daemon.local import switch
 from msting.daemon.local.admission import shutting_down
 from msting.daemon.metrics import DaemonMetrics
 from msting.providers.local import LocalProvider
 
+if TYPE_CHECKING:
+    from msting.daemon.model_jobs import ModelJobs
+
 LOG_TAIL_BYTES = 64 * 1024  # the most of the log file read for its tail
 
 
 class DaemonControl:
     def __init__(self, local: LocalProvider, jobs: Jobs, *, metrics: DaemonMetrics | None = None,
-                 restart: Callable[[], None] | None = None):
+                 restart: Callable[[], None] | None = None, model_jobs: ModelJobs | None = None):
         """`restart`: asks the daemon to drain, stop and start again in the same process
         (msting.daemon.main); None where nothing can (then restart_daemon refuses)."""
         self.local = local
@@ -32,6 +35,7 @@ class DaemonControl:
         self._jobs = jobs
         self._metrics = metrics
         self._restart = restart
+        self._model_jobs = model_jobs
         self.default_load_timeout = self.service.config.llm_service.startup_timeout_sec
 
     def _readiness(self) -> tuple[str, str | None]:
@@ -126,14 +130,42 @@ class DaemonControl:
             return await switch.dry_run(self.service, profile)
         return switch.start_switch(self.service, self._jobs, profile)
 
-    def jobs(self) -> list[dict]:
-        return self.service.store.recent_jobs(20)
+    def jobs(self, type: str | None = None, state: str | None = None) -> list[dict]:
+        return self._jobs.list(type=type, state=state)
 
     def job(self, job_id: str) -> dict:
         found = self._jobs.get(job_id)
         if found is None:
             raise NotFound("job_not_found", f"no job {job_id}")
         return found
+
+    def _models(self) -> ModelJobs:
+        if self._model_jobs is None:
+            raise NotFound("model_jobs_off", "this daemon does not manage models")
+        return self._model_jobs
+
+    def create_job(self, type: object, params: object) -> dict:
+        return self._models().submit(type, params)
+
+    def cancel_job(self, job_id: str) -> dict:
+        live = self._jobs.live(job_id)
+        if live is not None and live.type == "switch" and not live.state.terminal:
+            raise Conflict("not_cancellable", f"job {job_id} is a profile switch; it cannot be cancelled (it rolls back on failure)")
+        found = self._jobs.cancel(job_id)
+        if found is None:
+            raise NotFound("job_not_found", f"no job {job_id}")
+        return found
+
+    async def job_events(self, job_id: str) -> AsyncIterator[dict]:
+        self.job(job_id)  # a 404 before the stream starts
+        async for body in self._jobs.follow(job_id):
+            yield body
+
+    def installed_models(self) -> list[dict]:
+        return self._models().installed()
+
+    async def registry_search(self, query: str, limit: int) -> list[dict]:
+        return await self._models().search(query, limit)
 
     # ---- operations (the debug page's buttons; the CLI can use them too) -----------
 

@@ -186,6 +186,7 @@ async def _serve(config: Config, paths: Paths, sockets: list[socket.socket], sec
                  notifier: Notifier | None = None) -> int:
     from msting.daemon.control import DaemonControl
     from msting.daemon.jobs import Jobs
+    from msting.daemon.model_jobs import RESUMABLE, ModelJobs
     from msting.daemon.metrics import DaemonMetrics
     from msting.daemon.local.plan import restore_routing
     from msting.daemon.local.service import LocalService
@@ -227,9 +228,11 @@ async def _serve(config: Config, paths: Paths, sockets: list[socket.socket], sec
         return DaemonExit.CONFIG
     service = LocalService(config, paths, routing, store, launcher)
     local = LocalProvider(service)
-    jobs = Jobs(store)
+    jobs = Jobs(store, resumable=RESUMABLE)
+    model_jobs = ModelJobs(service, jobs)
     metrics = DaemonMetrics(service, jobs, store)
-    control = DaemonControl(local, jobs, metrics=metrics, restart=lambda: signals.put_nowait(RESTART_SIGNAL))
+    control = DaemonControl(local, jobs, metrics=metrics, restart=lambda: signals.put_nowait(RESTART_SIGNAL),
+                            model_jobs=model_jobs)
     remotes = [RemoteProvider(spec, env=os.environ, max_tokens=config.llm.max_tokens, temperature=config.llm.temperature)
                for spec in config.llm.services]
     router = Router([local, StubProvider(), *remotes], default=config.llm.default_service,
@@ -244,6 +247,7 @@ async def _serve(config: Config, paths: Paths, sockets: list[socket.socket], sec
             return DaemonExit.FAILURE
         await asyncio.sleep(0.01)
     service.start()
+    model_jobs.resume()  # downloads a previous daemon left unfinished go on
     for remote in remotes:
         remote.start()
     # Everything built so far (modules, app, routing) lives as long as the daemon: move

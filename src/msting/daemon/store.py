@@ -56,6 +56,44 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (profile, name)
     );
     """,
+    # 3: jobs of every type (installs, imports ... beside switches), the installed models,
+    # what a registry search returned, and the LLM services' configurations as last seen
+    """
+    ALTER TABLE jobs ADD COLUMN finished REAL;
+    CREATE INDEX jobs_state ON jobs (state);
+    CREATE INDEX jobs_kind ON jobs (kind, created);
+    CREATE TABLE llm_models (
+        name TEXT PRIMARY KEY,
+        source TEXT NOT NULL,
+        path TEXT NOT NULL,
+        format TEXT NOT NULL DEFAULT 'gguf',
+        size_bytes INTEGER NOT NULL,
+        sha256 TEXT NOT NULL,
+        revision TEXT,
+        capabilities TEXT NOT NULL DEFAULT '{}',
+        linked INTEGER NOT NULL DEFAULT 0,
+        job_id TEXT,
+        installed_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE llm_registry_models (
+        id TEXT NOT NULL,
+        registry TEXT NOT NULL,
+        source TEXT NOT NULL,
+        downloads INTEGER,
+        likes INTEGER,
+        files TEXT,
+        query TEXT,
+        fetched_at REAL NOT NULL,
+        PRIMARY KEY (registry, id)
+    );
+    CREATE TABLE llm_service_configs (
+        name TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        config TEXT NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    """,
 ]
 
 MAX_EVENTS = 5000  # older events are pruned so the file stays small
@@ -122,9 +160,9 @@ class Store:
 
     def save_job(self, job: dict) -> None:
         self._db.execute(
-            "INSERT INTO jobs(id, kind, created, state, body) VALUES(?, ?, ?, ?, ?) "
-            "ON CONFLICT(id) DO UPDATE SET state=excluded.state, body=excluded.body",
-            (job["id"], job["kind"], job["created"], job["state"], json.dumps(job)),
+            "INSERT INTO jobs(id, kind, created, state, finished, body) VALUES(?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT(id) DO UPDATE SET state=excluded.state, finished=excluded.finished, body=excluded.body",
+            (job["id"], job["kind"], job["created"], job["state"], job.get("finished"), json.dumps(job)),
         )
 
     def get_job(self, job_id: str) -> dict | None:
@@ -132,8 +170,21 @@ class Store:
         return json.loads(row[0]) if row else None
 
     def running_jobs(self) -> list[dict]:
-        rows = self._db.execute("SELECT body FROM jobs WHERE state='running' ORDER BY created").fetchall()
+        """Jobs not ended (queued or running), oldest first."""
+        rows = self._db.execute("SELECT body FROM jobs WHERE state IN ('running', 'queued') ORDER BY created").fetchall()
         return [json.loads(r[0]) for r in rows]
+
+    def list_jobs(self, *, type: str | None = None, state: str | None = None, limit: int = 50) -> list[dict]:
+        """Newest first, of `type` and in `state` when given."""
+        where, args = [], []
+        if type is not None:
+            where.append("kind=?")
+            args.append(type)
+        if state is not None:
+            where.append("state=?")
+            args.append(state)
+        sql = "SELECT body FROM jobs" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY created DESC LIMIT ?"
+        return [json.loads(r[0]) for r in self._db.execute(sql, (*args, limit)).fetchall()]
 
     def recent_jobs(self, limit: int = 20) -> list[dict]:
         rows = self._db.execute("SELECT body FROM jobs ORDER BY created DESC LIMIT ?", (limit,)).fetchall()
@@ -158,6 +209,70 @@ class Store:
     def model_states(self, profile: str) -> dict[str, dict]:
         rows = self._db.execute("SELECT name, state, last_error, updated FROM models WHERE profile=?", (profile,)).fetchall()
         return {r[0]: {"state": r[1], "last_error": r[2], "updated": r[3]} for r in rows}
+
+    # ---- installed models (llm_models) -------------------------------------------------
+
+    _MODEL_COLUMNS = ("name", "source", "path", "format", "size_bytes", "sha256", "revision", "capabilities", "linked",
+                      "job_id", "installed_at", "updated_at")
+
+    def save_installed_model(self, row: dict) -> None:
+        """Insert or replace the row of `row["name"]` (installed_at kept from the first install)."""
+        now = time.time()
+        values = {**row, "capabilities": json.dumps(row.get("capabilities") or {}), "linked": int(bool(row.get("linked"))),
+                  "format": row.get("format") or "gguf", "installed_at": row.get("installed_at") or now, "updated_at": now}
+        cols = self._MODEL_COLUMNS
+        self._db.execute(
+            f"INSERT INTO llm_models({', '.join(cols)}) VALUES({', '.join('?' * len(cols))}) ON CONFLICT(name) DO UPDATE SET "
+            + ", ".join(f"{c}=excluded.{c}" for c in cols if c not in ("name", "installed_at")),
+            tuple(values.get(c) for c in cols),
+        )
+
+    def _model_row(self, row: tuple) -> dict:
+        out = dict(zip(self._MODEL_COLUMNS, row))
+        out["capabilities"] = json.loads(out["capabilities"] or "{}")
+        out["linked"] = bool(out["linked"])
+        return out
+
+    def installed_models(self) -> list[dict]:
+        rows = self._db.execute(f"SELECT {', '.join(self._MODEL_COLUMNS)} FROM llm_models ORDER BY name").fetchall()
+        return [self._model_row(r) for r in rows]
+
+    def installed_model(self, name: str) -> dict | None:
+        row = self._db.execute(f"SELECT {', '.join(self._MODEL_COLUMNS)} FROM llm_models WHERE name=?", (name,)).fetchone()
+        return self._model_row(row) if row else None
+
+    def delete_installed_model(self, name: str) -> None:
+        self._db.execute("DELETE FROM llm_models WHERE name=?", (name,))
+
+    # ---- registry search results (llm_registry_models) ---------------------------------
+
+    def cache_registry_models(self, registry: str, query: str, entries: list[dict]) -> None:
+        now = time.time()
+        for e in entries:
+            self._db.execute(
+                "INSERT INTO llm_registry_models(id, registry, source, downloads, likes, files, query, fetched_at) "
+                "VALUES(?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(registry, id) DO UPDATE SET source=excluded.source, "
+                "downloads=excluded.downloads, likes=excluded.likes, files=excluded.files, query=excluded.query, "
+                "fetched_at=excluded.fetched_at",
+                (e["id"], registry, e["source"], e.get("downloads"), e.get("likes"),
+                 json.dumps(e.get("files")) if e.get("files") is not None else None, query, now))
+
+    def cached_registry_models(self, registry: str, query: str, limit: int) -> list[dict]:
+        rows = self._db.execute("SELECT id, source, downloads, likes, files FROM llm_registry_models WHERE registry=? AND query=? "
+                                "ORDER BY downloads DESC LIMIT ?", (registry, query, limit)).fetchall()
+        return [{"id": r[0], "source": r[1], "downloads": r[2], "likes": r[3], "files": json.loads(r[4]) if r[4] else None}
+                for r in rows]
+
+    # ---- the LLM services' configurations (llm_service_configs) -------------------------
+
+    def save_service_config(self, name: str, kind: str, config: dict) -> None:
+        self._db.execute("INSERT INTO llm_service_configs(name, kind, config, updated_at) VALUES(?, ?, ?, ?) "
+                         "ON CONFLICT(name) DO UPDATE SET kind=excluded.kind, config=excluded.config, updated_at=excluded.updated_at",
+                         (name, kind, json.dumps(config), time.time()))
+
+    def service_configs(self) -> dict[str, dict]:
+        rows = self._db.execute("SELECT name, kind, config, updated_at FROM llm_service_configs ORDER BY name").fetchall()
+        return {r[0]: {"kind": r[1], "config": json.loads(r[2]), "updated_at": r[3]} for r in rows}
 
     def close(self) -> None:
         self._db.close()

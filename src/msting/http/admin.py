@@ -1,4 +1,4 @@
-"""Operator routes: status, profiles and switches, jobs, unloading and restarting
+"""Operator routes: status, profiles and switches, unloading and restarting
 models, the readiness checks now, restarting the daemon."""
 
 from __future__ import annotations
@@ -38,14 +38,6 @@ async def switch_profile(request: Request) -> Response:
     return JSONResponse(result, status_code=200 if dry_run else 202)
 
 
-async def jobs(request: Request) -> Response:
-    return JSONResponse({"object": "list", "data": control_of(request).jobs()})
-
-
-async def job(request: Request) -> Response:
-    return JSONResponse(control_of(request).job(request.path_params["job_id"]))
-
-
 async def unload_model(request: Request) -> Response:
     fields = Fields(await read_json_object(request), UNLOAD_KEYS)
     name = fields.string("model", required=True, max_chars=limits.MAX_NAME_CHARS)
@@ -77,8 +69,6 @@ routes = [
     Route("/v1/status", status, methods=["GET"]),
     Route("/v1/profiles", profiles, methods=["GET"]),
     Route("/v1/profiles/switch", switch_profile, methods=["POST"]),
-    Route("/v1/jobs", jobs, methods=["GET"]),
-    Route("/v1/jobs/{job_id}", job, methods=["GET"]),
     Route("/models/unload", unload_model, methods=["POST"]),
     Route("/models/restart", restart_model, methods=["POST"]),
     Route("/v1/health/checks", run_checks, methods=["POST"]),

@@ -9,7 +9,7 @@ internals.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import AsyncIterator, Protocol
 
 
 class Control(Protocol):
@@ -35,9 +35,26 @@ class Control(Protocol):
 
     async def switch(self, profile: str, *, dry_run: bool) -> dict: ...
 
-    def jobs(self) -> list[dict]: ...
+    def jobs(self, type: str | None = None, state: str | None = None) -> list[dict]:
+        """Every job type (switches, installs ...), newest first."""
+        ...
 
     def job(self, job_id: str) -> dict: ...
+
+    def create_job(self, type: object, params: object) -> dict:
+        """A model job (install, import, load, unload, update, delete), started; the
+        running job of the same install if one runs."""
+        ...
+
+    def cancel_job(self, job_id: str) -> dict: ...
+
+    def job_events(self, job_id: str) -> AsyncIterator[dict]:
+        """The job now, then after each change, until its terminal state."""
+        ...
+
+    def installed_models(self) -> list[dict]: ...
+
+    async def registry_search(self, query: str, limit: int) -> list[dict]: ...
 
     def metrics(self) -> tuple[bytes, str]:
         """The Prometheus text of /metrics, and its content type."""

@@ -355,12 +355,49 @@ def _components() -> dict:
                            "models": {"type": "object", "additionalProperties": {"type": "string"}}},
         },
         "Job": {
-            "type": "object", "required": ["id", "kind", "state"],
-            "properties": {"id": {"type": "string"}, "kind": {"type": "string"}, "target": {"type": ["string", "null"]},
-                           "state": {"type": "string", "enum": ["running", "succeeded", "failed"]},
-                           "progress": {"type": ["number", "null"]}, "error": {"type": ["string", "null"]},
-                           "result": {"type": ["object", "null"]}, "duration_ms": {"type": ["number", "null"]},
-                           "steps": {"type": "array", "items": {"type": "object"}}},
+            "type": "object",
+            "required": ["id", "type", "state", "params", "step", "steps", "progress", "error", "result", "created_at",
+                         "started_at", "finished_at"],
+            "description": "A long operation: a profile switch, or a model install, import, update, delete, load or unload "
+                           "(docs/api.md: jobs). `kind`, `target`, `created`, `finished` and `duration_ms` repeat it in the "
+                           "names profile-switch clients read.",
+            "properties": {
+                "id": {"type": "string", "description": "Made once; survives daemon restarts."},
+                "type": {"type": "string", "enum": ["switch", "install", "import", "load", "unload", "update", "delete"]},
+                "state": {"type": "string", "enum": ["queued", "running", "succeeded", "failed", "cancelled"]},
+                "params": {"type": "object", "description": "What the job was asked to do (no secrets)."},
+                "step": {"type": ["string", "null"], "description": "The running step: resolving, downloading, verifying, installing ..."},
+                "steps": {"type": "array", "items": {"type": "object", "required": ["name", "state"], "properties": {
+                    "name": {"type": "string"}, "state": {"type": "string", "enum": ["pending", "running", "done", "failed", "skipped"]},
+                    "detail": {"type": ["string", "null"]}, "started": {"type": ["number", "null"]},
+                    "finished": {"type": ["number", "null"]}, "duration_ms": {"type": ["number", "null"]}}}},
+                "progress": {"type": "object", "required": ["bytes_done", "bytes_total", "rate_bps", "eta_sec"], "properties": {
+                    "bytes_done": {"type": "integer", "description": "Never decreases."},
+                    "bytes_total": {"type": ["integer", "null"]}, "rate_bps": {"type": ["number", "null"]},
+                    "eta_sec": {"type": ["number", "null"]},
+                    "fraction": {"type": "number", "description": "The share of steps done or skipped."}}},
+                "error": {"anyOf": [{"type": "object", "required": ["code", "message"],
+                                     "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}, {"type": "null"}]},
+                "result": {"type": ["object", "null"], "description": "install and import: `model`, `path`, `sha256`, `size_bytes`."},
+                "created_at": {"type": "number"}, "started_at": {"type": ["number", "null"]}, "finished_at": {"type": ["number", "null"]},
+                "kind": {"type": "string"}, "target": {"type": ["string", "null"]}, "created": {"type": "number"},
+                "finished": {"type": ["number", "null"]}, "duration_ms": {"type": ["number", "null"]},
+            },
+        },
+        "InstalledModel": {
+            "type": "object", "required": ["name", "source", "path", "size_bytes", "sha256", "revision", "capabilities"],
+            "description": "A model installed in the data folder (the `llm_models` table).",
+            "properties": {
+                "name": {"type": "string", "description": "What a profile names it by: `source: installed:NAME`."},
+                "source": {"type": "string", "description": "hf://, ollama://, a URL, or `file:PATH` for an import."},
+                "path": {"type": "string"}, "format": {"type": "string"}, "size_bytes": {"type": "integer"},
+                "sha256": {"type": "string"}, "revision": {"type": ["string", "null"],
+                                                          "description": "The upstream's LFS sha256, layer digest or ETag."},
+                "capabilities": {"type": "object"}, "linked": {"type": "boolean"}, "job_id": {"type": ["string", "null"]},
+                "installed_at": {"type": "number"}, "updated_at": {"type": "number"},
+                "present": {"type": "boolean", "description": "The file is there."},
+                "in_use": {"type": "boolean", "description": "The active profile serves it."},
+            },
         },
         "Object": {"type": "object", "description": "A JSON object; see docs/api.md for its fields."},
         "SseStream": {"type": "string", "description": "Server-Sent Events (`text/event-stream`); see the operation's description."},
@@ -373,7 +410,7 @@ def _components() -> dict:
         "Forbidden": ("403", "TCP only: a `Host` header that is not loopback or an allowed host."),
         "NotFound": ("404", "An unknown model (`model_not_found`, with `close_matches`; `model_ambiguous` when several "
                             "services list a bare name), service (`service_not_found`), job or route."),
-        "Conflict": ("409", "`switch_in_progress`, `model_always_ready`."),
+        "Conflict": ("409", "`switch_in_progress`, `model_always_ready`, `model_in_use`, `not_cancellable`."),
         "PayloadTooLarge": ("413", f"`body_too_large`: over {limits.MAX_BODY_BYTES} bytes."),
         "ServerError": ("500", "The engine failed, a worker died, or an internal error."),
         "BadGateway": ("502", "A remote engine failed to answer: `upstream_error`, `upstream_auth_failed`, "
@@ -512,16 +549,66 @@ def _paths() -> dict:
             _ok(_ref("Object"), "The plan of a dry run"),
             {"202": {"description": "The switch job", "content": {JSON: {"schema": _ref("Job")}}},
              **_errors("BadRequest", "Conflict", "PayloadTooLarge")}, tags=admin_tags),
-        "/v1/jobs": _get("jobs", "The last jobs", _ok({"type": "object", "required": ["object", "data"],
-                                                       "properties": {"object": {"const": "list"},
-                                                                      "data": {"type": "array", "items": _ref("Job")}}}),
-                         _errors(), tags=admin_tags),
-        "/v1/jobs/{job_id}": _get("job", "One job", _ok(_ref("Job")), _errors("NotFound"), tags=admin_tags,
-                                  parameters=[{"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}]),
+        **_job_paths(["jobs"]),
         "/openapi.json": _get("openapi", "This document", _ok({"type": "object"}), _errors(), tags=admin_tags),
         **_operations_paths(admin_tags),
         **_service_paths(llm_tags),
     }
+
+
+def _list_of(item: dict) -> dict:
+    return {"type": "object", "required": ["object", "data"],
+            "properties": {"object": {"const": "list"}, "data": {"type": "array", "items": item}}}
+
+
+def _job_paths(tags: list[str]) -> dict:
+    """msting.http.jobs: the jobs (at /jobs and /v1/jobs alike), installed models, the hub's search."""
+    job_id = _param("job_id", "A job's id.")
+    create = {
+        "type": "object", "required": ["type"], "additionalProperties": False,
+        "properties": {
+            "type": {"type": "string", "enum": ["install", "import", "load", "unload", "update", "delete"]},
+            "params": {"type": "object", "description": "install: `source` (hf://ORG/REPO[/FILE.gguf|:QUANT], ollama://NAME:TAG, "
+                                                        "http(s)://...), `sha256`, `name`; import: `path` (absolute), `name`, "
+                                                        "`link`; update, delete, load, unload: `name`."},
+        },
+    }
+    job = {"description": "The job", "content": {JSON: {"schema": _ref("Job")}}}
+    out: dict = {}
+    for prefix, suffix in (("", ""), ("/v1", "_v1")):
+        out[f"{prefix}/jobs"] = {
+            **_post(f"create_job{suffix}", "Start a model job", create, job,
+                    _errors("BadRequest", "NotFound", "Conflict", "PayloadTooLarge", "Unavailable"), tags=tags, ok_status="202",
+                    description="A second install of the same source while one runs answers the same job (one transfer). "
+                                "A delete of a model the active profile uses is a 409 `model_in_use`."),
+            **_get(f"jobs{suffix}", "Every job, newest first", _ok(_list_of(_ref("Job"))), _errors("BadRequest"), tags=tags,
+                   parameters=[{"name": "type", "in": "query", "required": False, "schema": {"type": "string"}},
+                               {"name": "state", "in": "query", "required": False,
+                                "schema": {"type": "string", "enum": ["queued", "running", "succeeded", "failed", "cancelled"]}}]),
+        }
+        out[f"{prefix}/jobs/{{job_id}}"] = {
+            **_get(f"job{suffix}", "One job", _ok(_ref("Job")), _errors("NotFound"), tags=tags, parameters=[job_id]),
+            "delete": {"operationId": f"cancel_job{suffix}", "summary": "Cancel a job (an ended one is returned unchanged)",
+                       "tags": tags, "parameters": [job_id],
+                       "responses": {"200": _ok(_ref("Job")), **_errors("NotFound", "Conflict")}},
+        }
+        out[f"{prefix}/jobs/{{job_id}}/events"] = _get(
+            f"job_events{suffix}", "A job's progress as server-sent events",
+            {"description": "`data: {job}` at once, then on every change (at least 4 a second while bytes move); the stream "
+                            "ends after the terminal state's event.", "content": {SSE: {"schema": _ref("SseStream")}}},
+            _errors("NotFound"), tags=tags, parameters=[job_id])
+    out["/llm/installed"] = _get("installed_models", "The models installed in the data folder",
+                                 _ok(_list_of(_ref("InstalledModel"))), _errors(), tags=tags)
+    out["/llm/registry/search"] = _get(
+        "registry_search", "Search the Hugging Face hub's models (cached in the state database)",
+        _ok(_list_of({"type": "object", "required": ["id", "source", "downloads", "likes", "files"], "properties": {
+            "id": {"type": "string"}, "source": {"type": "string"}, "downloads": {"type": ["integer", "null"]},
+            "likes": {"type": ["integer", "null"]}, "files": {"type": ["array", "null"], "items": {"type": "string"}}}})),
+        _errors("BadRequest", "Unavailable"), tags=tags,
+        parameters=[{"name": "q", "in": "query", "required": True, "schema": {"type": "string", "maxLength": 200}},
+                    {"name": "limit", "in": "query", "required": False,
+                     "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}}])
+    return out
 
 
 def _operations_paths(tags: list[str]) -> dict:
@@ -627,7 +714,9 @@ def build_document() -> dict:
         "servers": [{"url": "http://127.0.0.1:8086", "description": "the default TCP address (`llm_service.port`)"}],
         "security": [{}, {"bearer": []}],
         "tags": [{"name": "native"}, {"name": "openai", "description": "OpenAI-compatible"}, {"name": "admin"},
-                 {"name": "services", "description": "The services behind the router (local, stub, remote) and their models"}],
+                 {"name": "services", "description": "The services behind the router (local, stub, remote) and their models"},
+                 {"name": "jobs", "description": "Model management: installs, imports, updates, deletes, loads and unloads as "
+                                                 "jobs (profile switches too), installed models, the hub's search"}],
         "paths": _paths(),
         "components": _components(),
         "x-websockets": _websockets(),

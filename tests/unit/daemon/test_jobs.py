@@ -35,10 +35,14 @@ def test_create_makes_a_running_job_with_pending_steps_and_saves_it(jobs: Jobs, 
     job = jobs.create("switch", "fast", STEPS)
     assert re.fullmatch(r"job-[0-9a-f]{12}", job.id)
     d = job.to_dict()
-    assert set(d) == {"id", "kind", "target", "state", "created", "finished", "duration_ms", "progress", "error", "result", "steps"}
+    assert set(d) == {"id", "type", "state", "params", "step", "steps", "progress", "error", "result", "created_at", "started_at",
+                      "finished_at", "kind", "target", "created", "finished", "duration_ms"}
+    assert d["type"] == "switch" and d["params"] == {"profile": "fast"} and d["step"] is None
+    assert d["started_at"] is not None and d["created_at"] == d["created"]
     assert d["id"] == job.id and d["kind"] == "switch" and d["target"] == "fast"
     assert d["state"] == "running" and d["finished"] is None and d["duration_ms"] is None
-    assert d["progress"] == 0.0 and d["error"] is None and d["result"] is None
+    assert d["progress"] == {"bytes_done": 0, "bytes_total": None, "rate_bps": None, "eta_sec": None, "fraction": 0.0}
+    assert d["error"] is None and d["result"] is None
     assert d["steps"] == [{"name": n, "state": "pending", "detail": None, "started": None, "finished": None, "duration_ms": None}
                           for n in STEPS]
     assert json.loads(json.dumps(d)) == d  # plain JSON all the way down
@@ -64,7 +68,7 @@ def test_begin_and_end_move_a_step_and_every_change_is_saved(jobs: Jobs, store: 
     assert step["state"] == "done" and step["detail"] == "2 model(s), default tiny"
     assert step["started"] <= step["finished"]
     assert step["duration_ms"] == round((step["finished"] - step["started"]) * 1000.0, 1)
-    assert d["progress"] == round(1 / 6, 3) == 0.167
+    assert d["progress"]["fraction"] == round(1 / 6, 3) == 0.167
     assert d["state"] == "running"
     assert [s["state"] for s in d["steps"][1:]] == ["pending"] * 5
 
@@ -84,20 +88,20 @@ def test_end_of_a_step_never_begun_gets_a_start_and_another_state(jobs: Jobs) ->
     a = job.to_dict()["steps"][0]
     assert a["state"] == "skipped" and a["detail"] == "nothing to do"
     assert a["started"] is not None and a["started"] <= a["finished"]
-    assert job.progress == 0.5  # skipped counts as done
+    assert job.fraction == 0.5  # skipped counts as done
 
 
 def test_progress_counts_done_and_skipped_but_not_failed_or_running(jobs: Jobs) -> None:
     job = jobs.create("k", "t", ["a", "b", "c"])
     jobs.end(job, "a")
-    assert job.progress == 0.333
+    assert job.fraction == 0.333
     jobs.begin(job, "b")
-    assert job.progress == 0.333
+    assert job.fraction == 0.333
     jobs.end(job, "b", state="failed")
-    assert job.progress == 0.333
+    assert job.fraction == 0.333
     jobs.end(job, "c", state="skipped")
-    assert job.progress == 0.667
-    assert Job("k", "t", []).progress == 1.0  # no steps: nothing left to do
+    assert job.fraction == 0.667
+    assert Job("k", "t", []).fraction == 1.0  # no steps: nothing left to do
 
 
 def test_an_unknown_step_name_is_a_value_error_naming_the_steps(jobs: Jobs) -> None:
@@ -127,7 +131,7 @@ def test_finish_with_a_result_succeeds_closes_the_running_step_and_skips_the_res
     load = d["steps"][2]
     assert load["finished"] == d["finished"] and load["detail"] == "loading tiny"
     assert [s["started"] for s in d["steps"][3:]] == [None] * 3  # skipped steps never ran
-    assert d["progress"] == 1.0
+    assert d["progress"]["fraction"] == 1.0
     assert _stored(store, job.id) == d
 
 
@@ -139,14 +143,14 @@ def test_finish_with_an_error_fails_the_running_step_with_the_first_line(jobs: J
     error = "not enough memory: " + "x" * 300 + "\nsecond line\nthird"
     jobs.finish(job, error=error, result={"mode": "drain-first"})
     d = _stored(store, job.id)
-    assert d["state"] == "failed" and d["error"] == error  # the whole message on the job
+    assert d["state"] == "failed" and d["error"] == {"code": "job_failed", "message": error}  # the whole message on the job
     assert d["result"] == {"mode": "drain-first"}  # a failed job may carry its plan
     preflight = d["steps"][1]
     assert preflight["state"] == "failed"
     assert preflight["detail"] == error.splitlines()[0][:200] and len(preflight["detail"]) == 200
     assert preflight["finished"] == d["finished"]
     assert [s["state"] for s in d["steps"]] == ["done", "failed", "skipped", "skipped", "skipped", "skipped"]
-    assert d["progress"] == round(5 / 6, 3)  # the failed step is the one not counted
+    assert d["progress"]["fraction"] == round(5 / 6, 3)  # the failed step is the one not counted
 
 
 def test_finish_with_an_error_keeps_a_detail_the_step_already_had(jobs: Jobs) -> None:
@@ -161,7 +165,7 @@ def test_finish_before_any_step_skips_them_all(jobs: Jobs) -> None:
     job = jobs.create("switch", "p", ["a", "b"])
     jobs.finish(job, error="another switch is running")
     assert [s.state for s in job.steps] == ["skipped", "skipped"]
-    assert job.state is JobState.FAILED and job.progress == 1.0
+    assert job.state is JobState.FAILED and job.fraction == 1.0
 
 
 def test_running_finds_the_running_job_of_a_kind_only(jobs: Jobs) -> None:
@@ -211,7 +215,7 @@ def test_a_new_jobs_on_the_same_file_sees_finished_jobs(tmp_path: Path) -> None:
     try:
         second = Jobs(reopened)
         assert second.get(ok.id) == expected[ok.id]
-        assert second.get(ok.id)["state"] == "succeeded" and second.get(ok.id)["progress"] == 1.0
+        assert second.get(ok.id)["state"] == "succeeded" and second.get(ok.id)["progress"]["fraction"] == 1.0
         assert second.get(bad.id) == expected[bad.id]
         assert second.get(bad.id)["steps"][0] == {**expected[bad.id]["steps"][0], "state": "failed", "detail": "no such profile"}
         assert second.running("switch") is None
@@ -231,7 +235,7 @@ def test_a_job_running_when_its_daemon_died_ends_as_interrupted(store: Store) ->
     assert after.running("switch") is None
     d = after.get(job.id)
     assert d["state"] == "failed" and d["finished"] is not None and d["duration_ms"] is not None
-    assert d["error"].startswith("interrupted: the daemon stopped")
+    assert d["error"]["message"].startswith("interrupted: the daemon stopped")
     states = {s["name"]: s["state"] for s in d["steps"]}
     assert states["validate"] == "done" and states["load"] == "failed"
     assert [s["state"] for s in d["steps"][3:]] == ["skipped"] * (len(STEPS) - 3)
@@ -245,3 +249,93 @@ def test_step_duration_needs_both_ends() -> None:
     assert Step("a", started=10.0).duration_ms is None
     assert Step("a", started=10.0, finished=10.25).duration_ms == 250.0
     assert Step("a", started=10.0, finished=10.00004).duration_ms == 0.0
+
+
+# ---- the job state machine, cancel, byte progress, resuming ---------------------------
+
+
+def test_the_state_machine_allows_only_its_moves() -> None:
+    from msting.daemon.jobs import job_transition
+    from msting.transitions import IllegalTransition
+
+    assert job_transition(JobState.QUEUED, JobState.RUNNING) is JobState.RUNNING
+    assert job_transition(JobState.QUEUED, JobState.CANCELLED) is JobState.CANCELLED
+    for end in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED):
+        assert job_transition(JobState.RUNNING, end) is end
+        for target in JobState:
+            with pytest.raises(IllegalTransition, match=f"illegal job transition {end.value} -> {target.value}"):
+                job_transition(end, target)
+    with pytest.raises(IllegalTransition):
+        job_transition(JobState.RUNNING, JobState.QUEUED)
+
+
+def test_a_queued_job_starts_and_a_cancel_ends_it_once_calling_its_hook(jobs: Jobs, store: Store) -> None:
+    job = jobs.create("install", "hf://a/b", ["resolving", "downloading"], params={"source": "hf://a/b"}, start=False)
+    assert job.state is JobState.QUEUED and job.started_at is None and _stored(store, job.id)["state"] == "queued"
+    jobs.start(job)
+    jobs.begin(job, "downloading")
+    called = []
+    jobs.on_cancel(job, lambda: called.append(1))
+    d = jobs.cancel(job.id)
+    assert d["state"] == "cancelled" and d["error"]["code"] == "cancelled" and called == [1]
+    assert d["steps"][1]["state"] == "failed" and d["finished_at"] is not None
+    again = jobs.cancel(job.id)  # already ended: unchanged, the hook not called again
+    assert again == d and called == [1]
+    assert jobs.cancel("job-000000000000") is None
+    assert _stored(store, job.id)["state"] == "cancelled"
+
+
+def test_byte_progress_only_moves_forward_and_has_a_rate_and_eta(jobs: Jobs) -> None:
+    job = jobs.create("install", "x", ["downloading"], params={}, start=True)
+    jobs.advance(job, 1000, 10_000)
+    job.progress.samples[0] = (job.progress.samples[0][0] - 1.0, 0)  # as if the first sample were a second old
+    jobs.advance(job, 5000)
+    p = jobs.get(job.id)["progress"]
+    assert p["bytes_done"] == 5000 and p["bytes_total"] == 10_000
+    assert p["rate_bps"] > 0 and p["eta_sec"] == round(5000 / p["rate_bps"], 1)
+    jobs.advance(job, 3000)  # a resumed transfer reports from its checkpoint: never backwards
+    assert jobs.get(job.id)["progress"]["bytes_done"] == 5000
+    jobs.finish(job, result={"model": "x"})
+    p = jobs.get(job.id)["progress"]
+    assert p["bytes_done"] == 10_000 and p["rate_bps"] is None
+
+
+def test_after_a_restart_a_resumable_job_is_handed_back_and_the_others_fail(store: Store) -> None:
+    dead = Jobs(store)
+    install = dead.create("install", "hf://a/b", ["resolving", "downloading"], params={"source": "hf://a/b"})
+    dead.begin(install, "downloading")
+    dead.advance(install, 4096, 8192)
+    dead.save(install)
+    queued = dead.create("install", "hf://c/d", ["resolving"], params={"source": "hf://c/d"}, start=False)
+    imp = dead.create("import", "/x.gguf", ["copying"], params={"path": "/x.gguf"})
+    del dead
+    after = Jobs(store, resumable=("install",))
+    assert sorted(j.id for j in after.resumed) == sorted([install.id, queued.id])
+    back = next(j for j in after.resumed if j.id == install.id)
+    assert back.state is JobState.RUNNING and back.params == {"source": "hf://a/b"} and back.progress.bytes_done == 4096
+    assert back.created_at == install.created_at
+    assert after.get(imp.id)["state"] == "failed" and after.get(imp.id)["error"]["code"] == "interrupted"
+
+
+def test_follow_yields_the_job_then_each_change_and_ends_with_the_terminal_state(jobs: Jobs) -> None:
+    import asyncio
+
+    async def scenario() -> list[dict]:
+        job = jobs.create("install", "x", ["downloading"], params={}, start=True)
+        seen: list[dict] = []
+
+        async def reader() -> None:
+            async for body in jobs.follow(job.id):
+                seen.append(body)
+
+        task = asyncio.create_task(reader())
+        await asyncio.sleep(0.01)
+        jobs.begin(job, "downloading")
+        await asyncio.sleep(0.01)
+        jobs.finish(job, result={"model": "x"})
+        await asyncio.wait_for(task, 5)
+        return seen
+
+    seen = asyncio.run(scenario())
+    assert [b["state"] for b in seen] == ["running", "running", "succeeded"]
+    assert seen[1]["step"] == "downloading"

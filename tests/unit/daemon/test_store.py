@@ -22,6 +22,7 @@ import pytest
 from msting.daemon.store import MAX_EVENTS, MIGRATIONS, Store
 
 LATEST = len(MIGRATIONS)
+ALL_TABLES = {"meta", "events", "jobs", "switches", "models", "llm_models", "llm_registry_models", "llm_service_configs"}
 
 
 @pytest.fixture
@@ -66,9 +67,9 @@ def test_a_fresh_file_gets_every_migration_and_wal(db_path: Path) -> None:
     s = Store(db_path)
     try:
         assert db_path.is_file()
-        assert s.schema_version == LATEST == 2
+        assert s.schema_version == LATEST == 3
         assert _user_version(db_path) == LATEST
-        assert _tables(db_path) == {"meta", "events", "jobs", "switches", "models"}
+        assert _tables(db_path) == ALL_TABLES
         with sqlite3.connect(db_path) as other:  # WAL is a property of the file, seen by any connection
             assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     finally:
@@ -106,7 +107,7 @@ def test_an_older_file_migrates_forward_keeping_its_data(db_path: Path) -> None:
     s = Store(db_path)
     try:
         assert s.schema_version == LATEST
-        assert _tables(db_path) == {"meta", "events", "jobs", "switches", "models"}
+        assert _tables(db_path) == ALL_TABLES
         assert s.get_meta("active_profile") == "big"
         assert s.recent_events() == [{"ts": 1.0, "kind": "worker_crash", "model": "tiny", "worker": "w1", "detail": "signal 9"}]
         # the new tables work at once
@@ -432,5 +433,33 @@ def test_a_read_only_file_opens_and_reads_but_every_write_raises(shared_dir: Pat
     s = Store(db)
     try:
         assert s.get_meta("active_profile") == "fast"
+    finally:
+        s.close()
+
+
+def test_migration_3_keeps_the_jobs_of_a_version_2_file_and_adds_the_model_tables(db_path: Path) -> None:
+    db_path.parent.mkdir(parents=True)
+    _old_file(db_path, 2)
+    db = sqlite3.connect(db_path, isolation_level=None)
+    db.execute("INSERT INTO jobs(id, kind, created, state, body) VALUES('job-1', 'switch', 1.0, 'succeeded', ?)",
+               (json.dumps({"id": "job-1", "kind": "switch", "created": 1.0, "state": "succeeded", "target": "fast"}),))
+    db.close()
+    s = Store(db_path)
+    try:
+        assert s.schema_version == LATEST and _tables(db_path) == ALL_TABLES
+        assert [j["id"] for j in s.list_jobs(type="switch")] == ["job-1"] and s.list_jobs(state="running") == []
+        s.save_installed_model({"name": "story", "source": "hf://a/b/story.gguf", "path": "/m/story.gguf", "size_bytes": 10,
+                                "sha256": "ab" * 32, "revision": "r1", "capabilities": {"arch": "llama"}})
+        first = s.installed_model("story")
+        assert first["capabilities"] == {"arch": "llama"} and first["linked"] is False
+        s.save_installed_model({**first, "revision": "r2", "installed_at": None})
+        again = s.installed_model("story")
+        assert again["revision"] == "r2" and again["installed_at"] == first["installed_at"]
+        s.cache_registry_models("hf", "story", [{"id": "a/b", "source": "hf://a/b", "downloads": 3, "likes": 1, "files": ["x.gguf"]}])
+        assert s.cached_registry_models("hf", "story", 5)[0]["files"] == ["x.gguf"]
+        s.save_service_config("lan", "openai", {"urls": ["http://x"]})
+        assert s.service_configs()["lan"]["kind"] == "openai"
+        s.delete_installed_model("story")
+        assert s.installed_models() == []
     finally:
         s.close()

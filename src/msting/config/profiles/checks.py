@@ -42,6 +42,10 @@ def inspect_files(profile: Profile, models_dir: Path) -> tuple[dict[str, GGUFInf
             except (OSError, ModelFileError) as e:
                 problems.append(ConfigProblem(key, f"cannot write the built-in model into {models_dir}: {e}"))
                 continue
+        elif model.installed is not None:
+            from msting.models.installed import installed_path
+
+            path = installed_path(Path(models_dir), model.installed)
         elif model.path is not None:
             path = model.path
         else:  # a Profile built by hand with neither
@@ -53,7 +57,9 @@ def inspect_files(profile: Profile, models_dir: Path) -> tuple[dict[str, GGUFInf
                 cached = read_gguf_info(path)
             except ModelFileError as e:
                 msg = str(e)
-                if not path.exists():
+                if not path.exists() and model.installed is not None:
+                    msg += f" (install it: msting llm pull SOURCE --name {model.installed})"
+                elif not path.exists():
                     msg += f" (download the model, or set models.{name}.source to the path of a GGUF file)"
                 cached = msg
             by_path[path] = cached

@@ -22,6 +22,7 @@ from msting.config.errors import ConfigError, ConfigProblem
 from msting.config.fields import Bool, Choice, Num, Str, Text, UnknownKey, build, join, opt, same_as, schema_fields, section, show, split_known
 from msting.config.schema import BUILTIN_TINY, Config, LLMConfig
 from msting.config.yamlio import load_yaml, read_text
+from msting.models.installed import installed_name
 
 IMPLICIT_PROFILE_NAME = "default"
 MODEL_TYPES = ("llm", "embeddings")
@@ -75,6 +76,11 @@ class ProfileModel:
     @property
     def is_builtin(self) -> bool:
         return self.source == BUILTIN_TINY
+
+    @property
+    def installed(self) -> str | None:
+        """The name of an installed model (``installed:NAME``; its file is in the models folder)."""
+        return installed_name(self.source)
 
     @property
     def embedding(self) -> bool:
@@ -161,6 +167,10 @@ def _unknown_key(level: str, prefixes: dict[str, str | None]) -> UnknownKey:
 
 
 def _source_problem(source: str) -> str | None:
+    name = installed_name(source)
+    if name is not None:
+        problem = _name_problem(name)
+        return f"installed model {name!r}: {problem}" if problem else None
     if source.startswith("builtin:"):
         if source != BUILTIN_TINY:
             return f"unknown builtin model {source!r}; the only one is {BUILTIN_TINY!r}"
@@ -214,7 +224,7 @@ def _build_model(
         msg = _source_problem(model.source)
         if msg:
             problems.append(ConfigProblem(join(prefix, "source"), msg))
-        elif not model.is_builtin:
+        elif not model.is_builtin and model.installed is None:
             path = _resolve_source(model.source, base)
     if len(problems) > before:
         return None

@@ -84,6 +84,10 @@ def specs_from_profile(profile, models_dir: Path) -> list[ModelSpec]:
             from msting.models.builtin import ensure_builtin_model
 
             path = ensure_builtin_model(models_dir)
+        elif pm.installed is not None:
+            from msting.models.installed import installed_path
+
+            path = installed_path(models_dir, pm.installed)
         else:
             path = pm.path  # resolved against the profile file's folder
         p = pm.params

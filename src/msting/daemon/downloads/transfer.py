@@ -1,0 +1,296 @@
+"""One file's download, resumable: bytes go to `<key>.part` beside a small state file
+`<key>.json` (URL, expected size and sha256, the server's validator, and `verified`:
+how many bytes of the part are on disk for sure). The state is written after each
+checkpoint (the part flushed and fdatasync'd), so a kill, a dropped connection, a
+stall or a cancel resumes with a Range request from the last checkpoint: at most one
+checkpoint's bytes are fetched twice.
+
+The sha256 is computed as the bytes arrive (the part's verified bytes are hashed again
+on resume) and compared before the caller moves the file into place; a mismatch
+removes the part and its state. Free space is checked before the first byte; ENOSPC
+while writing is a clear failure. Transient failures (a dropped connection, a 5xx, a
+read stalled for `stall_sec`) are retried with exponential backoff and jitter.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import http.client
+import json
+import os
+import random
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from msting.daemon.downloads.http import FetchError, Reply, request
+
+BUFFER = 1 << 20  # bytes read from the socket at a time
+MAX_CHECKPOINT = 8 << 20  # a checkpoint at least every 8 MiB ...
+MIN_CHECKPOINT = 64 << 10  # ... and at most every 64 KiB: small files lose little on a kill
+CHECKPOINT_SEC = 1.0  # ... and at least once a second while bytes arrive
+PROGRESS_SEC = 0.1  # how often progress is reported
+SPACE_MARGIN = 16 << 20  # free space kept beyond the file's own size
+
+
+class TransferFailed(Exception):
+    """A download that cannot complete: `code` names why (checksum_mismatch, no_space,
+    fetch_failed, stalled ...), the message says what to do."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+class Stopped(Exception):
+    """The transfer was told to stop (a cancel, or the daemon shutting down); the part
+    and its state are kept for a resume."""
+
+
+@dataclass
+class Want:
+    """What to fetch: the URL, with the size and sha256 when the source knows them."""
+
+    url: str
+    size: int | None = None
+    sha256: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Fetched:
+    part: Path
+    sha256: str
+    size: int
+    etag: str | None
+    resumed_from: int  # bytes of the part kept from an earlier attempt
+    fetched: int  # bytes received over the network by this run
+
+
+def checkpoint_every(size: int | None) -> int:
+    if size is None:
+        return MAX_CHECKPOINT
+    return max(MIN_CHECKPOINT, min(MAX_CHECKPOINT, size // 64))
+
+
+class Transfer:
+    def __init__(self, want: Want, folder: Path, key: str, *, on_progress: Callable[[int, int | None], None] | None = None,
+                 stall_sec: float = 30.0, max_retries: int = 8, backoff_sec: float = 0.5):
+        self.want = want
+        self.folder = folder
+        self.part = folder / f"{key}.part"
+        self.state_file = folder / f"{key}.json"
+        self.on_progress = on_progress or (lambda done, total: None)
+        self.stall_sec = stall_sec
+        self.max_retries = max_retries
+        self.backoff_sec = backoff_sec
+        self.stop = threading.Event()
+        self._reply: Reply | None = None
+        self.fetched = 0
+
+    def halt(self) -> None:
+        """Stop at once (from another thread): the part and state stay for a resume."""
+        self.stop.set()
+        reply = self._reply
+        if reply is not None:
+            reply.abort()
+
+    def discard(self) -> None:
+        for p in (self.part, self.state_file):
+            p.unlink(missing_ok=True)
+
+    # ---- state -----------------------------------------------------------------------
+
+    def _read_state(self) -> dict:
+        try:
+            state = json.loads(self.state_file.read_text())
+        except (OSError, ValueError):
+            return {}
+        same = state.get("url") == self.want.url and state.get("sha256") == self.want.sha256
+        return state if same and isinstance(state.get("verified"), int) else {}
+
+    def _write_state(self, verified: int, etag: str | None, size: int | None) -> None:
+        tmp = self.state_file.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps({"url": self.want.url, "sha256": self.want.sha256, "size": size, "etag": etag,
+                                   "verified": verified, "at": time.time()}))
+        os.replace(tmp, self.state_file)
+
+    def _resume_point(self) -> tuple[int, str | None, hashlib._Hash]:
+        """The bytes of the part kept (the last checkpoint), their hash, the validator."""
+        state = self._read_state()
+        digest = hashlib.sha256()
+        if not state or not self.part.exists():
+            self.part.unlink(missing_ok=True)
+            return 0, None, digest
+        verified = min(state["verified"], self.part.stat().st_size)
+        with open(self.part, "r+b") as f:
+            f.truncate(verified)
+            left = verified
+            while left:
+                chunk = f.read(min(BUFFER * 4, left))
+                if not chunk:
+                    break
+                digest.update(chunk)
+                left -= len(chunk)
+        return verified, state.get("etag"), digest
+
+    # ---- running ---------------------------------------------------------------------
+
+    def run(self) -> Fetched:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        offset, etag, digest = self._resume_point()
+        resumed_from = offset
+        self._check_space(offset)
+        failures = 0
+        size = self.want.size
+        while True:
+            if self.stop.is_set():
+                raise Stopped()
+            try:
+                before = offset
+                offset, etag, size, digest = self._attempt(offset, etag, size, digest)
+                break
+            except FetchError as exc:
+                if not exc.transient:
+                    raise TransferFailed("fetch_failed", str(exc)) from None
+                failures = 0 if offset > before else failures + 1
+                if failures > self.max_retries:
+                    raise TransferFailed("fetch_failed", f"{exc} (gave up after {self.max_retries} retries)") from None
+                delay = min(30.0, self.backoff_sec * (2 ** max(0, failures - 1))) * random.uniform(0.5, 1.0)
+                if self.stop.wait(delay):
+                    raise Stopped() from None
+        got = digest.hexdigest()
+        if self.want.sha256 and got != self.want.sha256.lower():
+            self.discard()
+            raise TransferFailed("checksum_mismatch", f"the sha256 of {self.want.url} is {got}, not the expected "
+                                 f"{self.want.sha256.lower()}; nothing was kept")
+        if self.want.size is not None and offset != self.want.size:
+            self.discard()
+            raise TransferFailed("size_mismatch", f"{self.want.url} gave {offset} bytes, not the expected {self.want.size}; nothing was kept")
+        return Fetched(self.part, got, offset, etag, resumed_from, self.fetched)
+
+    def _check_space(self, offset: int) -> None:
+        if self.want.size is None:
+            return
+        need = self.want.size - offset + SPACE_MARGIN
+        free = shutil.disk_usage(self.folder).free
+        if free < need:
+            raise TransferFailed("no_space", f"not enough free space in {self.folder}: the download needs {_mb(need)} "
+                                 f"(the file's {_mb(self.want.size - offset)} left, plus {_mb(SPACE_MARGIN)} spare), "
+                                 f"{_mb(free)} is free; free some space and install again")
+
+    def _attempt(self, offset: int, etag: str | None, size: int | None, digest):
+        """One request from `offset` to the end; returns (offset, etag, size, digest)."""
+        headers = dict(self.want.headers)
+        if offset:
+            headers["Range"] = f"bytes={offset}-"
+            if etag:
+                headers["If-Range"] = etag
+        reply = request(self.want.url, headers=headers, timeout=self.stall_sec)
+        self._reply = reply
+        try:
+            status = reply.status
+            if status == 416 and offset and size is not None and offset >= size:
+                return offset, etag, size, digest  # the part was already whole
+            if status == 416:
+                raise FetchError(f"GET {reply.url}: HTTP 416 for bytes {offset}-", transient=False, status=416)
+            new_etag = reply.header("ETag") or etag
+            length = reply.header("Content-Length")
+            if status == 206:
+                total = _range_total(reply.header("Content-Range"))
+                size = total if total is not None else size
+            else:  # 200: the whole file (no Range asked for, or the server would not resume)
+                if offset:
+                    offset, digest = 0, hashlib.sha256()
+                size = int(length) if length and length.isdigit() else size
+            if self.want.size is not None and size is not None and size != self.want.size:
+                raise FetchError(f"GET {reply.url}: the server says {size} bytes, the source {self.want.size}", transient=False)
+            if offset == 0:
+                self._write_state(0, new_etag, size)
+            offset = self._receive(reply, offset, new_etag, size, digest)
+            if size is not None and offset < size:
+                raise FetchError(f"GET {reply.url}: the connection closed at byte {offset} of {size}", transient=True)
+            self._write_state(offset, new_etag, size)
+            return offset, new_etag, size, digest
+        finally:
+            self._reply = None
+            reply.close()
+
+    def _receive(self, reply: Reply, offset: int, etag: str | None, size: int | None, digest) -> int:
+        buf = bytearray(BUFFER)
+        view = memoryview(buf)
+        every = checkpoint_every(size)
+        mode = "r+b" if offset else "wb"
+        last_report = last_check = time.monotonic()
+        with open(self.part, mode) as f:
+            f.seek(offset)
+            f.truncate(offset)
+            checked = offset
+            self.on_progress(offset, size)
+            while True:
+                if self.stop.is_set():
+                    raise Stopped()
+                try:
+                    n = reply.response.readinto(view)
+                except (OSError, http.client.HTTPException) as exc:  # a timeout is a stall: another attempt
+                    if self.stop.is_set():
+                        raise Stopped() from None
+                    self._checkpoint(f, offset, etag, size)
+                    what = "stalled" if isinstance(exc, TimeoutError) else (str(exc) or type(exc).__name__)
+                    raise FetchError(f"GET {reply.url}: {what} at byte {offset}", transient=True) from None
+                if not n:
+                    break
+                chunk = view[:n]
+                try:
+                    f.write(chunk)
+                except OSError as exc:
+                    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                        f.close()
+                        self.discard()
+                        raise TransferFailed("no_space", f"the disk holding {self.folder} filled up after {offset} of "
+                                             f"{size if size is not None else '?'} bytes ({os.strerror(exc.errno)}); "
+                                             "the partial file was removed: free some space and install again") from None
+                    raise
+                digest.update(chunk)
+                offset += n
+                self.fetched += n
+                now = time.monotonic()
+                if offset - checked >= every or now - last_check >= CHECKPOINT_SEC:
+                    self._checkpoint(f, offset, etag, size)
+                    checked, last_check = offset, now
+                if now - last_report >= PROGRESS_SEC:
+                    self.on_progress(offset, size)
+                    last_report = now
+            self._checkpoint(f, offset, etag, size)
+        self.on_progress(offset, size)
+        return offset
+
+    def _checkpoint(self, f, offset: int, etag: str | None, size: int | None) -> None:
+        try:
+            f.flush()
+            os.fdatasync(f.fileno())
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                f.close()
+                self.discard()
+                raise TransferFailed("no_space", f"the disk holding {self.folder} filled up after {offset} bytes "
+                                     f"({os.strerror(exc.errno)}); the partial file was removed: free some space and "
+                                     "install again") from None
+            raise
+        self._write_state(offset, etag, size)
+
+
+def _range_total(content_range: str | None) -> int | None:
+    """The total of `bytes a-b/total`."""
+    if not content_range or "/" not in content_range:
+        return None
+    total = content_range.rsplit("/", 1)[1].strip()
+    return int(total) if total.isdigit() else None
+
+
+def _mb(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
