@@ -24,7 +24,8 @@ _STATE_STYLES = {"ready": "green", "loading": "yellow", "degraded": "yellow", "f
 
 
 def models(json_: JsonOpt = False) -> None:
-    """List the active profile's models: type, state, context length, workers and memory."""
+    """List the active profile's models: type, state, context length, what each file is
+    (quantization, parameters, chat template, tools, code), workers and memory."""
     term = Terminal(json_)
     with term.failures():
         from msting.cli.common import load_env
@@ -71,6 +72,7 @@ def merge_models(listed: list[dict[str, Any]], shown: list[dict[str, Any]]) -> l
                 "keep_alive_sec": main.get("keep_alive_sec"),
                 "rss_bytes": sum(rss) if rss else None,
                 "workers": workers,
+                "details": model.get("details"),
             }
         )
     return rows
@@ -92,6 +94,9 @@ def print_models(term: Terminal, result: dict[str, Any]) -> None:
         ("type", "left"),
         ("state", "left"),
         ("context", "right"),
+        ("quant", "left"),
+        ("params", "right"),
+        ("features", "left"),
         ("keep-alive", "right"),
         ("workers", "left"),
         ("rss", "right"),
@@ -103,6 +108,7 @@ def print_models(term: Terminal, result: dict[str, Any]) -> None:
             name.append(" *", style="bold")
         state = str(m.get("state") or "?")
         ctx = m.get("context_length")
+        details = m.get("details") or {}
         workers = [
             f"{fmt_worker(w)} {fmt_bytes(w.get('rss_bytes'), short=True)}" + (f" ({w['role']})" if w.get("role") else "")
             for w in m["workers"]
@@ -112,13 +118,58 @@ def print_models(term: Terminal, result: dict[str, Any]) -> None:
             str(m.get("type") or "?"),
             Text(state, style=_STATE_STYLES.get(state, "")),
             str(ctx) if ctx is not None else "-",
+            str(details.get("quantization") or "-"),
+            fmt_count(details.get("n_params")),
+            ", ".join(features(details)) or "-",
             fmt_keep_alive(m),
             "\n".join(workers) or "-",
             fmt_bytes(m["rss_bytes"], short=True) if m.get("rss_bytes") else "-",
         )
     term.print(table)
-    legend = "* default model; keep-alive = how long an idle model stays loaded (always: always-ready); workers: pid, state, slots busy/total, RSS"
+    legend = "* default model; quant, params, features: read from the model file (chat: a chat template; tools: it renders tools; " \
+             "code: a code model; vision: a projector); keep-alive = how long an idle model stays loaded (always: always-ready); workers: pid, state, slots busy/total, RSS"
     term.print(Text(legend, style="dim"))
+
+
+_FEATURES = (("instructed", "chat"), ("tooling", "tools"), ("coding", "code"))
+
+
+def features(details: dict[str, Any]) -> list[str]:
+    """The model file's flags as short words: chat, tools, code, vision, embeddings."""
+    words = [word for key, word in _FEATURES if details.get(key)]
+    kind = details.get("type")
+    if kind == "vlm":
+        words.append("vision")
+    elif kind == "embeddings":
+        words.append("embeddings")
+    if details.get("is_mlx"):
+        words.append("mlx")
+    return words
+
+
+def describe_details(details: dict[str, Any]) -> str:
+    """One line of what a model file is: ``llm, llama, Q4_K_M, 1.5B params, context
+    32768, 1.0 GiB; chat, tools``."""
+    facts = [str(details.get(k)) for k in ("type", "arch", "quantization") if details.get(k)]
+    if details.get("n_params"):
+        facts.append(f"{fmt_count(details['n_params'])} params")
+    if details.get("context_length"):
+        facts.append(f"context {details['context_length']}")
+    if details.get("size_bytes") is not None:
+        facts.append(fmt_bytes(details["size_bytes"]))
+    words = features(details)
+    return ", ".join(facts) + (f"; {', '.join(words)}" if words else "")
+
+
+def fmt_count(n: Any) -> str:
+    """A parameter count: ``260K``, ``1.5B``; ``-`` when unknown."""
+    if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
+        return "-"
+    for unit, size in (("T", 10**12), ("B", 10**9), ("M", 10**6), ("K", 10**3)):
+        if n >= size:
+            value = n / size
+            return f"{value:.0f}{unit}" if value >= 100 else f"{value:.1f}{unit}".replace(".0" + unit, unit)
+    return str(n)
 
 
 # ----------------------------------------------------------------------------- load

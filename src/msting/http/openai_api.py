@@ -212,6 +212,7 @@ def model_object(info: ModelInfo) -> dict:
         "type": info.type,
         "context_length": info.context_length,
         "capabilities": info.capabilities.as_dict() if info.capabilities is not None else None,
+        "details": info.details,
         "aliases": aliases,
     }
 

@@ -234,7 +234,7 @@ def _components() -> dict:
         "Model": {
             "type": "object",
             "required": ["id", "object", "created", "owned_by", "service", "upstream", "state", "type", "context_length",
-                         "capabilities", "aliases"],
+                         "capabilities", "details", "aliases"],
             "properties": {
                 "id": {"type": "string", "description": "The name requests use: bare for the default service's models, "
                                                         "`SERVICE~MODEL` for the others' (the stub's always read `stub~...`)."},
@@ -248,6 +248,9 @@ def _components() -> dict:
                 "context_length": {"type": ["integer", "null"], "description": "null where the service does not say."},
                 "capabilities": {"anyOf": [_ref("Capabilities"), {"type": "null"}],
                                  "description": "A remote service's (null: the service's own, see `GET /llm/services/{name}`)."},
+                "details": {"anyOf": [_ref("ModelDetails"), {"type": "null"}],
+                            "description": "What the model file is, read from its GGUF header; null for remote services' "
+                                           "models and a file that cannot be read."},
                 "aliases": {"type": "array", "items": {"type": "string"},
                             "description": "Other names that reach it: `SERVICE~MODEL`, and `default` for the default model."},
             },
@@ -262,6 +265,27 @@ def _components() -> dict:
             "properties": {"chat": {"type": "boolean", "description": "Messages in, a reply out."},
                            "completions": {"type": "boolean", "description": "A raw prompt continued."},
                            "stream": {"type": "boolean"}, "embed": {"type": "boolean"}},
+        },
+        "ModelDetails": {
+            "type": "object",
+            "required": ["type", "arch", "quantization", "context_length", "n_params", "size_bytes", "instructed", "tooling",
+                         "coding", "is_gguf", "is_mlx", "pooling", "projector"],
+            "description": "Facts read from a model file's GGUF metadata (docs/api.md: model details).",
+            "properties": {
+                "type": {"type": "string", "enum": ["llm", "embeddings", "vlm"],
+                         "description": "embeddings: a declared pooling type; vlm: vision metadata or a projector beside it."},
+                "arch": {"type": ["string", "null"]},
+                "quantization": {"type": ["string", "null"], "description": "llama.cpp's name of general.file_type, e.g. Q4_K_M."},
+                "context_length": {"type": ["integer", "null"], "description": "The training context."},
+                "n_params": {"type": "integer", "description": "Parameters, summed over the tensors' shapes."},
+                "size_bytes": {"type": "integer"},
+                "instructed": {"type": "boolean", "description": "The file has a chat template."},
+                "tooling": {"type": "boolean", "description": "Its chat template renders tools."},
+                "coding": {"type": "boolean", "description": "A code model (name, tags or architecture)."},
+                "is_gguf": {"type": "boolean"}, "is_mlx": {"type": "boolean"},
+                "pooling": {"type": ["string", "null"], "description": "An embedding model's pooling type."},
+                "projector": {"type": ["string", "null"], "description": "The multimodal projector file beside it."},
+            },
         },
         "Attempt": {
             "type": "object", "required": ["service", "url", "error", "ms"],

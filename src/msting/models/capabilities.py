@@ -182,6 +182,34 @@ def _is_code_model(info: GGUFInfo) -> bool:
     return any(_CODE_RE.search(text.lower()) for text in texts)
 
 
+class CapabilitiesCache:
+    """:func:`capabilities_of` per path, read again only when the file or its folder
+    changed (size and mtime of the file, mtime of the folder: a projector added beside
+    it). An unreadable file gives None, and is tried again on the next call."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, tuple[tuple[int, int, int], dict[str, Any]]] = {}
+
+    def get(self, path: str | os.PathLike[str]) -> dict[str, Any] | None:
+        key = str(path)
+        try:
+            st = os.stat(key)
+            stamp = (st.st_size, st.st_mtime_ns, os.stat(os.path.dirname(key) or ".").st_mtime_ns)
+        except OSError:
+            self._seen.pop(key, None)
+            return None
+        cached = self._seen.get(key)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        try:
+            caps = capabilities_of(key)
+        except ModelFileError:
+            self._seen.pop(key, None)
+            return None
+        self._seen[key] = (stamp, caps)
+        return caps
+
+
 def _name_tokens(stem: str) -> list[str]:
     return [t for t in re.split(r"[-_.\s]+", stem.lower()) if t and t != PROJECTOR_WORD]
 
@@ -213,5 +241,5 @@ def find_projector(model: Path) -> Path | None:
     return None
 
 
-__all__ = ["capabilities_of", "capabilities_from", "find_projector", "quantization",
+__all__ = ["capabilities_of", "capabilities_from", "CapabilitiesCache", "find_projector", "quantization",
            "FILE_TYPE_NAMES", "ModelFileError"]

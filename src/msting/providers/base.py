@@ -46,6 +46,11 @@ class ModelInfo:
     created: int  # unix time the provider started serving it
     upstream: str | None = None  # the name the upstream engine knows it by (remote services)
     capabilities: Capabilities | None = None  # None: the provider's own
+    # What the model file is (msting.models.capabilities.capabilities_of: type, arch,
+    # quantization, parameters, flags), for the daemon's own models; None where no
+    # file is read (remote services, the stub, an unreadable file). Distinct from
+    # `capabilities`, which says what the endpoint serving it can do.
+    details: dict | None = None
 
 
 @dataclass(frozen=True)

@@ -73,7 +73,10 @@ class LocalProvider:
     capabilities = Capabilities()
 
     def __init__(self, service: LocalService):
+        from msting.models.capabilities import CapabilitiesCache
+
         self.service = service
+        self._details = CapabilitiesCache()  # each model file's header, read once
 
     async def _answer(self, job: LocalJob) -> Done | Embeddings:
         try:
@@ -104,7 +107,7 @@ class LocalProvider:
         routing = self.service.routing
         return ModelInfo(id=model.name, service=self.name, state=model.state.value, type=model.spec.type,
                          context_length=model.spec.n_ctx, is_default=model.name == routing.default_model,
-                         created=int(self.service.started_at))
+                         created=int(self.service.started_at), details=self._details.get(model.spec.path))
 
     def models(self) -> list[ModelInfo]:
         return [self._info(m) for m in self.service.routing.models.values()]
