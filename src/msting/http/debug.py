@@ -23,6 +23,7 @@ import json
 import re
 import time
 from importlib.resources import files
+from types import MappingProxyType
 from typing import AsyncIterator
 
 from starlette.requests import Request
@@ -43,18 +44,18 @@ def _hashes(tag: str) -> str:
     return " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(b).digest()).decode()}'" for b in blocks)
 
 
-PAGE_HEADERS = {
+PAGE_HEADERS = MappingProxyType({
     "Content-Security-Policy": (f"default-src 'none'; script-src {_hashes('script')}; style-src {_hashes('style')}; "
                                 "connect-src 'self'; img-src 'self' data:; base-uri 'none'; frame-ancestors 'none'"),
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
-}
+})
 
 
 async def page(request: Request) -> Response:
-    return Response(PAGE, media_type="text/html; charset=utf-8", headers=PAGE_HEADERS)
+    return Response(PAGE, media_type="text/html; charset=utf-8", headers=dict(PAGE_HEADERS))
 
 
 def snapshot(request: Request) -> dict:

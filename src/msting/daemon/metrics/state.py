@@ -12,6 +12,7 @@ outcome, every event by kind.
 from __future__ import annotations
 
 import time
+from types import MappingProxyType
 from typing import Callable
 
 from msting.daemon.jobs import Jobs
@@ -22,13 +23,13 @@ from msting.daemon.metrics.exposition import Family, label_text
 READINESS = ("ready", "idle", "loading", "degraded", "failed", "stopping")
 SERVICE_STATES = READINESS
 URL_STATES = ("up", "down", "cooling_down", "probing")
-CIRCUIT = {"up": "closed", "probing": "half_open", "down": "open", "cooling_down": "open"}
+CIRCUIT = MappingProxyType({"up": "closed", "probing": "half_open", "down": "open", "cooling_down": "open"})
 CIRCUIT_STATES = ("closed", "open", "half_open")
 
 # Why a worker restarted, from its `worker_crash` event's detail (the supervisor's words).
 CAUSES = (("hung:", "hang"), ("did not report ready", "start_timeout"), ("verification", "verify_failed"),
           ("protocol error", "protocol_error"), ("supervision error", "supervision_error"))
-RESTART_EVENTS = {"worker_crash", "worker_retry", "model_restart"}
+RESTART_EVENTS = frozenset({"worker_crash", "worker_retry", "model_restart"})
 
 
 def restart_cause(kind: str, detail: str | None) -> str:
