@@ -341,6 +341,7 @@ def test_worker_modules_import_cheaply():
         "import sys, msting.worker.engine, msting.worker.main, msting.worker.protocol, "
         "msting.worker.params, msting.worker.chat, msting.worker.pooling, msting.worker.transport, "
         "msting.worker.server, msting.worker.spare, msting.worker.log, msting.worker.failpoints, "
+        "msting.worker.batch, msting.worker.sampling, msting.worker.reply, msting.worker.threads, "
         "msting.models.gguf_file, msting.models.builtin; "
         "print(sorted(m for m in ('llama_cpp', 'numpy', 'gguf', 'jinja2') if m in sys.modules))"
     )
@@ -1013,6 +1014,13 @@ def test_batched_embeddings_equal_each_input_alone(spawn, builtin_model_path, tm
     assert done["type"] == "done", done
     assert done["usage"]["prompt_tokens"] == sum(embed(one, "n", [t])["usage"]["prompt_tokens"] for t in inputs)
     for a, b in zip(alone, done["embeddings"]):
+        assert max(abs(x - y) for x, y in zip(a, b)) < 1e-6
+    # two requests at once share the decodes
+    w.send("embed", "one", input=inputs[:3])
+    w.send("embed", "two", input=inputs[3:])
+    ends = {f["id"]: f for f in (w.read_until("done")[0], w.read_until("done")[0])}
+    both = ends["one"]["embeddings"] + ends["two"]["embeddings"]
+    for a, b in zip(alone, both, strict=True):
         assert max(abs(x - y) for x, y in zip(a, b)) < 1e-6
     if pooling is not None:
         return  # a model that declares pooling does not generate

@@ -16,9 +16,10 @@ longest prefix with the job's prompt, so only the rest of the prompt is decoded
 (``cached_tokens``). A job that finishes, fails or is cancelled (checked at the start
 of every step) leaves its slot at once.
 
-An embedding job runs in the same loop, one decode per step (embeddings switched on
-for it alone): as many of its inputs as there are free slots and room in the batch,
-each in its own sequence, pooled per sequence (the mean of its token vectors here for
+Embedding jobs run in the same loop, one decode per step (embeddings switched on for
+that decode alone): the next inputs of the oldest jobs, as many as there are sequences (the
+jobs' slots and the free ones) and room in the batch, each in its own sequence,
+pooled per sequence (the mean of its token vectors here for
 a model that declares no pooling; llama.cpp's pooling otherwise, one input per decode
 when the model has a KV cache, since llama.cpp pools per micro-batch).
 
@@ -313,9 +314,9 @@ class DecodeLoop:
             job = slot.job
             if job is not None and job.cancelled.is_set():
                 self._cancel(slot)
-        embedding = [s for s in self._slots if isinstance(s.job, EmbedJob)]
+        embedding = sorted((s for s in self._slots if isinstance(s.job, EmbedJob)), key=lambda s: s.since)
         if embedding:
-            self._embed_step(min(embedding, key=lambda s: s.since))
+            self._embed_step(embedding)
         self._generate_step()
 
     # ---- generation --------------------------------------------------------------
@@ -448,26 +449,37 @@ class DecodeLoop:
 
     # ---- embeddings --------------------------------------------------------------
 
-    def _embed_step(self, slot: Slot) -> None:
-        """One decode for the embedding job in *slot*: its next inputs, one per free slot."""
+    def _embed_step(self, jobs: list[Slot]) -> None:
+        """One decode for the embedding jobs in *jobs* (oldest first): their next inputs,
+        in order, one sequence each (the jobs' slots, then the free ones), as many as
+        there are sequences and room in the batch."""
         lib, batch = self._lib, self._batch
-        job = slot.job
-        assert isinstance(job, EmbedJob)
-        seqs = [slot] + [s for s in self._slots if s.job is None]
-        done = len(job.vectors)
-        counts = [len(t) for t in job.inputs[done:]]
+        seqs = jobs + [s for s in self._slots if s.job is None]
+        mean_pool = jobs[0].job.mean_pool  # the model's: the same for every job
         # llama.cpp pools a sequence per micro-batch, and a non-unified KV cache splits
         # sequences of unequal lengths over several: its own pooling (mean, cls, last)
         # gets one input per decode unless the model has no KV cache (BERT)
-        one_each = not job.mean_pool and self._mem is not None
-        group = next(pooling.decode_groups(counts, self._n_batch, len(seqs), one_each=one_each))
+        room = 1 if not mean_pool and self._mem is not None else len(seqs)
+        budget = self._n_batch
+        picked: list[tuple[Slot, list[int]]] = []  # (the job's slot, an input's tokens)
+        for owner in jobs:
+            job = owner.job
+            assert isinstance(job, EmbedJob)
+            for tokens in job.inputs[len(job.vectors) :]:
+                if len(picked) == room or len(tokens) > budget:
+                    break
+                picked.append((owner, tokens))
+                budget -= len(tokens)
+            else:
+                continue
+            break
+        if not picked:
+            return
         token, pos, n_seq, seq_id, logits = batch.token, batch.pos, batch.n_seq_id, batch.seq_id, batch.logits
         n = 0
         spans: list[tuple[Slot, int, int]] = []  # (sequence, first row, rows)
-        for k, i in enumerate(group):
-            seq = seqs[k]
+        for seq, (_, tokens) in zip(seqs, picked):
             self._forget(seq, 0)
-            tokens = job.inputs[done + i]
             for p, t in enumerate(tokens):
                 token[n], pos[n], n_seq[n], seq_id[n][0], logits[n] = t, p, 1, seq.index, 1
                 n += 1
@@ -478,19 +490,22 @@ class DecodeLoop:
             rc = lib.llama_decode(self._ctx, batch)
             if rc != 0:
                 raise DecodeError(f"llama.cpp could not embed the inputs (llama_decode returned {rc})")
-            vectors = self._pooled(spans, n, job.mean_pool)
+            vectors = self._pooled(spans, n, mean_pool)
         except Exception as exc:
-            self._fail(slot, exc)
+            for owner in {id(o): o for o, _ in picked}.values():
+                self._fail(owner, exc)
             return
         finally:
             for seq, _, _ in spans:
                 self._forget(seq, 0)
-        job.vectors.extend(vectors)
-        job.tokens_done += n
-        if len(job.vectors) == len(job.inputs):
-            self._release(slot)
-            ms = (time.perf_counter() - job.t0) * 1000.0
-            _safely(job.sink.finish, EmbeddingResult(job.vectors, job.tokens_done, ms), job.sink)
+        for (owner, tokens), vector in zip(picked, vectors):
+            job = owner.job
+            job.vectors.append(vector)
+            job.tokens_done += len(tokens)
+            if len(job.vectors) == len(job.inputs):
+                self._release(owner)
+                ms = (time.perf_counter() - job.t0) * 1000.0
+                _safely(job.sink.finish, EmbeddingResult(job.vectors, job.tokens_done, ms), job.sink)
 
     def _pooled(self, spans: list[tuple[Slot, int, int]], rows: int, mean_pool: bool) -> list[list[float]]:
         import numpy as np

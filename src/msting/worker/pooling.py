@@ -1,5 +1,5 @@
-"""Embedding helpers for the engine: llama.cpp pooling types, how inputs are
-grouped into decodes, and the pooled, unit-length vector that goes on the wire.
+"""Embedding helpers for the engine: llama.cpp pooling types and the pooled,
+unit-length vector that goes on the wire.
 
 No ``llama_cpp`` here; ``numpy`` is imported inside :func:`unit_vector` (the worker
 has it loaded by then, and importing this module stays cheap).
@@ -7,31 +7,10 @@ has it loaded by then, and importing this module stays cheap).
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any
 
 # what an embedding worker can serve ("rank" is a reranker's relevance score)
 EMBEDDING_POOLINGS = ("none", "mean", "cls", "last")
-
-
-def decode_groups(
-    counts: list[int], budget: int, max_seqs: int, one_each: bool
-) -> Iterator[list[int]]:
-    """Indices of the inputs (with *counts* tokens each), grouped so that each group
-    is one llama.cpp decode: at most *budget* tokens and *max_seqs* sequences, or
-    one input per group when *one_each*."""
-    if one_each:
-        yield from ([i] for i in range(len(counts)))
-        return
-    group: list[int] = []
-    used = 0
-    for i, n in enumerate(counts):
-        if group and (used + n > budget or len(group) >= max_seqs):
-            yield group
-            group, used = [], 0
-        group.append(i)
-        used += n
-    if group:
-        yield group
 
 
 def unit_vector(raw: Any, mean_pool: bool) -> list[float]:
