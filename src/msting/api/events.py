@@ -14,8 +14,12 @@ from msting.api.errors import MstingError
 
 @dataclass(frozen=True)
 class Usage:
+    """Tokens a request used. `cached_tokens` is the part of `prompt_tokens` served from
+    a prompt cache (the worker's slot KV, an upstream's cached input), priced apart."""
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:

@@ -8,7 +8,8 @@ immutable: the router hands the provider a copy naming the provider's own model.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Union
+from types import MappingProxyType
+from typing import Mapping, Union
 
 from msting.api import limits
 
@@ -49,6 +50,43 @@ class SamplingParams:
 
 
 @dataclass(frozen=True)
+class CacheControl:
+    """The request's `Cache-Control` directives a response cache obeys: `no_cache`,
+    answer afresh (the answer may still be stored); `no_store`, neither read nor store."""
+
+    no_cache: bool = False
+    no_store: bool = False
+
+
+NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+
+
+@dataclass(frozen=True)
+class RequestMeta:
+    """Who asked, and how: what the traffic policies (limits, usage, cache, routing
+    rules) read besides the request itself. Built by the HTTP layer.
+
+    `client` is who is accounted for the request: `key:<VAR>` when it came over TCP
+    with the API key held in the variable VAR (never the key itself), followed by
+    `/<label>` when it also sent an `x-msting-client` header; the label alone when
+    there was no key (the Unix socket, or TCP without auth); None when neither.
+    `user` is the OpenAI `user` body field. `headers` holds the request headers a
+    routing rule may match: lower-case names, only `x-msting-*` and `user-agent`.
+    `route` is what picked the model (a rule or the router model's decision), set by
+    the request router before the request reaches the providers' Router."""
+
+    client: str | None = None
+    user: str | None = None
+    headers: Mapping[str, str] = field(default_factory=lambda: NO_HEADERS, hash=False)
+    cache_control: CacheControl = CacheControl()
+    tools_requested: bool = False
+    route: str | None = None
+
+
+NO_META = RequestMeta()
+
+
+@dataclass(frozen=True)
 class Message:
     role: str  # system | user | assistant
     content: str
@@ -61,6 +99,7 @@ class CompletionRequest:
     prompt: str
     model: str | None = None  # a model, `service~model`, or None/"default"
     sampling: SamplingParams = field(default_factory=SamplingParams)
+    meta: RequestMeta = NO_META
 
 
 @dataclass(frozen=True)
@@ -70,6 +109,7 @@ class ChatRequest:
     messages: tuple[Message, ...]
     model: str | None = None
     sampling: SamplingParams = field(default_factory=SamplingParams)
+    meta: RequestMeta = NO_META
 
 
 @dataclass(frozen=True)
@@ -78,6 +118,7 @@ class EmbeddingRequest:
 
     inputs: tuple[str, ...]
     model: str | None = None
+    meta: RequestMeta = NO_META
 
 
 GenerationRequest = Union[CompletionRequest, ChatRequest]

@@ -17,7 +17,7 @@ from msting.http.body import read_json_object
 from msting.http.calls import ClientGone, answer, route_headers, stream_headers
 from msting.http.control import Control
 from msting.http.errors import Fields, error_body, internal_error, status_of
-from msting.http.parsing import model_name, sampling
+from msting.http.parsing import model_name, request_meta, sampling
 from msting.http.sse import EventStream
 from msting.providers.base import Stream
 from msting.providers.router import Router
@@ -53,11 +53,11 @@ async def load_model(request: Request) -> Response:
     return JSONResponse(await control.load(name, timeout))
 
 
-def completion(fields: Fields) -> CompletionRequest:
+def completion(request: Request, fields: Fields) -> CompletionRequest:
     prompt = fields.string("prompt", required=True)
     assert prompt is not None
     params = sampling(fields)
-    return CompletionRequest(prompt, model_name(fields), params)
+    return CompletionRequest(prompt, model_name(fields), params, request_meta(request.scope, fields))
 
 
 def _sse(event: str, data: dict) -> str:
@@ -79,7 +79,7 @@ async def native_events(stream: Stream) -> AsyncIterator[str]:
 async def generate(request: Request) -> Response:
     router = router_of(request)
     fields = Fields(await read_json_object(request), GENERATE_KEYS)
-    req = completion(fields)
+    req = completion(request, fields)
     if fields.boolean("stream", False):
         routed = router.stream(req)  # errors (unknown model, full queue) surface before the 200
         return EventStream(native_events(routed), stream_headers(routed))
@@ -93,7 +93,7 @@ async def generate(request: Request) -> Response:
 
 async def llm(request: Request) -> Response:
     try:
-        req = completion(Fields(await read_json_object(request), LLM_KEYS))
+        req = completion(request, Fields(await read_json_object(request), LLM_KEYS))
         done = await router_of(request).generate(req)
     except ClientDisconnect:
         raise

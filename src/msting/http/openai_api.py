@@ -26,7 +26,7 @@ from msting.http.body import read_json_object
 from msting.http.calls import ClientGone, answer, route_headers, stream_headers
 from msting.http.errors import Fields, error_body
 from msting.http.native import native_events, router_of
-from msting.http.parsing import messages, model_name, prompt_or_messages, sampling
+from msting.http.parsing import messages, model_name, prompt_or_messages, request_meta, sampling
 from msting.http.sse import EventStream
 from msting.providers.base import ModelInfo, Stream
 from msting.providers.router import Router
@@ -152,7 +152,7 @@ async def chat_completions(request: Request) -> Response:
     stream = fields.boolean("stream", False)
     chat = messages(fields)
     params = _openai_sampling(fields, chat=True)
-    req = ChatRequest(chat, model_name(fields), params)
+    req = ChatRequest(chat, model_name(fields), params, request_meta(request.scope, fields))
     return await _answer(request, router_of(request), req, stream=stream, chat=True, include_usage=_include_usage(fields, stream))
 
 
@@ -165,7 +165,7 @@ async def completions(request: Request) -> Response:
         raise fields.error("prompt", "'prompt' must be a string (or a list of exactly one string)")
     stream = fields.boolean("stream", False)
     params = _openai_sampling(fields, chat=False)
-    req = CompletionRequest(prompt, model_name(fields), params)
+    req = CompletionRequest(prompt, model_name(fields), params, request_meta(request.scope, fields))
     return await _answer(request, router_of(request), req, stream=stream, chat=False, include_usage=_include_usage(fields, stream))
 
 
@@ -181,7 +181,7 @@ async def embeddings(request: Request) -> Response:
     if encoding not in ("float", "base64"):
         raise fields.error("encoding_format", "'encoding_format' must be 'float' or 'base64'")
     fields.string("user")
-    req = EmbeddingRequest(tuple(inputs), model_name(fields))
+    req = EmbeddingRequest(tuple(inputs), model_name(fields), request_meta(request.scope, fields))
     try:
         result = await answer(request, router_of(request).embed(req))
     except ClientGone:
@@ -238,7 +238,7 @@ async def execute(request: Request) -> Response:
     """A task-level call: `prompt` or `messages`; SSE when streamed."""
     router = router_of(request)
     fields = Fields(await read_json_object(request), EXECUTE_KEYS)
-    req = prompt_or_messages(fields)
+    req = prompt_or_messages(fields, request_meta(request.scope, fields))
     if fields.boolean("stream", False):
         routed = router.stream(req)
         return EventStream(native_events(routed), stream_headers(routed))

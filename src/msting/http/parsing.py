@@ -7,11 +7,46 @@ take the model's own when it is queued.
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 from msting.api import limits
-from msting.api.requests import ChatRequest, CompletionRequest, Message, SamplingParams
+from msting.api.errors import InvalidRequest
+from msting.api.requests import NO_HEADERS, CacheControl, ChatRequest, CompletionRequest, Message, RequestMeta, SamplingParams
 from msting.http.errors import Fields, shown
+from msting.http.security import CLIENT_SCOPE_KEY
 
 ROLES = {"system", "developer", "user", "assistant"}
+CLIENT_HEADER = "x-msting-client"
+CLIENT_LABEL = re.compile(r"[A-Za-z0-9._@:-]{1,64}")
+MAX_META_HEADERS = 16  # x-msting-* and user-agent kept for the routing rules
+MAX_META_HEADER_CHARS = 256
+NO_CACHE_CONTROL = CacheControl()
+
+
+def request_meta(scope: dict[str, Any], fields: Fields | None = None) -> RequestMeta:
+    """Who sent the request, from its ASGI scope (the headers; the API key's id the
+    security middleware put there) and body (the OpenAI `user` field, `tools`)."""
+    headers: dict[str, str] = {}
+    cache = NO_CACHE_CONTROL
+    for raw_name, raw_value in scope.get("headers", ()):
+        if raw_name == b"cache-control":
+            directives = {d.strip().partition("=")[0] for d in raw_value.decode("latin-1").lower().split(",")}
+            cache = CacheControl(no_cache=cache.no_cache or "no-cache" in directives, no_store=cache.no_store or "no-store" in directives)
+        elif raw_name.startswith(b"x-msting-") or raw_name == b"user-agent":
+            if len(headers) < MAX_META_HEADERS:
+                headers[raw_name.decode("latin-1")] = raw_value.decode("latin-1")[:MAX_META_HEADER_CHARS]
+    label = headers.get(CLIENT_HEADER)
+    if label is not None and not CLIENT_LABEL.fullmatch(label):
+        raise InvalidRequest("invalid_header", f"the {CLIENT_HEADER} header must be 1 to 64 letters, digits or ._@:- characters, "
+                             f"got {shown(label)}", param=CLIENT_HEADER)
+    key = scope.get(CLIENT_SCOPE_KEY)
+    client = f"{key}/{label}" if key and label else key or label
+    user = tools = None
+    if fields is not None:
+        user = fields.string("user", max_chars=limits.MAX_NAME_CHARS) if "user" in fields.body else None
+        tools = fields.body.get("tools")
+    return RequestMeta(client=client, user=user, headers=headers or NO_HEADERS, cache_control=cache, tools_requested=bool(tools))
 
 
 def model_name(fields: Fields) -> str | None:
@@ -68,7 +103,7 @@ def _content(fields: Fields, where: str, content: object) -> str:
     raise fields.error("messages", f"{where}.content must be a string or a list of text parts")
 
 
-def prompt_or_messages(fields: Fields) -> CompletionRequest | ChatRequest:
+def prompt_or_messages(fields: Fields, meta: RequestMeta) -> CompletionRequest | ChatRequest:
     """A task-level body (/v1/execute, the WebSocket): exactly one of prompt or messages."""
     body = fields.body
     if ("prompt" in body) == ("messages" in body):
@@ -77,7 +112,7 @@ def prompt_or_messages(fields: Fields) -> CompletionRequest | ChatRequest:
         prompt = fields.string("prompt", required=True)
         assert prompt is not None
         model = model_name(fields)
-        return CompletionRequest(prompt, model, sampling(fields))
+        return CompletionRequest(prompt, model, sampling(fields), meta)
     chat = messages(fields)
     model = model_name(fields)
-    return ChatRequest(chat, model, sampling(fields))
+    return ChatRequest(chat, model, sampling(fields), meta)

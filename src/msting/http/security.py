@@ -40,6 +40,7 @@ log = logging.getLogger("msting.http.security")
 
 OPEN_PATHS = frozenset({"/health", "/debug"})  # liveness probes, the debug page's shell: no API key needed, even on TCP
 METRICS_PATH = "/metrics"  # open too with llm_service.metrics_public
+CLIENT_SCOPE_KEY = "msting.client"  # the scope entry naming the API key a request came with: key:<VAR>, never the key
 LOOPBACK_HOST_NAMES = frozenset({"localhost", "[::1]"})  # plus any 127.x.y.z
 _HOST_CACHE_MAX = 1024
 
@@ -155,6 +156,7 @@ class SecurityMiddleware:
         self.app = app
         self.policy = policy
         self._key = policy.api_key.encode("utf-8") if policy.api_key is not None else None
+        self._key_id = f"key:{policy.key_var}"
         self._allowed = policy.allowed_hosts
         self._open = policy.open_paths
         self._host_ok: dict[bytes, bool] = {}  # Host header value -> allowed, bounded
@@ -212,6 +214,7 @@ class SecurityMiddleware:
             if not good or scheme.lower() != b"bearer":
                 log.debug("refused %s %s from %s: wrong API key", scope.get("method", "WEBSOCKET"), scope["path"], scope.get("client"))
                 return await _deny(scope, receive, send, 401, _WRONG_KEY, _AUTH_HEADERS)
+            scope[CLIENT_SCOPE_KEY] = self._key_id
         return await self.app(scope, receive, send)
 
     def _check_host(self, raw: bytes) -> bool:

@@ -36,7 +36,7 @@ from msting.api.events import Done, Failed, Token
 from msting.http.body import parse_object
 from msting.http.control import Control
 from msting.http.errors import Fields, error_body, internal_error, shown
-from msting.http.parsing import prompt_or_messages
+from msting.http.parsing import prompt_or_messages, request_meta
 from msting.providers.base import Stream
 from msting.providers.router import Router
 
@@ -85,7 +85,7 @@ class Session:
                                    InvalidRequest("invalid_body", f"'id' must be a string of 1 to {limits.MAX_NAME_CHARS} characters "
                                                   "not used by a running generation"))
             try:
-                stream = self.router.stream(prompt_or_messages(Fields(msg, GENERATE_KEYS)))
+                stream = self.router.stream(prompt_or_messages(Fields(msg, GENERATE_KEYS), request_meta(self.ws.scope)))
             except MstingError as err:
                 return self._error(rid, err)
             self.running[rid] = asyncio.create_task(self._relay(rid, stream))

@@ -50,7 +50,10 @@ class RequestEnded:
     """One request, as it ended. `service` and `model` are the ones that answered, or
     the first ones asked (None when the name resolved to nothing); `kind` is generate,
     stream or embed; `error` is None for an answer, `cancelled` true when the client
-    left first; `first_token_sec` is the time to a stream's first token."""
+    left first; `first_token_sec` is the time to a stream's first token. `client` is
+    the request's `RequestMeta.client`, `route` what picked its model, `fallbacks` how
+    many services failed it before the one that answered (or before it gave up), and
+    `cache_hit` true for an answer from the response cache (no provider was called)."""
 
     kind: str
     service: str | None
@@ -61,6 +64,10 @@ class RequestEnded:
     usage: Usage | None = None
     first_token_sec: float | None = None
     attempts: tuple[Attempt, ...] = ()
+    client: str | None = None
+    route: str | None = None
+    fallbacks: int = 0
+    cache_hit: bool = False
 
 
 class RequestObserver(Protocol):
@@ -196,19 +203,20 @@ class Router:
                 own = list(result.attempts) or [Attempt(provider.name, None, None, (time.monotonic() - began) * 1000)]
                 done = replace(result, model=self.public_name(provider.name, result.model), attempts=tuple(tried + own))
                 self._ended(RequestEnded(method, provider.name, result.model, time.monotonic() - started, usage=result.usage,
-                                         attempts=done.attempts))
+                                         attempts=done.attempts, client=request.meta.client, route=request.meta.route,
+                                         fallbacks=len(errors)))
                 return done
             raise every_service_failed(errors, tried)
         except BaseException as exc:  # CancelledError too: the client went away
-            self._failed(method, first, request.model, started, exc, tried)
+            self._failed(method, first, request, started, exc, tried, len(errors) if first is not None else 0)
             raise
 
     def _ended(self, ended: RequestEnded) -> None:
         if self.observer is not None:
             self.observer.request_ended(ended)
 
-    def _failed(self, kind: str, first: Step | None, requested: str | None, started: float, exc: BaseException,
-                tried: list[Attempt]) -> None:
+    def _failed(self, kind: str, first: Step | None, request: R | GenerationRequest, started: float, exc: BaseException,
+                tried: list[Attempt], fallbacks: int = 0) -> None:
         """A request that ended without an answer. A MstingError carries every attempt
         (the provider's own list, or every service's when the whole chain failed)."""
         if self.observer is None:
@@ -216,9 +224,10 @@ class Router:
         cancelled = isinstance(exc, (asyncio.CancelledError, GeneratorExit))
         service = first[0].name if first is not None else None
         attempts = attempts_of(exc, service, 0.0) if isinstance(exc, MstingError) and service is not None else tried
-        model = None if first is None else first[1] if first[1] is not None else requested
+        model = None if first is None else first[1] if first[1] is not None else request.model
         self.observer.request_ended(RequestEnded(kind, service, model, time.monotonic() - started,
-                                                 error=None if cancelled else exc, cancelled=cancelled, attempts=tuple(attempts)))
+                                                 error=None if cancelled else exc, cancelled=cancelled, attempts=tuple(attempts),
+                                                 client=request.meta.client, route=request.meta.route, fallbacks=fallbacks))
 
     def stream(self, request: GenerationRequest) -> RoutedStream:
         started = time.monotonic()
@@ -227,7 +236,7 @@ class Router:
             steps = self._steps(request.model)
             return RoutedStream(self, steps, request)
         except MstingError as exc:  # refused before any event (unknown model, full queue)
-            self._failed("stream", steps[0] if steps else None, request.model, started, exc, [])
+            self._failed("stream", steps[0] if steps else None, request, started, exc, [])
             raise
 
     # ---- listing --------------------------------------------------------------------
@@ -339,9 +348,11 @@ class RoutedStream:
             model = self._current.model
         else:
             model = self._steps[0][1] if self._steps[0][1] is not None else self.request.model
+        meta = self.request.meta
         self.router._ended(RequestEnded("stream", self.service, model, time.monotonic() - self._began, error=error,
                                         cancelled=cancelled, usage=usage, first_token_sec=self._first_token,
-                                        attempts=tuple(self.attempts)))
+                                        attempts=tuple(self.attempts), client=meta.client, route=meta.route,
+                                        fallbacks=len(self._errors)))
 
     async def _events(self) -> AsyncIterator[Event]:
         routed = self._routed()

@@ -35,7 +35,8 @@ def result(job: LocalJob, frame: dict) -> Done | Embeddings:
     if job.embed:
         return Embeddings(job.model, frame.get("embeddings") or [], Usage(int(usage.get("prompt_tokens", 0))), timings)
     return Done(job.model, frame.get("text", ""), frame.get("finish_reason"),
-                Usage(int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))), timings)
+                Usage(int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)), int(usage.get("cached_tokens", 0))),
+                timings)
 
 
 def error(frame: dict) -> MstingError:

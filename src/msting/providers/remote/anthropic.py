@@ -90,7 +90,8 @@ class AnthropicDecoder:
             self._count(payload.get("usage"))
         elif kind == "message_stop":
             reason = "length" if self._stop_reason == "max_tokens" else "stop"  # end_turn, stop_sequence, refusal...
-            usage = Usage(sum(self._counts.get(k, 0) for k in INPUT_KEYS), self._counts.get("output_tokens", 0))
+            usage = Usage(sum(self._counts.get(k, 0) for k in INPUT_KEYS), self._counts.get("output_tokens", 0),
+                          self._counts.get("cache_read_input_tokens", 0))
             return self._end(Done(model=self.model, finish_reason=reason, usage=usage))
         elif kind == "error":
             error = payload.get("error") if isinstance(payload.get("error"), dict) else {}

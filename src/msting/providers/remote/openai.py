@@ -73,7 +73,9 @@ class OpenAIDecoder:
     def _read(self, chunk: dict[str, Any]) -> list[Event]:
         usage = chunk.get("usage")
         if isinstance(usage, dict):  # the usage-only chunk (choices: []); some servers put it on every chunk
-            self._usage = Usage(count(usage.get("prompt_tokens")), count(usage.get("completion_tokens")))
+            details = usage.get("prompt_tokens_details")
+            cached = count(details.get("cached_tokens")) if isinstance(details, dict) else 0
+            self._usage = Usage(count(usage.get("prompt_tokens")), count(usage.get("completion_tokens")), cached)
         timings = chunk.get("timings")
         if isinstance(timings, dict):
             self._timings = {k: timings[k] for k in TIMING_KEYS if isinstance(timings.get(k), (int, float))}

@@ -221,7 +221,7 @@ def test_error_events_by_type(error_type, kind):
 
 
 def test_thinking_and_tool_input_deltas_are_not_text_and_cached_prompt_tokens_count():
-    assert decode(MIXED_STREAM) == [Token("Checking."), Done(model=MODEL, finish_reason="stop", usage=Usage(1400, 89))]
+    assert decode(MIXED_STREAM) == [Token("Checking."), Done(model=MODEL, finish_reason="stop", usage=Usage(1400, 89, 1000))]
 
 
 @pytest.mark.parametrize("reason, expected", [("end_turn", "stop"), ("stop_sequence", "stop"), ("max_tokens", "length"),
