@@ -19,7 +19,7 @@ _msting() {
     fi
 
     local top_opts="--help -h --version -V"
-    local llm_cmds="install start stop restart status wait logs health profiles switch-profile models load unload services ping doctor service"
+    local llm_cmds="install start stop restart status wait logs health profiles switch-profile models load unload pull import rm search jobs services ping doctor service"
 
     # Find the group and the subcommand typed so far.
     local i group="" cmd="" sub=""
@@ -31,7 +31,7 @@ _msting() {
                     group="${words[i]}"
                 elif [[ -z $cmd ]]; then
                     cmd="${words[i]}"
-                elif [[ $cmd == service && -z $sub ]]; then
+                elif [[ ($cmd == service || $cmd == jobs) && -z $sub ]]; then
                     sub="${words[i]}"
                 fi
                 ;;
@@ -55,7 +55,15 @@ _msting() {
             COMPREPLY=($(compgen -f -X '!*.gguf' -- "$cur") $(compgen -d -- "$cur"))
             return
             ;;
-        --timeout | -n | --lines)
+        --state)
+            COMPREPLY=($(compgen -W "queued running succeeded failed cancelled" -- "$cur"))
+            return
+            ;;
+        --type)
+            COMPREPLY=($(compgen -W "install import update delete load unload switch" -- "$cur"))
+            return
+            ;;
+        --timeout | -n | --lines | --sha256 | --name | --limit)
             return
             ;;
         --root)
@@ -86,6 +94,24 @@ _msting() {
         unload) opts="--json" ;;
         services) opts="--json" ;;
         doctor) opts="--json" ;;
+        pull) opts="--sha256 --name --json" ;;
+        import)
+            opts="--name --link --json"
+            if [[ $cur != -* ]]; then
+                compopt -o filenames 2>/dev/null
+                COMPREPLY=($(compgen -f -X '!*.gguf' -- "$cur") $(compgen -d -- "$cur"))
+                return
+            fi
+            ;;
+        rm) opts="--json" ;;
+        search) opts="--limit --json" ;;
+        jobs)
+            case "$sub" in
+                "") opts="cancel --type --state --json" ;;
+                cancel) opts="--json" ;;
+                *) return ;;
+            esac
+            ;;
         service)
             case "$sub" in
                 "")

@@ -1,7 +1,7 @@
 # fish completion for msting.
 # Install: cp completions/msting.fish ~/.config/fish/completions/  (install.sh does this)
 
-set -l llm_cmds install start stop restart status wait logs health profiles switch-profile models load unload services ping doctor service
+set -l llm_cmds install start stop restart status wait logs health profiles switch-profile models load unload pull import rm search jobs services ping doctor service
 
 complete -c msting -f
 complete -c msting -n __fish_use_subcommand -s h -l help -d 'Show help'
@@ -22,6 +22,11 @@ complete -c msting -n $in_llm -a switch-profile -d 'Switch the daemon to another
 complete -c msting -n $in_llm -a models -d 'List the models of the active profile'
 complete -c msting -n $in_llm -a load -d 'Load a model and wait until it is ready'
 complete -c msting -n $in_llm -a unload -d 'Unload a model'
+complete -c msting -n $in_llm -a pull -d 'Download a model (hf://, ollama://, https://) with progress'
+complete -c msting -n $in_llm -a import -d 'Register a local GGUF file as an installed model'
+complete -c msting -n $in_llm -a rm -d 'Delete an installed model'
+complete -c msting -n $in_llm -a search -d 'Search the Hugging Face hub for GGUF models'
+complete -c msting -n $in_llm -a jobs -d "List the daemon's jobs; cancel one"
 complete -c msting -n $in_llm -a services -d 'List the services behind the daemon and their URLs'
 complete -c msting -n $in_llm -a ping -d 'Check each URL of a service now'
 complete -c msting -n $in_llm -a doctor -d 'Check what msting needs, each with a fix hint'
@@ -33,10 +38,14 @@ function __msting_llm_cmd
     if not contains service $argv; and __fish_seen_subcommand_from service
         return 1
     end
+    # `jobs cancel` is not another command
+    if not contains jobs $argv; and __fish_seen_subcommand_from jobs
+        return 1
+    end
     __fish_seen_subcommand_from $argv
 end
 
-complete -c msting -n '__msting_llm_cmd install' -l model -r -F -d 'GGUF model file to serve'
+complete -c msting -n '__msting_llm_cmd install' -l model -r -F -d 'GGUF model file or source to serve'
 complete -c msting -n '__msting_llm_cmd install' -l no-deps -d 'Do not pip-install llama-cpp-python'
 complete -c msting -n '__msting_llm_cmd install' -l no-start -d 'Do not start the daemon'
 complete -c msting -n '__msting_llm_cmd start' -l foreground -d 'Run the daemon in this process'
@@ -65,3 +74,14 @@ complete -c msting -n $svc_any -l json -d 'Print JSON'
 complete -c msting -n '__msting_llm_cmd service; and __fish_seen_subcommand_from install' -l dry-run -d 'Print the file and the commands'
 complete -c msting -n '__msting_llm_cmd service; and __fish_seen_subcommand_from install' -l no-start -d 'Enable but do not start'
 complete -c msting -n '__msting_llm_cmd doctor' -l json -d 'Print JSON'
+complete -c msting -n '__msting_llm_cmd pull' -l sha256 -x -d 'Expected sha256 of the file'
+complete -c msting -n '__msting_llm_cmd pull import' -l name -x -d 'Name to install it under'
+complete -c msting -n '__msting_llm_cmd import' -l link -d 'Link the file instead of copying it'
+complete -c msting -n '__msting_llm_cmd import' -F -d 'GGUF file'
+complete -c msting -n '__msting_llm_cmd search' -l limit -x -d 'At most N models'
+complete -c msting -n '__msting_llm_cmd pull import rm search' -l json -d 'Print JSON'
+set -l in_jobs "__msting_llm_cmd jobs; and not __fish_seen_subcommand_from cancel"
+complete -c msting -n $in_jobs -a cancel -d 'Cancel a job'
+complete -c msting -n $in_jobs -l type -x -a 'install import update delete load unload switch' -d 'Only jobs of this type'
+complete -c msting -n $in_jobs -l state -x -a 'queued running succeeded failed cancelled' -d 'Only jobs in this state'
+complete -c msting -n '__msting_llm_cmd jobs' -l json -d 'Print JSON'

@@ -58,13 +58,21 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "services": ("services", "services"),
     "ping": ("services", "ping"),
     "doctor": ("doctor", "doctor"),
+    "pull": ("manage", "pull"),
+    "import": ("manage", "import_model"),
+    "rm": ("manage", "rm"),
+    "search": ("manage", "search"),
 }
 # The `llm` command groups: name -> (module in msting.cli, help, its commands; each a
 # function of that name in the module).
 GROUPS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "service": ("init_service", "Run the daemon as a service of the init system (systemd, launchd): install, uninstall, status.",
                 ("install", "uninstall", "status")),
+    "jobs": ("jobs", "List the daemon's jobs (installs, imports, deletes, loads, profile switches); cancel one.", ("cancel",)),
 }
+# Groups that do something without a subcommand: group -> the function of its module
+# that runs then (`msting llm jobs` lists the jobs; its options come before a subcommand).
+GROUP_DEFAULTS: dict[str, str] = {"jobs": "jobs"}
 
 
 def _version(value: bool) -> None:
@@ -106,7 +114,7 @@ def build_app(only: str | None = None) -> typer.Typer:
     llm_app = typer.Typer(
         name="llm",
         cls=LeanGroup,
-        help="Manage the local LLM service: install, start, stop, status, logs, profiles, models, services, doctor, service.",
+        help="Manage the local LLM service: install, start, stop, status, logs, profiles, models (pull, import, rm, search, jobs), services, doctor, service.",
         epilog=EXIT_CODES_EPILOG,
         no_args_is_help=True,
         context_settings={"help_option_names": ["-h", "--help"]},
@@ -118,9 +126,12 @@ def build_app(only: str | None = None) -> typer.Typer:
             llm_app.command(name, cls=LeanCommand)(command)
     for name, (module, help_text, functions) in GROUPS.items():
         if only is None or name == only:
-            group = typer.Typer(name=name, cls=LeanGroup, help=help_text, epilog=EXIT_CODES_EPILOG, no_args_is_help=True,
-                                context_settings={"help_option_names": ["-h", "--help"]})
+            default = GROUP_DEFAULTS.get(name)
+            group = typer.Typer(name=name, cls=LeanGroup, help=help_text, epilog=EXIT_CODES_EPILOG, no_args_is_help=default is None,
+                                invoke_without_command=default is not None, context_settings={"help_option_names": ["-h", "--help"]})
             loaded = importlib.import_module(f"msting.cli.{module}")
+            if default is not None:
+                group.callback()(getattr(loaded, default))
             for function in functions:
                 group.command(function, cls=LeanCommand)(getattr(loaded, function))
             llm_app.add_typer(group, name=name)

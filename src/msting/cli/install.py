@@ -47,7 +47,8 @@ class Steps:
 def install(
     model: Annotated[
         Optional[str],
-        typer.Option("--model", metavar="PATH", help="A GGUF model file to serve (default: the built-in test model)."),
+        typer.Option("--model", metavar="PATH|SOURCE", help="A GGUF model file to serve, or a source to pull it from first "
+                     "(hf://ORG/REPO[/FILE.gguf|:QUANT], ollama://NAME:TAG, https://.../FILE.gguf); default: the built-in test model."),
     ] = None,
     no_deps: Annotated[bool, typer.Option("--no-deps", help="Do not pip-install llama-cpp-python when it is missing.")] = False,
     no_start: Annotated[bool, typer.Option("--no-start", help="Only prepare dependencies, config and model; do not start the daemon.")] = False,
@@ -78,13 +79,18 @@ def _install(term: Terminal, steps: Steps, model: str | None, no_deps: bool, no_
     steps.begin("dependencies", "Python dependencies (llama-cpp-python)")
     steps.done(*_ensure_deps(term, no_deps))
 
+    from msting.cli.manage import is_source
+
+    source = model if model is not None and is_source(model) else None
     steps.begin("config", "configuration")
-    env, detail = _write_config(model)
+    env, detail = _write_config(None if source else model)
     steps.done(detail)
 
     steps.begin("model", "model file")
+    if source is not None:
+        env = _pull_model(term, env, source, no_start, timeout)
     model_path, detail = _check_model(env)
-    steps.done(detail)
+    steps.done(f"pulled {source}: {detail}" if source else detail)
 
     llm = env.config.llm
     summary: dict[str, Any] = {
@@ -155,6 +161,30 @@ def _gpu_backend(term: Terminal, env: Any) -> dict[str, Any] | None:
     if gpu["hint"]:
         term.warn(gpu["hint"])
     return {k: gpu[k] for k in ("backend", "line", "compiled", "hardware", "gpu_devices", "hint")}
+
+
+def _pull_model(term: Terminal, env: Any, source: str, no_start: bool, timeout: float | None) -> Any:
+    """Download *source* through the daemon (`msting llm pull`'s job and progress; the
+    daemon is started for it when it is not running, and stopped again after it with
+    --no-start), then point llm.model at the installed file. The new Env."""
+    from msting.cli.control import start_daemon, stop_daemon
+    from msting.cli.manage import pull_for_install
+    from msting.cli.status import connect, daemon_errors
+
+    was_running = env.is_running()
+    if not was_running:
+        term.info("  starting the daemon to download the model")
+        start_daemon(term, env, env.startup_timeout if timeout is None else timeout)
+    try:
+        with connect(env, timeout=30.0) as client, daemon_errors(env):
+            result = pull_for_install(term, client, source)
+    finally:
+        if no_start and not was_running:
+            stop_daemon(term, env, env.stop_timeout)
+    if not result.get("path"):
+        raise CommandError(f"the pull of {source} succeeded but the daemon did not say where the file is", ExitCode.FAILED)
+    new_env, _ = _write_config(str(result["path"]))
+    return new_env
 
 
 def _ensure_deps(term: Terminal, no_deps: bool) -> tuple[str, bool]:

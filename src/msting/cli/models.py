@@ -1,5 +1,5 @@
-"""``msting llm models | load NAME | unload NAME``: the active profile's models, and
-loading or unloading one of them by hand."""
+"""``msting llm models | load NAME | unload NAME``: the active profile's models and the
+installed ones, and loading or unloading a model by hand."""
 
 from __future__ import annotations
 
@@ -24,8 +24,9 @@ _STATE_STYLES = {"ready": "green", "loading": "yellow", "degraded": "yellow", "f
 
 
 def models(json_: JsonOpt = False) -> None:
-    """List the active profile's models: type, state, context length, what each file is
-    (quantization, parameters, chat template, tools, code), workers and memory."""
+    """List the active profile's models (type, state, context length, what each file is:
+    quantization, parameters, chat template, tools, code; workers and memory), then the
+    installed models (pulled or imported) and whether the profile uses each."""
     term = Terminal(json_)
     with term.failures():
         from msting.cli.common import load_env
@@ -34,16 +35,39 @@ def models(json_: JsonOpt = False) -> None:
         with connect(env) as client, daemon_errors(env):
             listed = client.models()
             info = client.status()
+            installed = _installed(client)
     result = {
         "ok": True,
         "profile": info.get("profile"),
         "default_model": info.get("default_model"),
         "models": merge_models(listed, info.get("models") or []),
+        "installed": installed,
     }
     if json_:
         term.emit_json(result)
     else:
         print_models(term, result)
+
+
+def _installed(client: Any) -> list[dict[str, Any]] | None:
+    """The installed models (GET /llm/installed), each with its ``details``; None from a
+    daemon without the route."""
+    from msting.client import MstingError
+
+    try:
+        rows = client.installed_models()
+    except MstingError as exc:
+        if exc.status == 404:
+            return None
+        raise
+    return [{**row, "details": row_details(row)} for row in rows]
+
+
+def row_details(row: dict[str, Any]) -> dict[str, Any] | None:
+    """What an installed model's file is: its ``details`` (``capabilities`` in rows of an
+    earlier daemon)."""
+    value = row.get("details", row.get("capabilities"))
+    return value if isinstance(value, dict) and value else None
 
 
 def merge_models(listed: list[dict[str, Any]], shown: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -86,6 +110,8 @@ def print_models(term: Terminal, result: dict[str, Any]) -> None:
     rows = result["models"]
     if not rows:
         term.info(f"profile '{result.get('profile')}' has no models")
+        if result.get("installed"):
+            print_installed(term, result["installed"])
         return
     title = f"models of profile '{result['profile']}'" if result.get("profile") else "models"
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, collapse_padding=True)
@@ -126,9 +152,34 @@ def print_models(term: Terminal, result: dict[str, Any]) -> None:
             fmt_bytes(m["rss_bytes"], short=True) if m.get("rss_bytes") else "-",
         )
     term.print(table)
+    if result.get("installed"):
+        print_installed(term, result["installed"])
     legend = "* default model; quant, params, features: read from the model file (chat: a chat template; tools: it renders tools; " \
              "code: a code model; vision: a projector); keep-alive = how long an idle model stays loaded (always: always-ready); workers: pid, state, slots busy/total, RSS"
     term.print(Text(legend, style="dim"))
+
+
+def print_installed(term: Terminal, rows: list[dict[str, Any]]) -> None:
+    """The installed models: what each file is, where it came from, whether the active
+    profile uses it (a profile names one as ``source: installed:NAME``)."""
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title="installed models", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False,
+                  collapse_padding=True)
+    for col, justify in (("name", "left"), ("quant", "left"), ("params", "right"), ("size", "right"), ("features", "left"),
+                         ("in use", "left"), ("source", "left")):
+        table.add_column(col, justify=justify, no_wrap=col not in ("source", "features"), overflow="fold")
+    for row in rows:
+        details = row.get("details") or {}
+        use = Text("yes", style="green") if row.get("in_use") else Text("no", style="dim")
+        if row.get("present") is False:
+            use = Text("file missing", style="bold red")
+        table.add_row(str(row.get("name", "?")), str(details.get("quantization") or "-"), fmt_count(details.get("n_params")),
+                      fmt_bytes(row.get("size_bytes"), short=True), ", ".join(features(details)) or "-", use,
+                      Text(str(row.get("source") or "-") + (" (linked)" if row.get("linked") else "")))
+    term.print(table)
 
 
 _FEATURES = (("instructed", "chat"), ("tooling", "tools"), ("coding", "code"))

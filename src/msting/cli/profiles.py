@@ -191,7 +191,9 @@ def run_switch(term: Terminal, client: Any, name: str, timeout: float, last: dic
         ) from None
 
     if job.get("state") != "succeeded":
-        error = job.get("error") or f"the switch ended in state '{job.get('state')}'"
+        from msting.cli.jobs_view import error_text
+
+        error = error_text(job, with_code=False) or f"the switch ended in state '{job.get('state')}'"
         routed = any(s.get("name") == "switch" and s.get("state") == "done" for s in job.get("steps") or [])
         after = "routing had already moved to the new profile" if routed else "the previous profile keeps serving"
         return job, Outcome(False, ExitCode.FAILED, f"switch to '{target}' failed: {error}\n{after}")

@@ -215,9 +215,61 @@ class MstingClient:
 
         return self._json("GET", f"/v1/jobs/{quote(job_id, safe='')}", timeout=timeout)
 
-    def jobs(self, timeout: float | None = None) -> list[dict[str, Any]]:
-        """``GET /v1/jobs``: the recent jobs, newest first."""
-        return self._json("GET", "/v1/jobs", timeout=timeout)["data"]
+    def jobs(self, timeout: float | None = None, *, type: str | None = None, state: str | None = None) -> list[dict[str, Any]]:
+        """``GET /v1/jobs``: the recent jobs of every type, newest first; ``type`` and
+        ``state`` filter them."""
+        from urllib.parse import urlencode
+
+        query = urlencode({k: v for k, v in (("type", type), ("state", state)) if v})
+        return self._json("GET", "/v1/jobs" + (f"?{query}" if query else ""), timeout=timeout)["data"]
+
+    def create_job(self, type: str, params: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+        """``POST /jobs``: start a job (``install``, ``import``, ``update``, ``delete``,
+        ``load``, ``unload``) and return it at once (202). A second install of a file
+        already being fetched returns that same job. A bad type or parameter is a 400
+        naming the field; deleting a model the active profile uses a 409."""
+        return self._json("POST", "/jobs", {"type": type, "params": params}, timeout=timeout)
+
+    def cancel_job(self, job_id: str, timeout: float | None = None) -> dict[str, Any]:
+        """``DELETE /jobs/{id}``: cancel a job; the job as it is then (a job already
+        finished comes back unchanged). An unknown id is a 404."""
+        from urllib.parse import quote
+
+        return self._json("DELETE", f"/jobs/{quote(job_id, safe='')}", timeout=timeout)
+
+    def job_events(self, job_id: str, timeout: float | None = LONG_TIMEOUT) -> Iterator[dict[str, Any]]:
+        """``GET /jobs/{id}/events``: the job at once, then again on every change (its
+        progress several times a second while bytes move), ending after its final
+        state. ``timeout`` bounds the wait for each event; the iterator just ends if the
+        stream does (check the last job's ``state``)."""
+        from urllib.parse import quote
+
+        try:
+            with self._http.stream("GET", f"/jobs/{quote(job_id, safe='')}/events", timeout=_timeout(timeout)) as response:
+                if response.status_code != 200:
+                    response.read()
+                    raise _error_from(response, _body(response))
+                for _event, data in _iter_sse(response.iter_lines()):
+                    yield data
+        except httpx.TransportError as exc:
+            raise self._transport_error(exc) from None
+
+    def search_registry(self, query: str, limit: int | None = None, timeout: float | None = None) -> list[dict[str, Any]]:
+        """``GET /llm/registry/search?q=``: Hugging Face models matching ``query``, each
+        ``{"id", "source", "downloads", "likes", "files"}``. The hub unreachable is a
+        502/503 with its reason."""
+        from urllib.parse import urlencode
+
+        params: dict[str, Any] = {"q": query}
+        if limit is not None:
+            params["limit"] = limit
+        return self._json("GET", f"/llm/registry/search?{urlencode(params)}", timeout=timeout)["data"]
+
+    def installed_models(self, timeout: float | None = None) -> list[dict[str, Any]]:
+        """``GET /llm/installed``: the installed models (pulled or imported), each with its
+        ``name``, ``source``, ``path``, ``size_bytes``, ``sha256``, what the file is, and
+        whether the active profile uses it (``in_use``)."""
+        return self._json("GET", "/llm/installed", timeout=timeout)["data"]
 
     def generate(
         self,

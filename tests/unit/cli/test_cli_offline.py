@@ -76,6 +76,7 @@ def test_help_lists_commands_and_exit_codes(home):
 LLM_COMMANDS = (
     "install", "start", "stop", "restart", "status", "wait", "logs", "health",
     "profiles", "switch-profile", "models", "load", "unload",
+    "pull", "import", "rm", "search", "jobs",
 )  # fmt: skip
 NOT_RUNNING = "msting daemon is not running (start it with `msting llm start`)"
 
@@ -89,6 +90,12 @@ DAEMON_COMMANDS = [
     ("load", "msting-tiny"),
     ("load", "msting-tiny", "--timeout", "5"),
     ("unload", "msting-tiny"),
+    ("pull", "hf://org/repo:Q4_K_M"),
+    ("pull", "ollama://tiny:latest", "--sha256", "0" * 64),
+    ("rm", "msting-tiny"),
+    ("search", "tiny"),
+    ("jobs",),
+    ("jobs", "cancel", "job-123"),
 ]
 
 
@@ -127,6 +134,35 @@ def test_daemon_command_json_not_running(home, args):
     assert data["running"] is False
     assert data["error"]["message"] == NOT_RUNNING
     assert data["error"]["exit_code"] == 1
+
+
+@pytest.mark.parametrize("source,hint", [("tiny.gguf", "sources: hf://"), ("ftp://host/x.gguf", "sources: hf://"),
+                                         ("hf://", "sources: hf://")])
+def test_pull_of_a_non_source_is_a_usage_error(home, source, hint):
+    result = run(home, "llm", "pull", source)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"'{source}' is not a model source" in result.stderr and hint in result.stderr
+
+
+def test_pull_of_a_local_file_points_at_import(home, builtin_model_path):
+    result = run(home, "llm", "pull", str(builtin_model_path), "--json")
+    assert result.returncode == 2
+    error = json.loads(result.stdout)["error"]
+    assert error["hint"] == f"'{builtin_model_path}' is a local file: `msting llm import {builtin_model_path}` registers it"
+
+
+def test_import_checks_the_file_before_the_daemon(home, tmp_path):
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"not a model")
+    result = run(home, "llm", "import", str(junk))
+    assert result.returncode == 2 and "is not a GGUF file" in result.stderr
+    result = run(home, "llm", "import", str(tmp_path / "missing.gguf"))
+    assert result.returncode == 2 and "does not exist" in result.stderr
+
+
+def test_jobs_state_filter_is_checked(home):
+    result = run(home, "llm", "jobs", "--state", "done")
+    assert result.returncode == 2 and "unknown state 'done'" in result.stderr
 
 
 def test_usage_error_exits_2(home):
@@ -203,7 +239,8 @@ def test_start_with_unknown_config_key_exits_2(home):
     assert any("bogus_knob" in p for p in data["config_problems"])
 
 
-@pytest.mark.parametrize("args", [("--help",), ("llm", "status", "--json"), ("llm", "profiles", "--json"), ("llm", "models", "--json")])
+@pytest.mark.parametrize("args", [("--help",), ("llm", "status", "--json"), ("llm", "profiles", "--json"), ("llm", "models", "--json"),
+                                  ("llm", "jobs", "--json"), ("llm", "pull", "hf://org/repo", "--json")])
 def test_import_path_is_lean(home, args):
     result = run(home, *args, python_flags=("-X", "importtime"))
     assert result.returncode in (0, 1), result.stderr
