@@ -65,7 +65,8 @@ class Shared:
     transfer: Transfer
     task: asyncio.Future
     watchers: list[Callable[[int, int | None], None]] = field(default_factory=list)
-    jobs: set[str] = field(default_factory=set)
+    jobs: set[str] = field(default_factory=set)  # the jobs still waiting for the bytes
+    users: int = 0  # the jobs that have not installed the file yet: the last one removes the part
 
 
 def _capabilities(path: Path) -> dict:
@@ -345,18 +346,25 @@ class ModelJobs:
         if job.state.terminal:
             raise _Halted()
         self.jobs.begin(job, "downloading", resolved.url)
-        fetched = await self._shared_transfer(job, resolved)
-        again = f", resumed at byte {fetched.resumed_from}" if fetched.resumed_from else ""
-        self.jobs.end(job, "downloading", f"{fetched.size} bytes, {fetched.fetched} fetched{again}")
-        self.jobs.begin(job, "verifying")
-        part = fetched.part
-        await self._thread(lambda: _check_gguf(part))
-        how = "sha256 matches the source's" if resolved.sha256 else "no sha256 from the source; computed"
-        self.jobs.end(job, "verifying", f"{how}: {fetched.sha256}")
-        return await self._install(job, part, name, source=resolved.source, sha256=fetched.sha256, size=fetched.size,
-                                   revision=resolved.revision or fetched.etag or fetched.sha256, move=True)
+        shared = self._join(job, resolved)
+        try:
+            fetched = await self._wait_transfer(job, shared)
+            again = f", resumed at byte {fetched.resumed_from}" if fetched.resumed_from else ""
+            self.jobs.end(job, "downloading", f"{fetched.size} bytes, {fetched.fetched} fetched{again}")
+            self.jobs.begin(job, "verifying")
+            part = fetched.part
+            await self._thread(lambda: _check_gguf(part))
+            how = "sha256 matches the source's" if resolved.sha256 else "no sha256 from the source; computed"
+            self.jobs.end(job, "verifying", f"{how}: {fetched.sha256}")
+            return await self._install(job, part, name, source=resolved.source, sha256=fetched.sha256, size=fetched.size,
+                                       revision=resolved.revision or fetched.etag or fetched.sha256, move=True)
+        finally:
+            shared.users -= 1
+            if shared.users == 0 and shared.task.done() and not shared.task.cancelled() and shared.task.exception() is None:
+                shared.transfer.discard()  # every job that waited has its copy
 
-    async def _shared_transfer(self, job: Job, resolved: Resolved) -> Fetched:
+    def _join(self, job: Job, resolved: Resolved) -> Shared:
+        """The transfer of this file: the one running, or a new one."""
         key = self._key(resolved)
         shared = self._shared.get(key)
         if shared is None:
@@ -373,9 +381,13 @@ class ModelJobs:
             self._shared[key] = shared
             shared.task.add_done_callback(lambda _: self._shared.pop(key, None) if self._shared.get(key) is shared else None)
         shared.jobs.add(job.id)
+        shared.users += 1
         shared.watchers.append(self._progress(job))
         if resolved.size is not None:
             self.jobs.advance(job, 0, resolved.size)
+        return shared
+
+    async def _wait_transfer(self, job: Job, shared: Shared) -> Fetched:
         try:
             fetched = await asyncio.shield(shared.task)
         except asyncio.CancelledError:
@@ -394,22 +406,16 @@ class ModelJobs:
 
         def place() -> None:
             self.models_dir.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.tmp")
+            tmp.unlink(missing_ok=True)
             if link:
-                tmp = target.with_name(f".{target.name}.link")
-                tmp.unlink(missing_ok=True)
                 os.symlink(source_file, tmp)
-                os.replace(tmp, target)
-            elif move and source_file.exists():
-                os.replace(source_file, target)
-                (source_file.with_suffix(".json")).unlink(missing_ok=True)
-            elif move:  # a shared transfer another job installed first: the same bytes again
-                twin = next((Path(r["path"]) for r in self.store.installed_models() if r["sha256"] == sha256
-                             and Path(r["path"]).exists()), None)
-                if twin is None:
-                    raise TransferFailed("fetch_failed", f"the downloaded file {source_file} went away before it was installed")
-                tmp = target.with_name(f".{target.name}.tmp")
-                shutil.copyfile(twin, tmp)
-                os.replace(tmp, target)
+            elif move:  # a hard link: a download shared with other jobs stays until the last has its copy
+                try:
+                    os.link(source_file, tmp)
+                except OSError:
+                    shutil.copyfile(source_file, tmp)
+            os.replace(tmp, target)
 
         if job.state.terminal:
             raise _Halted()
@@ -461,8 +467,11 @@ class ModelJobs:
             part.unlink(missing_ok=True)
             raise
         self.jobs.end(job, "verifying", f"a GGUF file, sha256 {sha}")
-        return await self._install(job, src if link else part, name, source=f"file:{src}", sha256=sha, size=size,
-                                   revision=sha, move=not link, link=link)
+        try:
+            return await self._install(job, src if link else part, name, source=f"file:{src}", sha256=sha, size=size,
+                                       revision=sha, move=not link, link=link)
+        finally:
+            part.unlink(missing_ok=True)
 
     async def _run_delete(self, job: Job, stop: threading.Event) -> dict:
         row = self._installed(job.params)

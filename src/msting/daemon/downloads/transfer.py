@@ -25,7 +25,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from msting.daemon.downloads.http import FetchError, Reply, request
 
@@ -34,7 +34,7 @@ MAX_CHECKPOINT = 8 << 20  # a checkpoint at least every 8 MiB ...
 MIN_CHECKPOINT = 64 << 10  # ... and at most every 64 KiB: small files lose little on a kill
 CHECKPOINT_SEC = 1.0  # ... and at least once a second while bytes arrive
 PROGRESS_SEC = 0.1  # how often progress is reported
-SPACE_MARGIN = 16 << 20  # free space kept beyond the file's own size
+SPACE_MARGIN = 1 << 20  # free space kept beyond the file's own size
 
 
 class TransferFailed(Exception):
@@ -90,7 +90,11 @@ class Transfer:
         self.backoff_sec = backoff_sec
         self.stop = threading.Event()
         self._reply: Reply | None = None
-        self.fetched = 0
+        self.fetched = 0  # bytes received over the network by this transfer
+        self.offset = 0  # bytes of the part written and hashed
+        self.etag: str | None = None
+        self.size: int | None = want.size
+        self.digest: Any = hashlib.sha256()
 
     def halt(self) -> None:
         """Stop at once (from another thread): the part and state stay for a resume."""
@@ -119,7 +123,7 @@ class Transfer:
                                    "verified": verified, "at": time.time()}))
         os.replace(tmp, self.state_file)
 
-    def _resume_point(self) -> tuple[int, str | None, hashlib._Hash]:
+    def _resume_point(self) -> tuple[int, str | None, Any]:
         """The bytes of the part kept (the last checkpoint), their hash, the validator."""
         state = self._read_state()
         digest = hashlib.sha256()
@@ -142,36 +146,37 @@ class Transfer:
 
     def run(self) -> Fetched:
         self.folder.mkdir(parents=True, exist_ok=True)
-        offset, etag, digest = self._resume_point()
-        resumed_from = offset
-        self._check_space(offset)
+        self.offset, self.etag, self.digest = self._resume_point()
+        resumed_from = self.offset
+        self._check_space(self.offset)
         failures = 0
-        size = self.want.size
+        self.size = self.want.size
         while True:
             if self.stop.is_set():
                 raise Stopped()
+            before = self.offset
             try:
-                before = offset
-                offset, etag, size, digest = self._attempt(offset, etag, size, digest)
+                self._attempt()
                 break
             except FetchError as exc:
                 if not exc.transient:
                     raise TransferFailed("fetch_failed", str(exc)) from None
-                failures = 0 if offset > before else failures + 1
+                failures = 0 if self.offset > before else failures + 1
                 if failures > self.max_retries:
                     raise TransferFailed("fetch_failed", f"{exc} (gave up after {self.max_retries} retries)") from None
                 delay = min(30.0, self.backoff_sec * (2 ** max(0, failures - 1))) * random.uniform(0.5, 1.0)
                 if self.stop.wait(delay):
                     raise Stopped() from None
-        got = digest.hexdigest()
+        got = self.digest.hexdigest()
         if self.want.sha256 and got != self.want.sha256.lower():
             self.discard()
             raise TransferFailed("checksum_mismatch", f"the sha256 of {self.want.url} is {got}, not the expected "
                                  f"{self.want.sha256.lower()}; nothing was kept")
-        if self.want.size is not None and offset != self.want.size:
+        if self.want.size is not None and self.offset != self.want.size:
             self.discard()
-            raise TransferFailed("size_mismatch", f"{self.want.url} gave {offset} bytes, not the expected {self.want.size}; nothing was kept")
-        return Fetched(self.part, got, offset, etag, resumed_from, self.fetched)
+            raise TransferFailed("size_mismatch", f"{self.want.url} gave {self.offset} bytes, not the expected {self.want.size}; "
+                                 "nothing was kept")
+        return Fetched(self.part, got, self.offset, self.etag, resumed_from, self.fetched)
 
     def _check_space(self, offset: int) -> None:
         if self.want.size is None:
@@ -183,105 +188,104 @@ class Transfer:
                                  f"(the file's {_mb(self.want.size - offset)} left, plus {_mb(SPACE_MARGIN)} spare), "
                                  f"{_mb(free)} is free; free some space and install again")
 
-    def _attempt(self, offset: int, etag: str | None, size: int | None, digest):
-        """One request from `offset` to the end; returns (offset, etag, size, digest)."""
+    def _attempt(self) -> None:
+        """One request from `self.offset` to the end; the bytes received so far stay
+        written and hashed when it fails, so the next attempt goes on from there."""
         headers = dict(self.want.headers)
-        if offset:
-            headers["Range"] = f"bytes={offset}-"
-            if etag:
-                headers["If-Range"] = etag
+        if self.offset:
+            headers["Range"] = f"bytes={self.offset}-"
+            if self.etag:
+                headers["If-Range"] = self.etag
         reply = request(self.want.url, headers=headers, timeout=self.stall_sec)
         self._reply = reply
         try:
             status = reply.status
-            if status == 416 and offset and size is not None and offset >= size:
-                return offset, etag, size, digest  # the part was already whole
+            if status == 416 and self.offset and self.size is not None and self.offset >= self.size:
+                return  # the part was already whole
             if status == 416:
-                raise FetchError(f"GET {reply.url}: HTTP 416 for bytes {offset}-", transient=False, status=416)
-            new_etag = reply.header("ETag") or etag
+                raise FetchError(f"GET {reply.url}: HTTP 416 for bytes {self.offset}-", transient=False, status=416)
+            self.etag = reply.header("ETag") or self.etag
             length = reply.header("Content-Length")
             if status == 206:
                 total = _range_total(reply.header("Content-Range"))
-                size = total if total is not None else size
+                self.size = total if total is not None else self.size
             else:  # 200: the whole file (no Range asked for, or the server would not resume)
-                if offset:
-                    offset, digest = 0, hashlib.sha256()
-                size = int(length) if length and length.isdigit() else size
-            if self.want.size is not None and size is not None and size != self.want.size:
-                raise FetchError(f"GET {reply.url}: the server says {size} bytes, the source {self.want.size}", transient=False)
-            if offset == 0:
-                self._write_state(0, new_etag, size)
-            offset = self._receive(reply, offset, new_etag, size, digest)
-            if size is not None and offset < size:
-                raise FetchError(f"GET {reply.url}: the connection closed at byte {offset} of {size}", transient=True)
-            self._write_state(offset, new_etag, size)
-            return offset, new_etag, size, digest
+                self.offset, self.digest = 0, hashlib.sha256()
+                self.size = int(length) if length and length.isdigit() else self.size
+            if self.want.size is not None and self.size is not None and self.size != self.want.size:
+                raise FetchError(f"GET {reply.url}: the server says {self.size} bytes, the source {self.want.size}", transient=False)
+            if self.offset == 0:
+                self._write_state(0, self.etag, self.size)
+            self._receive(reply)
+            if self.size is not None and self.offset < self.size:
+                raise FetchError(f"GET {reply.url}: the connection closed at byte {self.offset} of {self.size}", transient=True)
         finally:
             self._reply = None
             reply.close()
 
-    def _receive(self, reply: Reply, offset: int, etag: str | None, size: int | None, digest) -> int:
-        buf = bytearray(BUFFER)
-        view = memoryview(buf)
+    def _receive(self, reply: Reply) -> None:
+        size, etag = self.size, self.etag
         every = checkpoint_every(size)
-        mode = "r+b" if offset else "wb"
         last_report = last_check = time.monotonic()
-        with open(self.part, mode) as f:
-            f.seek(offset)
-            f.truncate(offset)
-            checked = offset
-            self.on_progress(offset, size)
-            while True:
-                if self.stop.is_set():
-                    raise Stopped()
-                try:
-                    n = reply.response.readinto(view)
-                except (OSError, http.client.HTTPException) as exc:  # a timeout is a stall: another attempt
+        with open(self.part, "r+b" if self.offset else "wb") as f:
+            f.seek(self.offset)
+            f.truncate(self.offset)
+            checked = self.offset
+            self.on_progress(self.offset, size)
+            try:
+                while True:
                     if self.stop.is_set():
-                        raise Stopped() from None
-                    self._checkpoint(f, offset, etag, size)
-                    what = "stalled" if isinstance(exc, TimeoutError) else (str(exc) or type(exc).__name__)
-                    raise FetchError(f"GET {reply.url}: {what} at byte {offset}", transient=True) from None
-                if not n:
-                    break
-                chunk = view[:n]
-                try:
-                    f.write(chunk)
-                except OSError as exc:
-                    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                        f.close()
-                        self.discard()
-                        raise TransferFailed("no_space", f"the disk holding {self.folder} filled up after {offset} of "
-                                             f"{size if size is not None else '?'} bytes ({os.strerror(exc.errno)}); "
-                                             "the partial file was removed: free some space and install again") from None
-                    raise
-                digest.update(chunk)
-                offset += n
-                self.fetched += n
-                now = time.monotonic()
-                if offset - checked >= every or now - last_check >= CHECKPOINT_SEC:
-                    self._checkpoint(f, offset, etag, size)
-                    checked, last_check = offset, now
-                if now - last_report >= PROGRESS_SEC:
-                    self.on_progress(offset, size)
-                    last_report = now
-            self._checkpoint(f, offset, etag, size)
-        self.on_progress(offset, size)
-        return offset
+                        raise Stopped()
+                    try:
+                        # read1: what has arrived, up to BUFFER (readinto would wait for a full
+                        # buffer and lose what came before a stall)
+                        chunk = reply.response.read1(BUFFER)
+                    except (OSError, http.client.HTTPException) as exc:  # a timeout is a stall: another attempt
+                        if self.stop.is_set():
+                            raise Stopped() from None
+                        what = "stalled" if isinstance(exc, TimeoutError) else (str(exc) or type(exc).__name__)
+                        raise FetchError(f"GET {reply.url}: {what} at byte {self.offset}", transient=True) from None
+                    n = len(chunk)
+                    if not n:
+                        break
+                    try:
+                        f.write(chunk)
+                    except OSError as exc:
+                        self._no_space(exc, f)
+                        raise
+                    self.digest.update(chunk)
+                    self.offset += n
+                    self.fetched += n
+                    now = time.monotonic()
+                    if self.offset - checked >= every or now - last_check >= CHECKPOINT_SEC:
+                        self._checkpoint(f, etag, size)
+                        checked, last_check = self.offset, now
+                    if now - last_report >= PROGRESS_SEC:
+                        self.on_progress(self.offset, size)
+                        last_report = now
+            finally:
+                if not f.closed:
+                    self._checkpoint(f, etag, size)
+        self.on_progress(self.offset, size)
 
-    def _checkpoint(self, f, offset: int, etag: str | None, size: int | None) -> None:
+    def _no_space(self, exc: OSError, f) -> None:
+        """ENOSPC (or a quota): a clear failure, and the partial file removed."""
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            f.close()
+            self.discard()
+            total = self.size if self.size is not None else "?"
+            raise TransferFailed("no_space", f"the disk holding {self.folder} filled up after {self.offset} of {total} bytes "
+                                 f"({os.strerror(exc.errno)}); the partial file was removed: free some space and install again") from None
+
+    def _checkpoint(self, f, etag: str | None, size: int | None) -> None:
+        """The part's bytes so far on disk for sure, then the state saying so."""
         try:
             f.flush()
             os.fdatasync(f.fileno())
         except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                f.close()
-                self.discard()
-                raise TransferFailed("no_space", f"the disk holding {self.folder} filled up after {offset} bytes "
-                                     f"({os.strerror(exc.errno)}); the partial file was removed: free some space and "
-                                     "install again") from None
+            self._no_space(exc, f)
             raise
-        self._write_state(offset, etag, size)
+        self._write_state(self.offset, etag, size)
 
 
 def _range_total(content_range: str | None) -> int | None:

@@ -1,0 +1,6 @@
+"""Local stand-ins for the model registries (Hugging Face's hub, the Ollama registry, a
+plain file server) that the download tests and bench/downloads.py fetch from; see
+server.py. A test module imports the fixture:
+
+    from registries.plugin import registries  # noqa: F401  (a pytest fixture)
+"""
