@@ -5,6 +5,7 @@ readiness checks, the log's tail, and restarting the daemon itself."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from typing import TYPE_CHECKING, AsyncIterator, Callable
@@ -36,6 +37,7 @@ class DaemonControl:
         self._metrics = metrics
         self._restart = restart
         self._model_jobs = model_jobs
+        self._stop_begun = asyncio.Event()
         self.default_load_timeout = self.service.config.llm_service.startup_timeout_sec
 
     def _readiness(self) -> tuple[str, str | None]:
@@ -211,6 +213,18 @@ class DaemonControl:
         self._restart()
         return {"restarting": True, "pid": os.getpid(),
                 "detail": "the daemon drains, stops its workers and starts again in the same process (same pid)"}
+
+    def begin_stop(self) -> None:
+        """The daemon begins to stop (a signal, or a restart asked for): live feeds end
+        now, so that none holds the HTTP server's shutdown."""
+        self._stop_begun.set()
+
+    async def wait_stopping(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for the daemon to begin stopping; True once it has."""
+        if not self._stop_begun.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stop_begun.wait(), timeout)
+        return self._stop_begun.is_set() or self.service.stopping
 
     def log_tail(self, lines: int) -> list[str]:
         """The last `lines` lines of the daemon's log file."""

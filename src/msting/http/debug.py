@@ -34,6 +34,7 @@ from msting.http.native import control_of, router_of
 from msting.http.sse import EventStream
 
 FEED_INTERVAL_SEC = 0.5
+STOP_WAIT_SEC = 1.0  # once the stop began, how long the last state may wait for readiness to say so
 LOG_LINES = 60
 
 PAGE = files("msting.http").joinpath("debug_page.html").read_bytes()
@@ -65,14 +66,21 @@ def snapshot(request: Request) -> dict:
 
 
 async def _states(request: Request) -> AsyncIterator[str]:
-    """States until the daemon stops: the last one says `stopping` and ends the stream, so
-    an open page never holds the HTTP server's shutdown (the page connects again)."""
+    """A state now, then one each FEED_INTERVAL_SEC until the daemon begins to stop: the
+    last one, once readiness says `stopping` (within STOP_WAIT_SEC), ends the stream at
+    once, so that an open page never holds the HTTP server's shutdown (the page connects
+    again)."""
+    control = control_of(request)
+    stopping = False
     while True:
-        state = snapshot(request)
-        yield f"event: state\ndata: {json.dumps(state, separators=(',', ':'), default=str)}\n\n"
-        if state["status"]["readiness"]["status"] == "stopping":
+        if stopping:
+            deadline = time.monotonic() + STOP_WAIT_SEC
+            while control.readiness()[0] != "stopping" and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)  # the shutdown's first step closes admission
+        yield f"event: state\ndata: {json.dumps(snapshot(request), separators=(',', ':'), default=str)}\n\n"
+        if stopping:
             return
-        await asyncio.sleep(FEED_INTERVAL_SEC)
+        stopping = await control.wait_stopping(FEED_INTERVAL_SEC)
 
 
 async def feed(request: Request) -> Response:
