@@ -270,6 +270,7 @@ async def _serve(config: Config, paths: Paths, sockets: list[socket.socket], sec
     watchdog_task = asyncio.create_task(keep_watchdog(notifier), name="notify watchdog")
 
     sig = await signals.get()
+    control.begin_stop()  # live feeds (the debug page's) end now
     log.info("received %s: draining (grace %gs)", signal.Signals(sig).name, config.llm_service.drain_grace_sec)
     readiness_task.cancel()  # from here on the stop's own lines
     draining = (f"draining in-flight requests (up to {config.llm_service.drain_grace_sec:g} s), "
