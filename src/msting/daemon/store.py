@@ -94,6 +94,31 @@ MIGRATIONS: list[str] = [
         updated_at REAL NOT NULL
     );
     """,
+    # 4: one usage row per request (msting.policy.usage), and the rate limits' charges of
+    # the last minute, so the limits hold across a restart (msting.policy.limits)
+    """
+    CREATE TABLE usage (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at REAL NOT NULL,
+        client TEXT,
+        service TEXT NOT NULL,
+        model TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        prompt_tokens INTEGER NOT NULL,
+        completion_tokens INTEGER NOT NULL,
+        cached_tokens INTEGER NOT NULL,
+        cost_usd REAL NOT NULL,
+        latency_ms REAL NOT NULL,
+        ttft_ms REAL,
+        cache_hit INTEGER NOT NULL,
+        outcome TEXT NOT NULL,
+        fallbacks INTEGER NOT NULL,
+        route TEXT
+    );
+    CREATE INDEX usage_at ON usage (at);
+    CREATE TABLE rate_charges (key TEXT NOT NULL, at REAL NOT NULL, tokens INTEGER NOT NULL);
+    CREATE INDEX rate_charges_at ON rate_charges (at);
+    """,
 ]
 
 MAX_EVENTS = 5000  # older events are pruned so the file stays small

@@ -67,7 +67,7 @@ def test_a_fresh_file_gets_every_migration_and_wal(db_path: Path) -> None:
     s = Store(db_path)
     try:
         assert db_path.is_file()
-        assert s.schema_version == LATEST == 3
+        assert s.schema_version == LATEST == 4
         assert _user_version(db_path) == LATEST
         assert _tables(db_path) == ALL_TABLES
         with sqlite3.connect(db_path) as other:  # WAL is a property of the file, seen by any connection
