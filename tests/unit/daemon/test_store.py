@@ -22,7 +22,7 @@ import pytest
 from msting.daemon.store import MAX_EVENTS, MIGRATIONS, Store
 
 LATEST = len(MIGRATIONS)
-ALL_TABLES = {"meta", "events", "jobs", "switches", "models", "llm_models", "llm_registry_models", "llm_service_configs"}
+ALL_TABLES = {"meta", "events", "jobs", "switches", "models", "llm_models", "llm_registry_models", "llm_service_configs", "usage", "rate_charges"}
 
 
 @pytest.fixture
