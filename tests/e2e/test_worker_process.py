@@ -1033,3 +1033,15 @@ def test_batched_embeddings_equal_each_input_alone(spawn, builtin_model_path, tm
         assert max(abs(x - y) for x, y in zip(a, b)) < 1e-6
     gen, _ = w.read_until("done")
     assert gen["id"] == "g" and gen["usage"]["completion_tokens"] == 200
+
+
+def test_an_unrelated_prompt_takes_an_empty_slot_before_another_prompts_cache(spawn, builtin_model_path):
+    w = spawn(builtin_model_path, n_threads=1, parallel=2)
+    w.boot()
+    story = "Once upon a time there was a little world, and the people of the world were happy. " * 3
+    first, _ = w.generate("a", prompt=story, max_tokens=5, temperature=0.0)
+    other, _ = w.generate("b", prompt="Hello", max_tokens=5, temperature=0.0)  # the empty slot
+    again, _ = w.generate("c", prompt=story, max_tokens=5, temperature=0.0)
+    assert other["usage"]["cached_tokens"] == 0
+    assert again["usage"]["cached_tokens"] == first["usage"]["prompt_tokens"] - 1  # all but the last, decoded for its logits
+    assert again["text"] == first["text"]

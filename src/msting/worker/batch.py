@@ -13,7 +13,9 @@ separate KV stream of ``n_ctx`` cells per slot; a slot's index is its llama.cpp
 sequence id. A new job joins at the next step in a free slot: the free slot whose
 kept tokens (the previous sequence's prompt and reply, still in its KV) share the
 longest prefix with the job's prompt, so only the rest of the prompt is decoded
-(``cached_tokens``). A job that finishes, fails or is cancelled (checked at the start
+(``cached_tokens``). A prefix shorter than :data:`CACHE_MIN_TOKENS` (a BOS and a
+space) saves nothing: such a job takes an empty slot, else the one used least
+recently, rather than destroy a cache another prompt may want. A job that finishes, fails or is cancelled (checked at the start
 of every step) leaves its slot at once.
 
 Embedding jobs run in the same loop, one decode per step (embeddings switched on for
@@ -42,6 +44,7 @@ from msting.worker.reply import ReplyText
 
 PREFILL_ALONE = 512  # prompt tokens per step when no sequence is generating
 PREFILL_SHARED = 128  # prompt tokens per step while other sequences generate
+CACHE_MIN_TOKENS = 8  # a shorter common prefix does not choose the slot (it saves nothing)
 
 
 class DecodeError(Exception):
@@ -226,7 +229,10 @@ class DecodeLoop:
                 inbox, self._inbox = self._inbox, []
                 stopping = self._stopping
             for job in inbox:
-                self._admit(job)
+                try:
+                    self._admit(job)
+                except Exception as exc:  # a bug in admitting it: that job fails
+                    _safely(job.sink.fail, exc)
             if stopping:
                 for slot in self._slots:
                     if slot.job is not None:
@@ -278,8 +284,13 @@ class DecodeLoop:
             slot = free[0]
             slot.job, slot.since = job, self._admitted
             return
-        slot = max(free, key=lambda s: (_common_prefix(s.tokens, job.prompt), -s.index))
-        keep = min(_common_prefix(slot.tokens, job.prompt), len(job.prompt) - 1)
+        # the longest common prefix worth keeping; else an empty slot, else the one
+        # used least recently (its cache is the least likely to be asked for again)
+        shared = {s.index: _common_prefix(s.tokens, job.prompt) for s in free}
+        slot = max(free, key=lambda s: (
+            shared[s.index] if shared[s.index] >= CACHE_MIN_TOKENS else 0, not s.tokens, -s.since, -s.index,
+        ))
+        keep = min(shared[slot.index], len(job.prompt) - 1)
         if keep < len(slot.tokens) and not self._forget(slot, keep):
             keep = 0
         job.fed = job.cached = keep
@@ -296,7 +307,7 @@ class DecodeLoop:
 
         return sampler_chain(
             self._lib, self._n_vocab, s["temperature"], s["top_p"],
-            s["presence_penalty"], s["frequency_penalty"], s["seed"],
+            s["presence_penalty"], s["frequency_penalty"], s["seed"], grammar=s.get("grammar"), ctx=self._ctx,
         )
 
     def _forget(self, slot: Slot, keep: int) -> bool:
@@ -432,7 +443,7 @@ class DecodeLoop:
                 assert job is not None
                 self._release(slot)
                 ms = (time.perf_counter() - job.t0) * 1000.0
-                job.sink.finish(EmbeddingResult([], job.tokens_done, ms, cancelled=True))
+                _safely(job.sink.finish, EmbeddingResult([], job.tokens_done, ms, cancelled=True), job.sink)
         except Exception as exc:
             self._fail(slot, exc)
 

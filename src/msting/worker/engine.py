@@ -34,6 +34,7 @@ from msting.worker import chat, pooling, threads
 from msting.worker.batch import PREFILL_ALONE, DecodeLoop, EmbeddingResult, EmbedJob, GenerationResult, GenJob
 from msting.worker.params import DEFAULT_N_CTX
 from msting.worker.reply import ReplyText
+from msting.worker.sampling import choices_grammar
 
 
 class EngineError(Exception):
@@ -357,6 +358,7 @@ class Engine:
         messages: list[dict[str, str]] | None = None,
         presence_penalty: float = limits.DEFAULT_PRESENCE_PENALTY,
         frequency_penalty: float = limits.DEFAULT_FREQUENCY_PENALTY,
+        choices: list[str] | None = None,
     ) -> None:
         """Start a completion of *prompt*, or the assistant's reply to chat *messages*,
         in the decode loop; its text goes to *sink* (``piece``, then ``finish`` with a
@@ -414,6 +416,7 @@ class Engine:
             sampling={
                 "temperature": temperature, "top_p": top_p, "seed": seed,
                 "presence_penalty": presence_penalty, "frequency_penalty": frequency_penalty,
+                "grammar": choices_grammar(choices) if choices else None,  # the output is one of *choices*
             },
             sink=sink,
             cancelled=cancelled,
@@ -448,7 +451,7 @@ class Engine:
                 raise RequestError(f"input[{i}] has no tokens")
         loop.submit(EmbedJob(tokens, mean_pool=self.pooling == "none", sink=sink, cancelled=cancelled, t0=t0))
 
-    def generate(self, cancelled: threading.Event | None = None, **request: Any) -> Iterator[Piece | GenerationResult]:
+    def generate(self, *, cancelled: threading.Event | None = None, **request: Any) -> Iterator[Piece | GenerationResult]:
         """:meth:`start_generate` for a caller that waits: yields Piece events, then
         exactly one GenerationResult (the same keyword arguments)."""
         sink = _WaitingSink()
