@@ -1045,3 +1045,21 @@ def test_an_unrelated_prompt_takes_an_empty_slot_before_another_prompts_cache(sp
     assert other["usage"]["cached_tokens"] == 0
     assert again["usage"]["cached_tokens"] == first["usage"]["prompt_tokens"] - 1  # all but the last, decoded for its logits
     assert again["text"] == first["text"]
+
+
+@pytest.mark.parametrize("ending", ["shutdown", "eof"])
+def test_shutdown_with_every_slot_generating_exits_zero(spawn, builtin_model_path, ending):
+    w = spawn(builtin_model_path, n_threads=1, parallel=3, n_ctx=8192)
+    w.boot()
+    for rid in ("a", "b", "c"):
+        w.send("generate", rid, prompt="Hello", max_tokens=1_000_000, stream=True)
+    seen: set[str] = set()
+    while seen != {"a", "b", "c"}:
+        seen.add(w.read()["id"])
+    t0 = time.monotonic()
+    if ending == "eof":
+        w.sock.shutdown(socket.SHUT_WR)
+    else:
+        w.send("shutdown")
+    assert w.wait() == 0
+    assert time.monotonic() - t0 < 10
