@@ -9,6 +9,9 @@ worker reads ``MSTING_WORKER_FAILPOINTS`` (off when unset), a comma-separated li
     the worker kills itself (SIGKILL) when a ``generate`` it is about to run has TEXT
     in its prompt or in one of its messages: a request that crashes every worker it
     reaches;
+``slow_on_prompt=TEXT``
+    the worker waits SLOW_SEC before it starts a ``generate`` that has TEXT in its
+    prompt or in one of its messages: a model too slow for a time budget;
 ``crash_at_load_while=PATH``
     the worker aborts (SIGABRT) while loading its model, as long as PATH exists: a
     model whose workers die before they become ready, until PATH is removed.
@@ -21,16 +24,19 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
 ENV_VAR = "MSTING_WORKER_FAILPOINTS"
+SLOW_SEC = 1.0
 
 
 @dataclass(frozen=True)
 class Failpoints:
     crash_on_prompt: str | None = None
     crash_at_load_while: str | None = None
+    slow_on_prompt: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Failpoints:
@@ -47,11 +53,12 @@ class Failpoints:
             os.abort()
 
     def at_generate(self, args: Mapping[str, Any]) -> None:
-        marker = self.crash_on_prompt
-        if not marker:
+        if not (self.crash_on_prompt or self.slow_on_prompt):
             return
         texts = [args.get("prompt") or ""] + [m.get("content") or "" for m in args.get("messages") or []]
-        if any(marker in text for text in texts):
+        if self.slow_on_prompt and any(self.slow_on_prompt in text for text in texts):
+            time.sleep(SLOW_SEC)
+        if self.crash_on_prompt and any(self.crash_on_prompt in text for text in texts):
             os.kill(os.getpid(), signal.SIGKILL)
 
 

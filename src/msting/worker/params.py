@@ -21,6 +21,8 @@ from msting.api import limits
 
 DEFAULT_N_CTX = 2048
 PARALLEL = (1, 64)  # sequences one worker serves at once (slots)
+MAX_CHOICES = 64  # strings a generate's `choices` may list (the router model's routes)
+MAX_CHOICE_CHARS = 64
 
 
 class BadRequest(ValueError):
@@ -122,7 +124,9 @@ def parse_generate(frame: dict[str, Any]) -> dict[str, Any]:
     stream = frame.get("stream", False)
     if not isinstance(stream, bool):
         raise BadRequest("'stream' must be a boolean")
+    choices = _choices(frame.get("choices"))
     return {
+        **({"choices": choices} if choices else {}),
         "prompt": prompt,
         "messages": messages,
         "max_tokens": max_tokens,
@@ -134,6 +138,20 @@ def parse_generate(frame: dict[str, Any]) -> dict[str, Any]:
         "seed": None if seed == limits.RANDOM_SEED else seed,  # None: a random seed
         "stream": stream,
     }
+
+
+def _choices(value: Any) -> list[str] | None:
+    """The optional `choices`: the output is exactly one of these strings (null or an
+    empty list: unconstrained)."""
+    if value is None or value == []:
+        return None
+    if not isinstance(value, list) or len(value) > MAX_CHOICES:
+        raise BadRequest(f"'choices' must be a list of at most {MAX_CHOICES} strings")
+    for i, choice in enumerate(value):
+        if not isinstance(choice, str) or not choice or len(choice) > MAX_CHOICE_CHARS:
+            raise BadRequest(f"choices[{i}] must be a non-empty string of at most {MAX_CHOICE_CHARS} characters")
+        _text(choice, f"choices[{i}]")
+    return list(value)
 
 
 def parse_embed(frame: dict[str, Any]) -> dict[str, Any]:
