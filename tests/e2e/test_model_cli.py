@@ -254,3 +254,24 @@ def test_install_with_a_source_pulls_then_serves_it(home, hub: Registries):
     assert {c["name"]: c["ok"] for c in body["checks"]}["generate"] is True  # the pulled model generated
     status = home.status()
     assert [m["name"] for m in status["models"]] == [path.stem]
+
+
+def test_a_pull_follows_its_job_through_a_daemon_restart(home, hub: Registries):
+    blob = hub.hf[REPO][FILE]
+    hub.rate_bps = 150_000
+    home.start()
+    pull = subprocess.Popen([*msting_command(), "llm", "pull", SOURCE, "--json"], env=home.env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    home.wait_for(lambda: (jobs := _jobs(home, state="running")) and jobs[0]["progress"]["bytes_done"] >= blob.size * 0.2,
+                  timeout=30, interval=0.1, what="the pull to be a fifth done")
+    pid = home.daemon_pid()
+    os.kill(pid, signal.SIGKILL)
+    home.wait_for(lambda: not home.our_processes() or all(p.pid != pid for p in home.our_processes()), timeout=10,
+                  what="the daemon to be gone")
+    hub.rate_bps = None
+    home.start()  # the job resumes in the new daemon; the CLI reads it again and follows it to its end
+    out, err = pull.communicate(timeout=120)
+    assert pull.returncode == 0, out + err
+    body = json.loads(out)
+    assert body["state"] == "succeeded" and Path(body["result"]["path"]).is_file()
+    assert hub.served_of(blob) - blob.size < blob.size * 0.10

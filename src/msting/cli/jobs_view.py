@@ -20,8 +20,9 @@ from msting.cli.status import fmt_bytes
 
 TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
 _STATE_STYLES = {"queued": "dim", "running": "yellow", "succeeded": "green", "failed": "bold red", "cancelled": "magenta"}
-#: How long `follow_job` tries to reach the daemon again when its event stream broke.
-RECONNECT_SEC = 10.0
+#: How long `follow_job` tries to reach the daemon again when its event stream broke
+#: (a daemon restarted by hand or by its init system is back within this).
+RECONNECT_SEC = 30.0
 
 
 # ------------------------------------------------------------------ pure formatting
@@ -222,7 +223,7 @@ def follow_job(client: Any, job: dict[str, Any], display: JobDisplay, events: It
     """Show *job* until it is over and return it as it ended. The event stream carries
     every change; should it break (a daemon restart), the job is read again and the
     stream opened anew while the daemon answers within RECONNECT_SEC."""
-    from msting.client import DaemonUnavailable
+    from msting.client import DaemonUnavailable, RequestTimeout
 
     display.update(job)
     job_id = str(job["id"])
@@ -234,8 +235,8 @@ def follow_job(client: Any, job: dict[str, Any], display: JobDisplay, events: It
                     display.update(job)
                     if is_over(job):
                         return job
-        except DaemonUnavailable:
-            pass
+        except (DaemonUnavailable, RequestTimeout):
+            pass  # the daemon went away (a restart): read the job again below
         events = None
         time.sleep(0.1)  # the stream ended early: read the job, then listen again
         job = _read_again(client, job_id)
@@ -244,13 +245,15 @@ def follow_job(client: Any, job: dict[str, Any], display: JobDisplay, events: It
 
 
 def _read_again(client: Any, job_id: str) -> dict[str, Any]:
-    from msting.client import DaemonUnavailable
+    """The job, once the daemon answers again (a restarting daemon refuses connections,
+    or accepts them before it serves)."""
+    from msting.client import DaemonUnavailable, RequestTimeout
 
     deadline = time.monotonic() + RECONNECT_SEC
     while True:
         try:
-            return client.job(job_id)
-        except DaemonUnavailable:
+            return client.job(job_id, timeout=5.0)
+        except (DaemonUnavailable, RequestTimeout):
             if time.monotonic() >= deadline:
-                raise
+                raise DaemonUnavailable(f"the daemon did not answer again within {RECONNECT_SEC:g} s") from None
             time.sleep(0.25)

@@ -50,13 +50,16 @@ def run_job(term: Terminal, client: Any, job: dict[str, Any], title: str, last: 
     """Follow *job* to its end; a job that did not succeed is a CommandError (exit 1).
     Ctrl-C cancels the job, and says *interrupted*."""
     from msting.cli.jobs_view import JobDisplay, error_text, follow_job
-    from msting.client import MstingError
+    from msting.client import DaemonUnavailable, MstingError
 
     last["job"] = job
     term.dim(f"{title} (job {job.get('id')})")
     try:
         with JobDisplay(term, title) as display:
             job = follow_job(client, job, display)
+    except DaemonUnavailable as exc:
+        raise CommandError(f"lost the daemon while following job {job.get('id')}: {exc}",
+                           ExitCode.FAILED, hint="a download resumes when the daemon starts again; `msting llm jobs` shows it") from None
     except KeyboardInterrupt:
         try:
             job = client.cancel_job(str(job["id"]), timeout=10.0)

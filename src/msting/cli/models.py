@@ -60,7 +60,8 @@ def _installed(client: Any) -> list[dict[str, Any]] | None:
         if exc.status == 404:
             return None
         raise
-    return [{**row, "details": row_details(row)} for row in rows]
+    # `details` only: in the API `capabilities` means what an endpoint can do
+    return [{**{k: v for k, v in row.items() if k != "capabilities"}, "details": row_details(row)} for row in rows]
 
 
 def row_details(row: dict[str, Any]) -> dict[str, Any] | None:
