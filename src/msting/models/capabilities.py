@@ -1,4 +1,5 @@
-"""What a model file is, read from its GGUF header alone (pure Python, no model load).
+"""What a model file is, read from its GGUF header alone, or from an MLX model folder's
+config and safetensors headers (pure Python, no model load).
 
 :func:`capabilities_of` answers one dict, stored with every installed model and shown
 by ``/v1/models``, ``/llm/models`` and ``msting llm models`` (as ``model_info``)::
@@ -12,7 +13,7 @@ by ``/v1/models``, ``/llm/models`` and ``msting llm models`` (as ``model_info``)
     instructed      the file has a chat template
     tooling         its chat template handles tools
     coding          a code model (name, tags or architecture)
-    is_gguf, is_mlx the file's format (a GGUF file is never MLX)
+    is_gguf, is_mlx the format: a GGUF file, or an MLX model folder
     pooling         the declared pooling type (embedding models), else None
     projector       the multimodal projector file found beside the model, else None
 
@@ -35,6 +36,11 @@ The rules, each from what the file itself says:
   name or ``general.tags`` contains a code word (code, coder, coding, codellama,
   starcoder, codestral, devstral, codegemma, codeqwen), or the architecture is a
   code model's (starcoder, starcoder2, codeshell, refact).
+* **is_mlx**: the path is a folder of MLX weights (``msting.models.mlx_files``: a
+  ``config.json`` and ``*.safetensors`` files whose metadata says ``"format": "mlx"``,
+  or a config with MLX's ``quantization``); the same keys come from its config,
+  tokenizer config and safetensors headers (quantization ``4bit`` for 4-bit weights).
+  llama.cpp serves GGUF only: an MLX model is described, not served.
 """
 
 from __future__ import annotations
@@ -103,8 +109,13 @@ _STORAGE_TOKENS = re.compile(r"^(gguf|f16|f32|bf16|fp16|fp32|q\d.*|iq\d.*|tq\d.*
 
 
 def capabilities_of(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The capabilities of the GGUF file at *path* (see the module's docstring).
-    Raises :class:`ModelFileError` (a clear message) for a file that is not GGUF."""
+    """The capabilities of the GGUF file, or the MLX model folder, at *path* (see the
+    module's docstring). Raises :class:`ModelFileError` (a clear message) for anything
+    else."""
+    if Path(path).is_dir():
+        from msting.models.mlx_files import read_mlx_info
+
+        return capabilities_from_mlx(read_mlx_info(path))
     info = read_gguf_info(path)
     return capabilities_from(info, projector=find_projector(Path(path)))
 
@@ -130,7 +141,9 @@ def capabilities_from(info: GGUFInfo, projector: Path | None = None) -> dict[str
         "size_bytes": info.size_bytes,
         "instructed": bool(templates),
         "tooling": _handles_tools(templates),
-        "coding": _is_code_model(info),
+        "coding": _is_code_model(info.arch, [*info.strings("general.name"), *info.strings("general.basename"),
+                                             *info.strings("general.finetune"), *info.strings("general.tags"),
+                                             Path(info.path).stem]),
         "is_gguf": True,
         "is_mlx": False,
         "pooling": pooling if embeds else None,
@@ -173,13 +186,61 @@ def _declares_vision(info: GGUFInfo) -> bool:
     return any(key.startswith(prefixes) for key in info.metadata)
 
 
-def _is_code_model(info: GGUFInfo) -> bool:
-    if info.arch in CODE_ARCHS:
-        return True
-    texts = [*info.strings("general.name"), *info.strings("general.basename"),
-             *info.strings("general.finetune"), *info.strings("general.tags"),
-             Path(info.path).stem]
-    return any(_CODE_RE.search(text.lower()) for text in texts)
+def _is_code_model(arch: str | None, texts: list[str]) -> bool:
+    return arch in CODE_ARCHS or any(_CODE_RE.search(text.lower()) for text in texts)
+
+
+def capabilities_from_mlx(info: Any) -> dict[str, Any]:
+    """:func:`capabilities_of` for an MLX model folder (``msting.models.mlx_files.MLXInfo``):
+    the same keys, from ``config.json`` (``model_type``, ``max_position_embeddings``,
+    ``quantization.bits``, a ``vision_config``), the chat template of
+    ``tokenizer_config.json`` or ``chat_template.jinja``, and the safetensors headers."""
+    from msting.models.mlx_files import n_params
+
+    config = info.config
+    arch = info.text_config("model_type")
+    arch = arch if isinstance(arch, str) else None
+    templates = _mlx_templates(info)
+    bits = info.quantization_bits
+    if bits:
+        quant = f"{bits}bit"  # as mlx-community names its conversions
+    else:
+        dtypes = Counter(dtype for dtype, shape in info.tensors.values() if len(shape) >= 2)
+        quant = dtypes.most_common(1)[0][0] if dtypes else None
+    context = info.text_config("max_position_embeddings")
+    names = [str(v) for v in (config.get("_name_or_path"), Path(info.path).name) if v]
+    names += [str(a) for a in config.get("architectures") or [] if isinstance(a, str)]
+    return {
+        "type": "vlm" if isinstance(config.get("vision_config"), dict) else "llm",
+        "arch": arch,
+        "quantization": quant,
+        "context_length": context if isinstance(context, int) and not isinstance(context, bool) else None,
+        "n_params": n_params(info),
+        "size_bytes": info.size_bytes,
+        "instructed": bool(templates),
+        "tooling": _handles_tools(templates),
+        "coding": _is_code_model(arch, names),
+        "is_gguf": False,
+        "is_mlx": True,
+        "pooling": None,
+        "projector": None,
+    }
+
+
+def _mlx_templates(info: Any) -> dict[str, str]:
+    """The chat templates: tokenizer_config.json's (a string, or a list of named ones) and chat_template.jinja."""
+    out: dict[str, str] = {}
+    value = info.tokenizer_config.get("chat_template")
+    if isinstance(value, str) and value.strip():
+        out[_TEMPLATE_KEY] = value
+    elif isinstance(value, list):
+        for item in value:
+            if isinstance(item, dict) and isinstance(item.get("template"), str):
+                name = item.get("name") or "default"
+                out[_TEMPLATE_KEY if name == "default" else f"{_TEMPLATE_KEY}.{name}"] = item["template"]
+    if info.chat_template_file and info.chat_template_file.strip():
+        out.setdefault(_TEMPLATE_KEY, info.chat_template_file)
+    return out
 
 
 class CapabilitiesCache:
@@ -241,5 +302,5 @@ def find_projector(model: Path) -> Path | None:
     return None
 
 
-__all__ = ["capabilities_of", "capabilities_from", "CapabilitiesCache", "find_projector", "quantization",
+__all__ = ["capabilities_of", "capabilities_from", "capabilities_from_mlx", "CapabilitiesCache", "find_projector", "quantization",
            "FILE_TYPE_NAMES", "ModelFileError"]

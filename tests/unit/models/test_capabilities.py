@@ -182,3 +182,83 @@ def test_not_gguf(tmp_path: Path):
         capabilities_of(p)
     with pytest.raises(ModelFileError, match="does not exist"):
         capabilities_of(tmp_path / "missing.gguf")
+
+
+# ---- MLX model folders ------------------------------------------------------------------
+
+
+def write_safetensors(path: Path, tensors: dict[str, tuple[str, list[int]]], metadata: dict | None = None) -> None:
+    """A valid safetensors file of zeros: ``u64 header length | JSON header | data``."""
+    import json
+    import struct
+
+    from msting.models.mlx_files import DTYPE_BYTES
+
+    header: dict = {"__metadata__": metadata} if metadata else {}
+    offset = 0
+    for name, (dtype, shape) in tensors.items():
+        n = DTYPE_BYTES[dtype]
+        for d in shape:
+            n *= d
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + n]}
+        offset += n
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + b"\0" * offset)
+
+
+def write_mlx(folder: Path, config: dict, tensors: dict, template: str | None = None, metadata: dict | None = None) -> Path:
+    import json
+
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(config))
+    if template is not None:
+        (folder / "tokenizer_config.json").write_text(json.dumps({"chat_template": template}))
+    write_safetensors(folder / "model.safetensors", tensors, metadata)
+    return folder
+
+
+def test_a_quantized_mlx_folder(tmp_path: Path):
+    tools = "{% if tools %}{{ tools | tojson }}{% endif %}{% for m in messages %}{{ m.content }}{% endfor %}"
+    folder = write_mlx(
+        tmp_path / "Qwen2.5-Coder-1.5B-Instruct-4bit",
+        {"model_type": "qwen2", "max_position_embeddings": 32768, "quantization": {"group_size": 64, "bits": 4}},
+        {"model.layers.0.mlp.down_proj.weight": ("U32", [64, 8]),  # 64 x 64 4-bit values, packed 8 to a U32
+         "model.layers.0.mlp.down_proj.scales": ("F16", [64, 1]),
+         "model.layers.0.mlp.down_proj.biases": ("F16", [64, 1]),
+         "model.norm.weight": ("F16", [64])},
+        template=tools)
+    caps = capabilities_of(folder)
+    assert caps == {
+        "type": "llm", "arch": "qwen2", "quantization": "4bit", "context_length": 32768,
+        "n_params": 64 * 64 + 64, "size_bytes": (folder / "model.safetensors").stat().st_size,
+        "instructed": True, "tooling": True, "coding": True, "is_gguf": False, "is_mlx": True,
+        "pooling": None, "projector": None,
+    }
+
+
+def test_an_unquantized_mlx_vlm_folder(tmp_path: Path):
+    folder = write_mlx(tmp_path / "gemma-3-4b-it-bf16",
+                       {"model_type": "gemma3", "vision_config": {"image_size": 896},
+                        "text_config": {"model_type": "gemma3_text", "max_position_embeddings": 131072}},
+                       {"a.weight": ("BF16", [16, 32]), "b.weight": ("BF16", [16, 32]), "n.weight": ("F32", [32])},
+                       metadata={"format": "mlx"})
+    (folder / "chat_template.jinja").write_text("{% for m in messages %}{{ m.content }}{% endfor %}")
+    caps = capabilities_of(folder)
+    assert caps["type"] == "vlm" and caps["arch"] == "gemma3" and caps["quantization"] == "BF16"
+    assert caps["context_length"] == 131072 and caps["n_params"] == 2 * 16 * 32 + 32
+    assert caps["instructed"] is True and caps["tooling"] is False and caps["coding"] is False and caps["is_mlx"] is True
+
+
+def test_folders_that_are_not_mlx_models(tmp_path: Path):
+    plain = write_mlx(tmp_path / "hf", {"model_type": "llama"}, {"w": ("F16", [4, 4])})  # Hugging Face's own weights
+    with pytest.raises(ModelFileError, match="not MLX's"):
+        capabilities_of(plain)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ModelFileError, match="without a config.json"):
+        capabilities_of(empty)
+    broken = write_mlx(tmp_path / "broken", {"model_type": "llama", "quantization": {"bits": 4}}, {})
+    (broken / "model.safetensors").write_bytes(b"\xff" * 8 + b"junk")
+    with pytest.raises(ModelFileError, match="corrupt|not a safetensors"):
+        capabilities_of(broken)
