@@ -63,6 +63,11 @@ class Done:
     usage: Usage = field(default_factory=Usage)
     timings: dict = field(default_factory=dict)
     attempts: tuple[Attempt, ...] = ()  # what was tried, the answering one last (the router fills it in)
+    # what the request policies did (msting.policy.pipeline): the route that picked the
+    # model and who picked it (rule | router-model), and the response cache's hit | miss
+    route: str | None = None
+    route_by: str | None = None
+    cache: str | None = None
 
     def summary(self) -> dict:
         """The fields of a stream's final event."""
@@ -83,6 +88,8 @@ class Embeddings:
     usage: Usage = field(default_factory=Usage)
     timings: dict = field(default_factory=dict)
     attempts: tuple[Attempt, ...] = ()
+    route: str | None = None
+    route_by: str | None = None
 
 
 Event = Union[Token, Done, Failed]

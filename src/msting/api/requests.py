@@ -35,6 +35,7 @@ class SamplingParams:
     frequency_penalty: float = limits.DEFAULT_FREQUENCY_PENALTY
     stop: tuple[str, ...] = ()
     seed: int | None = None  # None: a random seed
+    choices: tuple[str, ...] = ()  # the reply is exactly one of these (the router model's routes); (): free
 
     def with_defaults(self, max_tokens: int, temperature: float) -> SamplingParams:
         """These params, with a model's defaults for what the request left out."""
@@ -46,7 +47,7 @@ class SamplingParams:
     def as_dict(self) -> dict:
         return {"max_tokens": self.max_tokens, "temperature": self.temperature, "top_p": self.top_p,
                 "presence_penalty": self.presence_penalty, "frequency_penalty": self.frequency_penalty,
-                "stop": list(self.stop), "seed": self.seed}
+                "stop": list(self.stop), "seed": self.seed, "choices": list(self.choices)}
 
 
 @dataclass(frozen=True)

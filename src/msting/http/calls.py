@@ -51,21 +51,29 @@ async def answer(request: Request, call: Awaitable[T]) -> T:
         watcher.cancel()
 
 
-def route_headers(attempts: Sequence[Attempt]) -> dict[str, str]:
-    """Who answered: the service (X-Msting-Provider), the upstream URL of a remote one
-    (X-Msting-Upstream), and how many attempts it took across services (X-Msting-Attempts)."""
-    if not attempts:
-        return {}
-    last = attempts[-1]
-    headers = {"X-Msting-Provider": last.service, "X-Msting-Attempts": str(len(attempts))}
-    if last.url:
-        headers["X-Msting-Upstream"] = last.url
+def route_headers(result: object) -> dict[str, str]:
+    """Who answered `result` (a Done, Embeddings or stream): the service
+    (X-Msting-Provider), the upstream URL of a remote one (X-Msting-Upstream), and how
+    many attempts it took across services (X-Msting-Attempts); what the request
+    policies did: the route that picked the model (X-Msting-Route, and X-Msting-Route-By:
+    rule or router-model) and the response cache (X-Msting-Cache: hit or miss)."""
+    headers: dict[str, str] = {}
+    attempts: Sequence[Attempt] = getattr(result, "attempts", ())
+    if attempts:
+        last = attempts[-1]
+        headers = {"X-Msting-Provider": last.service, "X-Msting-Attempts": str(len(attempts))}
+        if last.url:
+            headers["X-Msting-Upstream"] = last.url
+    for name, attr in (("X-Msting-Route", "route"), ("X-Msting-Route-By", "route_by"), ("X-Msting-Cache", "cache")):
+        value = getattr(result, attr, None)
+        if value:
+            headers[name] = value
     return headers
 
 
 def stream_headers(stream: object) -> Callable[[], list[tuple[bytes, bytes]]]:
     """`route_headers` of a stream, read once its first event is there."""
     def headers() -> list[tuple[bytes, bytes]]:
-        found = route_headers(getattr(stream, "attempts", ()))
+        found = route_headers(stream)
         return [(k.lower().encode("latin-1"), v.encode("latin-1", "replace")) for k, v in found.items()]
     return headers

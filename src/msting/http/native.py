@@ -88,7 +88,7 @@ async def generate(request: Request) -> Response:
     except ClientGone:
         return Response(status_code=499)
     return JSONResponse({"text": done.text, "model": done.model, "finish_reason": done.finish_reason,
-                         "usage": done.usage.as_dict(), "timings": done.timings}, headers=route_headers(done.attempts))
+                         "usage": done.usage.as_dict(), "timings": done.timings}, headers=route_headers(done))
 
 
 async def llm(request: Request) -> Response:
@@ -105,7 +105,7 @@ async def llm(request: Request) -> Response:
         err = internal_error(exc, "POST /llm")
         err.details["stderr"] = ""
         raise err from None
-    return JSONResponse({"completion": done.text}, headers=route_headers(done.attempts))
+    return JSONResponse({"completion": done.text}, headers=route_headers(done))
 
 
 routes = [

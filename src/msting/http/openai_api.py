@@ -36,6 +36,8 @@ SAMPLING_KEYS = {"model", "temperature", "top_p", "max_tokens", "stop", "seed", 
 CHAT_KEYS = SAMPLING_KEYS | {"messages", "max_completion_tokens"}
 COMPLETION_KEYS = SAMPLING_KEYS | {"prompt"}
 EMBEDDING_KEYS = {"model", "input", "encoding_format", "user"}
+# A dry run takes any generation body, and `tools` (a routing rule may match on it).
+EXPLAIN_KEYS = CHAT_KEYS | COMPLETION_KEYS | EMBEDDING_KEYS | {"tools", "tool_choice", "encoding_format"}
 EXECUTE_KEYS = {"model", "prompt", "messages", "max_tokens", "temperature", "top_p", "stop", "seed", "stream"}
 
 
@@ -141,47 +143,57 @@ async def _answer(request: Request, router: Router, req: ChatRequest | Completio
         "system_fingerprint": None,
         "choices": [choice],
         "usage": _usage(done),
-    }, headers=route_headers(done.attempts))
+    }, headers=route_headers(done))
 
 
 # ---- routes -----------------------------------------------------------------------
 
 
-async def chat_completions(request: Request) -> Response:
-    fields = Fields(await read_json_object(request), CHAT_KEYS)
-    stream = fields.boolean("stream", False)
+def _chat_request(request: Request, fields: Fields) -> ChatRequest:
     chat = messages(fields)
-    params = _openai_sampling(fields, chat=True)
-    req = ChatRequest(chat, model_name(fields), params, request_meta(request.scope, fields))
-    return await _answer(request, router_of(request), req, stream=stream, chat=True, include_usage=_include_usage(fields, stream))
+    return ChatRequest(chat, model_name(fields), _openai_sampling(fields, chat=True), request_meta(request.scope, fields))
 
 
-async def completions(request: Request) -> Response:
-    fields = Fields(await read_json_object(request), COMPLETION_KEYS)
+def _completion_request(request: Request, fields: Fields) -> CompletionRequest:
     prompt = fields.body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
         prompt = prompt[0]
     if not isinstance(prompt, str):
         raise fields.error("prompt", "'prompt' must be a string (or a list of exactly one string)")
-    stream = fields.boolean("stream", False)
-    params = _openai_sampling(fields, chat=False)
-    req = CompletionRequest(prompt, model_name(fields), params, request_meta(request.scope, fields))
-    return await _answer(request, router_of(request), req, stream=stream, chat=False, include_usage=_include_usage(fields, stream))
+    return CompletionRequest(prompt, model_name(fields), _openai_sampling(fields, chat=False), request_meta(request.scope, fields))
 
 
-async def embeddings(request: Request) -> Response:
-    fields = Fields(await read_json_object(request), EMBEDDING_KEYS)
+def _embedding_request(request: Request, fields: Fields) -> EmbeddingRequest:
     raw = fields.body.get("input")
     inputs = [raw] if isinstance(raw, str) else raw
     if not isinstance(inputs, list) or not inputs or not all(isinstance(x, str) and x for x in inputs):
         raise fields.error("input", "'input' must be a non-empty string or a non-empty list of non-empty strings (token arrays are not supported)")
     if len(inputs) > limits.MAX_EMBEDDING_INPUTS:
         raise fields.error("input", f"'input' may hold at most {limits.MAX_EMBEDDING_INPUTS} strings, got {len(inputs)}")
+    fields.string("user")
+    return EmbeddingRequest(tuple(inputs), model_name(fields), request_meta(request.scope, fields))
+
+
+async def chat_completions(request: Request) -> Response:
+    fields = Fields(await read_json_object(request), CHAT_KEYS)
+    stream = fields.boolean("stream", False)
+    req = _chat_request(request, fields)
+    return await _answer(request, router_of(request), req, stream=stream, chat=True, include_usage=_include_usage(fields, stream))
+
+
+async def completions(request: Request) -> Response:
+    fields = Fields(await read_json_object(request), COMPLETION_KEYS)
+    stream = fields.boolean("stream", False)
+    req = _completion_request(request, fields)
+    return await _answer(request, router_of(request), req, stream=stream, chat=False, include_usage=_include_usage(fields, stream))
+
+
+async def embeddings(request: Request) -> Response:
+    fields = Fields(await read_json_object(request), EMBEDDING_KEYS)
     encoding = fields.string("encoding_format", default="float")
     if encoding not in ("float", "base64"):
         raise fields.error("encoding_format", "'encoding_format' must be 'float' or 'base64'")
-    fields.string("user")
-    req = EmbeddingRequest(tuple(inputs), model_name(fields), request_meta(request.scope, fields))
+    req = _embedding_request(request, fields)
     try:
         result = await answer(request, router_of(request).embed(req))
     except ClientGone:
@@ -192,7 +204,7 @@ async def embeddings(request: Request) -> Response:
         data.append({"object": "embedding", "index": i, "embedding": value})
     tokens = result.usage.prompt_tokens
     return JSONResponse({"object": "list", "data": data, "model": result.model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}},
-                        headers=route_headers(result.attempts))
+                        headers=route_headers(result))
 
 
 def model_object(info: ModelInfo) -> dict:
@@ -248,10 +260,33 @@ async def execute(request: Request) -> Response:
         return Response(status_code=499)
     return JSONResponse({"id": f"exec-{uuid.uuid4().hex[:24]}", "object": "execution", "model": done.model,
                          "output": done.text, "finish_reason": done.finish_reason,
-                         "usage": _usage(done), "timings": done.timings}, headers=route_headers(done.attempts))
+                         "usage": _usage(done), "timings": done.timings}, headers=route_headers(done))
+
+
+async def explain_route(request: Request) -> Response:
+    """A dry run of the request policies: what routing and the response cache would do
+    with a body of /v1/chat/completions (messages), /v1/completions or /v1/execute
+    (prompt) or /v1/embeddings (input), and why; nothing is generated (a router model,
+    when the profile has one, is asked for its decision). `tools` may be given, as a
+    routing rule may match on it."""
+    explain = getattr(router_of(request), "explain", None)
+    if explain is None:
+        raise InvalidRequest("no_policies", "this server has no request policies to explain")
+    fields = Fields(await read_json_object(request), EXPLAIN_KEYS)
+    body = fields.body
+    if sum(k in body for k in ("messages", "prompt", "input")) != 1:
+        raise fields.error("messages", "give exactly one of 'messages' (chat), 'prompt' (a completion) or 'input' (embeddings)")
+    if "input" in body:
+        req: ChatRequest | CompletionRequest | EmbeddingRequest = _embedding_request(request, fields)
+    elif "messages" in body:
+        req = _chat_request(request, fields)
+    else:
+        req = _completion_request(request, fields)
+    return JSONResponse(await explain(req))
 
 
 routes = [
+    Route("/v1/route/explain", explain_route, methods=["POST"]),
     Route("/v1/chat/completions", chat_completions, methods=["POST"]),
     Route("/v1/completions", completions, methods=["POST"]),
     Route("/v1/embeddings", embeddings, methods=["POST"]),

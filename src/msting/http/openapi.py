@@ -471,6 +471,33 @@ WHO_ANSWERED = {
                           "schema": {"type": "integer", "minimum": 1}},
     "X-Msting-Upstream": {"description": "The upstream URL that answered; only for a remote service.",
                           "schema": {"type": "string"}},
+    "X-Msting-Route": {"description": "The profile's route that picked the model, for a request that named none "
+                                      "(absent when no route applied).", "schema": {"type": "string"}},
+    "X-Msting-Route-By": {"description": "Who picked the route: `rule` (the first whose conditions held) or "
+                                         "`router-model`.", "schema": {"type": "string", "enum": ["rule", "router-model"]}},
+    "X-Msting-Cache": {"description": "`hit` (answered from the response cache, no model ran) or `miss`; absent when "
+                                      "the profile's cache is off.", "schema": {"type": "string", "enum": ["hit", "miss"]}},
+}
+
+EXPLANATION = {
+    "type": "object", "required": ["profile", "request", "routes", "route", "by", "model", "why", "cache"],
+    "properties": {
+        "profile": {"type": "string"},
+        "request": {"type": "object", "description": "What the rules see: model, capability, prompt_tokens (estimated), "
+                                                     "last_user_chars, user, headers, tools."},
+        "routes": {"type": "array", "items": {"type": "object", "required": ["route", "to", "conditions", "matches", "failed"],
+                                              "properties": {"route": {"type": "string"}, "to": {"type": "string"},
+                                                             "conditions": {"type": "object"}, "matches": {"type": "boolean"},
+                                                             "failed": {"type": "array", "items": {"type": "string"}}}}},
+        "router_model": _nullable({"type": "object", "description": "The router model's decision: model, budget_ms, "
+                                                                    "route (null: none), ms, reason, prompt_tokens, completion_tokens."}),
+        "route": {"type": ["string", "null"]},
+        "by": {"type": ["string", "null"], "enum": ["rule", "router-model", None]},
+        "model": {"type": ["string", "null"], "description": "The model the request would go to (null: the default)."},
+        "why": {"type": "string"},
+        "cache": {"type": "object", "description": "enabled, cacheable, reason, key (the SHA-256 of the canonical key), "
+                                                   "cached (an answer is there now), stats."},
+    },
 }
 
 
@@ -564,6 +591,15 @@ def _paths() -> dict:
             _body(openai_api.EXECUTE_KEYS, extra={"oneOf": [{"required": ["prompt"]}, {"required": ["messages"]}]},
                   description="Exactly one of `prompt` and `messages`."),
             _ok(_ref("Execution"), stream=NATIVE_SSE, who=True), oai_errors, tags=oai_tags),
+        "/v1/route/explain": _post(
+            "explain_route", "A dry run of the request policies: which route, model and cache outcome a body would get, and why",
+            _body(openai_api.EXPLAIN_KEYS, override={
+                "prompt": {"type": "string"}, "tools": {"type": "array", "description": "Only whether it is there counts."},
+                "tool_choice": {"description": "Accepted and ignored."}},
+                description="The body of /v1/chat/completions (`messages`), /v1/completions or /v1/execute (`prompt`) "
+                            "or /v1/embeddings (`input`): exactly one of them."),
+            _ok(EXPLANATION), _errors("BadRequest", "PayloadTooLarge"), tags=oai_tags,
+            description="Nothing is generated; when the profile has a router model it is asked for its decision."),
         "/v1/status": _get("status", "Daemon, models, workers, memory, events", _ok(_ref("Object")), _errors(), tags=admin_tags),
         "/v1/profiles": _get("profiles", "Every profile, with its models and the active one",
                              _ok(_ref("Object")), _errors(), tags=admin_tags),

@@ -47,7 +47,7 @@ def test_list_profiles_user_and_shipped(paths: Paths, home: Path) -> None:
     broken = entries["broken"]
     assert not broken.ok and broken.profile is None and broken.description == ""
     assert [str(p) for p in broken.problems] == [
-        "extra: unknown key (expected one of: description, default_model, models, memory_budget_mb)",
+        "extra: unknown key (expected one of: description, default_model, models, memory_budget_mb, routes, router_model, cache)",
         "models.story.replicas: must be an integer between 1 and 64, got 0",
     ]
 

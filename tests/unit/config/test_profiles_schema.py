@@ -151,7 +151,7 @@ def test_every_schema_problem_is_listed_at_once() -> None:
         "description": "must be a string or null, got 5",
         "default_model": "'embed' is an embeddings model; the default model must be an llm model; the llm models are: story, web, hf, tmp, many, wide, none",
         "memory_budget_mb": "must be a number > 0 or null, got -1",
-        "routing": "unknown key (expected one of: description, default_model, models, memory_budget_mb)",
+        "routing": "unknown key (did you mean 'routes'?)",
         "models.story.n_ctxx": "unknown key (did you mean 'n_ctx'?)",
         "models.story.replicas": "must be an integer between 1 and 64, got 0",
         "models.story.always_ready": "must be true or false, got 'yes'",

@@ -252,7 +252,8 @@ def test_who_answered_headers_are_documented_and_sent(services_app) -> None:
     doc = _doc()
     for path in ("/generate", "/llm", "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/execute"):
         headers = doc["paths"][path]["post"]["responses"]["200"]["headers"]
-        assert set(headers) == {"X-Msting-Provider", "X-Msting-Attempts", "X-Msting-Upstream"}, path
+        assert set(headers) == {"X-Msting-Provider", "X-Msting-Attempts", "X-Msting-Upstream", "X-Msting-Route", "X-Msting-Route-By",
+                                "X-Msting-Cache"}, path
     r = services_app.post("/generate", json={"prompt": "Once", "model": "stub~x"})
     body = _check(doc, "/generate", r, 200, method="post")
     assert body["model"] == "stub~x"

@@ -20,6 +20,7 @@ from typing import Any
 
 from msting.config.errors import ConfigError, ConfigProblem
 from msting.config.fields import Bool, Choice, Num, Str, Text, UnknownKey, build, join, opt, same_as, schema_fields, section, show, split_known
+from msting.config.profiles.policy import CacheConfig, Policy, RouterModelConfig, policy_problems, routes_field
 from msting.config.schema import BUILTIN_TINY, Config, LLMConfig
 from msting.config.yamlio import load_yaml, read_text
 from msting.models.installed import installed_name
@@ -99,6 +100,7 @@ class Profile:
     models: dict[str, ProfileModel]
     memory_budget_mb: float | None = None
     source: Path | None = None
+    policy: Policy = Policy()  # routes, router model, response cache (msting.config.profiles.policy)
 
     @property
     def default(self) -> ProfileModel:
@@ -120,6 +122,10 @@ class _TopLevel:
     default_model: str | None = opt(None, Str())
     models: Any = opt(None, None)  # checked by parse_profile, model by model
     memory_budget_mb: float | None = opt(None, Num(integer=False, lo=0, lo_open=True, nullable=True))
+    # the traffic policy (msting.config.profiles.policy)
+    routes: tuple = routes_field()
+    router_model: RouterModelConfig = section(RouterModelConfig)
+    cache: CacheConfig = section(CacheConfig)
 
 
 _LEVELS: dict[str, type] = {"top": _TopLevel, "model": ProfileModel, "params": ModelParams}
@@ -282,6 +288,9 @@ def parse_profile(data: object, name: str, source: Path | str | None = None) -> 
         assert isinstance(raw_models, Mapping)
         named = [n if isinstance(n, str) else show(n) for n in raw_models]
         problems.extend(_default_problems(default, models, named, llms))
+    policy = Policy(top.routes, top.router_model, top.cache)
+    if has_models:
+        problems.extend(policy_problems(policy, models, llms))
 
     if problems:
         raise ConfigError(problems, source)
@@ -292,6 +301,7 @@ def parse_profile(data: object, name: str, source: Path | str | None = None) -> 
         models=models,
         memory_budget_mb=top.memory_budget_mb,
         source=source,
+        policy=policy,
     )
 
 
