@@ -180,6 +180,9 @@ def test_a_failed_pull_says_why_and_keeps_nothing(home, hub: Registries):
     assert body["job"]["error"]["code"] and body["error"]["exit_code"] == 1
     assert json.loads(home.cli("llm", "models", "--json").stdout)["installed"] == []
 
+    proc = home.cli("llm", "pull", SOURCE, "--sha256", "xyz")  # the daemon refuses the parameter: a usage error
+    assert proc.returncode == 2 and "params.sha256" in said(proc)
+
     proc = home.cli("llm", "pull", f"hf://{REPO}/missing.gguf")
     assert proc.returncode != 0 and "missing.gguf" in said(proc)
 

@@ -102,7 +102,17 @@ def _finish(term: Terminal, job: dict[str, Any], details: dict[str, Any] | None,
 
 
 def _install_job(client: Any, kind: str, params: dict[str, Any]) -> dict[str, Any]:
-    return client.create_job(kind, {k: v for k, v in params.items() if v is not None}, timeout=CALL_TIMEOUT)
+    """POST /jobs; the daemon refusing a parameter (a 400 naming it) is a usage error."""
+    from msting.client import MstingError
+
+    try:
+        return client.create_job(kind, {k: v for k, v in params.items() if v is not None}, timeout=CALL_TIMEOUT)
+    except MstingError as exc:
+        if exc.status == 400:
+            err = exc.body.get("error") if isinstance(exc.body.get("error"), dict) else {}
+            hint = f"sources: {SOURCE_FORMS}" if str(err.get("param") or "").endswith("source") else None
+            raise CommandError(exc.message, ExitCode.USAGE, hint=hint, data={"http_status": 400, "error_code": exc.code}) from None
+        raise
 
 
 # ----------------------------------------------------------------------------- pull
