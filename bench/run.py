@@ -36,6 +36,7 @@ import switch
 SECTIONS: dict[str, Any] = {"memory_cli": suite.MEMORY, "overhead": overhead, "concurrency": suite.CONCURRENCY, "service": service,
                             "switch": switch, "proxy": proxy, "batching": batching, "ops": ops}
 DOC_ORDER = ["service", "overhead", "switch", "proxy", "batching", "concurrency", "memory_cli", "ops"]  # the page's order
+SECTIONS["downloads"] = __import__("downloads"); DOC_ORDER.append("downloads")  # noqa: E702  (bench/downloads.py)
 TARGET_LARGE_RATIO = 0.98  # decode tokens/s over in process on the 26M model, where the engine dominates
 
 

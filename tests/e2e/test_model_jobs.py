@@ -16,8 +16,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from registries.plugin import registries  # noqa: F401  (a pytest fixture)
+from registries import plugin
 from registries.server import Registries
+
+registries = plugin.registries  # the stand-in's fixture
 
 REPO = "tiny-org/stories-GGUF"
 FILE = "stories260K-F32.gguf"
@@ -26,7 +28,7 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 @pytest.fixture
-def hub(registries: Registries, stories_model_path: Path) -> Registries:  # noqa: F811
+def hub(registries: Registries, stories_model_path: Path) -> Registries:
     registries.add_hf(REPO, {FILE: stories_model_path, "README.md": stories_model_path}, downloads=42)
     registries.add_ollama("stories", "260k", stories_model_path)
     registries.add_file("stories.gguf", stories_model_path)
@@ -93,7 +95,7 @@ def test_install_from_the_hub_registers_the_model_and_reports_progress_as_events
         installed = c.get("/llm/installed").json()["data"]
         assert [(m["name"], m["source"], m["sha256"], m["revision"], m["present"]) for m in installed] == [
             ("stories260K-F32", SOURCE, blob.sha256, blob.sha256, True)]
-        assert installed[0]["capabilities"].get("arch") in (None, "llama")  # {} until the capability reader is there
+        assert installed[0]["details"]["arch"] == "llama" and installed[0]["details"]["size_bytes"] == blob.size
         assert c.get("/v1/jobs", params={"type": "install"}).json()["data"][0]["id"] == job["id"]
         assert c.get("/jobs", params={"state": "running"}).json()["data"] == []
     assert _gguf_files(home) == ["stories260K-F32.gguf"]

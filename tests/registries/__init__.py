@@ -2,5 +2,6 @@
 plain file server) that the download tests and bench/downloads.py fetch from; see
 server.py. A test module imports the fixture:
 
-    from registries.plugin import registries  # noqa: F401  (a pytest fixture)
+    from registries import plugin
+    registries = plugin.registries  # the fixture, by name
 """

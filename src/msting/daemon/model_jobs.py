@@ -122,7 +122,7 @@ class ModelJobs:
         """The configured LLM services as this daemon saw them (llm_service_configs)."""
         services = self.service.config.as_dict().get("llm", {}).get("services") or {}
         for name, body in (services.items() if isinstance(services, dict) else []):
-            self.store.save_service_config(name, str(body.get("kind") or body.get("type") or "remote"), body)
+            self.store.save_service_config(name, str(body.get("api_format") or "openai"), body)
 
     def resume(self) -> None:
         """Jobs a previous daemon left unfinished go on (downloads resume from their part)."""
@@ -500,7 +500,8 @@ class ModelJobs:
         out = []
         for row in self.store.installed_models():
             path = Path(row["path"])
-            out.append({**row, "present": path.exists(), "in_use": bool(self._users_of(path))})
+            details = row.pop("capabilities")  # what the file is: the name /v1/models gives it
+            out.append({**row, "details": details, "present": path.exists(), "in_use": bool(self._users_of(path))})
         return out
 
     async def search(self, query: str, limit: int) -> list[dict]:

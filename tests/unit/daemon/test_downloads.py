@@ -10,18 +10,20 @@ import time
 from pathlib import Path
 
 import pytest
-from registries.plugin import registries  # noqa: F401  (a pytest fixture)
+from registries import plugin
 from registries.server import Registries
 
 from msting.daemon.downloads import transfer as transfer_module
 from msting.daemon.downloads.sources import SourceError, resolve
 from msting.daemon.downloads.transfer import Stopped, Transfer, TransferFailed, Want, checkpoint_every
 
+registries = plugin.registries  # the stand-in's fixture
+
 REPO = "tiny-org/stories-GGUF"
 
 
 @pytest.fixture
-def hub(registries: Registries, stories_model_path: Path, builtin_model_path: Path) -> Registries:  # noqa: F811
+def hub(registries: Registries, stories_model_path: Path, builtin_model_path: Path) -> Registries:
     registries.add_hf(REPO, {"stories260K-F32.gguf": stories_model_path, "tiny-Q4_K_M.gguf": builtin_model_path,
                              "README.md": builtin_model_path})
     registries.add_ollama("stories", "260k", stories_model_path)

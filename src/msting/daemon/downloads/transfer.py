@@ -1,7 +1,7 @@
 """One file's download, resumable: bytes go to `<key>.part` beside a small state file
 `<key>.json` (URL, expected size and sha256, the server's validator, and `verified`:
 how many bytes of the part are on disk for sure). The state is written after each
-checkpoint (the part flushed and fdatasync'd), so a kill, a dropped connection, a
+checkpoint (the part's bytes handed to the kernel), so a kill, a dropped connection, a
 stall or a cancel resumes with a Range request from the last checkpoint: at most one
 checkpoint's bytes are fetched twice.
 
@@ -265,7 +265,7 @@ class Transfer:
                         last_report = now
             finally:
                 if not f.closed:
-                    self._checkpoint(f, etag, size)
+                    self._checkpoint(f, etag, size, durable=size is not None and self.offset >= size)
         self.on_progress(self.offset, size)
 
     def _no_space(self, exc: OSError, f) -> None:
@@ -277,11 +277,15 @@ class Transfer:
             raise TransferFailed("no_space", f"the disk holding {self.folder} filled up after {self.offset} of {total} bytes "
                                  f"({os.strerror(exc.errno)}); the partial file was removed: free some space and install again") from None
 
-    def _checkpoint(self, f, etag: str | None, size: int | None) -> None:
-        """The part's bytes so far on disk for sure, then the state saying so."""
+    def _checkpoint(self, f, etag: str | None, size: int | None, *, durable: bool = False) -> None:
+        """The part's bytes so far handed to the kernel, then the state saying so. A
+        process that dies (kill -9) loses nothing the kernel has; `durable` (the end of
+        the file) also waits for the disk. After a power loss the sha256 check catches a
+        part the disk had not kept."""
         try:
             f.flush()
-            os.fdatasync(f.fileno())
+            if durable:
+                os.fdatasync(f.fileno())
         except OSError as exc:
             self._no_space(exc, f)
             raise
