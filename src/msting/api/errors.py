@@ -47,6 +47,11 @@ class Unavailable(MstingError):
     `retry_after` says when to try again, where that is known."""
 
 
+class RateLimited(MstingError):
+    """A rate limit has no room for the request (msting.policy.limits); `retry_after`
+    says when it will, None when the request can never fit."""
+
+
 class Timeout(MstingError):
     """Waiting for something (a model load) took longer than allowed."""
 

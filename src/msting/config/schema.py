@@ -24,6 +24,7 @@ from msting.api.limits import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, MAX_TOKEN
 from msting.config.errors import ConfigError, ConfigProblem
 from msting.config.fields import ENV_VAR_NAME, Bool, Choice, Num, Str, StrList, build, fmt_num, join, opt, plain, schema_fields, section
 from msting.config.paths import Paths
+from msting.config.policy import ClientPolicy, LocalPolicy, UsageConfig, clients_field
 from msting.config.services import BUILTIN_SERVICES, RemoteServiceConfig, services_field
 from msting.config.yamlio import load_yaml, read_text
 from msting.models.builtin import BUILTIN_NAME, BUILTIN_SOURCE
@@ -113,6 +114,10 @@ class LLMConfig:
     chat_format: str | None = opt(None, Str(nullable=True))
     fallback_chain: tuple[str, ...] = opt((), StrList())
     services: tuple[RemoteServiceConfig, ...] = services_field()
+    local: LocalPolicy = section(LocalPolicy)  # the local service's rate limits and prices (msting.config.policy)
+    clients: tuple[ClientPolicy, ...] = clients_field()
+    rate_limit_max_wait_sec: float = opt(30.0, _NON_NEGATIVE)  # a request over a limit waits this long at most for room
+    usage: UsageConfig = section(UsageConfig)
 
     @property
     def service_names(self) -> tuple[str, ...]:

@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from msting.config.errors import ConfigProblem
+from msting.config.policy import ModelPolicy, RateLimits, per_model_field
 from msting.config.fields import (
     ENV_VAR_NAME,
     BadValue,
@@ -177,6 +178,8 @@ class RemoteServiceConfig:
     models: tuple[str, ...] = opt((), StrList())
     default_model: str | None = opt(None, Str(nullable=True))
     upstream: UpstreamConfig = section(UpstreamConfig)
+    rate_limits: RateLimits = section(RateLimits)  # msting.config.policy: the service's, and its models'
+    per_model: tuple[ModelPolicy, ...] = per_model_field()
     name: str = ""
 
     def api_key_from(self, env: Mapping[str, str]) -> str | None:

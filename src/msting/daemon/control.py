@@ -22,13 +22,14 @@ from msting.providers.local import LocalProvider
 
 if TYPE_CHECKING:
     from msting.daemon.model_jobs import ModelJobs
+    from msting.policy.usage import UsageLog
 
 LOG_TAIL_BYTES = 64 * 1024  # the most of the log file read for its tail
 
 
 class DaemonControl:
     def __init__(self, local: LocalProvider, jobs: Jobs, *, metrics: DaemonMetrics | None = None,
-                 restart: Callable[[], None] | None = None, model_jobs: ModelJobs | None = None):
+                 restart: Callable[[], None] | None = None, model_jobs: ModelJobs | None = None, usage: UsageLog | None = None):
         """`restart`: asks the daemon to drain, stop and start again in the same process
         (msting.daemon.main); None where nothing can (then restart_daemon refuses)."""
         self.local = local
@@ -37,6 +38,7 @@ class DaemonControl:
         self._metrics = metrics
         self._restart = restart
         self._model_jobs = model_jobs
+        self._usage = usage
         self._stop_begun = asyncio.Event()
         self.default_load_timeout = self.service.config.llm_service.startup_timeout_sec
 
@@ -170,6 +172,11 @@ class DaemonControl:
         return await self._models().search(query, limit)
 
     # ---- operations (the debug page's buttons; the CLI can use them too) -----------
+
+    async def usage(self, group_by: str, since: str | None, until: str | None) -> dict:
+        if self._usage is None:
+            raise NotFound("usage_off", "this daemon keeps no usage rows")
+        return await self._usage.totals(group_by, since, until)
 
     def metrics(self) -> tuple[bytes, str]:
         if self._metrics is None:

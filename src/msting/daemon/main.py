@@ -196,7 +196,9 @@ async def _serve(config: Config, paths: Paths, sockets: list[socket.socket], sec
     from msting.http.security import SecurityPolicy
     from msting.providers.local import LocalProvider
     from msting.providers.remote.provider import RemoteProvider
-    from msting.providers.router import Router
+    from msting.policy.limits import Limiter
+    from msting.policy.usage import Prices, UsageDB, UsageLog
+    from msting.providers.router import Observers, Router
     from msting.providers.stub import StubProvider
 
     from msting.timeslice import set_time_slice
@@ -231,12 +233,17 @@ async def _serve(config: Config, paths: Paths, sockets: list[socket.socket], sec
     jobs = Jobs(store, resumable=RESUMABLE)
     model_jobs = ModelJobs(service, jobs)
     metrics = DaemonMetrics(service, jobs, store)
+    # Rate limits inside the Router's chain walk; one usage row per request (msting.policy).
+    limiter = Limiter.from_config(config.llm)
+    usage = UsageLog(UsageDB(paths.state_db), Prices.from_config(config.llm), config.llm.usage.retention_days, limiter)
+    usage.start()  # the last minute's charges first: the limits hold across a restart
+    metrics.usage = usage.text
     control = DaemonControl(local, jobs, metrics=metrics, restart=lambda: signals.put_nowait(RESTART_SIGNAL),
-                            model_jobs=model_jobs)
+                            model_jobs=model_jobs, usage=usage)
     remotes = [RemoteProvider(spec, env=os.environ, max_tokens=config.llm.max_tokens, temperature=config.llm.temperature)
                for spec in config.llm.services]
     router = Router([local, StubProvider(), *remotes], default=config.llm.default_service,
-                    fallback_chain=config.llm.fallback_chain, observer=metrics.requests)
+                    fallback_chain=config.llm.fallback_chain, observer=Observers(metrics.requests, usage), limits=limiter)
     metrics.attach(router.services, control.readiness)
     app = build_app(router, control, security=security or SecurityPolicy.from_config(config))
     server = _make_server(app, config.llm_service.stop_timeout_sec)
@@ -301,6 +308,7 @@ async def _serve(config: Config, paths: Paths, sockets: list[socket.socket], sec
         log.warning("HTTP server did not stop in time")
     for remote in remotes:
         await remote.close()
+    await usage.close()  # the last rows, and the charges of the window
     store.record_event("daemon_stop", detail="forced" if forced else "graceful")
     store.close()
     if forced:

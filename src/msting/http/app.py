@@ -7,7 +7,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 
 from msting.api.errors import MstingError
-from msting.http import admin, debug, jobs, metrics, native, openai_api, openapi, services, ws
+from msting.http import admin, debug, jobs, metrics, native, openai_api, openapi, services, usage, ws
 from msting.http.control import Control
 from msting.http.errors import ErrorGuard, api_error_handler, http_exception_handler
 from msting.http.security import SecurityMiddleware, SecurityPolicy
@@ -30,6 +30,7 @@ def build_app(router: Router, control: Control, *, security: SecurityPolicy) -> 
             *admin.routes,
             *jobs.routes,
             *services.routes,
+            *usage.routes,
             *ws.routes,
             *openapi.routes,
             *metrics.routes,

@@ -18,7 +18,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 
-from msting.api.errors import Conflict, InvalidRequest, MstingError, NotAllowed, NotFound, ServerError, Timeout, TooLarge, Unavailable, UpstreamError
+from msting.api.errors import (Conflict, InvalidRequest, MstingError, NotAllowed, NotFound, RateLimited, ServerError, Timeout, TooLarge,
+                               Unavailable, UpstreamError)
 
 log = logging.getLogger("msting.http")
 
@@ -30,6 +31,7 @@ STATUS: dict[type[MstingError], tuple[int, str]] = {
     NotFound: (404, "not_found_error"),
     NotAllowed: (405, "invalid_request_error"),
     Conflict: (409, "invalid_request_error"),
+    RateLimited: (429, "rate_limit_error"),
     Unavailable: (503, "unavailable_error"),
     Timeout: (504, "timeout_error"),
     UpstreamError: (502, "upstream_error"),

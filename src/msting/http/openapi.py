@@ -409,7 +409,7 @@ def _components() -> dict:
             },
         },
         "InstalledModel": {
-            "type": "object", "required": ["name", "source", "path", "size_bytes", "sha256", "revision", "details"],
+            "type": "object", "required": ["name", "source", "path", "size_bytes", "sha256", "revision", "capabilities"],
             "description": "A model installed in the data folder (the `llm_models` table).",
             "properties": {
                 "name": {"type": "string", "description": "What a profile names it by: `source: installed:NAME`."},
@@ -417,8 +417,7 @@ def _components() -> dict:
                 "path": {"type": "string"}, "format": {"type": "string"}, "size_bytes": {"type": "integer"},
                 "sha256": {"type": "string"}, "revision": {"type": ["string", "null"],
                                                           "description": "The upstream's LFS sha256, layer digest or ETag."},
-                "details": {"type": "object", "description": "What the file is (the `details` of /v1/models)."},
-                "linked": {"type": "boolean"}, "job_id": {"type": ["string", "null"]},
+                "capabilities": {"type": "object"}, "linked": {"type": "boolean"}, "job_id": {"type": ["string", "null"]},
                 "installed_at": {"type": "number"}, "updated_at": {"type": "number"},
                 "present": {"type": "boolean", "description": "The file is there."},
                 "in_use": {"type": "boolean", "description": "The active profile serves it."},
@@ -446,6 +445,11 @@ def _components() -> dict:
                                "every service of the fallback chain was unavailable (with `Retry-After`)."),
         "Timeout": ("504", "`load_timeout`: the model was not ready in time; it keeps loading. `upstream_timeout`: a remote "
                            "engine did not answer in time."),
+        "TooManyRequests": ("429", "`rate_limit_exceeded`: a rate limit (`rate_limits` of the service, model or client) had "
+                                     "no room within the request's wait (`llm.rate_limit_max_wait_sec`, or less with "
+                                     "`x-msting-max-wait`), and no service after it in the fallback chain had room; "
+                                     "`Retry-After` says when the earliest window has room (absent: the request can never "
+                                     "fit, it is bigger than the token limit)."),
     }
     responses = {name: {"description": f"{code}: {text}", "content": {JSON: {"schema": _ref("Error")}}}
                  for name, (code, text) in statuses.items()}
@@ -460,7 +464,8 @@ def _components() -> dict:
 
 def _errors(*names: str) -> dict:
     codes = {"BadRequest": "400", "Unauthorized": "401", "Forbidden": "403", "NotFound": "404", "Conflict": "409",
-             "PayloadTooLarge": "413", "ServerError": "500", "BadGateway": "502", "Unavailable": "503", "Timeout": "504"}
+             "PayloadTooLarge": "413", "TooManyRequests": "429", "ServerError": "500", "BadGateway": "502",
+             "Unavailable": "503", "Timeout": "504"}
     common = ("Unauthorized", "Forbidden", "ServerError")
     return {codes[n]: {"$ref": f"#/components/responses/{n}"} for n in (*names, *common)}
 
@@ -546,7 +551,7 @@ OPENAI_SSE = ("`data:` chunks (`{kind}`), then `data: [DONE]`; with `stream_opti
 
 
 def _paths() -> dict:
-    gen_errors = _errors("BadRequest", "NotFound", "PayloadTooLarge", "BadGateway", "Unavailable", "Timeout")
+    gen_errors = _errors("BadRequest", "NotFound", "PayloadTooLarge", "TooManyRequests", "BadGateway", "Unavailable", "Timeout")
     oai_errors = gen_errors
     native_tags, oai_tags, admin_tags, llm_tags = ["native"], ["openai"], ["admin"], ["services"]
     return {
@@ -672,6 +677,32 @@ def _job_paths(tags: list[str]) -> dict:
     return out
 
 
+USAGE_TOTALS = {"requests": {"type": "integer"}, "prompt_tokens": {"type": "integer"}, "completion_tokens": {"type": "integer"},
+                "cached_tokens": {"type": "integer", "description": "Prompt tokens served from a prompt cache."},
+                "cost_usd": {"type": "number", "description": "At the configured prices (`per_model.<model>.price`)."},
+                "cache_hits": {"type": "integer"}, "errors": {"type": "integer", "description": "Rows whose outcome is not ok."},
+                "fallbacks": {"type": "integer"}}
+USAGE_REPORT = {
+    "type": "object", "required": ["object", "group_by", "since", "until", "groups", "totals"],
+    "properties": {
+        "object": {"const": "usage"}, "group_by": {"type": "string", "enum": ["service", "model", "day", "client"]},
+        "since": {"type": ["number", "null"], "description": "Unix time."}, "until": {"type": ["number", "null"]},
+        "groups": {"type": "array", "items": {"type": "object", "properties": {
+            "key": {"type": "string"}, **USAGE_TOTALS, "avg_latency_ms": {"type": ["number", "null"]},
+            "avg_ttft_ms": {"type": ["number", "null"]}}}},
+        "totals": {"type": "object", "properties": USAGE_TOTALS},
+    },
+}
+USAGE_TIME = ("An ISO 8601 date or date and time (UTC unless it has an offset), Unix seconds, or an age such as "
+              "`30m`, `24h`, `7d`.")
+USAGE_PARAMETERS = [
+    {"name": "group_by", "in": "query", "required": False,
+     "schema": {"type": "string", "enum": ["service", "model", "day", "client"], "default": "service"}},
+    {"name": "since", "in": "query", "required": False, "schema": {"type": "string"}, "description": USAGE_TIME},
+    {"name": "until", "in": "query", "required": False, "schema": {"type": "string"}, "description": USAGE_TIME},
+]
+
+
 def _operations_paths(tags: list[str]) -> dict:
     """The operator's tools: metrics, the debug page, the readiness checks, restarts."""
     text = {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}}
@@ -684,6 +715,11 @@ def _operations_paths(tags: list[str]) -> dict:
         "/debug": _get("debug_page", "The debug page (one HTML page, no external asset)", html, {}, tags=tags, security=[],
                        description="Open on TCP even when an API key is set: it holds no data; it asks for the key and sends "
                                    "it on its own requests. The Host check still applies."),
+        "/v1/usage": _get(
+            "usage", "Usage and cost: the usage rows grouped by service, model, day or client, with totals",
+            _ok(USAGE_REPORT), _errors("BadRequest"), tags=tags, parameters=USAGE_PARAMETERS,
+            description="One row per request that reached the router (answered, failed, rate limited or cancelled), "
+                        "kept `llm.usage.retention_days`. `model` groups are `service~model`; `day` groups are UTC dates."),
         "/debug/feed": _get("debug_feed", "The debug page's live feed (server-sent events)", feed, _errors(), tags=tags),
         "/v1/health/checks": _post(
             "run_checks", "Run the readiness checks now (those of `msting llm health`), each with its result and timing",

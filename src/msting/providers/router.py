@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import difflib
+import math
 import time
 from dataclasses import dataclass, replace
 from typing import AsyncIterator, Protocol, TypeVar
@@ -34,6 +35,7 @@ from typing import AsyncIterator, Protocol, TypeVar
 from msting.api.errors import MstingError, NotFound, ServerError, Timeout, Unavailable, UpstreamError, unknown_model
 from msting.api.events import Attempt, Done, Embeddings, Event, Failed, Token, Usage
 from msting.api.requests import EmbeddingRequest, GenerationRequest, names_default
+from msting.policy.limits import Limiter, Refusal, Ticket
 from msting.providers.base import ModelInfo, Provider, Stream
 
 SEPARATOR = "~"
@@ -74,6 +76,17 @@ class RequestObserver(Protocol):
     def request_ended(self, ended: RequestEnded) -> None: ...
 
 
+class Observers:
+    """Several observers as one, told in order."""
+
+    def __init__(self, *observers: RequestObserver):
+        self.observers = observers
+
+    def request_ended(self, ended: RequestEnded) -> None:
+        for observer in self.observers:
+            observer.request_ended(ended)
+
+
 def attempts_of(error: MstingError, service: str, ms: float) -> list[Attempt]:
     """The attempts a failed call made: the provider's own list, else one."""
     listed = error.details.get("attempts")
@@ -84,8 +97,9 @@ def attempts_of(error: MstingError, service: str, ms: float) -> list[Attempt]:
 
 class Router:
     def __init__(self, providers: list[Provider], default: str | None = None, fallback_chain: tuple[str, ...] = (),
-                 observer: RequestObserver | None = None):
+                 observer: RequestObserver | None = None, limits: Limiter | None = None):
         self.observer = observer
+        self.limits = limits if limits is not None and limits.active else None
         self.providers = {p.name: p for p in providers}
         self.default = default or providers[0].name
         if self.default not in self.providers:
@@ -180,34 +194,76 @@ class Router:
     async def embed(self, request: EmbeddingRequest) -> Embeddings:
         return await self._call("embed", request)  # type: ignore[return-value]
 
+    # ---- rate limits ------------------------------------------------------------------
+
+    def admit(self, provider: Provider, model: str | None, request: R | GenerationRequest) -> Ticket | Refusal | None:
+        """The rate limits' answer for `request` on this step (None: nothing limits it)."""
+        if self.limits is None:
+            return None
+        if model is None and self.limits.limits_models(provider.name):
+            try:
+                model = provider.model(None).id  # the default model's own limits
+            except MstingError:
+                pass
+        return self.limits.admit(provider.name, model, request)
+
+    async def wait_for_room(self, refused: list[tuple[str, Refusal]], deadline: float) -> None:
+        """Every step left was refused by a rate limit: wait for the earliest room if it
+        comes before the request's deadline, else the 429 of the earliest."""
+        assert self.limits is not None
+        service, soonest = min(refused, key=lambda r: math.inf if r[1].wait is None else r[1].wait)
+        if soonest.wait is None or self.limits.clock() + soonest.wait > deadline:
+            raise soonest.error(service)
+        await asyncio.sleep(soonest.wait)
+
     async def _call(self, method: str, request: R) -> Done | Embeddings:
         started = time.monotonic()
         first: Step | None = None
         tried: list[Attempt] = []
+        ticket: Ticket | None = None
         try:
             steps = self._steps(request.model)
             first = steps[0]
             errors: list[tuple[str, MstingError]] = []
-            for i, (provider, model) in enumerate(steps):
-                began = time.monotonic()
-                try:
-                    result = await getattr(provider, method)(request if model == request.model else replace(request, model=model))
-                except MstingError as exc:
-                    if isinstance(exc, NotFound) and i == 0:
-                        self._with_close_matches(exc, request.model)
-                    if len(steps) == 1 or not falls_over(exc, first=i == 0):
-                        raise
-                    tried += attempts_of(exc, provider.name, (time.monotonic() - began) * 1000)
-                    errors.append((provider.name, exc))
-                    continue
-                own = list(result.attempts) or [Attempt(provider.name, None, None, (time.monotonic() - began) * 1000)]
-                done = replace(result, model=self.public_name(provider.name, result.model), attempts=tuple(tried + own))
-                self._ended(RequestEnded(method, provider.name, result.model, time.monotonic() - started, usage=result.usage,
-                                         attempts=done.attempts, client=request.meta.client, route=request.meta.route,
-                                         fallbacks=len(errors)))
-                return done
-            raise every_service_failed(errors, tried)
+            pending = list(enumerate(steps))
+            deadline = self.limits.deadline(request.meta) if self.limits is not None else 0.0
+            while True:
+                refused: list[tuple[int, Step, Refusal]] = []
+                for i, (provider, model) in pending:
+                    admitted = self.admit(provider, model, request)
+                    if isinstance(admitted, Refusal):  # over a limit: the next service with room, else wait
+                        refused.append((i, (provider, model), admitted))
+                        tried.append(Attempt(provider.name, None, f"rate limited: {admitted.reason}", 0.0))
+                        continue
+                    ticket = admitted
+                    began = time.monotonic()
+                    try:
+                        result = await getattr(provider, method)(request if model == request.model else replace(request, model=model))
+                    except MstingError as exc:
+                        if ticket is not None:
+                            ticket.settle(None)
+                        if isinstance(exc, NotFound) and i == 0:
+                            self._with_close_matches(exc, request.model)
+                        if len(steps) == 1 or not falls_over(exc, first=i == 0):
+                            raise
+                        tried += attempts_of(exc, provider.name, (time.monotonic() - began) * 1000)
+                        errors.append((provider.name, exc))
+                        continue
+                    if ticket is not None:
+                        ticket.settle(result.usage)
+                    own = list(result.attempts) or [Attempt(provider.name, None, None, (time.monotonic() - began) * 1000)]
+                    done = replace(result, model=self.public_name(provider.name, result.model), attempts=tuple(tried + own))
+                    self._ended(RequestEnded(method, provider.name, result.model, time.monotonic() - started, usage=result.usage,
+                                             attempts=done.attempts, client=request.meta.client, route=request.meta.route,
+                                             fallbacks=len(errors) + len(refused)))
+                    return done
+                if not refused:
+                    raise every_service_failed(errors, tried)
+                await self.wait_for_room([(step[0].name, refusal) for _, step, refusal in refused], deadline)
+                pending = [(i, step) for i, step, _ in refused]
         except BaseException as exc:  # CancelledError too: the client went away
+            if ticket is not None:
+                ticket.settle(None)
             self._failed(method, first, request, started, exc, tried, len(errors) if first is not None else 0)
             raise
 
@@ -312,17 +368,34 @@ class RoutedStream:
         self._committed = False  # a service produced the first event: it answers
         self._ended = False  # the observer was told how it ended
         self._iter: AsyncIterator[Event] | None = None
+        self._ticket: Ticket | None = None  # the rate limits' charges of the service asked now
+        self._refused: list[tuple[int, Refusal]] = []  # steps over a rate limit, tried again after a wait
+        self._deadline = router.limits.deadline(request.meta) if router.limits is not None else 0.0
         # The first service's admission errors (unknown model, full queue) are raised
         # here, before any response, unless a fallback may still answer.
         provider, model = self._steps[0]
-        self._current = self._open(provider, model, first=True)
+        self._current = self._open(provider, model, first=True, index=0)
+        self._opened = True  # the first step's stream (or None: it failed over or was refused) is in _current
         self.model = router.public_name(provider.name, self._current.model) if self._current is not None else (request.model or "default")
 
-    def _open(self, provider: Provider, model: str | None, *, first: bool) -> Stream | None:
+    def _settle(self, usage: Usage | None = None) -> None:
+        if self._ticket is not None:
+            self._ticket.settle(usage)
+            self._ticket = None
+
+    def _open(self, provider: Provider, model: str | None, *, first: bool, index: int) -> Stream | None:
         self._started = time.monotonic()
+        self._settle()
+        admitted = self.router.admit(provider, model, self.request)
+        if isinstance(admitted, Refusal):
+            self._refused.append((index, admitted))
+            self.attempts.append(Attempt(provider.name, None, f"rate limited: {admitted.reason}", 0.0))
+            return None
+        self._ticket = admitted
         try:
             return provider.stream(self.request if model == self.request.model else replace(self.request, model=model))
         except MstingError as exc:
+            self._settle()
             if first and isinstance(exc, NotFound):
                 self.router._with_close_matches(exc, self.request.model)
             if len(self._steps) == 1 or not falls_over(exc, first=first):
@@ -344,6 +417,7 @@ class RoutedStream:
         if self._ended:
             return
         self._ended = True
+        self._settle(usage)
         if self._committed and self._current is not None:
             model = self._current.model
         else:
@@ -352,7 +426,7 @@ class RoutedStream:
         self.router._ended(RequestEnded("stream", self.service, model, time.monotonic() - self._began, error=error,
                                         cancelled=cancelled, usage=usage, first_token_sec=self._first_token,
                                         attempts=tuple(self.attempts), client=meta.client, route=meta.route,
-                                        fallbacks=len(self._errors)))
+                                        fallbacks=len(self._errors) + len(self._refused)))
 
     async def _events(self) -> AsyncIterator[Event]:
         routed = self._routed()
@@ -373,9 +447,30 @@ class RoutedStream:
             await routed.aclose()
 
     async def _routed(self) -> AsyncIterator[Event]:
-        for i, (provider, model) in enumerate(self._steps):
+        order = list(enumerate(self._steps))
+        while order:
+            async for event in self._walk(order):
+                yield event
+                if self._committed and isinstance(event, (Done, Failed)):
+                    return
+            if self._committed:
+                return
+            if not self._refused:
+                break
+            # every service left is over a rate limit: wait for room (nothing was sent yet)
+            refused, self._refused = self._refused, []
+            await self.router.wait_for_room([(self._steps[i][0].name, r) for i, r in refused], self._deadline)
+            order = [(i, self._steps[i]) for i, _ in refused]
+        raise every_service_failed(self._errors, self.attempts)
+
+    async def _walk(self, order: list[tuple[int, Step]]) -> AsyncIterator[Event]:
+        for n, (i, (provider, model)) in enumerate(order):
             first = i == 0
-            stream = self._current if first else self._open(provider, model, first=False)
+            if self._opened:
+                self._opened = False
+                stream = self._current
+            else:
+                stream = self._open(provider, model, first=first, index=i)
             self._current = stream
             if stream is None:
                 continue

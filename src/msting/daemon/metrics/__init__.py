@@ -39,6 +39,7 @@ class DaemonMetrics:
         self._service = service
         self._jobs = jobs
         self.state: StateCollector | None = None
+        self.usage: Callable[[], str] | None = None  # the usage log's cost counters (msting.policy.usage)
 
     def attach(self, services: Callable[[], list[dict]], readiness: Callable[[], tuple]) -> None:
         """The sources read at scrape time: the router's services() and the readiness."""
@@ -49,4 +50,5 @@ class DaemonMetrics:
 
         families = [*self.events.families(), *(self.state.families() if self.state is not None else ())]
         state = "".join(f.text() for f in families).encode("utf-8")
-        return b"".join((self.requests.text(), state, generate_latest(self.registry)))
+        usage = self.usage().encode("utf-8") if self.usage is not None else b""
+        return b"".join((self.requests.text(), usage, state, generate_latest(self.registry)))

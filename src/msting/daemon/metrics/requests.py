@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 
-from msting.api.errors import (Conflict, InvalidRequest, NotAllowed, NotFound, ServerError, Timeout, TooLarge,
+from msting.api.errors import (Conflict, InvalidRequest, NotAllowed, NotFound, RateLimited, ServerError, Timeout, TooLarge,
                                Unavailable, UpstreamError)
 from msting.daemon.metrics.exposition import (INF, Histogram, braced, bucket_labels, escape, header, histogram_lines, label_text,
                                               number)
@@ -37,7 +37,7 @@ DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, INF)
 
 # Outcome labels: an error class says what kind of failure it was (most specific first).
 OUTCOMES = ((TooLarge, "too_large"), (InvalidRequest, "invalid_request"), (NotFound, "not_found"), (Conflict, "conflict"),
-            (NotAllowed, "not_allowed"), (Unavailable, "unavailable"), (Timeout, "timeout"), (UpstreamError, "upstream_error"),
+            (NotAllowed, "not_allowed"), (RateLimited, "rate_limited"), (Unavailable, "unavailable"), (Timeout, "timeout"), (UpstreamError, "upstream_error"),
             (ServerError, "server_error"))
 
 REQUESTS = "msting_requests_total"
