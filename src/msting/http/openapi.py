@@ -409,7 +409,7 @@ def _components() -> dict:
             },
         },
         "InstalledModel": {
-            "type": "object", "required": ["name", "source", "path", "size_bytes", "sha256", "revision", "capabilities"],
+            "type": "object", "required": ["name", "source", "path", "size_bytes", "sha256", "revision", "details"],
             "description": "A model installed in the data folder (the `llm_models` table).",
             "properties": {
                 "name": {"type": "string", "description": "What a profile names it by: `source: installed:NAME`."},
@@ -417,7 +417,8 @@ def _components() -> dict:
                 "path": {"type": "string"}, "format": {"type": "string"}, "size_bytes": {"type": "integer"},
                 "sha256": {"type": "string"}, "revision": {"type": ["string", "null"],
                                                           "description": "The upstream's LFS sha256, layer digest or ETag."},
-                "capabilities": {"type": "object"}, "linked": {"type": "boolean"}, "job_id": {"type": ["string", "null"]},
+                "details": {"type": "object", "description": "What the file is (the `details` of /v1/models)."},
+                "linked": {"type": "boolean"}, "job_id": {"type": ["string", "null"]},
                 "installed_at": {"type": "number"}, "updated_at": {"type": "number"},
                 "present": {"type": "boolean", "description": "The file is there."},
                 "in_use": {"type": "boolean", "description": "The active profile serves it."},
