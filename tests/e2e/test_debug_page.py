@@ -80,7 +80,7 @@ def test_in_chromium_ready_checks_and_a_model_restart(keyed_daemon: DaemonHome):
             page.goto(f"{dh.url}/debug")
 
             # The key is asked for, kept in sessionStorage and sent as a header
-            expect(page.locator("#key-form")).to_be_visible()
+            expect(page.locator("#key-form")).to_be_visible(timeout=30_000)
             page.fill("#key", KEY)
             page.click("#key-form button[type=submit]")
             expect(page.locator("#readiness")).to_have_text("ready", timeout=30_000)
@@ -114,8 +114,8 @@ def test_in_chromium_ready_checks_and_a_model_restart(keyed_daemon: DaemonHome):
             expect(page.locator("#message")).to_contain_text("is restarting", timeout=30_000)
             expect(row.locator("td.state")).not_to_have_text("ready", timeout=30_000)
             expect(row.locator("td.state")).to_have_text("ready", timeout=60_000)
-            expect(page.locator("#readiness")).to_have_text("ready")
-            expect(page.locator("#events")).to_contain_text("model_restart")
+            expect(page.locator("#readiness")).to_have_text("ready", timeout=30_000)
+            expect(page.locator("#events")).to_contain_text("model_restart", timeout=30_000)
             new_pid = dh.worker_pids()[0]
             assert new_pid != old_pid
             expect(row).to_contain_text(f"pid {new_pid}")
@@ -161,18 +161,18 @@ def test_in_chromium_a_profile_switch_then_a_daemon_restart(daemon_home: DaemonH
             page.select_option("#profile-select", "alt")
             page.click("#switch-profile")
             page.click("#confirm-ok")
-            expect(page.locator("#message")).to_contain_text("switch to 'alt' started")
+            expect(page.locator("#message")).to_contain_text("switch to 'alt' started", timeout=30_000)
             expect(page.locator("#profile")).to_have_text("alt", timeout=60_000)
             expect(page.locator("tr[data-model='alt-tiny'] td.state")).to_have_text("ready", timeout=60_000)
-            expect(page.locator("#events")).to_contain_text("profile_switched")
+            expect(page.locator("#events")).to_contain_text("profile_switched", timeout=60_000)  # once the old model stopped
 
             page.click("#restart-daemon")
             page.click("#confirm-ok")
-            expect(page.locator("#message")).to_contain_text("is restarting")
+            expect(page.locator("#message")).to_contain_text("is restarting", timeout=30_000)
             expect(page.locator("#conn")).to_have_text("reconnecting", timeout=30_000)
             expect(page.locator("#conn")).to_have_text("live", timeout=60_000)
             expect(page.locator("#readiness")).to_have_text("ready", timeout=60_000)
-            expect(page.locator("#profile")).to_have_text("alt")  # the active profile survives the restart
+            expect(page.locator("#profile")).to_have_text("alt", timeout=30_000)  # the active profile survives the restart
             browser.close()
     finally:
         shutil.rmtree(profile, ignore_errors=True)
