@@ -19,7 +19,7 @@ _msting() {
     fi
 
     local top_opts="--help -h --version -V"
-    local llm_cmds="install start stop restart status wait logs health profiles switch-profile models load unload pull import rm search jobs services ping doctor service"
+    local llm_cmds="install start stop restart status wait logs health profiles switch-profile models load unload pull import rm search usage jobs services ping route doctor service"
 
     # Find the group and the subcommand typed so far.
     local i group="" cmd="" sub=""
@@ -63,7 +63,16 @@ _msting() {
             COMPREPLY=($(compgen -W "install import update delete load unload switch" -- "$cur"))
             return
             ;;
-        --timeout | -n | --lines | --sha256 | --name | --limit)
+        --group-by | -g)
+            COMPREPLY=($(compgen -W "service model day client" -- "$cur"))
+            return
+            ;;
+        --timeout | -n | --lines | --sha256 | --name | --limit | --since | --until)
+            return
+            ;;
+        --explain)
+            compopt -o filenames 2>/dev/null
+            COMPREPLY=($(compgen -f -X '!*.json' -- "$cur") $(compgen -d -- "$cur"))
             return
             ;;
         --root)
@@ -105,6 +114,8 @@ _msting() {
             ;;
         rm) opts="--json" ;;
         search) opts="--limit --json" ;;
+        usage) opts="--group-by -g --since --until --json" ;;
+        route) opts="--explain --json" ;;
         jobs)
             case "$sub" in
                 "") opts="cancel --type --state --json" ;;

@@ -1,7 +1,7 @@
 # fish completion for msting.
 # Install: cp completions/msting.fish ~/.config/fish/completions/  (install.sh does this)
 
-set -l llm_cmds install start stop restart status wait logs health profiles switch-profile models load unload pull import rm search jobs services ping doctor service
+set -l llm_cmds install start stop restart status wait logs health profiles switch-profile models load unload pull import rm search usage jobs services ping route doctor service
 
 complete -c msting -f
 complete -c msting -n __fish_use_subcommand -s h -l help -d 'Show help'
@@ -26,9 +26,11 @@ complete -c msting -n $in_llm -a pull -d 'Download a model (hf://, ollama://, ht
 complete -c msting -n $in_llm -a import -d 'Register a local GGUF file as an installed model'
 complete -c msting -n $in_llm -a rm -d 'Delete an installed model'
 complete -c msting -n $in_llm -a search -d 'Search the Hugging Face hub for GGUF models'
+complete -c msting -n $in_llm -a usage -d 'Show what the requests used and cost'
 complete -c msting -n $in_llm -a jobs -d "List the daemon's jobs; cancel one"
 complete -c msting -n $in_llm -a services -d 'List the services behind the daemon and their URLs'
 complete -c msting -n $in_llm -a ping -d 'Check each URL of a service now'
+complete -c msting -n $in_llm -a route -d 'Explain which route and model a request would get'
 complete -c msting -n $in_llm -a doctor -d 'Check what msting needs, each with a fix hint'
 complete -c msting -n $in_llm -a service -d 'Run the daemon under the init system (systemd, launchd)'
 
@@ -58,6 +60,8 @@ function __msting_services
     msting llm services --json 2>/dev/null | string replace -rf '^      "name": "([^"]*)".*' '$1'
 end
 complete -c msting -n '__msting_llm_cmd ping' -a '(__msting_services)' -d 'Service'
+complete -c msting -n '__msting_llm_cmd route' -l explain -r -F -d 'The request body (JSON) to explain'
+complete -c msting -n '__msting_llm_cmd route' -l json -d 'Print JSON'
 complete -c msting -n '__msting_llm_cmd logs' -s f -l follow -d 'Keep printing new lines'
 complete -c msting -n '__msting_llm_cmd logs' -s n -l lines -x -d 'Number of lines'
 set -l svc_cmds install uninstall status
@@ -79,7 +83,10 @@ complete -c msting -n '__msting_llm_cmd pull import' -l name -x -d 'Name to inst
 complete -c msting -n '__msting_llm_cmd import' -l link -d 'Link the file instead of copying it'
 complete -c msting -n '__msting_llm_cmd import' -F -d 'GGUF file'
 complete -c msting -n '__msting_llm_cmd search' -l limit -x -d 'At most N models'
-complete -c msting -n '__msting_llm_cmd pull import rm search' -l json -d 'Print JSON'
+complete -c msting -n '__msting_llm_cmd pull import rm search usage' -l json -d 'Print JSON'
+complete -c msting -n '__msting_llm_cmd usage' -s g -l group-by -x -a 'service model day client' -d 'Group by'
+complete -c msting -n '__msting_llm_cmd usage' -l since -x -d 'From this time (ISO 8601, Unix seconds, 24h, 7d)'
+complete -c msting -n '__msting_llm_cmd usage' -l until -x -d 'Before this time'
 set -l in_jobs "__msting_llm_cmd jobs; and not __fish_seen_subcommand_from cancel"
 complete -c msting -n $in_jobs -a cancel -d 'Cancel a job'
 complete -c msting -n $in_jobs -l type -x -a 'install import update delete load unload switch' -d 'Only jobs of this type'

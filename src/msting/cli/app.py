@@ -62,6 +62,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "import": ("manage", "import_model"),
     "rm": ("manage", "rm"),
     "search": ("manage", "search"),
+    "usage": ("usage", "usage"),
+    "route": ("route", "route"),
 }
 # The `llm` command groups: name -> (module in msting.cli, help, its commands; each a
 # function of that name in the module).

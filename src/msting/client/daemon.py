@@ -373,6 +373,13 @@ class MstingClient:
         each URL's state; ``default_service`` and ``fallback_chain``."""
         return self._json("GET", "/llm/services", timeout=timeout)
 
+    def usage(self, group_by: str = "service", since: str | None = None, until: str | None = None) -> dict[str, Any]:
+        """``GET /v1/usage``: the usage rows grouped by service, model, day or client, with totals."""
+        from urllib.parse import urlencode
+
+        query = urlencode({k: v for k, v in (("group_by", group_by), ("since", since), ("until", until)) if v is not None})
+        return self._json("GET", f"/v1/usage?{query}")
+
     def ping_service(self, name: str, timeout: float | None = None) -> dict[str, Any]:
         """``GET /llm/services/{name}/ping``: a live check of each URL now. A service none
         of whose URLs answers is a result too (the daemon's 503), not an error."""
@@ -383,6 +390,11 @@ class MstingClient:
         if response.status_code >= 400 and response.status_code != 503:
             raise _error_from(response, data)
         return data
+
+    def explain_route(self, body: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+        """``POST /v1/route/explain``: which route, model and cache outcome `body` (a
+        generation or embeddings request) would get, and why; nothing is generated."""
+        return self._json("POST", "/v1/route/explain", body, timeout=timeout)
 
     # -- plumbing ----------------------------------------------------------------------
 

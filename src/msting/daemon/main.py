@@ -192,8 +192,10 @@ async def _serve(config: Config, paths: Paths, sockets: list[socket.socket], sec
     from msting.daemon.local.service import LocalService
     from msting.daemon.local.spares import WorkerLauncher
     from msting.daemon.store import Store
+    from msting.config.profiles import load_named_profile
     from msting.http.app import build_app
     from msting.http.security import SecurityPolicy
+    from msting.policy.pipeline import PolicyPipeline
     from msting.providers.local import LocalProvider
     from msting.providers.remote.provider import RemoteProvider
     from msting.policy.limits import Limiter
@@ -245,7 +247,12 @@ async def _serve(config: Config, paths: Paths, sockets: list[socket.socket], sec
     router = Router([local, StubProvider(), *remotes], default=config.llm.default_service,
                     fallback_chain=config.llm.fallback_chain, observer=Observers(metrics.requests, usage), limits=limiter)
     metrics.attach(router.services, control.readiness)
-    app = build_app(router, control, security=security or SecurityPolicy.from_config(config))
+    # The request policies in front of the Router: routing (rules, router model), then the
+    # response cache; the active profile's policy is read again when a switch changes it.
+    pipeline = PolicyPipeline(router, local=local.name, active_profile=lambda: service.routing.profile,
+                              load_policy=lambda name: load_named_profile(paths, config, name).policy)
+    pipeline.active()
+    app = build_app(pipeline, control, security=security or SecurityPolicy.from_config(config))
     server = _make_server(app, config.llm_service.stop_timeout_sec)
     serve_task = asyncio.create_task(server.serve(sockets=sockets), name="http")
     while not server.started:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
 ENV_VAR = "MSTING_WORKER_FAILPOINTS"
-SLOW_SEC = 1.0
+SLOW_SEC = 2.0
 
 
 @dataclass(frozen=True)
