@@ -262,3 +262,25 @@ def test_folders_that_are_not_mlx_models(tmp_path: Path):
     (broken / "model.safetensors").write_bytes(b"\xff" * 8 + b"junk")
     with pytest.raises(ModelFileError, match="corrupt|not a safetensors"):
         capabilities_of(broken)
+
+
+def test_the_cache_reads_a_file_again_only_when_it_or_its_folder_changed(tmp_path: Path):
+    import os
+
+    from msting.models.capabilities import CapabilitiesCache
+
+    cache = CapabilitiesCache()
+    model = write_gguf(tmp_path / "model-Q4_K_M.gguf", setup=lambda w: w.add_file_type(15))
+    first = cache.get(model)
+    assert first is not None and first["quantization"] == "Q4_K_M"
+    assert cache.get(model) is first  # unchanged: not read again
+    write_gguf(tmp_path / "mmproj-F16.gguf", "clip")  # a projector appears beside it
+    assert cache.get(model)["type"] == "vlm"
+    stat = model.stat()
+    write_gguf(model, setup=lambda w: w.add_file_type(7))  # the file is replaced
+    os.utime(model, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert cache.get(model)["quantization"] == "Q8_0"
+    model.write_bytes(b"junk")
+    assert cache.get(model) is None  # unreadable: None, tried again next time
+    model.unlink()
+    assert cache.get(model) is None
