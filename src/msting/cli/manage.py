@@ -66,8 +66,10 @@ def run_job(term: Terminal, client: Any, job: dict[str, Any], title: str, last: 
         except MstingError as exc:
             raise CommandError(f"interrupted, and the job could not be cancelled: {exc}", ExitCode.FAILED) from None
         last["job"] = job
-        raise CommandError(f"cancelled (job {job.get('id')}): {interrupted}", ExitCode.FAILED,
-                           data={"cancelled": True}) from None
+        if job.get("state") == "cancelled":
+            raise CommandError(f"cancelled (job {job.get('id')}): {interrupted}", ExitCode.FAILED,
+                               data={"cancelled": True}) from None
+        # it had ended before the cancel reached it: report how, as without Ctrl-C
     last["job"] = job
     if job.get("state") != "succeeded":
         why = error_text(job) or f"it ended {job.get('state')}"
