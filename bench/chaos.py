@@ -99,6 +99,9 @@ class Contract:
         self.responses = {(method.upper(), path, status): make(schema) for path, ops in doc["paths"].items() for method, op in ops.items()
                           for status, resp in op.get("responses", {}).items() if "$ref" not in resp
                           for schema in [(resp.get("content") or {}).get("application/json", {}).get("schema")] if schema is not None}
+        # the documented media types of each answer: text (/metrics, /debug) is not parsed as JSON
+        self.media = {(method.upper(), path, status): set(resp.get("content") or {}) for path, ops in doc["paths"].items()
+                      for method, op in ops.items() for status, resp in op.get("responses", {}).items() if "$ref" not in resp}
 
 
 NATIVE_STREAM_ROUTES = {"/generate", "/v1/execute"}
@@ -133,6 +136,9 @@ def classify(contract: Contract, method: str, path: str, reply: Reply, *, stream
         return "error", str(body["error"].get("code")), ""
     if reply.headers.get("content-type", "").startswith("text/event-stream"):
         return classify_stream(contract, route, reply, strict_text)
+    media = reply.headers.get("content-type", "").split(";")[0].strip()
+    if media.startswith("text/") and media in contract.media.get((method, route, str(reply.status)), ()):
+        return ("ok", str(reply.status), "") if reply.body else ("truncated", "empty", f"an empty {media} answer")
     try:
         body = reply.json()
     except ValueError:

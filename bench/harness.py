@@ -97,10 +97,13 @@ def status(client: httpx.Client) -> dict:
 
 
 def model_info(c: httpx.Client, status_keys: tuple, info_keys: tuple, st: dict | None = None, **extra: Any) -> dict:
-    """The first model as /v1/status shows it (`st`, else fetched), with `extra` and the GGUF facts /models/load reports."""
+    """The first model as /v1/status shows it (`st`, else fetched), with `extra` and the GGUF facts /models/load reports.
+    `worker_threads`: the thread count each of its workers decodes with (the spec's `n_threads` is null when the
+    workers measure it)."""
     m = (st or status(c))["models"][0]
     info = c.post("/models/load", json={"model": "default"}).json().get("info") or {}
-    return {**{k: m.get(k) for k in status_keys}, **extra, **{k: info.get(k) for k in info_keys}}
+    threads = [w.get("n_threads") for w in m.get("workers") or [] if w.get("n_threads") is not None]
+    return {**{k: m.get(k) for k in status_keys}, "worker_threads": threads, **extra, **{k: info.get(k) for k in info_keys}}
 
 
 def ready_worker(client: httpx.Client, not_pid: int | None = None) -> dict | None:

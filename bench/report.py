@@ -99,7 +99,16 @@ def describe(m: dict | None) -> str:
     size = f"{m['size_bytes'] / 1e6:.2f} MB" if m.get("size_bytes") else "?"
     params = f"{m['n_params'] / 1e3:.0f}K params" if m.get("n_params") else ""
     return (f"`{m.get('name')}` ({src if src.startswith('builtin') else Path(src).name}, {m.get('arch')}, {params}, {size}, "
-            f"n_ctx {m.get('n_ctx')}, {m.get('n_threads')} thread(s), {m.get('backend')})")
+            f"n_ctx {m.get('n_ctx')}, {threads_text(m)}, {m.get('backend')})")
+
+
+def threads_text(m: dict) -> str:
+    """The threads each worker chose (`2 threads`; `2 and 1 threads (per worker)` for replicas that
+    differ); the spec's count for older results that kept no worker's."""
+    chosen = sorted(set(m.get("worker_threads") or ([m["n_threads"]] if m.get("n_threads") is not None else [])), reverse=True)
+    if not chosen:
+        return "threads measured by the worker"
+    return f"{' and '.join(map(str, chosen))} thread{'' if chosen == [1] else 's'}" + (" (per worker)" if len(chosen) > 1 else "")
 
 
 def bullets(items: list[str]) -> str:
