@@ -265,6 +265,7 @@ class Engine:
 
         mparams = lib.llama_model_default_params()
         mparams.n_gpu_layers = self.n_gpu_layers
+        mparams.load_mode = lib.LLAMA_LOAD_MODE_MMAP  # as llama_cpp.Llama: the page cache's copy, shared
         _LOG_QUIET.set()  # llama.cpp's load warnings (odd metadata) only go into a load error
         try:
             model = lib.llama_model_load_from_file(self.model_path.encode("utf-8"), mparams)
