@@ -245,24 +245,25 @@ class DecodeLoop:
                     if slot.job is not None:
                         self._fail(slot, exc)
 
-    def time_decode(self, tokens: list[int], budget_s: float, min_steps: int) -> float:
+    def time_decode(self, tokens: list[int], budget_s: float, min_steps: int, embeddings: bool = False) -> float:
         """Decode tok/s of generation-shaped steps (one token, one sequence, its
-        logits) on the calling thread, before the loop starts: *tokens* one by one,
-        for *budget_s* seconds and at least *min_steps* steps (the first one, which
-        wakes the compute threads, is not timed)."""
+        logits, or its embedding for a model that only embeds) on the calling thread,
+        before the loop starts: *tokens* one by one, for *budget_s* seconds and at
+        least *min_steps* steps (the first one, which wakes the compute threads, is
+        not timed). A model without a KV cache decodes each token on its own."""
         lib, batch, slot = self._lib, self._batch, self._slots[0]
-        self._set_embeddings(False)
+        self._set_embeddings(embeddings)
         self._forget(slot, 0)
+        alone = self._mem is None
         steps, t0 = -1, 0.0
         try:
             for p, t in enumerate(tokens):
                 if steps == 0:
                     t0 = time.perf_counter()
-                batch.token[0], batch.pos[0], batch.n_seq_id[0], batch.seq_id[0][0], batch.logits[0] = t, p, 1, 0, 1
+                batch.token[0], batch.pos[0], batch.n_seq_id[0], batch.seq_id[0][0], batch.logits[0] = t, 0 if alone else p, 1, 0, 1
                 batch.n_tokens = 1
                 if lib.llama_decode(self._ctx, batch) != 0:
                     raise DecodeError("llama.cpp could not decode while timing the threads")
-                lib.llama_get_logits_ith(self._ctx, 0)
                 steps += 1
                 if steps >= min_steps and time.perf_counter() - t0 >= budget_s:
                     break

@@ -304,6 +304,12 @@ class Engine:
         """The spec's n_threads, or the fastest decode at 1..usable cores (threads.choose)."""
         if self.n_threads:
             return threads.from_spec(self.n_threads)
+        try:
+            return self._measure_threads()
+        except Exception as exc:  # the model serves anyway; its requests will say what is wrong
+            return threads.ThreadChoice(1, "measured", f"1 thread: the decode speed could not be measured ({exc})")
+
+    def _measure_threads(self) -> threads.ThreadChoice:
         cores = threads.usable_cores()
         if cores == 1:
             return threads.choose({1: self._time_decode(1, MEASURE_BUDGET_S)})
@@ -319,7 +325,7 @@ class Engine:
         self._lib.llama_set_n_threads(self._ctx, n, n)
         text = self._prompt_tokens("Once upon a time, there was a little girl who liked to play in the park. " * 8)
         tokens = text[: max(2, self._n_ctx_slot - 1)]
-        return self._loop.time_decode(tokens, budget_s, MEASURE_MIN_STEPS)
+        return self._loop.time_decode(tokens, budget_s, MEASURE_MIN_STEPS, embeddings=not self.serves_generate)
 
     def close(self) -> None:
         loop, self._loop = self._loop, None
