@@ -20,6 +20,7 @@ padding (bench/.cache). In interleaved rounds:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -30,7 +31,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import harness as h
 import psutil
@@ -124,12 +125,19 @@ def sha256_rate() -> float:
     return (64 << 20) / (time.perf_counter() - t0)
 
 
-def bench_rate(p: dict) -> dict:
-    path = bench_file(p["size_mib"])
+@contextlib.contextmanager
+def serving(size_mib: int) -> Iterator[tuple[Registries, Any]]:
+    """The stand-in serving the bench file at /files/bench.gguf: (server, blob)."""
     reg = Registries().start()
     try:
-        reg.add_file("bench.gguf", path)
-        blob = reg.files["bench.gguf"]
+        reg.add_file("bench.gguf", bench_file(size_mib))
+        yield reg, reg.files["bench.gguf"]
+    finally:
+        reg.close()
+
+
+def bench_rate(p: dict) -> dict:
+    with serving(p["size_mib"]) as (reg, blob):
         url = f"{reg.url}/files/bench.gguf"
         dh = h.home("downloads", {"llm_service": {"warm_spare": False}})
         h.start(dh)
@@ -160,16 +168,10 @@ def bench_rate(p: dict) -> dict:
                 "ratio_met": med("ratio") >= TARGET_CURL_RATIO,
                 "events_met": min(x["events_per_sec"] or 0 for x in rounds) >= TARGET_EVENTS_PER_SEC,
                 "cpu_met": med("cpu_per_100mbps") <= TARGET_CPU_PER_100MBPS}
-    finally:
-        reg.close()
 
 
 def bench_resume(p: dict) -> dict:
-    path = bench_file(p["size_mib"])
-    reg = Registries().start()
-    try:
-        reg.add_file("bench.gguf", path)
-        blob = reg.files["bench.gguf"]
+    with serving(p["size_mib"]) as (reg, blob):
         reg.rate_bps = p["resume_rate_mbps"] * 1e6
         dh = h.home("downloads-resume", {"llm_service": {"warm_spare": False}})
         h.start(dh)
@@ -194,8 +196,6 @@ def bench_resume(p: dict) -> dict:
         chunk = checkpoint_every(blob.size)
         return {"state": done["state"], "sent_before_kill": sent_before, "refetched": refetched, "chunk": chunk,
                 "size": blob.size, "met": done["state"] == "succeeded" and refetched <= chunk}
-    finally:
-        reg.close()
 
 
 def parts(p: dict, res: dict) -> list:

@@ -32,7 +32,7 @@ NAME_RULE = "letters, digits, '.', '_' and '-', starting with a letter or digit"
 # "default" (and "") already mean "the profile's default model" in requests.
 RESERVED_MODEL_NAMES = frozenset({"default"})
 DOWNLOAD_SCHEMES = ("http://", "https://", "hf://")
-DOWNLOADS_UNSUPPORTED = "downloads are not supported yet; download the file and give its path"
+DOWNLOADS_UNSUPPORTED = "a profile names files, it does not download them: install it first (msting llm pull SOURCE --name NAME) and give source: installed:NAME"
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 
 
