@@ -37,6 +37,7 @@ SECTIONS: dict[str, Any] = {"memory_cli": suite.MEMORY, "overhead": overhead, "c
                             "switch": switch, "proxy": proxy, "batching": batching, "ops": ops}
 DOC_ORDER = ["service", "overhead", "switch", "proxy", "batching", "concurrency", "memory_cli", "ops"]  # the page's order
 SECTIONS["downloads"] = __import__("downloads"); DOC_ORDER.append("downloads")  # noqa: E702  (bench/downloads.py)
+SECTIONS["policy"] = __import__("policy"); DOC_ORDER.append("policy")  # noqa: E702  (bench/policy.py)
 TARGET_LARGE_RATIO = 0.98  # decode tokens/s over in process on the 26M model, where the engine dominates
 
 
