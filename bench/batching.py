@@ -28,6 +28,7 @@ import harness as h
 import report as r
 from overhead import ForeignMeter
 from proxy import Engine
+from suite import spawn_idle
 
 KEY = "batching"
 TITLE = "## Batched decoding: msting against llama.cpp's llama-server"
@@ -121,7 +122,11 @@ class Served:
         if spec.kind == "msting":
             label = "bat-" + re.sub(r"[^a-z0-9]+", "-", spec.name.lower()).strip("-")
             self.home = h.home(label, {"llm": {"model": str(path), "n_ctx": N_CTX, **spec.config}})
-            h.start(self.home)
+            # the daemon is this process's child (`msting llm start` detaches it): the bench's process tree
+            # holds every server it measures, as the quiet-machine tooling expects
+            spawn_idle(self.home)
+            with self.home.client() as c:
+                self.home.wait_for(lambda: every_worker_ready(c), 300, 0.1, f"{spec.name}: every worker ready")
             self.url = self.home.url
         elif spec.kind == "llama-server":
             assert binary is not None
@@ -159,6 +164,13 @@ class Served:
 
 
 # ---- the load -------------------------------------------------------------------------------
+
+
+def every_worker_ready(c: Any) -> bool:
+    m = h.status(c)["models"][0]
+    if m.get("fatal") or m.get("state") == "failed":
+        raise h.BenchError(f"the model failed to load: {m.get('last_error')}")
+    return m["state"] == "ready" and bool(m["workers"]) and all(w.get("verified") and w.get("pid") for w in m["workers"])
 
 
 def first_text(event: bytes) -> bool:
