@@ -40,6 +40,7 @@ WINDOW_SEC = 60.0
 START_TOKENS_PER_CHAR = 0.25  # chars/4 until a model's real usage says otherwise
 LEARN_RATE = 0.2  # the weight of the latest request in the tokens-per-character average
 MAX_WAIT_HEADER = "x-msting-max-wait"  # a request's own bound on its wait (seconds), within the config's
+MAX_WINDOWS = 4096  # beyond, the empty ones are dropped
 CHAT_MESSAGE_CHARS = 16  # a chat message's template overhead, counted as this many characters
 
 
@@ -67,7 +68,7 @@ class Window:
         self.charges: deque[Charge] = deque()
         self.tokens = 0
 
-    def _prune(self, now: float) -> None:
+    def prune(self, now: float) -> None:
         charges = self.charges
         horizon = now - WINDOW_SEC
         while charges and charges[0].at <= horizon:
@@ -76,7 +77,7 @@ class Window:
     def wait(self, now: float, tokens: int) -> tuple[float | None, str | None]:
         """(0, None) when one more request of `tokens` fits now; else the seconds until
         it does (None: never, it is bigger than the limit) and the limit that refuses."""
-        self._prune(now)
+        self.prune(now)
         rpm, tpm = self.limits.requests_per_minute, self.limits.tokens_per_minute
         wait = 0.0
         reason = None
@@ -187,6 +188,13 @@ class Limiter:
     def _window(self, key: str, where: str, limits: RateLimits) -> Window:
         window = self._windows.get(key)
         if window is None:
+            if len(self._windows) >= MAX_WINDOWS:  # clients may make up labels: drop the windows that emptied
+                now = self.clock()
+                for name, old in list(self._windows.items()):
+                    old.prune(now)
+                    if not old.charges:
+                        del self._windows[name]
+                self._keys.clear()
             window = self._windows[key] = Window(key, where, limits)
         return window
 
@@ -218,7 +226,7 @@ class Limiter:
         if client is not None:
             for name, policy, limits in self._client_policies(client):
                 out.append(self._window(f"client:{name}", f"llm.clients.{policy}.rate_limits", limits))
-        if len(self._keys) > 4096:  # bounded: clients may make up labels
+        if len(self._keys) > MAX_WINDOWS:  # bounded: clients may make up labels
             self._keys.clear()
         found = self._keys[cache_key] = tuple(out)
         return found
