@@ -216,3 +216,33 @@ def test_the_window_holds_across_a_restart_and_a_waiting_request_is_answered_whe
         assert time.monotonic() - asked >= retry_after - 1.5
     finally:
         home.cleanup()
+
+
+def test_a_client_limit_counts_the_api_key_and_its_labels_and_the_key_is_never_recorded(ups):
+    secret = "s3cret-key-never-stored"
+    home = DaemonHome(label="limits-clients")
+    home.write_config({"llm": {"services": {"svc": _svc(ups["b"])},
+                               "clients": {"key:LLM_API_KEY": {"rate_limits": {"requests_per_minute": 2}}}}})
+    home.env["LLM_API_KEY"] = secret
+    try:
+        home.start()
+        client = openai.OpenAI(base_url=f"{home.url}/v1", api_key=secret, max_retries=0, timeout=60)
+        _chat(client, "svc~standin")
+        _chat(client, "svc~standin", headers={**NO_WAIT, "x-msting-client": "batch"})
+        with pytest.raises(openai.RateLimitError) as caught:  # the key's window, whatever the label
+            _chat(client, "svc~standin", headers={**NO_WAIT, "x-msting-client": "other"})
+        assert "llm.clients.key:LLM_API_KEY.rate_limits" in caught.value.message
+        with home.client() as c:  # the Unix socket: no key, so not the key's client
+            r = c.post("/v1/chat/completions", json={"model": "svc~standin", "messages": [{"role": "user", "content": PROMPT}]},
+                       headers=NO_WAIT)
+            assert r.status_code == 200, r.text
+            report = c.get("/v1/usage", params={"group_by": "client"})
+        assert {g["key"]: g["requests"] for g in report.json()["groups"]} == {
+            "": 1, "key:LLM_API_KEY": 1, "key:LLM_API_KEY/batch": 1, "key:LLM_API_KEY/other": 1}
+        assert secret not in report.text
+        with _state_db(home) as db:
+            assert not db.execute("SELECT count(*) FROM usage WHERE client LIKE ?", (f"%{secret}%",)).fetchone()[0]
+            assert not db.execute("SELECT count(*) FROM rate_charges WHERE key LIKE ?", (f"%{secret}%",)).fetchone()[0]
+            assert db.execute("SELECT count(*) FROM rate_charges WHERE key = 'client:key:LLM_API_KEY'").fetchone()[0] == 2
+    finally:
+        home.cleanup()
