@@ -58,6 +58,10 @@ DEFAULT_FREQUENCY_PENALTY = 0.0
 MAX_EMBEDDING_INPUTS = 2048  # strings in one /v1/embeddings request (OpenAI's own limit)
 LOAD_TIMEOUT_SEC = (0.0, 3600.0)  # /models/load "timeout"
 MAX_NAME_CHARS = 256  # a model, profile or WebSocket request id
+# A request's keep_alive (an on-demand model's idle time before it unloads): seconds, or a
+# duration string as Ollama takes it ("5m", "1h30m"); any negative value keeps it loaded.
+MAX_KEEP_ALIVE_SEC = 365 * 24 * 3600.0
+MAX_DURATION_CHARS = 64
 
 # Every numeric field by name, for documents generated from this module.
 NUMERIC_FIELDS: dict[str, tuple[float, float]] = {

@@ -74,7 +74,10 @@ class RequestMeta:
     `user` is the OpenAI `user` body field. `headers` holds the request headers a
     routing rule may match: lower-case names, only `x-msting-*` and `user-agent`.
     `route` is what picked the model (a rule or the router model's decision), set by
-    the request router before the request reaches the providers' Router."""
+    the request router before the request reaches the providers' Router.
+    `keep_alive` is how long an on-demand local model stays loaded once idle after
+    this request, in seconds (the body's `keep_alive`, as Ollama's); math.inf keeps it
+    loaded; None leaves the profile's `keep_alive_sec`. Always-ready models ignore it."""
 
     client: str | None = None
     user: str | None = None
@@ -82,6 +85,7 @@ class RequestMeta:
     cache_control: CacheControl = CacheControl()
     tools_requested: bool = False
     route: str | None = None
+    keep_alive: float | None = None
 
 
 NO_META = RequestMeta()

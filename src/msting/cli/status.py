@@ -159,6 +159,8 @@ def fmt_keep_alive(model: dict[str, Any]) -> str:
     if sec is None:
         return "always"
     sec = float(sec)
+    if sec < 0:
+        return "kept"  # a request's negative keep_alive: loaded until unloaded
     for unit, size in (("h", 3600), ("m", 60)):
         if sec >= size and sec % size == 0:
             return f"{sec / size:g}{unit}"
@@ -189,11 +191,37 @@ def fmt_threads(worker: dict[str, Any]) -> str | None:
     return text
 
 
+_UNLOAD_REASONS = {
+    "keep_alive": "past its keep-alive",
+    "power_saving": "power saving: memory is short",
+}
+
+
+def fmt_unload(model: dict[str, Any]) -> str | None:
+    """When an on-demand model unloads: ``unloads in 4m12s (past its keep-alive, set by
+    a request)``, ``kept loaded (a request's keep_alive)``; None when there is nothing
+    to say (always ready, not loaded, busy, or a daemon that does not report it)."""
+    unload = model.get("unload") if isinstance(model.get("unload"), dict) else {}
+    reason = unload.get("reason")
+    by = ", set by a request" if model.get("keep_alive_source") == "request" else ""
+    if reason == "kept_loaded":
+        return "kept loaded (a request's keep_alive)"
+    if reason not in _UNLOAD_REASONS or not isinstance(unload.get("in_sec"), (int, float)):
+        return None
+    wait = float(unload["in_sec"])
+    when = time.strftime("%H:%M:%S", time.localtime(float(unload["at"]))) if isinstance(unload.get("at"), (int, float)) else "?"
+    return f"unloads in {fmt_duration(wait)} at {when} ({_UNLOAD_REASONS[reason]}{by})"
+
+
 def model_details(model: dict[str, Any]) -> str | None:
-    """What the table has no room for: the threads choice of the model's workers (once
-    for those that chose the same count the same way, with the first one's figures),
-    and the prompt tokens they reused from a slot's cache."""
+    """What the table has no room for: when an on-demand model unloads, the threads
+    choice of the model's workers (once for those that chose the same count the same
+    way, with the first one's figures), and the prompt tokens they reused from a slot's
+    cache."""
     choices: dict[str, str] = {}
+    unload = fmt_unload(model)
+    if unload:
+        choices["unload"] = unload
     for w in model.get("workers") or []:
         text = fmt_threads(w)
         if text:
@@ -222,6 +250,8 @@ def fmt_memory(memory: dict[str, Any]) -> str:
     ]
     budget = memory.get("budget_bytes")
     parts.append(f"budget {fmt_bytes(budget)}" if budget is not None else "no budget")
+    if memory.get("pressure"):
+        parts.append(f"short: {memory['pressure']} (power saving unloads idle on-demand models)")
     return " · ".join(parts)
 
 
@@ -340,7 +370,7 @@ def print_status(term: Terminal, info: dict[str, Any]) -> None:
         table = _models_table(rows, dropped)
     term.print(table)
     legend = ("* default model; workers: pid, state, slots busy/total; keep = how long an idle model stays loaded "
-              "(always: always-ready); queue = waiting(+running)")
+              "(always: always-ready, never unloaded; kept: until unloaded); queue = waiting(+running)")
     if dropped:
         legend += f"; {', '.join(dropped)} hidden: the terminal is too narrow (--json has them)"
     term.print(Text(legend, style="dim"))

@@ -70,6 +70,22 @@ class RestartPolicy:
 
 
 @dataclass(frozen=True)
+class PowerSaving:
+    """Unloading idle on-demand models sooner under memory pressure (``llm_service.power_saving``).
+
+    There is pressure when the memory available (psutil's ``available``) is below
+    ``min_available_mb``, or when the models loaded are estimated to use at least
+    ``budget_used_percent`` of the active profile's ``memory_budget_mb`` (a profile without a
+    budget has only the first test). Under pressure an on-demand model idle for
+    ``idle_sec`` is unloaded, whatever its keep-alive; always-ready models never are."""
+
+    enabled: bool = opt(False, Bool())
+    idle_sec: float = opt(30.0, _NON_NEGATIVE)
+    min_available_mb: int = opt(1024, Num(integer=True, lo=0))
+    budget_used_percent: float = opt(90.0, Num(integer=False, lo=0, lo_open=True, hi=100))
+
+
+@dataclass(frozen=True)
 class ServiceConfig:
     """The daemon and its HTTP API (``llm_service``)."""
 
@@ -89,6 +105,7 @@ class ServiceConfig:
     api_key_env_var: str = opt("LLM_API_KEY", ENV_VAR_NAME)
     allowed_hosts: tuple[str, ...] = opt((), StrList())
     metrics_public: bool = opt(False, Bool())  # GET /metrics without the API key (for a scraper)
+    power_saving: PowerSaving = section(PowerSaving)
 
 
 @dataclass(frozen=True)

@@ -89,7 +89,7 @@ class DaemonControl:
             "default_model": s.routing.default_model,
             "memory": self._memory(),
             "spare": self._spare(),
-            "models": [m.snapshot() for m in s.shown_models()],
+            "models": [{**m.snapshot(), "unload": s.unload_status(m)} for m in s.shown_models()],
             "events": s.store.recent_events(10),
         }
 
@@ -100,6 +100,8 @@ class DaemonControl:
             "workers_rss_bytes": sum(rss for m in s.all_models() for rss in m.worker_rss().values()),
             "available_bytes": psutil.virtual_memory().available,
             "budget_bytes": s.routing.budget_bytes,
+            "power_saving": s.config.llm_service.power_saving.enabled,
+            "pressure": s.pressure,  # why memory is short (power_saving), else null
         }
 
     def _spare(self) -> dict:

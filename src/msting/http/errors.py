@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 
+from msting.api.durations import parse_duration
 from msting.api.errors import (Conflict, InvalidRequest, MstingError, NotAllowed, NotFound, RateLimited, ServerError, Timeout, TooLarge,
                                Unavailable, UpstreamError)
 
@@ -212,6 +213,26 @@ class Fields:
             raise self._problem(key, f"a number from {lo:g} to {hi:g}")
         if isinstance(value, float) and not math.isfinite(value) or not lo <= value <= hi:
             raise self._problem(key, f"a number from {lo:g} to {hi:g}")
+        return float(value)
+
+    def duration(self, key: str, *, max_sec: float, max_chars: int) -> float | None:
+        """Seconds, from a number or a duration string (msting.api.durations: "5m", "1h30m");
+        any negative value is math.inf (kept for ever, as Ollama's keep_alive); None when left out."""
+        value = self.body.get(key)
+        if value is None:
+            return None
+        want = f"a number of seconds or a duration such as \"5m\" or \"1h30m\" (at most {max_sec:g} s; negative: for ever)"
+        if isinstance(value, str) and len(value) <= max_chars:
+            try:
+                value = parse_duration(value)
+            except ValueError:
+                raise self._problem(key, want) from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or isinstance(value, float) and not math.isfinite(value):
+            raise self._problem(key, want)
+        if value < 0:
+            return math.inf
+        if value > max_sec:
+            raise self._problem(key, want)
         return float(value)
 
     def boolean(self, key: str, default: bool) -> bool:

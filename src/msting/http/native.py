@@ -22,7 +22,7 @@ from msting.http.sse import EventStream
 from msting.providers.base import Stream
 from msting.providers.router import Router
 
-GENERATE_KEYS = {"prompt", "max_tokens", "temperature", "top_p", "stop", "seed", "model", "stream"}
+GENERATE_KEYS = {"prompt", "max_tokens", "temperature", "top_p", "stop", "seed", "model", "stream", "keep_alive"}
 LLM_KEYS = {"prompt", "max_tokens", "temperature"}
 LOAD_KEYS = frozenset({"model", "timeout"})
 

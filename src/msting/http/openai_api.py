@@ -32,13 +32,13 @@ from msting.providers.base import ModelInfo, Stream
 from msting.providers.router import Router
 
 SAMPLING_KEYS = {"model", "temperature", "top_p", "max_tokens", "stop", "seed", "presence_penalty",
-                 "frequency_penalty", "n", "user", "stream", "stream_options"}
+                 "frequency_penalty", "n", "user", "stream", "stream_options", "keep_alive"}
 CHAT_KEYS = SAMPLING_KEYS | {"messages", "max_completion_tokens"}
 COMPLETION_KEYS = SAMPLING_KEYS | {"prompt"}
-EMBEDDING_KEYS = {"model", "input", "encoding_format", "user"}
+EMBEDDING_KEYS = {"model", "input", "encoding_format", "user", "keep_alive"}
 # A dry run takes any generation body, and `tools` (a routing rule may match on it).
 EXPLAIN_KEYS = CHAT_KEYS | COMPLETION_KEYS | EMBEDDING_KEYS | {"tools", "tool_choice", "encoding_format"}
-EXECUTE_KEYS = {"model", "prompt", "messages", "max_tokens", "temperature", "top_p", "stop", "seed", "stream"}
+EXECUTE_KEYS = {"model", "prompt", "messages", "max_tokens", "temperature", "top_p", "stop", "seed", "stream", "keep_alive"}
 
 
 # ---- parsing ----------------------------------------------------------------------

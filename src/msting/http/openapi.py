@@ -26,7 +26,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from msting import __version__
-from msting.api import limits
+from msting.api import durations, limits
 from msting.http import native, openai_api, ws
 from msting.http.admin import NO_KEYS, RESTART_KEYS, SWITCH_KEYS, UNLOAD_KEYS
 from msting.http.native import LOAD_KEYS
@@ -99,6 +99,12 @@ PROPERTIES: dict[str, dict] = {
                          "items": {"type": "string", "minLength": 1}}],
               "description": "A non-empty string or a non-empty list of non-empty strings (token arrays are not supported)."},
     "encoding_format": _nullable({"type": "string", "enum": ["float", "base64"], "description": "Default `float`."}),
+    "keep_alive": _nullable({
+        "anyOf": [{"type": "number", "maximum": limits.MAX_KEEP_ALIVE_SEC},
+                  {"type": "string", "maxLength": limits.MAX_DURATION_CHARS, "pattern": durations.PATTERN}],
+        "description": "How long an on-demand model stays loaded once idle after this request, as Ollama's `keep_alive`: "
+                       "seconds, or a duration (`\"5m\"`, `\"1h30m\"`); 0 unloads it right after; any negative value keeps it "
+                       "loaded. Left out: the profile's `keep_alive_sec`. An always-ready model ignores it (it is never unloaded)."}),
 }
 
 

@@ -26,7 +26,8 @@ NO_CACHE_CONTROL = CacheControl()
 
 def request_meta(scope: dict[str, Any], fields: Fields | None = None) -> RequestMeta:
     """Who sent the request, from its ASGI scope (the headers; the API key's id the
-    security middleware put there) and body (the OpenAI `user` field, `tools`)."""
+    security middleware put there) and body (the OpenAI `user` field, `tools`), and
+    the body's `keep_alive` (seconds or a duration; see RequestMeta)."""
     headers: dict[str, str] = {}
     cache = NO_CACHE_CONTROL
     for raw_name, raw_value in scope.get("headers", ()):
@@ -42,11 +43,13 @@ def request_meta(scope: dict[str, Any], fields: Fields | None = None) -> Request
                              f"got {shown(label)}", param=CLIENT_HEADER)
     key = scope.get(CLIENT_SCOPE_KEY)
     client = f"{key}/{label}" if key and label else key or label
-    user = tools = None
+    user = tools = keep_alive = None
     if fields is not None:
         user = fields.string("user", max_chars=limits.MAX_NAME_CHARS) if "user" in fields.body else None
         tools = fields.body.get("tools")
-    return RequestMeta(client=client, user=user, headers=headers or NO_HEADERS, cache_control=cache, tools_requested=bool(tools))
+        keep_alive = fields.duration("keep_alive", max_sec=limits.MAX_KEEP_ALIVE_SEC, max_chars=limits.MAX_DURATION_CHARS)
+    return RequestMeta(client=client, user=user, headers=headers or NO_HEADERS, cache_control=cache, tools_requested=bool(tools),
+                       keep_alive=keep_alive)
 
 
 def model_name(fields: Fields) -> str | None:

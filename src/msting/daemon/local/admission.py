@@ -66,6 +66,7 @@ class Admission:
     def _enqueue(self, job: LocalJob, model: LocalModel) -> None:
         job.model = model.name
         job.owner = model
+        model.note_keep_alive(job.request.meta.keep_alive)
         if not job.embed:  # the model's own defaults for what the request left out
             sampling = job.request.sampling.with_defaults(model.spec.max_tokens, model.spec.temperature)
             if sampling is not job.request.sampling:

@@ -1,11 +1,14 @@
 """Memory for an on-demand load: what to unload, least recently used first, or a refusal.
 
 A pure policy: it is given the model to load, the models loaded now, the budget and
-the memory available, and it names the idle on-demand models to unload. It refuses
-clearly rather than risk an out-of-memory kill.
+the memory available, and it names the idle on-demand models to unload (those a
+request asked to keep loaded last). It refuses clearly rather than risk an
+out-of-memory kill.
 """
 
 from __future__ import annotations
+
+import math
 
 from msting.api.errors import Unavailable
 from msting.daemon.local.model import LocalModel
@@ -18,12 +21,13 @@ def choose_victims(model: LocalModel, loaded: list[LocalModel], *, budget: int |
 
     need = model.estimated_bytes
     loaded = [m for m in loaded if m is not model]
-    used = sum(_size(m) for m in loaded)
-    idle = sorted((m for m in loaded if m.on_demand and m.idle_for(now) > 0), key=lambda m: m.last_used)
+    used = sum(model_size(m) for m in loaded)
+    idle = sorted((m for m in loaded if m.on_demand and m.idle_for(now) > 0),
+                  key=lambda m: (m.keep_alive_sec == math.inf, m.last_used))
     victims: list[LocalModel] = []
 
     def fits() -> bool:
-        freed = sum(_size(m) for m in victims)
+        freed = sum(model_size(m) for m in victims)
         return need <= available + freed and (budget is None or used - freed + need <= budget)
 
     while not fits() and idle:
@@ -36,7 +40,7 @@ def choose_victims(model: LocalModel, loaded: list[LocalModel], *, budget: int |
     return victims
 
 
-def _size(model: LocalModel) -> int:
+def model_size(model: LocalModel) -> int:
     """A loaded model's estimate; 0 when its file can no longer be read (it was replaced
     under a running worker: the worker holds its memory, but nothing better is known)."""
     from msting.models.gguf_file import ModelFileError

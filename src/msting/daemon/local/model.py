@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from dataclasses import dataclass, replace
 from enum import Enum
@@ -130,6 +131,7 @@ class LocalModel:
         self._estimate: int | None = None
         self.tokens_per_sec: float | None = None
         self.last_used = time.monotonic()
+        self.requested_keep_alive: float | None = None  # the last request's keep_alive (None: the spec's)
         self._changed = asyncio.Event()
         self._saved: tuple | None = None  # (profile, state, last_error) last written to the store
 
@@ -210,6 +212,38 @@ class LocalModel:
         if len(self.queue) or self.in_flight:
             return 0.0
         return now - self.last_used
+
+    def note_keep_alive(self, seconds: float | None) -> None:
+        """A request for this model was admitted: its keep_alive holds from now on, as in
+        Ollama (a request without one goes back to the profile's). An always-ready model
+        keeps no keep-alive: it is never unloaded."""
+        if self.on_demand:
+            self.requested_keep_alive = seconds
+
+    @property
+    def keep_alive_sec(self) -> float | None:
+        """How long the model stays loaded once idle: the last request's keep_alive, else
+        the profile's keep_alive_sec; math.inf: kept loaded; None: always ready."""
+        if not self.on_demand:
+            return None
+        return self.spec.keep_alive_sec if self.requested_keep_alive is None else self.requested_keep_alive
+
+    def unload_plan(self, now: float, pressure_idle_sec: float | None = None) -> tuple[float | None, str]:
+        """(when the reaper unloads the model, on the monotonic clock, or None; why, in a
+        word: keep_alive, power_saving (memory pressure shortens the wait to
+        `pressure_idle_sec`), kept_loaded, always_ready, not_loaded, busy)."""
+        keep = self.keep_alive_sec
+        if keep is None:
+            return None, "always_ready"
+        if not self.started:
+            return None, "not_loaded"
+        if len(self.queue) or self.in_flight:
+            return None, "busy"
+        if pressure_idle_sec is not None and pressure_idle_sec < keep:
+            return self.last_used + pressure_idle_sec, "power_saving"
+        if math.isinf(keep):
+            return None, "kept_loaded"
+        return self.last_used + keep, "keep_alive"
 
     @property
     def started(self) -> bool:
@@ -355,7 +389,8 @@ class LocalModel:
             "restarts": sum(w.restarts for w in self.workers),
             "last_error": self.last_error,
             "fatal": self.fatal,
-            "keep_alive_sec": self.spec.keep_alive_sec if self.on_demand else None,
+            "keep_alive_sec": -1 if self.keep_alive_sec == math.inf else self.keep_alive_sec,  # -1: kept loaded
+            "keep_alive_source": None if self.keep_alive_sec is None else "profile" if self.requested_keep_alive is None else "request",
             "rss_bytes": sum(rss.values()),
             "workers": [{**w.snapshot(), "rss_bytes": rss.get(w.pid)} for w in self.workers],
         }

@@ -15,10 +15,12 @@ from typing import Any
 
 import psutil
 
+from msting.api.durations import format_duration
 from msting.api.errors import Conflict, ServerError, Timeout, Unavailable
 from msting.config import Config, Paths
 from msting.daemon.local.admission import Admission, shutting_down
 from msting.daemon.local.model import LocalModel, ModelState
+from msting.daemon.local.pressure import memory_pressure
 from msting.daemon.local.queue import LocalJob
 from msting.daemon.local.routing import Routing
 from msting.daemon.local.spares import WorkerLauncher
@@ -41,6 +43,7 @@ class LocalService:
         self.admission = Admission(routing, store, unload=lambda m: self.spawn(m.stop(), name=f"evict {m.key}"),
                                    loaded=self.all_models)
         self.switch_job: str | None = None  # the id of the running switch's job
+        self.pressure: str | None = None  # why memory is short (power_saving), as the reaper last saw it
         self.started_at = time.time()
         self._tasks: set[asyncio.Task] = set()  # asyncio keeps only weak references to tasks
 
@@ -125,17 +128,41 @@ class LocalService:
         return {"model": model.name, "state": model.state.value, "stopped_pids": pids, "still_alive": alive}
 
     async def _reap_idle(self) -> None:
-        """Unload on-demand models idle past their keep-alive (always-ready ones never)."""
+        """Unload on-demand models idle past their keep-alive, or past power_saving.idle_sec
+        while memory is short (always-ready models never)."""
         while True:
             await asyncio.sleep(REAPER_INTERVAL_SEC)
             if self.switch_job is not None or self.stopping:
                 continue
+            loaded = [m for m in self.all_models() if m.started and m.state is not ModelState.FAILED]
+            self.pressure = memory_pressure(self.config.llm_service.power_saving, loaded, budget=self.routing.budget_bytes,
+                                            available=psutil.virtual_memory().available)
             now = time.monotonic()
             for m in self.routing.all_models():
-                if m.on_demand and m.started and m.state in (ModelState.READY, ModelState.DEGRADED) and m.idle_for(now) > m.spec.keep_alive_sec:
-                    log.info("unloading %s: idle for %.0fs (keep_alive_sec=%g)", m.key, m.idle_for(now), m.spec.keep_alive_sec)
-                    self.store.record_event("model_idle_unload", model=m.name, detail=f"{m.key} idle past keep_alive_sec={m.spec.keep_alive_sec:g}")
-                    await m.stop()
+                if not (m.on_demand and m.started and m.state in (ModelState.READY, ModelState.DEGRADED)):
+                    continue
+                at, why = m.unload_plan(now, self._pressure_idle_sec())
+                if at is None or now < at:
+                    continue
+                idle = f"idle for {m.idle_for(now):.1f}s"
+                detail = (f"{m.key} {idle}, memory is short: {self.pressure}" if why == "power_saving"
+                          else f"{m.key} {idle}, past its keep-alive of {format_duration(m.keep_alive_sec or 0.0)}")
+                log.info("unloading %s", detail)
+                self.store.record_event("model_idle_unload", model=m.name, detail=detail)
+                await m.stop()
+
+    def _pressure_idle_sec(self) -> float | None:
+        return self.config.llm_service.power_saving.idle_sec if self.pressure else None
+
+    def unload_status(self, model: LocalModel) -> dict:
+        """When the model will be unloaded, for status: `at` (a Unix time) and `in_sec`, or
+        null for never; `reason`: keep_alive, power_saving, kept_loaded, always_ready,
+        not_loaded or busy (the wait starts when its work ends)."""
+        now = time.monotonic()
+        at, why = model.unload_plan(now, self._pressure_idle_sec())
+        if at is None:
+            return {"at": None, "in_sec": None, "reason": why}
+        return {"at": round(time.time() + at - now, 3), "in_sec": round(max(0.0, at - now), 1), "reason": why}
 
     # ---- a switch's narrow API (msting.daemon.local.switch) -------------------------
 
