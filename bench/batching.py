@@ -249,7 +249,9 @@ async def measure(servers: list[Served], p: dict, max_tokens: int, key: str) -> 
     rounds: list[dict] = []
     cells: dict[str, dict[str, list[dict]]] = {s.name: {} for s in servers}
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=900)
-    sessions = {s.name: aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=32), timeout=timeout) for s in servers}
+    # a new connection per request, for every server alike: llama-server (cpp-httplib) closes a keep-alive
+    # connection after 5 requests, and a POST sent on it just then fails ("Server disconnected") without being served
+    sessions = {s.name: aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=32, force_close=True), timeout=timeout) for s in servers}
     try:
         for s in servers:  # warm-up, not counted: connections, the first decode, a stream
             body = {"prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0.0, **s.body_extra}
@@ -501,7 +503,8 @@ def blocks(res: dict) -> list:
     peer = res.get("peer") or {}
     out: list[Any] = [r.run_line(res, "bench/run.py --only batching")]
     out.append(r.bullets([
-        f"**Load:** {', '.join(map(str, levels))} concurrent clients (asyncio + aiohttp in the bench process, over TCP), each "
+        f"**Load:** {', '.join(map(str, levels))} concurrent clients (asyncio + aiohttp in the bench process, over TCP, a new "
+        f"connection per request for every server), each "
         f"sending one non-streamed `POST /v1/completions` (prompt {PROMPT!r}, `temperature` 0, `max_tokens` per model below), all "
         f"at once; aggregate tok/s = the replies' completion tokens ÷ the wall time from the first request to the last reply; "
         f"single stream = 1 client. Time to first token: {TTFT_CLIENTS} clients each sending {p['ttft_requests_per_client']} "
