@@ -60,14 +60,12 @@ def _installed(client: Any) -> list[dict[str, Any]] | None:
         if exc.status == 404:
             return None
         raise
-    # `details` only: in the API `capabilities` means what an endpoint can do
-    return [{**{k: v for k, v in row.items() if k != "capabilities"}, "details": row_details(row)} for row in rows]
+    return [{**row, "details": row_details(row)} for row in rows]
 
 
 def row_details(row: dict[str, Any]) -> dict[str, Any] | None:
-    """What an installed model's file is: its ``details`` (``capabilities`` in rows of an
-    earlier daemon)."""
-    value = row.get("details", row.get("capabilities"))
+    """What an installed model's file is (its ``details``), None when unknown."""
+    value = row.get("details")
     return value if isinstance(value, dict) and value else None
 
 
