@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import json
 
+from pathlib import Path
+
 import httpx
 import openai
 import pytest
 import yaml
 
 pytestmark = pytest.mark.e2e
+
+# ../shared/models/stories260K.gguf, as tests/conftest.py finds it (its _stories_ok fixture checks it)
+STORIES_PATH = Path(__file__).resolve().parents[3] / "shared" / "models" / "stories260K.gguf"
 
 NEVER = "^never-matches$"
 
@@ -46,8 +51,6 @@ def explain(dh, body: dict, headers: dict | None = None) -> dict:
 
 @pytest.fixture(scope="module")
 def ruled(_stories_ok):
-    from conftest import STORIES_PATH
-
     if not _stories_ok:
         pytest.skip("stories260K is absent")
     dh = start_with_profile({
@@ -203,8 +206,6 @@ TARGETS = {"stories": "story", "words": "tiny", "slow": "tiny"}
 
 @pytest.fixture(scope="module")
 def with_router(_stories_ok):
-    from conftest import STORIES_PATH
-
     if not _stories_ok:
         pytest.skip("stories260K is absent")
     dh = start_with_profile(router_profile(str(STORIES_PATH), 5000))  # a generous budget: only the choice is tested here
@@ -251,8 +252,6 @@ def test_a_named_model_skips_the_router_model(with_router):
 def test_a_slow_router_model_falls_back_to_the_rules(_stories_ok):
     """The router model's worker waits 2 s before a request marked SLOWMARK (a failpoint):
     past its 300 ms budget the rules decide, and the `slow` rule matches."""
-    from conftest import STORIES_PATH
-
     if not _stories_ok:
         pytest.skip("stories260K is absent")
     dh = start_with_profile(router_profile(str(STORIES_PATH), 300), env={"MSTING_WORKER_FAILPOINTS": "slow_on_prompt=SLOWMARK"})
@@ -267,5 +266,40 @@ def test_a_slow_router_model_falls_back_to_the_rules(_stories_ok):
         # nothing matched by the rules either: the default model
         reply, name, by = routed_chat(socket_client(dh), "hello")
         assert by != "rule"
+    finally:
+        dh.cleanup()
+
+
+def test_a_switch_brings_the_new_profile_s_routes_and_an_empty_cache(_stories_ok):
+    import time
+
+    if not _stories_ok:
+        pytest.skip("stories260K is absent")
+    tiny = {"source": "builtin:tiny", "n_ctx": 512, "parallel": 1}
+    dh = start_with_profile({"default_model": "tiny", "models": {"tiny": tiny}, "cache": {"enabled": True}})
+    try:
+        (dh.home / "config" / "profiles" / "routed.yaml").write_text(yaml.safe_dump({
+            "default_model": "tiny",
+            "models": {"tiny": tiny, "story": {"source": str(STORIES_PATH), "n_ctx": 512, "parallel": 1}},
+            "routes": {"python": {"to": "story", "regex": "python"}}, "cache": {"enabled": True}}))
+        client = socket_client(dh)
+
+        def ask():
+            raw = client.chat.completions.with_raw_response.create(
+                messages=[{"role": "user", "content": "python"}], max_tokens=8, temperature=0, model=openai.NOT_GIVEN)
+            return raw.parse().model, raw.headers.get("x-msting-route"), raw.headers["x-msting-cache"]
+
+        assert ask() == ("tiny", None, "miss")
+        assert ask() == ("tiny", None, "hit")
+        with dh.client() as c:
+            job = c.post("/v1/profiles/switch", json={"profile": "routed"}).json()
+            deadline = time.monotonic() + 120
+            while c.get(f"/v1/jobs/{job['id']}").json()["state"] == "running":
+                assert time.monotonic() < deadline, "the switch did not end"
+                time.sleep(0.05)
+            assert c.get(f"/v1/jobs/{job['id']}").json()["state"] == "succeeded"
+        assert ask() == ("story", "python", "miss")  # the new routes, and nothing of the old cache
+        assert ask() == ("story", "python", "hit")
+        assert explain(dh, {"messages": [{"role": "user", "content": "x"}]})["profile"] == "routed"
     finally:
         dh.cleanup()

@@ -7,12 +7,17 @@ streamed from it; keys that differ by one parameter never share an answer."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 import openai
 import pytest
 import yaml
 
 pytestmark = pytest.mark.e2e
+
+# ../shared/models/stories260K.gguf, as tests/conftest.py finds it (its _stories_ok fixture checks it)
+STORIES_PATH = Path(__file__).resolve().parents[3] / "shared" / "models" / "stories260K.gguf"
 
 CHAT = [{"role": "user", "content": "Once upon a time"}]
 
@@ -32,7 +37,6 @@ def socket_client(dh, headers: dict | None = None) -> openai.OpenAI:
 @pytest.fixture(scope="module")
 def cached(tmp_path_factory, _stories_ok):
     """One daemon for the module: story (stories260K, the default) and tiny (msting-tiny), cache on."""
-    from conftest import STORIES_PATH
     from daemon_home import DaemonHome
 
     if not _stories_ok:

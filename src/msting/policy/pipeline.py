@@ -197,13 +197,15 @@ class PolicyPipeline:
             return Done(answer.model, answer.text, answer.finish_reason, answer.usage, {}, (), route=choice.name,
                         route_by=choice.by, cache="hit")
         done = await self.router.generate(request)
+        if active.cache is None and choice.name is None:  # nothing to say: the Router's answer as it is
+            return done
         self._store(active, lookup, done, done.text)
         return replace(done, route=choice.name, route_by=choice.by, cache="miss" if active.cache is not None else None)
 
     async def embed(self, request: EmbeddingRequest) -> Embeddings:
         choice = self._by_rules(self.active().policy, request)
         result = await self.router.embed(self._routed(request, choice))  # type: ignore[arg-type]
-        return replace(result, route=choice.name, route_by=choice.by)
+        return result if choice.name is None else replace(result, route=choice.name, route_by=choice.by)
 
     def stream(self, request: GenerationRequest) -> PolicyStream:
         """The stream of `request`. Routed by rules alone, it is opened here (an unknown
