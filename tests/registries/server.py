@@ -17,7 +17,8 @@ Plain files:
 The CDN (where the redirects go):
   HEAD|GET /cdn/{sha256}                              ETag, Accept-Ranges, Content-Length, Range (206)
 
-Faults (attributes, set by the test): `rate_bps` throttles every body; `drop_after`
+Faults (attributes, set by the test): `rate_bps` throttles the bodies of the connections
+that start while it is set; `drop_after`
 closes the connection after that many body bytes, `drops` times; `fail_5xx` answers
 that many body requests with a 503; `wrong_digest` publishes a sha256 that is not the
 content's; `stall_after` stops sending (and holds the connection) after that many bytes,
@@ -275,7 +276,8 @@ class _Handler(BaseHTTPRequestHandler):
             if drop is not None:
                 state.drops -= 1
             stall, state.stall_after = state.stall_after, None
-        plain = state.rate_bps is None and drop is None and stall is None
+            rate = state.rate_bps  # for this connection: a change applies to the next ones
+        plain = rate is None and drop is None and stall is None
         sent = 0
         with open(blob.path, "rb") as f:
             if plain:  # as fast as the kernel goes (the bench's case)
@@ -301,8 +303,8 @@ class _Handler(BaseHTTPRequestHandler):
                     break
                 sent += len(data)
                 self._count(blob, len(data))
-                if state.rate_bps:
-                    ahead = sent / state.rate_bps - (time.monotonic() - began)
+                if rate:
+                    ahead = sent / rate - (time.monotonic() - began)
                     if ahead > 0:
                         time.sleep(ahead)
         if stall is not None and sent >= stall:
