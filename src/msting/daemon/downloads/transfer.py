@@ -1,12 +1,12 @@
 """One file's download, resumable: bytes go to `<key>.part` beside a small state file
 `<key>.json` (URL, expected size and sha256, the server's validator, and `verified`:
-how many bytes of the part are on disk for sure). The state is written after each
-checkpoint (the part's bytes handed to the kernel), so a kill, a dropped connection, a
-stall or a cancel resumes with a Range request from the last checkpoint: at most one
-checkpoint's bytes are fetched twice.
+the bytes of the part at the last checkpoint). A part is only ever appended to, by
+write()s the kernel took whole, so a kill -9, a dropped connection, a stall or a cancel
+resumes with a Range request from the part's last byte: what is fetched twice is only
+what the socket's buffers held when the process died. The state ties the part to its
+URL, sha256 and ETag (`If-Range`), and is written at each checkpoint.
 
-The sha256 is computed as the bytes arrive (the part's verified bytes are hashed again
-on resume) and compared before the caller moves the file into place; a mismatch
+The sha256 is computed as the bytes arrive (the part is hashed again on a resume) and compared before the caller moves the file into place; a mismatch
 removes the part and its state. Free space is checked before the first byte; ENOSPC
 while writing is a clear failure. Transient failures (a dropped connection, a 5xx, a
 read stalled for `stall_sec`) are retried with exponential backoff and jitter.
@@ -124,13 +124,17 @@ class Transfer:
         os.replace(tmp, self.state_file)
 
     def _resume_point(self) -> tuple[int, str | None, Any]:
-        """The bytes of the part kept (the last checkpoint), their hash, the validator."""
+        """The bytes of the part kept, their hash, the validator."""
         state = self._read_state()
         digest = hashlib.sha256()
         if not state or not self.part.exists():
             self.part.unlink(missing_ok=True)
             return 0, None, digest
-        verified = min(state["verified"], self.part.stat().st_size)
+        # Every byte the part holds was handed to the kernel by a write() that returned (a
+        # killed process loses none of them), so the part's length is where to go on; the
+        # state's `verified` (the last checkpoint) is at most that. A power loss that kept
+        # less than the length said is caught by the sha256 at the end.
+        verified = self.part.stat().st_size
         with open(self.part, "r+b") as f:
             f.truncate(verified)
             left = verified
