@@ -576,13 +576,8 @@ def texts_line(m: dict) -> str:
 
 def plot(res: dict, folder: Path) -> list[str]:
     """Aggregate tok/s against clients, one panel per model; the files written, relative to the page."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed (pip install -e '.[bench]'): no plot", file=sys.stderr)
+    plt = r.pyplot()
+    if plt is None:
         return []
     models = {k: m for k, m in (res.get("models") or {}).items() if m.get("servers")}
     if not models:

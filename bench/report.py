@@ -147,6 +147,21 @@ def parser(doc: str, only: list[str], only_help: str, quick_help: str, page_name
     return ap
 
 
+def pyplot() -> Any:
+    """matplotlib.pyplot drawing to files, or None (with a word why) when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        import sys
+
+        print("matplotlib is not installed (pip install -e '.[bench]'): no plots", file=sys.stderr)
+        return None
+    return plt
+
+
 def save(res: dict, path: Path) -> Path:
     """Write the results; a run with errors goes to ``*.failed.json``, never over a good run's."""
     out = path if not res.get("errors") else path.with_name(path.stem + ".failed.json")

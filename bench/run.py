@@ -170,13 +170,8 @@ def summary_blocks(res: dict, imgs: list[str]) -> list:
 
 def plots(res: dict, folder: Path) -> list[str]:
     """The PNG files written, relative to the page."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed (pip install -e '.[bench]'): no plots", file=sys.stderr)
+    plt = r.pyplot()
+    if plt is None:
         return []
     folder.mkdir(parents=True, exist_ok=True)
     out, m = [], res["machine"]
