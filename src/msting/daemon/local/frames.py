@@ -18,6 +18,8 @@ def request_frame(job: LocalJob) -> bytes:
     if isinstance(r, EmbeddingRequest):
         return protocol.encode(MsgType.EMBED, job.id, input=list(r.inputs))
     fields = r.sampling.as_dict()
+    if not fields["choices"]:
+        del fields["choices"]  # optional in the frame: only the router model's requests constrain the reply
     if isinstance(r, ChatRequest):
         fields["messages"] = [{"role": m.role, "content": m.content} for m in r.messages]
     else:
