@@ -276,7 +276,8 @@ def fmt_switch(job: dict[str, Any]) -> str:
         if current.get("detail"):
             where += f" ({current['detail']})"
     progress = job.get("progress")
-    pct = f", {float(progress):.0%} done" if isinstance(progress, (int, float)) else ""
+    fraction = progress.get("fraction") if isinstance(progress, dict) else progress  # a job object, or an older daemon's number
+    pct = f", {float(fraction):.0%} done" if isinstance(fraction, (int, float)) else ""
     return f"to '{job.get('target')}' (job {job.get('id')}){where}{pct}"
 
 

@@ -3,7 +3,7 @@ choice and the cached prompt tokens (the JSON is the daemon's /v1/status, as is)
 
 from __future__ import annotations
 
-from msting.cli.status import fmt_threads, fmt_worker, model_details
+from msting.cli.status import fmt_switch, fmt_threads, fmt_worker, model_details
 
 MEASURED = {"source": "measured", "chosen": 2, "measured": {"1": 37.9, "2": 61.2},
             "reason": "2 threads decoded 61.2 tok/s against 37.9 with 1"}
@@ -42,3 +42,11 @@ def test_workers_that_chose_differently_are_each_named() -> None:
     two = {"pid": 2, "n_threads": 2, "threads": MEASURED}
     assert model_details({"type": "embeddings", "workers": [one, two]}) == \
         "n_threads 1, measured: 1 thread was fastest; n_threads 2, measured: 2 threads decoded 61.2 tok/s against 37.9 with 1"
+
+
+def test_a_running_switch_shows_its_step_and_the_share_of_steps_done():
+    job = {"id": "j1", "target": "big", "progress": {"bytes_done": 0, "bytes_total": None, "fraction": 0.5},
+           "steps": [{"name": "validate", "state": "done"}, {"name": "load", "state": "running", "detail": "model 'x'"}]}
+    assert fmt_switch(job) == "to 'big' (job j1): load (model 'x'), 50% done"
+    assert fmt_switch({**job, "progress": 0.25}).endswith(", 25% done")  # an older daemon's number
+    assert fmt_switch({**job, "progress": None}) == "to 'big' (job j1): load (model 'x')"
