@@ -107,7 +107,7 @@ class StateCollector:
         profile.add(label_text((("profile", s.routing.profile),)), 1)
         switching = Family("msting_switch_in_progress", "gauge", "1 while a profile switch runs.")
         switching.add("", int(self.jobs.running("switch") is not None))
-        jobs = Family("msting_jobs", "gauge", "This daemon's jobs (profile switches), by kind and state.")
+        jobs = Family("msting_jobs", "gauge", "This daemon's jobs (model installs, imports, updates, deletes, loads and unloads, profile switches), by kind and state.")
         for (kind, state), n in sorted(self.jobs.counts().items()):
             jobs.add(label_text((("kind", kind), ("state", state))), n)
         return [info, uptime, ready, profile, switching, jobs]
