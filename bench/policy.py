@@ -259,17 +259,7 @@ def blocks(res: dict) -> list:
 
 def main(argv: list[str]) -> int:
     """`bench/run.py --only policy ARGS`, writing only this section's block of the page."""
-    import run
-
-    code = run.main(["--only", KEY, "--no-docs", *argv])
-    saved = h.RESULTS / f"run{'.quick' if '--quick' in argv else ''}.json"
-    if "--no-docs" not in argv and saved.exists():
-        res = json.loads(saved.read_text())
-        if res.get(KEY) and not res[KEY].get("errors"):
-            page = r.page(r.DOCS, "benchmarks.md")
-            r.write_block(page, KEY, r.md(blocks(res[KEY])), TITLE)
-            print(f"updated {page}")
-    return code
+    return r.run_own_section(KEY, TITLE, blocks, argv)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from harness import ROOT, foreign_names
+from harness import RESULTS, ROOT, foreign_names
 
 DOCS = ROOT / "docs"
 
@@ -169,3 +169,19 @@ def save(res: dict, path: Path) -> Path:
     out.write_text(json.dumps(res, indent=1, default=str) + "\n")
     print(f"wrote {out}")
     return out
+
+
+def run_own_section(key: str, title: str, blocks: Any, argv: list[str]) -> int:
+    """`bench/run.py --only KEY ARGS` for a section's own script, then write only that
+    section's block of docs/benchmarks.md (the other sections' blocks are left as they are)."""
+    import run
+
+    code = run.main(["--only", key, "--no-docs", *argv])
+    saved = RESULTS / f"run{'.quick' if '--quick' in argv else ''}.json"
+    if "--no-docs" not in argv and saved.exists():
+        res = json.loads(saved.read_text())
+        if res.get(key) and not res[key].get("errors"):
+            page_path = page(DOCS, "benchmarks.md")
+            write_block(page_path, key, md(blocks(res[key])), title)
+            print(f"updated {page_path}")
+    return code
