@@ -183,9 +183,35 @@ class DecodeLoop:
 
     # ---- any thread --------------------------------------------------------------
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="decode", daemon=True)
+    def start(self, prepare: Callable[[], Any] | None = None) -> Any:
+        """Start the decode thread. It first runs *prepare* (such as timing the
+        threads with :meth:`time_decode`) and this call returns its result, or raises
+        what it raised (the thread then ends). Every decode of the context runs on
+        this one thread: llama.cpp's CPU backend keeps a team of compute threads per
+        calling thread (OpenMP's), and a second team idle beside the first makes
+        OpenMP count more threads than cores and stop spinning at its barriers, which
+        costs about a quarter of the decode speed on 2 cores."""
+        done = threading.Event()
+        outcome: dict[str, Any] = {}
+
+        def run() -> None:
+            set_time_slice(JOB_SLICE_US)
+            try:
+                outcome["result"] = prepare() if prepare is not None else None
+            except BaseException as exc:  # handed to start()'s caller
+                outcome["error"] = exc
+                return
+            finally:
+                done.set()
+            self._run()
+
+        self._thread = threading.Thread(target=run, name="decode", daemon=True)
         self._thread.start()
+        done.wait()
+        if "error" in outcome:
+            self._thread.join()
+            raise outcome["error"]
+        return outcome["result"]
 
     def submit(self, job: GenJob | EmbedJob) -> None:
         with self._cond:
@@ -219,9 +245,9 @@ class DecodeLoop:
     # ---- the decode thread -------------------------------------------------------
 
     def _run(self) -> None:
-        # A long slice: whoever wakes up on this core while it decodes (the client
-        # reading the stream, this process's frame reader) runs at once (msting.timeslice).
-        set_time_slice(JOB_SLICE_US)
+        # start() gave this thread a long slice: whoever wakes up on this core while it
+        # decodes (the client reading the stream, this process's frame reader) runs at
+        # once (msting.timeslice).
         while True:
             with self._cond:
                 while not self._inbox and not self._stopping and not self._busy():
@@ -250,7 +276,8 @@ class DecodeLoop:
         logits, or its embedding for a model that only embeds) on the calling thread,
         before the loop starts: *tokens* one by one, for *budget_s* seconds and at
         least *min_steps* steps (the first one, which wakes the compute threads, is
-        not timed). A model without a KV cache decodes each token on its own."""
+        not timed). A model without a KV cache decodes each token on its own. Only
+        from :meth:`start`'s *prepare*, on the decode thread."""
         lib, batch, slot = self._lib, self._batch, self._slots[0]
         self._set_embeddings(embeddings)
         self._forget(slot, 0)

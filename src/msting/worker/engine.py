@@ -224,10 +224,7 @@ class Engine:
                 lib, self._ctx, slots=self.parallel, n_batch=self._n_batch, n_vocab=n_vocab, n_embd=n_embd,
                 token_piece=self._token_to_piece, is_eog=self._is_eog, embeddings=self.embedding,
             )
-            self.threads = self._choose_threads()
-            n = self.threads.chosen
-            lib.llama_set_n_threads(self._ctx, n, self.n_threads_batch or n)
-            self._loop.start()
+            self.threads = self._loop.start(prepare=self._choose_threads)
         except BaseException:
             self.close()
             raise
@@ -292,7 +289,7 @@ class Engine:
         cparams.n_threads = n_threads
         cparams.n_threads_batch = self.n_threads_batch or n_threads
         cparams.embeddings = self.embedding
-        cparams.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_DISABLED  # as llama_cpp.Llama
+        cparams.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_AUTO  # as llama-server: llama.cpp uses it where the device supports it
         ctx = lib.llama_init_from_model(model, cparams)
         if not ctx:
             raise refused("llama.cpp could not create its context")
@@ -301,13 +298,17 @@ class Engine:
         self._n_ctx_slot = int(lib.llama_n_ctx_seq(ctx))
 
     def _choose_threads(self) -> threads.ThreadChoice:
-        """The spec's n_threads, or the fastest decode at 1..usable cores (threads.choose)."""
+        """The spec's n_threads, or the fastest decode at 1..usable cores (threads.choose),
+        set on the context. Runs on the decode thread, before its first job."""
         if self.n_threads:
-            return threads.from_spec(self.n_threads)
-        try:
-            return self._measure_threads()
-        except Exception as exc:  # the model serves anyway; its requests will say what is wrong
-            return threads.ThreadChoice(1, "measured", f"1 thread: the decode speed could not be measured ({exc})")
+            choice = threads.from_spec(self.n_threads)
+        else:
+            try:
+                choice = self._measure_threads()
+            except Exception as exc:  # the model serves anyway; its requests will say what is wrong
+                choice = threads.ThreadChoice(1, "measured", f"1 thread: the decode speed could not be measured ({exc})")
+        self._lib.llama_set_n_threads(self._ctx, choice.chosen, self.n_threads_batch or choice.chosen)
+        return choice
 
     def _measure_threads(self) -> threads.ThreadChoice:
         cores = threads.usable_cores()
