@@ -1,7 +1,8 @@
 """What a provider answers: the events of a stream, and the results they end in.
 
-A stream yields `Token`s and ends with exactly one `Done` or one `Failed`; a
-non-streamed generate returns the `Done` (or raises the `Failed`'s error).
+A stream yields `Token`s (and `ToolCallDelta`s, when the model calls tools) and ends
+with exactly one `Done` or one `Failed`; a non-streamed generate returns the `Done`
+(or raises the `Failed`'s error).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Union
 
 from msting.api.errors import MstingError
+from msting.api.tools import ToolCall, ToolCallDelta
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,9 @@ class Token:
 @dataclass(frozen=True)
 class Done:
     """The reply is complete. `text` is the whole reply of a non-streamed generate
-    ("" when it was streamed); `finish_reason` is stop, length or cancelled; `timings`
+    ("" when it was streamed), `tool_calls` the calls it made (() when streamed: they
+    came as ToolCallDelta events); `finish_reason` is stop, length, tool_calls or
+    cancelled; `timings`
     holds the engine's prompt_ms, predicted_ms, predicted_per_second and the queue_ms
     the request waited before a model took it."""
 
@@ -68,6 +72,7 @@ class Done:
     route: str | None = None
     route_by: str | None = None
     cache: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
 
     def summary(self) -> dict:
         """The fields of a stream's final event."""
@@ -92,4 +97,4 @@ class Embeddings:
     route_by: str | None = None
 
 
-Event = Union[Token, Done, Failed]
+Event = Union[Token, ToolCallDelta, Done, Failed]

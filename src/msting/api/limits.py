@@ -55,6 +55,8 @@ DEFAULT_FREQUENCY_PENALTY = 0.0
 
 # ---- other fields ------------------------------------------------------------------
 
+MAX_TOOLS = 128  # tools one chat request may declare (OpenAI's own limit)
+TOOL_NAME_PATTERN = r"[A-Za-z0-9_-]{1,64}"  # a tool's name, as OpenAI takes it
 MAX_EMBEDDING_INPUTS = 2048  # strings in one /v1/embeddings request (OpenAI's own limit)
 LOAD_TIMEOUT_SEC = (0.0, 3600.0)  # /models/load "timeout"
 MAX_NAME_CHARS = 256  # a model, profile or WebSocket request id

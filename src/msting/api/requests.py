@@ -12,6 +12,7 @@ from types import MappingProxyType
 from typing import Mapping, Union
 
 from msting.api import limits
+from msting.api.tools import Tool, ToolCall, ToolChoice
 
 
 #: Model names that mean "the service's default model" (as does no name at all).
@@ -75,6 +76,7 @@ class RequestMeta:
     routing rule may match: lower-case names, only `x-msting-*` and `user-agent`.
     `route` is what picked the model (a rule or the router model's decision), set by
     the request router before the request reaches the providers' Router.
+    `tools_requested`: the request declares tools or carries tool calls or results.
     `keep_alive` is how long an on-demand local model stays loaded once idle after
     this request, in seconds (the body's `keep_alive`, as Ollama's); math.inf keeps it
     loaded; None leaves the profile's `keep_alive_sec`. Always-ready models ignore it."""
@@ -93,8 +95,13 @@ NO_META = RequestMeta()
 
 @dataclass(frozen=True)
 class Message:
-    role: str  # system | user | assistant
+    """One chat message. An assistant message may carry the `tool_calls` it made (its
+    content then often ""); a `tool` message is the result of the call `tool_call_id`."""
+
+    role: str  # system | user | assistant | tool
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -115,6 +122,17 @@ class ChatRequest:
     model: str | None = None
     sampling: SamplingParams = field(default_factory=SamplingParams)
     meta: RequestMeta = NO_META
+    # tool calling (msting.api.tools): the tools the model may call, whether and which
+    # it must, and whether it may call several at once (None: the upstream's default)
+    tools: tuple[Tool, ...] = ()
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+
+    @property
+    def uses_tools(self) -> bool:
+        """Does serving it take tool calling: tools declared, or tool calls or their
+        results in the messages?"""
+        return bool(self.tools) or any(m.tool_calls or m.role == "tool" for m in self.messages)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from starlette.routing import Route
 from msting.api import limits
 from msting.api.errors import MstingError
 from msting.api.events import Done, Failed, Token
+from msting.api.tools import ToolCallDelta
 from msting.api.requests import CompletionRequest
 from msting.http.body import read_json_object
 from msting.http.calls import ClientGone, answer, route_headers, stream_headers
@@ -65,11 +66,14 @@ def _sse(event: str, data: dict) -> str:
 
 
 async def native_events(stream: Stream) -> AsyncIterator[str]:
-    """The native SSE format: `event: token|done|error` with a JSON `data:` line."""
+    """The native SSE format: `event: token|tool_call|done|error` with a JSON `data:`
+    line (a tool_call's is the piece of a call, as OpenAI's delta.tool_calls entry)."""
     async with stream:
         async for event in stream:
             if isinstance(event, Token):
                 yield _sse("token", {"text": event.text})
+            elif isinstance(event, ToolCallDelta):
+                yield _sse("tool_call", event.as_openai())
             elif isinstance(event, Done):
                 yield _sse("done", {"model": event.model, **event.summary()})
             elif isinstance(event, Failed):

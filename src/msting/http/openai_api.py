@@ -22,23 +22,25 @@ from msting.api import limits
 from msting.api.errors import InvalidRequest
 from msting.api.events import Done, Failed, Token
 from msting.api.requests import ChatRequest, CompletionRequest, EmbeddingRequest, SamplingParams
+from msting.api.tools import FINISH_TOOL_CALLS, ToolCallDelta
 from msting.http.body import read_json_object
 from msting.http.calls import ClientGone, answer, route_headers, stream_headers
 from msting.http.errors import Fields, error_body
 from msting.http.native import native_events, router_of
-from msting.http.parsing import messages, model_name, prompt_or_messages, request_meta, sampling
+from msting.http.parsing import TOOL_KEYS, chat_request, model_name, prompt_or_messages, request_meta, sampling
 from msting.http.sse import EventStream
 from msting.providers.base import ModelInfo, Stream
 from msting.providers.router import Router
 
 SAMPLING_KEYS = {"model", "temperature", "top_p", "max_tokens", "stop", "seed", "presence_penalty",
                  "frequency_penalty", "n", "user", "stream", "stream_options", "keep_alive"}
-CHAT_KEYS = SAMPLING_KEYS | {"messages", "max_completion_tokens"}
+CHAT_KEYS = SAMPLING_KEYS | {"messages", "max_completion_tokens"} | TOOL_KEYS
 COMPLETION_KEYS = SAMPLING_KEYS | {"prompt"}
 EMBEDDING_KEYS = {"model", "input", "encoding_format", "user", "keep_alive"}
-# A dry run takes any generation body, and `tools` (a routing rule may match on it).
-EXPLAIN_KEYS = CHAT_KEYS | COMPLETION_KEYS | EMBEDDING_KEYS | {"tools", "tool_choice", "encoding_format"}
-EXECUTE_KEYS = {"model", "prompt", "messages", "max_tokens", "temperature", "top_p", "stop", "seed", "stream", "keep_alive"}
+# A dry run takes any generation body (a routing rule may match on its tools).
+EXPLAIN_KEYS = CHAT_KEYS | COMPLETION_KEYS | EMBEDDING_KEYS | {"encoding_format"}
+EXECUTE_KEYS = {"model", "prompt", "messages", "max_tokens", "temperature", "top_p", "stop", "seed", "stream",
+                "keep_alive"} | TOOL_KEYS
 
 
 # ---- parsing ----------------------------------------------------------------------
@@ -71,7 +73,15 @@ def _usage(done: Done) -> dict:
 
 
 def _finish_reason(done: Done) -> str:
-    return done.finish_reason if done.finish_reason in ("stop", "length") else "stop"
+    return done.finish_reason if done.finish_reason in ("stop", "length", FINISH_TOOL_CALLS) else "stop"
+
+
+def _message(done: Done) -> dict:
+    """A reply as a chat completion's message: its text, and the tool calls it made
+    (content is then null when there is no text, as OpenAI answers)."""
+    if not done.tool_calls:
+        return {"role": "assistant", "content": done.text}
+    return {"role": "assistant", "content": done.text or None, "tool_calls": [c.as_dict() for c in done.tool_calls]}
 
 
 PLACEHOLDER = "\x00"  # where a token's text goes in the chunk template
@@ -88,9 +98,11 @@ async def _openai_stream(stream: Stream, *, chat: bool, include_usage: bool) -> 
     created = int(time.time())
     obj = "chat.completion.chunk" if chat else "text_completion"
 
-    def chunk(text: str | None, finish: str | None, first: bool = False) -> dict:
+    def chunk(text: str | None, finish: str | None, first: bool = False, calls: list[dict] | None = None) -> dict:
         if chat:
             delta: dict = {"role": "assistant", "content": ""} if first else ({"content": text} if text is not None else {})
+            if calls:
+                delta = {"tool_calls": calls}
             choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
         else:
             choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
@@ -110,6 +122,8 @@ async def _openai_stream(stream: Stream, *, chat: bool, include_usage: bool) -> 
                 head = False
             if isinstance(event, Token):
                 yield out + pre + json.dumps(event.text) + post
+            elif isinstance(event, ToolCallDelta):
+                yield out + _data(chunk(None, None, calls=[event.as_openai()]))
             elif isinstance(event, Done):  # the last events go out in one write
                 tail = _data(chunk(None, _finish_reason(event)))
                 if include_usage:
@@ -132,7 +146,7 @@ async def _answer(request: Request, router: Router, req: ChatRequest | Completio
     except ClientGone:
         return Response(status_code=499)
     if chat:
-        choice = {"index": 0, "message": {"role": "assistant", "content": done.text}, "logprobs": None, "finish_reason": _finish_reason(done)}
+        choice = {"index": 0, "message": _message(done), "logprobs": None, "finish_reason": _finish_reason(done)}
     else:
         choice = {"index": 0, "text": done.text, "logprobs": None, "finish_reason": _finish_reason(done)}
     return JSONResponse({
@@ -150,8 +164,7 @@ async def _answer(request: Request, router: Router, req: ChatRequest | Completio
 
 
 def _chat_request(request: Request, fields: Fields) -> ChatRequest:
-    chat = messages(fields)
-    return ChatRequest(chat, model_name(fields), _openai_sampling(fields, chat=True), request_meta(request.scope, fields))
+    return chat_request(fields, _openai_sampling(fields, chat=True), request_meta(request.scope, fields))
 
 
 def _completion_request(request: Request, fields: Fields) -> CompletionRequest:
@@ -260,6 +273,7 @@ async def execute(request: Request) -> Response:
         return Response(status_code=499)
     return JSONResponse({"id": f"exec-{uuid.uuid4().hex[:24]}", "object": "execution", "model": done.model,
                          "output": done.text, "finish_reason": done.finish_reason,
+                         **({"tool_calls": [c.as_dict() for c in done.tool_calls]} if done.tool_calls else {}),
                          "usage": _usage(done), "timings": done.timings}, headers=route_headers(done))
 
 
@@ -267,8 +281,8 @@ async def explain_route(request: Request) -> Response:
     """A dry run of the request policies: what routing and the response cache would do
     with a body of /v1/chat/completions (messages), /v1/completions or /v1/execute
     (prompt) or /v1/embeddings (input), and why; nothing is generated (a router model,
-    when the profile has one, is asked for its decision). `tools` may be given, as a
-    routing rule may match on it."""
+    when the profile has one, is asked for its decision). A chat body's `tools` are
+    checked as the chat route checks them, as a routing rule may match on them."""
     explain = getattr(router_of(request), "explain", None)
     if explain is None:
         raise InvalidRequest("no_policies", "this server has no request policies to explain")

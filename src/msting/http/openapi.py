@@ -91,6 +91,19 @@ PROPERTIES: dict[str, dict] = {
         "description": "Only with `stream: true` (else a 400): `include_usage` adds a last chunk with the usage.",
     }),
     "messages": _ref("Messages"),
+    "tools": _nullable({
+        "type": "array", "minItems": 1, "maxItems": limits.MAX_TOOLS, "items": _ref("Tool"),
+        "description": "Functions the model may call (OpenAI's shape). Served by the remote services (openai, anthropic, "
+                       "ollama); the daemon's own workers and the stub refuse a request with tools (400), and a fallback "
+                       "chain passes over them."}),
+    "tool_choice": _nullable({
+        "anyOf": [{"type": "string", "enum": ["none", "auto", "required"]},
+                  {"type": "object", "required": ["type", "function"], "additionalProperties": False,
+                   "properties": {"type": {"const": "function"},
+                                  "function": {"type": "object", "required": ["name"], "additionalProperties": False,
+                                               "properties": {"name": {"type": "string"}}}}}],
+        "description": "Only with `tools`; a function named must be one of them."}),
+    "parallel_tool_calls": _nullable({"type": "boolean", "description": "Only with `tools`: may the model call several at once."}),
     "timeout": _numeric("timeout", "Seconds to wait for the model (default `llm_service.startup_timeout_sec`)."),
     "profile": {**NAME, "description": "A profile name (see `GET /v1/profiles`)."},
     "dry_run": _nullable({"type": "boolean", "description": "Only plan the switch (default false)."}),
@@ -135,8 +148,13 @@ USAGE = {"type": "object", "required": ["prompt_tokens", "completion_tokens", "t
                         "total_tokens": {"type": "integer", "minimum": 0}}}
 TIMINGS = {"type": "object", "additionalProperties": {"type": ["number", "null"]},
            "description": "`queue_ms`, `prompt_ms`, `predicted_ms`, `predicted_per_second`."}
-NATIVE_FINISH = {"type": ["string", "null"], "enum": ["stop", "length", "cancelled", None]}
-OPENAI_FINISH = {"type": "string", "enum": ["stop", "length"]}
+NATIVE_FINISH = {"type": ["string", "null"], "enum": ["stop", "length", "tool_calls", "cancelled", None]}
+OPENAI_FINISH = {"type": "string", "enum": ["stop", "length", "tool_calls"]}
+TOOL_CALL = {"type": "object", "required": ["id", "type", "function"], "additionalProperties": False,
+             "properties": {"id": {"type": "string"}, "type": {"const": "function"},
+                            "function": {"type": "object", "required": ["name", "arguments"], "additionalProperties": False,
+                                         "properties": {"name": {"type": "string", "pattern": f"^{limits.TOOL_NAME_PATTERN}$"},
+                                                        "arguments": {"type": "string", "description": "JSON text."}}}}}
 
 
 def _components() -> dict:
@@ -173,18 +191,26 @@ def _components() -> dict:
         "Messages": {
             "type": "array", "minItems": 1,
             "items": {
-                "type": "object", "required": ["role", "content"], "additionalProperties": False,
+                "type": "object", "required": ["role"], "additionalProperties": False,
                 "properties": {
                     "role": {"type": "string", "enum": sorted(ROLES)},
                     "content": {"anyOf": [
                         {"type": "string"},
                         {"type": "array", "items": {"type": "object", "required": ["type", "text"],
                                                     "properties": {"type": {"const": "text"}, "text": {"type": "string"}}}},
+                        {"type": "null", "description": "Only an assistant message with `tool_calls`."},
                     ]},
                     "name": {"type": "string"},
+                    "tool_calls": {"type": "array", "minItems": 1, "items": TOOL_CALL,
+                                   "description": "Only on an assistant message: the calls it made (unique ids)."},
+                    "tool_call_id": {"type": "string",
+                                     "description": "Only on a `tool` message (then required): the id of the call of an "
+                                                    "earlier assistant message that it answers, once."},
+                    "refusal": {"type": "null", "description": "Only on an assistant message."},
                 },
             },
-            "description": "`developer` is read as `system`. Only text content; no tools.",
+            "description": "`developer` is read as `system`. Only text content. A `tool` message carries the result of "
+                           "an earlier assistant message's tool call.",
         },
         "Usage": USAGE,
         "Timings": TIMINGS,
@@ -202,7 +228,10 @@ def _components() -> dict:
                     "type": "object", "required": ["index", "message", "finish_reason"],
                     "properties": {"index": {"type": "integer"}, "logprobs": {"type": "null"}, "finish_reason": OPENAI_FINISH,
                                    "message": {"type": "object", "required": ["role", "content"],
-                                               "properties": {"role": {"const": "assistant"}, "content": {"type": "string"}}}}}},
+                                               "properties": {"role": {"const": "assistant"},
+                                                              "content": {"type": ["string", "null"],
+                                                                          "description": "null: only tool calls."},
+                                                              "tool_calls": {"type": "array", "items": TOOL_CALL}}}}}},
                 "usage": _ref("Usage"),
             },
         },
@@ -235,7 +264,8 @@ def _components() -> dict:
             "type": "object", "required": ["id", "object", "model", "output", "finish_reason", "usage", "timings"],
             "properties": {"id": {"type": "string"}, "object": {"const": "execution"}, "model": {"type": "string"},
                            "output": {"type": "string"}, "finish_reason": NATIVE_FINISH, "usage": _ref("Usage"),
-                           "timings": _ref("Timings")},
+                           "timings": _ref("Timings"),
+                           "tool_calls": {"type": "array", "items": TOOL_CALL, "description": "Only when it made some."}},
         },
         "Model": {
             "type": "object",
@@ -265,12 +295,24 @@ def _components() -> dict:
             "type": "object", "required": ["object", "data"],
             "properties": {"object": {"const": "list"}, "data": {"type": "array", "items": _ref("Model")}},
         },
+        "Tool": {
+            "type": "object", "required": ["type", "function"], "additionalProperties": False,
+            "properties": {"type": {"const": "function"},
+                           "function": {"type": "object", "required": ["name"], "additionalProperties": False,
+                                        "properties": {"name": {"type": "string", "pattern": f"^{limits.TOOL_NAME_PATTERN}$",
+                                                                "description": "Unique among the request's tools."},
+                                                       "description": {"type": "string"},
+                                                       "parameters": {"type": "object", "description": "A JSON schema of an object."},
+                                                       "strict": {"type": "boolean"}}}},
+        },
         "Capabilities": {
-            "type": "object", "required": ["chat", "completions", "stream", "embed"],
+            "type": "object", "required": ["chat", "completions", "stream", "embed", "tools"],
             "description": "What a service can do; asking for what it lacks is a 400 `unsupported_by_provider` naming it.",
             "properties": {"chat": {"type": "boolean", "description": "Messages in, a reply out."},
                            "completions": {"type": "boolean", "description": "A raw prompt continued."},
-                           "stream": {"type": "boolean"}, "embed": {"type": "boolean"}},
+                           "stream": {"type": "boolean"}, "embed": {"type": "boolean"},
+                           "tools": {"type": "boolean", "description": "Tool calling: the remote services (openai, "
+                                     "anthropic, ollama); not the daemon's own workers or the stub."}},
         },
         "ModelDetails": {
             "type": "object",
@@ -367,9 +409,9 @@ def _components() -> dict:
             },
         },
         "ServiceCapabilities": {
-            "type": "object", "required": ["name", "chat", "completions", "stream", "embed"],
+            "type": "object", "required": ["name", "chat", "completions", "stream", "embed", "tools"],
             "properties": {"name": {"type": "string"}, "chat": {"type": "boolean"}, "completions": {"type": "boolean"},
-                           "stream": {"type": "boolean"}, "embed": {"type": "boolean"}},
+                           "stream": {"type": "boolean"}, "embed": {"type": "boolean"}, "tools": {"type": "boolean"}},
         },
         "Health": {
             "type": "object", "required": ["status", "version", "pid", "ready", "readiness", "default_model", "models"],
@@ -550,9 +592,11 @@ def _get(op_id: str, summary: str, ok: dict, errors: dict, *, tags: list[str], p
     return {"get": op}
 
 
-NATIVE_SSE = ("`event: token` (`data: {\"text\"}`) lines, then `event: done` (the result without `text`), or "
+NATIVE_SSE = ("`event: token` (`data: {\"text\"}`) lines (and `event: tool_call` lines, each a piece of a call as "
+              "OpenAI's `delta.tool_calls` entries), then `event: done` (the result without `text`), or "
               "`event: error` (an Error object) when it fails after the 200: never a silent truncation.")
-OPENAI_SSE = ("`data:` chunks (`{kind}`), then `data: [DONE]`; with `stream_options.include_usage` a last chunk with "
+OPENAI_SSE = ("`data:` chunks (`{kind}`; tool calls as OpenAI streams them in `delta.tool_calls`: a call's index, id and "
+              "name first, then pieces of its arguments), then `data: [DONE]`; with `stream_options.include_usage` a last chunk with "
               "empty `choices` carries the usage. A stream that fails after the 200 ends with a `data: {{\"error\": ...}}` "
               "event and no `[DONE]`.")
 
@@ -583,7 +627,7 @@ def _paths() -> dict:
             "chat_completions", "OpenAI chat completions",
             _body(openai_api.CHAT_KEYS, required=("messages",)),
             _ok(_ref("ChatCompletion"), stream=OPENAI_SSE.format(kind="chat.completion.chunk"), who=True), oai_errors, tags=oai_tags,
-            description="Any other OpenAI parameter (`tools`, `logprobs`, `response_format`, ...) is a 400 naming it."),
+            description="Any other OpenAI parameter (`logprobs`, `response_format`, ...) is a 400 naming it."),
         "/v1/completions": _post(
             "completions", "OpenAI completions",
             _body(openai_api.COMPLETION_KEYS, required=("prompt",), override={
@@ -607,8 +651,7 @@ def _paths() -> dict:
         "/v1/route/explain": _post(
             "explain_route", "A dry run of the request policies: which route, model and cache outcome a body would get, and why",
             _body(openai_api.EXPLAIN_KEYS, override={
-                "prompt": {"type": "string"}, "tools": {"type": "array", "description": "Only whether it is there counts."},
-                "tool_choice": {"description": "Accepted and ignored."}},
+                "prompt": {"type": "string"}},
                 description="The body of /v1/chat/completions (`messages`), /v1/completions or /v1/execute (`prompt`) "
                             "or /v1/embeddings (`input`): exactly one of them."),
             _ok(EXPLANATION), _errors("BadRequest", "PayloadTooLarge"), tags=oai_tags,

@@ -3,11 +3,12 @@
 Every message is a JSON object with a `type`:
 
 client → daemon
-  {"type": "generate", "id": "c1", "prompt": "..." | "messages": [...], "model"?, "max_tokens"?, ...}
+  {"type": "generate", "id": "c1", "prompt": "..." | "messages": [...], "model"?, "max_tokens"?, "tools"?, ...}
   {"type": "cancel", "id": "c1"}
   {"type": "subscribe", "topics": ["status"]}      status pushes whenever something changes
 daemon → client
   {"type": "token", "id": "c1", "text": "..."}
+  {"type": "tool_call", "id": "c1", "tool_call": {"index", "id"?, "type"?, "function": {"name"?, "arguments"}}}
   {"type": "done", "id": "c1", "model", "finish_reason", "usage", "timings"}
   {"type": "error", "id": "c1" | null, "error": {"message", "type", "code"}}
   {"type": "status", "readiness": {...}, "models": [{"name", "type", "state", "queue_depth", "in_flight"}]}
@@ -33,14 +34,15 @@ from starlette.websockets import WebSocket
 from msting.api import limits
 from msting.api.errors import InvalidRequest, MstingError
 from msting.api.events import Done, Failed, Token
+from msting.api.tools import ToolCallDelta
 from msting.http.body import parse_object
 from msting.http.control import Control
 from msting.http.errors import Fields, error_body, internal_error, shown
-from msting.http.parsing import prompt_or_messages, request_meta
+from msting.http.parsing import TOOL_KEYS, prompt_or_messages, request_meta
 from msting.providers.base import Stream
 from msting.providers.router import Router
 
-GENERATE_KEYS = {"type", "id", "model", "prompt", "messages", "max_tokens", "temperature", "top_p", "stop", "seed"}
+GENERATE_KEYS = {"type", "id", "model", "prompt", "messages", "max_tokens", "temperature", "top_p", "stop", "seed"} | TOOL_KEYS
 STATUS_POLL_SEC = 0.25
 
 
@@ -107,6 +109,8 @@ class Session:
                 async for event in stream:
                     if isinstance(event, Token):
                         self.outbox.put_nowait({"type": "token", "id": rid, "text": event.text})
+                    elif isinstance(event, ToolCallDelta):
+                        self.outbox.put_nowait({"type": "tool_call", "id": rid, "tool_call": event.as_openai()})
                     elif isinstance(event, Done):
                         self.outbox.put_nowait({"type": "done", "id": rid, "model": event.model, **event.summary()})
                     elif isinstance(event, Failed):

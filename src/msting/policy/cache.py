@@ -9,8 +9,10 @@ spend much of that, and answers are cheap to make again after a restart. Bounded
 The key. A request is cacheable when its answer is reproducible: temperature 0, or a
 fixed seed. Its key is the canonical JSON (sorted keys, no whitespace, UTF-8) of
 everything that changes the output: the profile, the resolved ``service~model``, the
-kind (chat or completion), the prompt or every message's role and content, and every
-sampling parameter (max_tokens, temperature, top_p, penalties, stop, seed, choices);
+kind (chat or completion), the prompt or every message's role and content (and its
+tool calls, or the call a tool result answers), the tools, tool_choice and
+parallel_tool_calls, and every sampling parameter (max_tokens, temperature, top_p,
+penalties, stop, seed, choices);
 the dict key is its SHA-256. The entry keeps the canonical text too and a hit compares
 it, so two requests that differ in one parameter can never share an answer, not even
 through a hash collision.
@@ -26,7 +28,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from msting.api.events import Usage
-from msting.api.requests import ChatRequest, CompletionRequest, GenerationRequest, SamplingParams
+from msting.api.requests import ChatRequest, CompletionRequest, GenerationRequest, Message, SamplingParams
+from msting.api.tools import ToolCall
 
 ENTRY_OVERHEAD = 256  # bytes an entry costs beyond its texts (a rough, fixed share)
 
@@ -38,15 +41,27 @@ def reproducible(sampling: SamplingParams) -> bool:
 
 def canonical(request: GenerationRequest, profile: str, service: str, model: str) -> str:
     """The canonical serialization of what makes `request`'s answer (see the module)."""
-    body: dict = {"v": 1, "profile": profile, "service": service, "model": model, "sampling": request.sampling.as_dict()}
+    body: dict = {"v": 2, "profile": profile, "service": service, "model": model, "sampling": request.sampling.as_dict()}
     if isinstance(request, ChatRequest):
         body["kind"] = "chat"
-        body["messages"] = [[m.role, m.content] for m in request.messages]
+        body["messages"] = [_message(m) for m in request.messages]
+        if request.tools or request.tool_choice is not None or request.parallel_tool_calls is not None:
+            body["tools"] = [t.as_dict() for t in request.tools]
+            body["tool_choice"] = request.tool_choice.as_openai() if request.tool_choice is not None else None
+            body["parallel_tool_calls"] = request.parallel_tool_calls
     else:
         assert isinstance(request, CompletionRequest)
         body["kind"] = "completion"
         body["prompt"] = request.prompt
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _message(m: Message) -> list:
+    if m.tool_calls:
+        return [m.role, m.content, [c.as_dict() for c in m.tool_calls]]
+    if m.tool_call_id is not None:
+        return [m.role, m.content, m.tool_call_id]
+    return [m.role, m.content]
 
 
 def digest(text: str) -> str:
@@ -55,13 +70,14 @@ def digest(text: str) -> str:
 
 @dataclass(frozen=True)
 class CachedAnswer:
-    """What a hit answers with: the reply's text, why it ended, its usage, and the
-    model that made it (its public name)."""
+    """What a hit answers with: the reply's text and tool calls, why it ended, its
+    usage, and the model that made it (its public name)."""
 
     model: str
     text: str
     finish_reason: str | None
     usage: Usage
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 @dataclass
@@ -106,7 +122,8 @@ class ResponseCache:
         return entry is not None and entry.canonical == canonical_text and entry.expires > self._clock()
 
     def put(self, canonical_text: str, answer: CachedAnswer) -> None:
-        size = ENTRY_OVERHEAD + 2 * (len(canonical_text) + len(answer.text) + len(answer.model))
+        calls = sum(len(c.id) + len(c.name) + len(c.arguments) for c in answer.tool_calls)
+        size = ENTRY_OVERHEAD + 2 * (len(canonical_text) + len(answer.text) + len(answer.model) + calls)
         if size > self.max_bytes:
             return
         key = digest(canonical_text)

@@ -33,6 +33,7 @@ from typing import Any, AsyncIterator, Callable
 
 from msting.api.errors import MstingError
 from msting.api.events import Done, Embeddings, Event, Token, Usage
+from msting.api.tools import FINISH_TOOL_CALLS, ToolCallBuilder, ToolCallDelta, deltas_of
 from msting.api.requests import EmbeddingRequest, GenerationRequest, Request, names_default
 from msting.config.profiles.policy import Policy, RouteConfig
 from msting.policy import router_model
@@ -42,7 +43,7 @@ from msting.providers.router import RequestEnded, Router
 
 log = logging.getLogger("msting.policy")
 
-CACHED_FINISH = ("stop", "length")  # answers worth keeping (not cancelled, not failed)
+CACHED_FINISH = ("stop", "length", FINISH_TOOL_CALLS)  # answers worth keeping (not cancelled, not failed)
 _PIECES = re.compile(r"\S*\s*")  # how a cached answer is streamed: a word and its trailing space per chunk
 
 
@@ -178,9 +179,9 @@ class PolicyPipeline:
         return answer
 
     @staticmethod
-    def _store(active: _Active, lookup: _Lookup, done: Done, text: str) -> None:
+    def _store(active: _Active, lookup: _Lookup, done: Done, text: str, tool_calls: tuple = ()) -> None:
         if lookup.write and lookup.key is not None and active.cache is not None and done.finish_reason in CACHED_FINISH:
-            active.cache.put(lookup.key, CachedAnswer(done.model, text, done.finish_reason, done.usage))
+            active.cache.put(lookup.key, CachedAnswer(done.model, text, done.finish_reason, done.usage, tuple(tool_calls)))
 
     # ---- calls ----------------------------------------------------------------------
 
@@ -195,11 +196,11 @@ class PolicyPipeline:
         answer = self._hit(active, lookup, request, "generate")
         if answer is not None:
             return Done(answer.model, answer.text, answer.finish_reason, answer.usage, {}, (), route=choice.name,
-                        route_by=choice.by, cache="hit")
+                        route_by=choice.by, cache="hit", tool_calls=answer.tool_calls)
         done = await self.router.generate(request)
         if active.cache is None and choice.name is None:  # nothing to say: the Router's answer as it is
             return done
-        self._store(active, lookup, done, done.text)
+        self._store(active, lookup, done, done.text, done.tool_calls)
         return replace(done, route=choice.name, route_by=choice.by, cache="miss" if active.cache is not None else None)
 
     async def embed(self, request: EmbeddingRequest) -> Embeddings:
@@ -308,16 +309,21 @@ class PolicyStream:
             for piece in _PIECES.findall(answer.text):
                 if piece:
                     yield Token(piece)
+            for delta in deltas_of(answer.tool_calls):
+                yield delta
             yield Done(answer.model, "", answer.finish_reason, answer.usage, {})
             return
         texts: list[str] = []
+        calls = ToolCallBuilder()
         async for event in self._inner:
             if isinstance(event, Token):
                 texts.append(event.text)
+            elif isinstance(event, ToolCallDelta):
+                calls.add(event)
             elif isinstance(event, Done):
                 self.model, self.attempts = event.model, event.attempts
                 assert self._lookup is not None
-                self.pipeline._store(self.active, self._lookup, event, "".join(texts))
+                self.pipeline._store(self.active, self._lookup, event, "".join(texts), calls.calls())
             self.model = getattr(self._inner, "model", self.model)
             self.attempts = tuple(getattr(self._inner, "attempts", self.attempts))
             yield event

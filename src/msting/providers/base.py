@@ -28,9 +28,11 @@ class Capabilities:
     completions: bool = True  # a raw prompt continued
     stream: bool = True
     embed: bool = True
+    tools: bool = False  # tool calling (a chat's `tools`, tool calls and their results)
 
     def as_dict(self) -> dict:
-        return {"chat": self.chat, "completions": self.completions, "stream": self.stream, "embed": self.embed}
+        return {"chat": self.chat, "completions": self.completions, "stream": self.stream, "embed": self.embed,
+                "tools": self.tools}
 
 
 @dataclass(frozen=True)

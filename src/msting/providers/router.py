@@ -17,6 +17,11 @@ loop, msting.providers.remote.retry); this loop only moves between services. A s
 fails over only before its first event; after that, the stream's own `Failed` event
 is the end. When every service fails, the error names each attempt.
 
+Capabilities. A request a service cannot serve at all (tool calling on one without
+it: the daemon's own workers, the stub) is never sent to it: alone, it is a 400 naming
+the service and model; in a chain the service is passed over, recorded as an attempt,
+and when no service could take it the 400 lists why for each.
+
 Observing. Every request the router takes ends in exactly one `RequestEnded`, handed to
 the `observer` given at construction (msting.daemon.metrics counts them): this is the one
 place on the request path where requests, tokens, time to first token, durations,
@@ -32,9 +37,12 @@ import time
 from dataclasses import dataclass, replace
 from typing import AsyncIterator, Protocol, TypeVar
 
-from msting.api.errors import MstingError, NotFound, ServerError, Timeout, Unavailable, UpstreamError, unknown_model
+from msting.api.errors import (
+    InvalidRequest, MstingError, NotFound, ServerError, Timeout, Unavailable, UpstreamError, unknown_model,
+)
 from msting.api.events import Attempt, Done, Embeddings, Event, Failed, Token, Usage
-from msting.api.requests import EmbeddingRequest, GenerationRequest, names_default
+from msting.api.requests import ChatRequest, EmbeddingRequest, GenerationRequest, names_default
+from msting.api.tools import ToolCallDelta
 from msting.policy.limits import Limiter, Refusal, Ticket
 from msting.providers.base import ModelInfo, Provider, Stream
 
@@ -230,6 +238,13 @@ class Router:
             while True:
                 refused: list[tuple[int, Step, Refusal]] = []
                 for i, (provider, model) in pending:
+                    unable = cannot_serve(provider, model, request)
+                    if unable is not None:  # never sent: alone it is the answer, in a chain the next one's turn
+                        if len(steps) == 1:
+                            raise unable
+                        tried.append(Attempt(provider.name, None, unable.message, 0.0))
+                        errors.append((provider.name, unable))
+                        continue
                     admitted = self.admit(provider, model, request)
                     if isinstance(admitted, Refusal):  # over a limit: the next service with room, else wait
                         refused.append((i, (provider, model), admitted))
@@ -334,6 +349,21 @@ class Router:
         return out
 
 
+def cannot_serve(provider: Provider, model: str | None, request: GenerationRequest | EmbeddingRequest) -> InvalidRequest | None:
+    """Why `provider` cannot serve `request` at all, whatever its state (None: it may):
+    tool calling on a service without it."""
+    if not isinstance(request, ChatRequest) or not request.uses_tools or provider.capabilities.tools:
+        return None
+    try:
+        name = provider.model(model).id
+    except MstingError:
+        name = model or "default"
+    return InvalidRequest("tools_unsupported", f"the service '{provider.name}' (model '{name}') does not support tools: "
+                          "it cannot take a request with tools, tool calls or tool results; send it to a remote "
+                          "openai, anthropic or ollama service (or a fallback chain with one)",
+                          param="tools" if request.tools else "messages")
+
+
 def falls_over(error: MstingError, *, first: bool) -> bool:
     """Does another service get the request after this error? After the first service,
     any error moves on (a fallback that cannot serve the request is passed over); the
@@ -345,6 +375,9 @@ def every_service_failed(errors: list[tuple[str, MstingError]], attempts: list[A
     said = "; ".join(f"{service}: {error.message}" for service, error in errors)
     details = {"attempts": [a.as_dict() for a in attempts], "services": [s for s, _ in errors]}
     message = f"no service could answer ({len(attempts)} attempts): {said}"
+    if errors and all(isinstance(e, InvalidRequest) for _, e in errors):  # none could take it at all
+        return InvalidRequest("no_service_can_serve", message, param=errors[0][1].details.get("param"),
+                              **details)
     if all(isinstance(e, Unavailable) for _, e in errors):
         retry = [e.retry_after for _, e in errors if e.retry_after is not None]
         return Unavailable("all_services_failed", message, retry_after=min(retry) if retry else 1, **details)
@@ -386,6 +419,12 @@ class RoutedStream:
     def _open(self, provider: Provider, model: str | None, *, first: bool, index: int) -> Stream | None:
         self._started = time.monotonic()
         self._settle()
+        unable = cannot_serve(provider, model, self.request)
+        if unable is not None:  # never sent: alone it is the answer, in a chain the next one's turn
+            if len(self._steps) == 1:
+                raise unable
+            self._failed(provider.name, unable)
+            return None
         admitted = self.router.admit(provider, model, self.request)
         if isinstance(admitted, Refusal):
             self._refused.append((index, admitted))
@@ -432,7 +471,7 @@ class RoutedStream:
         routed = self._routed()
         try:
             async for event in routed:
-                if self._first_token is None and isinstance(event, Token):
+                if self._first_token is None and isinstance(event, (Token, ToolCallDelta)):
                     self._first_token = time.monotonic() - self._began
                 if isinstance(event, Done):
                     self._end(usage=event.usage, cancelled=event.finish_reason == "cancelled")

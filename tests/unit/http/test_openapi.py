@@ -134,7 +134,14 @@ def test_ws_generate_keys():
     ("/generate", {"prompt": "Once", "temperature": 2.5}, False),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}], "stream": True,
                               "stream_options": {"include_usage": True}}, True),
-    ("/v1/chat/completions", {"messages": [{"role": "tool", "content": "Hi"}]}, False),
+    ("/v1/chat/completions", {"messages": [{"role": "robot", "content": "Hi"}]}, False),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}], "tool_choice": "auto",
+                              "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]}, True),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}],
+                              "tools": [{"type": "function", "function": {"name": "bad name"}}]}, False),
+    ("/v1/chat/completions", {"messages": [{"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "42"}]}, True),
     ("/v1/chat/completions", {"messages": []}, False),
     ("/v1/completions", {"prompt": ["one"]}, True),
     ("/v1/completions", {"prompt": ["one", "two"]}, False),
@@ -227,10 +234,10 @@ def test_the_services_routes_answer_as_the_document_says(services_app) -> None:
     for name in ("lan", "stub"):
         _check(doc, "/llm/services/{name}/models", c.get(f"/llm/services/{name}/models"), 200)
         caps = _check(doc, "/llm/services/{name}/capabilities", c.get(f"/llm/services/{name}/capabilities"), 200)
-        assert caps["name"] == name
+        assert caps["name"] == name and caps["tools"] is (name == "lan")  # an openai service calls tools, the stub not
     model = _check(doc, "/llm/services/{name}/models/{model}", c.get("/llm/services/lan/models/m2"), 200)
     assert (model["id"], model["service"], model["upstream"], model["context_length"]) == ("lan~m2", "lan", "m2", None)
-    assert model["capabilities"] == {"chat": True, "completions": True, "stream": True, "embed": True}
+    assert model["capabilities"] == {"chat": True, "completions": True, "stream": True, "embed": True, "tools": True}
     _check(doc, "/llm/services/{name}/models/{model}", c.get("/llm/services/stub/models/any"), 200)
     # a live check: the one URL refuses, the service is down (503, the same body)
     ping = _check(doc, "/llm/services/{name}/ping", c.get("/llm/services/lan/ping"), 503)

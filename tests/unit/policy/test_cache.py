@@ -7,6 +7,7 @@ from dataclasses import replace
 
 from msting.api.events import Usage
 from msting.api.requests import ChatRequest, CompletionRequest, Message, RequestMeta, SamplingParams
+from msting.api.tools import Tool, ToolCall, ToolChoice
 from msting.policy.cache import CachedAnswer, ResponseCache, canonical, reproducible
 
 ANSWER = CachedAnswer("m", "the answer", "stop", Usage(3, 2))
@@ -100,3 +101,27 @@ def test_put_again_replaces():
     size = cache.bytes
     cache.put(key(), replace(ANSWER, text="new"))
     assert len(cache) == 1 and cache.get(key()).text == "new" and cache.bytes < size
+
+
+def test_tools_tool_choice_and_tool_messages_are_part_of_the_key():
+    weather, clock = Tool("get_weather", None, '{"type":"object"}'), Tool("get_time")
+    call = ToolCall("c1", "get_weather", '{"city":"Paris"}')
+    turn = (Message("user", "hi"), Message("assistant", "", tool_calls=(call,)), Message("tool", "sunny", tool_call_id="c1"))
+    variants = [
+        BASE, replace(BASE, tools=(weather,)), replace(BASE, tools=(clock,)), replace(BASE, tools=(weather, clock)),
+        replace(BASE, tools=(weather,), tool_choice=ToolChoice("required")),
+        replace(BASE, tools=(weather,), tool_choice=ToolChoice("function", "get_weather")),
+        replace(BASE, tools=(weather,), parallel_tool_calls=False),
+        replace(BASE, tools=(Tool("get_weather", "with a description", '{"type":"object"}'),)),
+        replace(BASE, messages=turn), replace(BASE, messages=turn[:2] + (Message("tool", "rainy", tool_call_id="c1"),)),
+        replace(BASE, messages=(turn[0], Message("assistant", "", tool_calls=(replace(call, arguments='{"city":"Rome"}'),)),
+                                turn[2])),
+    ]
+    assert len({key(v) for v in variants}) == len(variants)
+
+
+def test_an_answer_with_tool_calls_is_kept_whole():
+    cache = ResponseCache(ttl_sec=60, max_entries=4, max_bytes=10_000)
+    answer = CachedAnswer("m", "", "tool_calls", Usage(3, 2), (ToolCall("c1", "get_weather", '{"city":"Paris"}'),))
+    cache.put(key(), answer)
+    assert cache.get(key()) == answer

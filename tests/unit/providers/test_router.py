@@ -18,8 +18,9 @@ import pytest
 
 from msting.api.errors import (InvalidRequest, MstingError, NotFound, ServerError, Timeout, Unavailable, UpstreamError,
                                unknown_model)
-from msting.api.events import Attempt, Done, Embeddings, Event, Failed, Token, Usage
+from msting.api.events import Attempt, Done, Embeddings, Event, Failed, Token, ToolCallDelta, Usage
 from msting.api.requests import ChatRequest, CompletionRequest, EmbeddingRequest, Message, SamplingParams
+from msting.api.tools import Tool, ToolCall
 from msting.config import resolve_paths
 from msting.daemon.local.service import LocalService
 from msting.daemon.store import Store
@@ -877,3 +878,96 @@ def test_a_generate_through_the_router_is_served_by_a_real_local_worker(service:
     assert (done.finish_reason, done.usage.completion_tokens) == ("length", 4)
     assert done.text and "queue_ms" in done.timings
     assert request.model == "local~story" and request.sampling.max_tokens is None
+
+
+# ---- tool calling: a service without it (the daemon's own workers, the stub) is never sent a
+# request that uses tools: alone a 400 naming service and model, in a chain passed over as an
+# attempt, and when no service can, a 400 listing why for each
+
+
+TOOL = Tool("get_weather", "The weather", '{"type":"object"}')
+WITH_TOOLS = ChatRequest((Message("user", "weather in Paris?"),), "m", tools=(TOOL,))
+CALLED = ChatRequest((Message("user", "weather?"), Message("assistant", "", tool_calls=(ToolCall("c1", "get_weather", "{}"),)),
+                      Message("tool", "sunny", tool_call_id="c1")), "m")
+
+
+def capable(name: str, script: list | None = None) -> FakeProvider:
+    provider = FakeProvider(name, ["m"], capabilities=Capabilities(tools=True))
+    if script is not None:
+        provider.script = script
+    return provider
+
+
+def tool_run(router: Router, request, how: str):
+    if how == "generate":
+        return asyncio.run(router.generate(request))
+
+    async def main():
+        async with router.stream(request) as routed:
+            return [e async for e in routed]
+
+    return asyncio.run(main())[-1]
+
+
+def test_uses_tools_counts_declared_tools_calls_and_results():
+    assert WITH_TOOLS.uses_tools and CALLED.uses_tools
+    assert not ChatRequest((Message("user", "hi"),)).uses_tools
+
+
+@pytest.mark.parametrize("how", ["generate", "stream"])
+@pytest.mark.parametrize("request_", [WITH_TOOLS, CALLED], ids=["tools", "tool-messages"])
+def test_a_service_without_tools_alone_is_a_400_naming_service_and_model(how, request_):
+    no_tools = FakeProvider("local", ["m"])
+    with pytest.raises(InvalidRequest) as exc:
+        tool_run(Router([no_tools]), request_, how)
+    assert exc.value.code == "tools_unsupported"
+    assert "the service 'local' (model 'm') does not support tools" in exc.value.message
+    assert exc.value.details["param"] == ("tools" if request_.tools else "messages")
+    assert no_tools.seen == []  # never sent
+
+
+@pytest.mark.parametrize("how", ["generate", "stream"])
+def test_the_stub_does_not_support_tools_and_names_its_model(how):
+    with pytest.raises(InvalidRequest, match=r"the service 'stub' \(model 'anything'\) does not support tools"):
+        tool_run(Router([StubProvider()]), ChatRequest(WITH_TOOLS.messages, "anything", tools=(TOOL,)), how)
+
+
+@pytest.mark.parametrize("how", ["generate", "stream"])
+def test_a_chain_passes_over_services_without_tools_as_attempts(how):
+    local, stub, remote = FakeProvider("local", ["m"]), StubProvider(), capable("remote")
+    answer = tool_run(chain(local, stub, remote), WITH_TOOLS, how)  # type: ignore[arg-type]
+    assert isinstance(answer, Done) and answer.model == "remote~m"
+    assert [(a.service, a.error is None) for a in answer.attempts] == [("local", False), ("stub", False), ("remote", True)]
+    assert "does not support tools" in answer.attempts[0].error
+    assert local.seen == [] and [kind for kind, _ in remote.seen] == [how]
+
+
+@pytest.mark.parametrize("how", ["generate", "stream"])
+def test_a_chain_where_no_service_can_is_a_400_listing_why(how):
+    with pytest.raises(InvalidRequest) as exc:
+        tool_run(chain(FakeProvider("local", ["m"]), StubProvider()), WITH_TOOLS, how)  # type: ignore[arg-type]
+    error = exc.value
+    assert error.code == "no_service_can_serve" and error.details["param"] == "tools"
+    assert error.message.startswith("no service could answer (2 attempts): local: the service 'local' (model 'm') does not "
+                                    "support tools")
+    assert "stub: the service 'stub'" in error.message
+    assert [a["service"] for a in error.details["attempts"]] == ["local", "stub"]
+
+
+def test_a_plain_request_is_not_held_back():
+    local = FakeProvider("local", ["m"])
+    assert tool_run(chain(local, capable("remote")), ChatRequest((Message("user", "hi"),), "m"), "generate").model == "m"
+    assert tool_run(Router([local]), CompletionRequest("Once", "m"), "stream").model == "m"
+
+
+def test_a_streamed_tool_call_counts_as_the_first_token():
+    ended = []
+
+    class Observer:
+        def request_ended(self, e):
+            ended.append(e)
+
+    remote = capable("remote", [ToolCallDelta(0, "c1", "get_weather", ""), ToolCallDelta(0, arguments="{}")])
+    router = Router([remote], observer=Observer())
+    assert tool_run(router, WITH_TOOLS, "stream").finish_reason == "stop"
+    assert ended[0].first_token_sec is not None

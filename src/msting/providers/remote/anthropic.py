@@ -14,19 +14,29 @@ sends a temperature. A client that does set its own top_p gets the upstream's an
 The stream is SSE: message_start (the input tokens), content blocks of text deltas,
 message_delta (the stop reason, the output tokens), message_stop; ping keeps it alive
 and an `error` event fails it.
+
+Tools: each becomes {name, description, input_schema}; tool_choice auto, required,
+a named function and none become {"type": auto | any | tool (with its name) | none},
+and parallel_tool_calls false `disable_parallel_tool_use`. An assistant message's tool
+calls become tool_use blocks (their arguments must be a JSON object: the API takes an
+`input` object), and the `tool` messages after it one user message of tool_result
+blocks. A streamed tool_use block (content_block_start, then input_json_delta pieces)
+comes back as ToolCallDelta events; stop_reason tool_use is finish_reason tool_calls.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from msting.api import limits
 from msting.api.errors import InvalidRequest
 from msting.api.events import Done, Embeddings, Event, Failed, Token, Usage
-from msting.api.requests import ChatRequest, EmbeddingRequest, GenerationRequest, SamplingParams
+from msting.api.requests import ChatRequest, EmbeddingRequest, GenerationRequest, Message, SamplingParams
+from msting.api.tools import FINISH_TOOL_CALLS, ToolCallDelta
 from msting.providers.base import Capabilities
 from msting.providers.remote.sse import SseParser, bad_reply, count, cut, error_text, json_object, model_entries, stream_error
-from msting.providers.remote.wire import RemoteModel, UpstreamRequest
+from msting.providers.remote.wire import RemoteModel, UpstreamRequest, call_arguments
 
 API = "anthropic"
 API_VERSION = "2023-06-01"
@@ -61,6 +71,7 @@ class AnthropicDecoder:
         self._counts: dict[str, int] = {}
         self._stop_reason: str | None = None
         self._over = False
+        self._tools: dict[int, list] = {}  # a tool_use block's index -> [its tool call index, any arguments yet]
 
     def feed(self, line: str) -> list[Event]:
         parsed = None if self._over else self._sse.feed(line)
@@ -74,29 +85,63 @@ class AnthropicDecoder:
         if kind == "message_start":
             message = payload.get("message")
             self._count(message.get("usage") if isinstance(message, dict) else None)
+        elif kind == "content_block_start":
+            return self._block_start(payload)
         elif kind == "content_block_delta":
             delta = payload.get("delta")
             if not isinstance(delta, dict):
                 return self._end(Failed(bad_reply(API, "a content_block_delta without a delta object")))
-            if delta.get("type") == "text_delta":  # tool input, thinking and citations deltas are not text
+            if delta.get("type") == "text_delta":  # thinking and citations deltas are not text
                 text = delta.get("text")
                 if not isinstance(text, str):
                     return self._end(Failed(bad_reply(API, "a text_delta without a text string")))
                 return [Token(text)] if text else []
+            if delta.get("type") == "input_json_delta":
+                tool = self._block(payload)
+                piece = delta.get("partial_json")
+                if tool is None or not isinstance(piece, str):
+                    return self._end(Failed(bad_reply(API, "an input_json_delta without a tool_use block or partial_json string")))
+                tool[1] = tool[1] or bool(piece)
+                return [ToolCallDelta(tool[0], arguments=piece)] if piece else []
+        elif kind == "content_block_stop":
+            tool = self._block(payload)
+            if tool is not None and not tool[1]:  # a call without arguments: OpenAI's say {}
+                tool[1] = True
+                return [ToolCallDelta(tool[0], arguments="{}")]
         elif kind == "message_delta":
             delta = payload.get("delta")
             if isinstance(delta, dict) and isinstance(delta.get("stop_reason"), str):
                 self._stop_reason = delta["stop_reason"]
             self._count(payload.get("usage"))
         elif kind == "message_stop":
-            reason = "length" if self._stop_reason == "max_tokens" else "stop"  # end_turn, stop_sequence, refusal...
+            # end_turn, stop_sequence, refusal, pause_turn...: stop
+            reason = {"max_tokens": "length", "tool_use": FINISH_TOOL_CALLS}.get(self._stop_reason or "", "stop")
             usage = Usage(sum(self._counts.get(k, 0) for k in INPUT_KEYS), self._counts.get("output_tokens", 0),
                           self._counts.get("cache_read_input_tokens", 0))
             return self._end(Done(model=self.model, finish_reason=reason, usage=usage))
         elif kind == "error":
             error = payload.get("error") if isinstance(payload.get("error"), dict) else {}
             return self._end(stream_error(API, str(error.get("message") or ""), error.get("type") in BUSY_ERRORS))
-        return []  # ping, content_block_start and _stop, and event types added to the API later
+        return []  # ping, a text block's start and stop, and event types added to the API later
+
+    def _block(self, payload: dict[str, Any]) -> list | None:
+        """The tool_use block an event's `index` names (None: not one)."""
+        index = payload.get("index")
+        return self._tools.get(index) if isinstance(index, int) else None
+
+    def _block_start(self, payload: dict[str, Any]) -> list[Event]:
+        block = payload.get("content_block")
+        if not isinstance(block, dict) or block.get("type") != "tool_use":
+            return []
+        index, cid, name, given = payload.get("index"), block.get("id"), block.get("name"), block.get("input")
+        if not isinstance(index, int) or not isinstance(cid, str) or not cid or not isinstance(name, str) or not name:
+            return self._end(Failed(bad_reply(API, "a tool_use block without an index, id and name")))
+        self._tools[index] = [len(self._tools), False]
+        events: list[Event] = [ToolCallDelta(self._tools[index][0], cid, name, "")]
+        if isinstance(given, dict) and given:  # the input whole at the start (the stream gives it in pieces after)
+            self._tools[index][1] = True
+            events.append(ToolCallDelta(self._tools[index][0], arguments=json.dumps(given, ensure_ascii=False)))
+        return events
 
     def finish(self) -> list[Event]:
         """Every stream ends with message_stop: one that did not was cut."""
@@ -112,9 +157,52 @@ class AnthropicDecoder:
         return [event]
 
 
+def _messages(messages: tuple[Message, ...]) -> list[dict[str, Any]]:
+    """The non-system messages as the API takes them: an assistant's tool calls as
+    tool_use blocks, each run of `tool` messages as one user message of tool_result blocks."""
+    arguments = call_arguments(messages, API)
+    out: list[dict[str, Any]] = []
+    for i, m in enumerate(messages):
+        if m.role == "system":
+            continue
+        if m.role == "tool":
+            result = {"type": "tool_result", "tool_use_id": m.tool_call_id, "content": m.content}
+            previous = out[-1] if out else None
+            if previous is not None and previous.get("tool_results"):
+                previous["content"].append(result)
+            else:
+                out.append({"role": "user", "content": [result], "tool_results": True})
+            continue
+        if m.tool_calls:
+            blocks: list[dict[str, Any]] = [{"type": "text", "text": m.content}] if m.content else []
+            blocks += [{"type": "tool_use", "id": call.id, "name": call.name, "input": arguments[i, j]}
+                       for j, call in enumerate(m.tool_calls)]
+            out.append({"role": "assistant", "content": blocks})
+            continue
+        out.append({"role": m.role, "content": m.content})
+    for message in out:
+        message.pop("tool_results", None)
+    return out
+
+
+def _tool_fields(request: ChatRequest) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    if request.tools:
+        fields["tools"] = [{"name": t.name, **({"description": t.description} if t.description is not None else {}),
+                            "input_schema": t.schema() or {"type": "object", "properties": {}},
+                            **({"strict": t.strict} if t.strict is not None else {})} for t in request.tools]
+    choice = request.tool_choice
+    if choice is not None:
+        kind = {"required": "any", "function": "tool"}.get(choice.mode, choice.mode)
+        fields["tool_choice"] = {"type": kind, **({"name": choice.name} if choice.mode == "function" else {})}
+    if request.parallel_tool_calls is False and (choice is None or choice.mode != "none"):
+        fields["tool_choice"] = {**fields.get("tool_choice", {"type": "auto"}), "disable_parallel_tool_use": True}
+    return fields
+
+
 class AnthropicWire:
     api_format = API
-    capabilities = Capabilities(chat=True, completions=False, stream=True, embed=False)
+    capabilities = Capabilities(chat=True, completions=False, stream=True, embed=False, tools=True)
 
     def headers(self, api_key: str | None) -> dict[str, str]:
         headers = {"anthropic-version": API_VERSION}
@@ -128,7 +216,7 @@ class AnthropicWire:
                                "send messages to a chat route, or the prompt to an openai or ollama service")
         s = request.sampling
         _check(s)
-        messages = [{"role": m.role, "content": m.content} for m in request.messages if m.role != "system"]
+        messages = _messages(request.messages)
         if not messages:
             raise InvalidRequest("invalid_parameter", "the anthropic API needs a user or assistant message, "
                                  "not only system ones", param="messages")
@@ -141,6 +229,7 @@ class AnthropicWire:
             body["top_p"] = s.top_p
         if s.stop:
             body["stop_sequences"] = list(s.stop)
+        body.update(_tool_fields(request))
         return UpstreamRequest("POST", MESSAGES_PATH, body, stream=True)
 
     def decoder(self, model: str) -> AnthropicDecoder:

@@ -5,6 +5,15 @@ Streams are NDJSON: one JSON object a line, the text in `message.content` (chat)
 counts; `{"error": "..."}` is a failure. A completion is sent `raw`, so the prompt
 reaches the model without Ollama's chat template, as msting's own completions do.
 
+Tools: `tools` go as OpenAI's shape (Ollama takes it); an assistant message's tool
+calls as `tool_calls` with their arguments as an object, a `tool` message with the
+called tool's `tool_name`. Ollama has no tool_choice: auto is its behaviour, none
+sends no tools, and required, a named function or parallel_tool_calls false are
+refused (400) rather than dropped. A reply's `message.tool_calls` (whole calls,
+arguments an object, ids only in newer versions) come back as ToolCallDelta events
+(arguments as JSON text, an id made when there is none), and a reply that called a
+tool ends with finish_reason tool_calls (Ollama says stop).
+
 Beyond the `Wire` protocol: `running()` / `running_models()` (the loaded models,
 GET /api/ps) and `show()` / `model_details()` (one model's context length and
 details, POST /api/show).
@@ -12,15 +21,19 @@ details, POST /api/show).
 
 from __future__ import annotations
 
+import json
+import uuid
 from typing import Any
 
 from msting.api.events import Done, Embeddings, Event, Failed, Token, Usage
-from msting.api.requests import ChatRequest, EmbeddingRequest, GenerationRequest, SamplingParams
+from msting.api.errors import InvalidRequest
+from msting.api.requests import ChatRequest, EmbeddingRequest, GenerationRequest, Message, SamplingParams
+from msting.api.tools import FINISH_TOOL_CALLS, ToolCall, deltas_of
 from msting.providers.base import Capabilities
 from msting.providers.remote.sse import (
     bad_reply, count, cut, error_text, json_object, overloaded, positive_int, says_embeddings, stream_error, vector,
 )
-from msting.providers.remote.wire import RemoteModel, UpstreamRequest, sampling_fields
+from msting.providers.remote.wire import RemoteModel, UpstreamRequest, call_arguments, sampling_fields
 
 API = "ollama"
 CHAT_PATH = "/api/chat"
@@ -55,6 +68,7 @@ class OllamaDecoder:
     def __init__(self, model: str):
         self.model = model
         self._over = False
+        self._calls = 0  # tool calls seen
 
     def feed(self, line: str) -> list[Event]:
         line = line.strip()
@@ -71,8 +85,16 @@ class OllamaDecoder:
         if text is not None and not isinstance(text, str):
             return self._end(Failed(bad_reply(API, "a stream line whose text is not a string")))
         events: list[Event] = [Token(text)] if text else []
+        calls = message.get("tool_calls") if isinstance(message, dict) else None
+        if calls is not None:
+            made = _tool_calls(calls)
+            if made is None:
+                return self._end(Failed(bad_reply(API, "a stream line whose tool_calls are not a list of "
+                                                  "{function: {name, arguments (an object)}}")))
+            events += deltas_of(made, self._calls)
+            self._calls += len(made)
         if chunk.get("done") is True:
-            reason = "length" if chunk.get("done_reason") == "length" else "stop"
+            reason = "length" if chunk.get("done_reason") == "length" else FINISH_TOOL_CALLS if self._calls else "stop"
             usage = Usage(count(chunk.get("prompt_eval_count")), count(chunk.get("eval_count")))
             events += self._end(Done(model=self.model, finish_reason=reason, usage=usage, timings=_timings(chunk)))
         return events
@@ -86,9 +108,62 @@ class OllamaDecoder:
         return [event]
 
 
+def _tool_calls(calls: Any) -> list[ToolCall] | None:
+    """Ollama's whole tool calls, or None when they do not have its shape."""
+    if not isinstance(calls, list):
+        return None
+    out = []
+    for call in calls:
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
+            return None
+        arguments = function.get("arguments", {})
+        if isinstance(arguments, str):  # an OpenAI-style server in Ollama's clothes
+            text = arguments
+        elif isinstance(arguments, dict):
+            text = json.dumps(arguments, ensure_ascii=False)
+        else:
+            return None
+        cid = call.get("id")
+        out.append(ToolCall(cid if isinstance(cid, str) and cid else f"call_{uuid.uuid4().hex[:24]}", function["name"], text))
+    return out
+
+
+def _unsupported(what: str, param: str) -> InvalidRequest:
+    return InvalidRequest("unsupported_by_provider", f"the ollama API has no {what}; leave it out, or send the request "
+                          "to an openai or anthropic service", param=param)
+
+
+def _chat_messages(messages: tuple[Message, ...]) -> list[dict[str, Any]]:
+    names = {c.id: c.name for m in messages for c in m.tool_calls}
+    arguments = call_arguments(messages, API)
+    out: list[dict[str, Any]] = []
+    for i, m in enumerate(messages):
+        if m.role == "tool":
+            out.append({"role": "tool", "content": m.content, "tool_name": names.get(m.tool_call_id or "", "")})
+        elif m.tool_calls:
+            calls = [{"function": {"name": call.name, "arguments": arguments[i, j]}} for j, call in enumerate(m.tool_calls)]
+            out.append({"role": m.role, "content": m.content, "tool_calls": calls})
+        else:
+            out.append({"role": m.role, "content": m.content})
+    return out
+
+
+def _tools(request: ChatRequest) -> dict[str, Any]:
+    """The body's `tools`; what Ollama cannot express is refused."""
+    choice = request.tool_choice
+    if choice is not None and choice.mode in ("required", "function"):
+        raise _unsupported("tool_choice other than auto or none (it cannot be made to call a tool)", "tool_choice")
+    if request.parallel_tool_calls is False:
+        raise _unsupported("parallel_tool_calls false (it may call several tools at once)", "parallel_tool_calls")
+    if not request.tools or (choice is not None and choice.mode == "none"):
+        return {}
+    return {"tools": [t.as_dict() for t in request.tools]}
+
+
 class OllamaWire:
     api_format = API
-    capabilities = Capabilities()
+    capabilities = Capabilities(tools=True)
 
     def headers(self, api_key: str | None) -> dict[str, str]:
         """Ollama has no authentication of its own; a key is for a proxy in front of it."""
@@ -96,8 +171,8 @@ class OllamaWire:
 
     def generate(self, request: GenerationRequest, model: str) -> UpstreamRequest:
         if isinstance(request, ChatRequest):
-            messages = [{"role": m.role, "content": m.content} for m in request.messages]
-            body = {"model": model, "messages": messages, "stream": True, "options": options(request.sampling)}
+            body = {"model": model, "messages": _chat_messages(request.messages), "stream": True,
+                    "options": options(request.sampling), **_tools(request)}
             return UpstreamRequest("POST", CHAT_PATH, body, stream=True)
         body = {"model": model, "prompt": request.prompt, "raw": True, "stream": True,
                 "options": options(request.sampling)}

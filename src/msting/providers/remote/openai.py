@@ -5,6 +5,10 @@ The service URL is the server's root: every path here starts with /v1. A generat
 is a streamed chat or text completion asking for a final usage chunk
 (`stream_options.include_usage`; servers that do not know it ignore it, and usage is
 then 0s). The stream is SSE: `data: {chunk}` lines, then `data: [DONE]`.
+
+Tool calling is OpenAI's own: `tools`, `tool_choice`, `parallel_tool_calls`, assistant
+messages' `tool_calls` and `tool` messages go as they came; a stream's
+`delta.tool_calls` pieces come back as ToolCallDelta events, finish_reason tool_calls.
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ from typing import Any
 
 from msting.api.errors import UpstreamError
 from msting.api.events import Done, Embeddings, Event, Failed, Token, Usage
-from msting.api.requests import ChatRequest, EmbeddingRequest, GenerationRequest
+from msting.api.requests import ChatRequest, EmbeddingRequest, GenerationRequest, Message
+from msting.api.tools import FINISH_TOOL_CALLS, ToolCallDelta
 from msting.providers.base import Capabilities
 from msting.providers.remote.sse import (
     SseParser, bad_reply, count, cut, error_text, json_object, model_entries, overloaded, positive_int, says_embeddings, stream_error,
@@ -40,6 +45,7 @@ class OpenAIDecoder:
         self._usage = Usage()
         self._timings: dict[str, float] = {}
         self._over = False  # a Done or a Failed has been produced
+        self._calls: set[int] = set()  # the tool calls begun (their index)
 
     def feed(self, line: str) -> list[Event]:
         parsed = None if self._over else self._sse.feed(line)
@@ -96,16 +102,70 @@ class OpenAIDecoder:
         reason = choice.get("finish_reason")
         if isinstance(reason, str) and reason:
             self._finish_reason = reason
-        return [Token(text)] if text else []
+        events: list[Event] = [Token(text)] if text else []
+        calls = delta.get("tool_calls") if isinstance(delta, dict) else None
+        if calls is not None:
+            deltas = _tool_call_deltas(calls)
+            if deltas is None:
+                return self._fail(Failed(bad_reply(API, "a stream chunk whose tool_calls are not a list of "
+                                                   "{index, id?, function: {name?, arguments?}}")))
+            for d in deltas:  # some servers repeat a call's id and name on each piece: only its first says them
+                if d.index in self._calls:
+                    if d.arguments:
+                        events.append(ToolCallDelta(d.index, arguments=d.arguments))
+                else:
+                    self._calls.add(d.index)
+                    events.append(d)
+        return events
 
     def _done(self) -> Done:
         self._over = True
-        reason = "length" if self._finish_reason == "length" else "stop"  # content_filter, tool_calls, none: stop
+        # content_filter, function_call (the deprecated form), none: stop
+        reason = self._finish_reason if self._finish_reason in ("length", FINISH_TOOL_CALLS) else "stop"
         return Done(model=self.model, finish_reason=reason, usage=self._usage, timings=dict(self._timings))
 
     def _fail(self, failed: Failed) -> list[Event]:
         self._over = True
         return [failed]
+
+
+def _tool_call_deltas(calls: Any) -> list[ToolCallDelta] | None:
+    """A chunk's `delta.tool_calls`, or None when they do not have OpenAI's shape."""
+    if not isinstance(calls, list):
+        return None
+    out: list[ToolCallDelta] = []
+    for call in calls:
+        function = call.get("function", {}) if isinstance(call, dict) else None
+        if not isinstance(function, dict):
+            return None
+        index, cid, name, arguments = call.get("index"), call.get("id"), function.get("name"), function.get("arguments")
+        if (not isinstance(index, int) or isinstance(index, bool) or index < 0 or not isinstance(cid, (str, type(None)))
+                or not isinstance(name, (str, type(None))) or not isinstance(arguments, (str, type(None)))):
+            return None
+        out.append(ToolCallDelta(index, cid or None, name or None, arguments or ""))
+    return out
+
+
+def chat_message(m: Message) -> dict[str, Any]:
+    """A message in OpenAI's shape (tool calls and tool results included)."""
+    if m.role == "tool":
+        return {"role": "tool", "tool_call_id": m.tool_call_id, "content": m.content}
+    if m.tool_calls:
+        return {"role": m.role, "content": m.content or None, "tool_calls": [c.as_dict() for c in m.tool_calls]}
+    return {"role": m.role, "content": m.content}
+
+
+def tool_fields(request: ChatRequest) -> dict[str, Any]:
+    """The request's tools, tool_choice and parallel_tool_calls in OpenAI's shape (Ollama takes
+    the same `tools`); what it left out is left out."""
+    fields: dict[str, Any] = {}
+    if request.tools:
+        fields["tools"] = [t.as_dict() for t in request.tools]
+    if request.tool_choice is not None:
+        fields["tool_choice"] = request.tool_choice.as_openai()
+    if request.parallel_tool_calls is not None:
+        fields["parallel_tool_calls"] = request.parallel_tool_calls
+    return fields
 
 
 def _stream_error(chunk: dict[str, Any]) -> Failed:
@@ -117,7 +177,7 @@ def _stream_error(chunk: dict[str, Any]) -> Failed:
 
 class OpenAIWire:
     api_format = API
-    capabilities = Capabilities()
+    capabilities = Capabilities(tools=True)
 
     def headers(self, api_key: str | None) -> dict[str, str]:
         return {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -126,7 +186,7 @@ class OpenAIWire:
         body: dict[str, Any]
         if isinstance(request, ChatRequest):
             path = CHAT_PATH
-            body = {"model": model, "messages": [{"role": m.role, "content": m.content} for m in request.messages]}
+            body = {"model": model, "messages": [chat_message(m) for m in request.messages], **tool_fields(request)}
         else:
             path = COMPLETIONS_PATH
             body = {"model": model, "prompt": request.prompt}

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Mapping
 from msting.api.errors import InvalidRequest, MstingError, UpstreamError, unknown_model
 from msting.api.events import Attempt, Done, Embeddings, Event, Failed, Token
 from msting.api.requests import ChatRequest, CompletionRequest, EmbeddingRequest, GenerationRequest
+from msting.api.tools import ToolCallBuilder, ToolCallDelta
 from msting.providers.base import ModelInfo, ProviderHealth
 from msting.providers.remote.catalog import Catalog
 from msting.providers.remote.formats import wire_for
@@ -177,16 +178,19 @@ class RemoteProvider:
 
     async def _collect(self, opened: Opened, deadline: Deadline) -> Done:
         pieces: list[str] = []
+        calls = ToolCallBuilder()
         events = opened.first
         while True:
             for event in events:
                 if isinstance(event, Token):
                     pieces.append(event.text)
+                elif isinstance(event, ToolCallDelta):
+                    calls.add(event)
                 elif isinstance(event, Failed):
                     raise AttemptFailed(event.error, retryable=True)  # nothing was sent: try again whole
                 elif isinstance(event, Done):
                     await opened.lines.drain()
-                    return replace(event, text="".join(pieces))
+                    return replace(event, text="".join(pieces), tool_calls=calls.calls())
             events = await self._next_events(opened.lines, opened.decoder, deadline)
 
     def stream(self, request: GenerationRequest) -> RemoteStream:

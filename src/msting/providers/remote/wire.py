@@ -20,8 +20,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from msting.api.errors import InvalidRequest
 from msting.api.events import Embeddings, Event
-from msting.api.requests import EmbeddingRequest, GenerationRequest, SamplingParams
+from msting.api.requests import EmbeddingRequest, GenerationRequest, Message, SamplingParams
+from msting.api.tools import ToolCall
 from msting.providers.base import Capabilities
 
 
@@ -107,3 +109,25 @@ def sampling_fields(s: SamplingParams, max_tokens_key: str = "max_tokens") -> di
     if s.frequency_penalty:
         fields["frequency_penalty"] = s.frequency_penalty
     return fields
+
+
+def call_arguments(messages: tuple[Message, ...], api: str) -> dict[tuple[int, int], dict[str, Any]]:
+    """Each tool call's arguments as an object, by (message index, call index), for an API
+    that takes them as an object (Anthropic's `input`, Ollama's `arguments`); arguments
+    that are not a JSON object are an InvalidRequest naming the call."""
+    out: dict[tuple[int, int], dict[str, Any]] = {}
+    for i, m in enumerate(messages):
+        for j, call in enumerate(m.tool_calls):
+            out[i, j] = _arguments_object(call, f"messages[{i}].tool_calls[{j}]", api)
+    return out
+
+
+def _arguments_object(call: ToolCall, where: str, api: str) -> dict[str, Any]:
+    try:
+        given = call.arguments_object()
+    except ValueError:
+        given = None
+    if not isinstance(given, dict):
+        raise InvalidRequest("invalid_parameter", f"{where}.function.arguments must be a JSON object for the {api} API "
+                             "(it takes a tool call's arguments as an object)", param="messages")
+    return given

@@ -13,6 +13,7 @@ import pytest
 from msting.api.errors import InvalidRequest, Unavailable, UpstreamError
 from msting.api.events import Done, Failed, Token, Usage
 from msting.api.requests import ChatRequest, CompletionRequest, EmbeddingRequest, Message, SamplingParams
+from msting.api.tools import ToolCallDelta
 from msting.providers.base import Capabilities
 from msting.providers.remote.anthropic import AnthropicWire
 
@@ -124,7 +125,7 @@ def event(kind: str, **fields) -> str:
 def test_format_capabilities_and_headers():
     wire = AnthropicWire()
     assert wire.api_format == "anthropic"
-    assert wire.capabilities == Capabilities(chat=True, completions=False, stream=True, embed=False)
+    assert wire.capabilities == Capabilities(chat=True, completions=False, stream=True, embed=False, tools=True)
     assert wire.headers("sk-ant-1") == {"x-api-key": "sk-ant-1", "anthropic-version": "2023-06-01"}
     assert wire.headers(None) == {"anthropic-version": "2023-06-01"}
 
@@ -220,8 +221,10 @@ def test_error_events_by_type(error_type, kind):
     assert failed.error.code == ("upstream_overloaded" if kind is Unavailable else "upstream_error")
 
 
-def test_thinking_and_tool_input_deltas_are_not_text_and_cached_prompt_tokens_count():
-    assert decode(MIXED_STREAM) == [Token("Checking."), Done(model=MODEL, finish_reason="stop", usage=Usage(1400, 89, 1000))]
+def test_thinking_deltas_are_not_text_a_tool_use_block_is_a_tool_call_and_cached_prompt_tokens_count():
+    assert decode(MIXED_STREAM) == [Token("Checking."), ToolCallDelta(0, "toolu_1", "get_weather", ""),
+                                    ToolCallDelta(0, arguments='{"location": "Paris"}'),
+                                    Done(model=MODEL, finish_reason="tool_calls", usage=Usage(1400, 89, 1000))]
 
 
 @pytest.mark.parametrize("reason, expected", [("end_turn", "stop"), ("stop_sequence", "stop"), ("max_tokens", "length"),

@@ -46,7 +46,7 @@ def decode(text: str, finish: bool = True) -> list:
 
 def test_format_capabilities_and_headers():
     wire = OllamaWire()
-    assert wire.api_format == "ollama" and wire.capabilities == Capabilities()
+    assert wire.api_format == "ollama" and wire.capabilities == Capabilities(tools=True)
     assert wire.headers(None) == {} and wire.headers("proxy-key") == {"Authorization": "Bearer proxy-key"}
 
 

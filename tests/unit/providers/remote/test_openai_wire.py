@@ -71,7 +71,7 @@ def chunk(**fields) -> str:
 
 def test_format_capabilities_and_headers():
     wire = OpenAIWire()
-    assert wire.api_format == "openai" and wire.capabilities == Capabilities()
+    assert wire.api_format == "openai" and wire.capabilities == Capabilities(tools=True)
     assert wire.headers("sk-1") == {"Authorization": "Bearer sk-1"}
     assert wire.headers(None) == {} and wire.headers("") == {}
 
@@ -151,8 +151,8 @@ def test_comments_event_lines_and_role_only_deltas_are_not_tokens():
 
 
 @pytest.mark.parametrize("reason, expected", [("length", "length"), ("stop", "stop"), ("content_filter", "stop"),
-                                              ("tool_calls", "stop")])
-def test_finish_reasons_are_stop_or_length(reason, expected):
+                                              ("tool_calls", "tool_calls"), ("function_call", "stop")])
+def test_finish_reasons_are_stop_length_or_tool_calls(reason, expected):
     text = chunk(choices=[{"index": 0, "delta": {"content": "x"}, "finish_reason": reason}]) + "\ndata: [DONE]\n"
     assert decode(text)[-1].finish_reason == expected
 

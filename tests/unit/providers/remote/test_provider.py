@@ -212,7 +212,7 @@ def test_anthropic_capabilities_say_so(up: Upstreams) -> None:
         return p.status()
 
     status = run(service_config("anthropic", [up["anthropic"].api_base]), body)
-    assert status["capabilities"] == {"chat": True, "completions": False, "stream": True, "embed": False}
+    assert status["capabilities"] == {"chat": True, "completions": False, "stream": True, "embed": False, "tools": True}
 
 
 # ---- failures within a reply -----------------------------------------------------------
