@@ -139,11 +139,16 @@ def test_execute_without_a_model_is_routed(ruled):
 
 
 def test_tools_are_matched_in_the_dry_run(ruled):
-    """Chat requests with tools are a 400 (no model here runs tools), so the tools rule is
-    seen through the dry run: the same body, the same rules."""
-    with_tools = explain(ruled, {"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]})
+    """The tools rule routes here to a local model, which does no tool calling (a chat with
+    tools is a 400 naming it: tests/e2e/test_tool_calling.py routes tools to a remote
+    service), so the rule is seen through the dry run: the same body, the same rules."""
+    tool = {"type": "function", "function": {"name": "lookup"}}
+    with_tools = explain(ruled, {"messages": [{"role": "user", "content": "hi"}], "tools": [tool]})
     assert (with_tools["route"], with_tools["by"], with_tools["model"]) == ("tools", "rule", "local~tiny")
     assert with_tools["request"]["tools"] is True
+    with pytest.raises(openai.BadRequestError, match=r"the service 'local' \(model 'tiny'\) does not support tools"):
+        socket_client(ruled).chat.completions.create(messages=[{"role": "user", "content": "hi"}], tools=[tool],
+                                                     model=openai.NOT_GIVEN)
     without = explain(ruled, {"messages": [{"role": "user", "content": "hi"}]})
     assert without["route"] is None
     assert next(r for r in without["routes"] if r["route"] == "tools")["failed"] == ["tools: the request requests none"]

@@ -13,11 +13,20 @@ A streamed reply is the documented event sequence: message_start (a Message with
 content), content_block_start (an empty text block), ping, content_block_delta (text_delta)
 per word, content_block_stop, message_delta (stop_reason end_turn | max_tokens |
 stop_sequence, usage.output_tokens), message_stop. ``stop_sequences`` are honoured.
+
+Tool use as the Messages API does it: ``tools`` ({name, description, input_schema}) and
+``tool_choice`` ({"type": auto | any | tool (with name) | none}) are checked; given tools
+(and a choice other than none), a request whose last message holds no tool_result is
+answered with one tool_use block (text.tool_call), stop_reason ``tool_use``; streamed:
+content_block_start with the tool_use block (empty input), input_json_delta pieces,
+content_block_stop. A tool_result must answer a tool_use of the message just before it,
+and a request holding tool_use or tool_result blocks must define tools (400 otherwise).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import json
 from datetime import datetime, timezone
@@ -29,7 +38,7 @@ from starlette.routing import Route
 
 from .app import State, json_body, take_stream_fault
 from .faults import paced_stream
-from .text import count_tokens, reply
+from .text import count_tokens, reply, tool_call
 
 API_BASE = ""
 WORK_PATHS = frozenset({"/v1/messages"})
@@ -86,12 +95,78 @@ def _text_of(content: Any) -> str:
     return ""
 
 
+def _blocks(message: dict, kind: str) -> list[dict]:
+    content = message.get("content")
+    return [b for b in content if isinstance(b, dict) and b.get("type") == kind] if isinstance(content, list) else []
+
+
+def _result_text(block: dict) -> str:
+    content = block.get("content")
+    return content if isinstance(content, str) else _text_of(content)
+
+
+def _check_tools(body: dict, msgs: list[dict]) -> str | None:
+    """What the API would refuse in the request's tools and tool blocks (None: nothing)."""
+    tools = body.get("tools")
+    if tools is not None and (not isinstance(tools, list) or not all(
+            isinstance(t, dict) and isinstance(t.get("name"), str) and isinstance(t.get("input_schema"), dict) for t in tools)):
+        return "tools: each tool needs a name and an input_schema object"
+    names = [t["name"] for t in tools or []]
+    choice = body.get("tool_choice")
+    if choice is not None:
+        if not isinstance(choice, dict) or choice.get("type") not in ("auto", "any", "tool", "none"):
+            return "tool_choice: Input tag does not match any of the expected tags: 'auto', 'any', 'tool', 'none'"
+        if choice["type"] == "tool" and choice.get("name") not in names:
+            return f"tool_choice: tool {choice.get('name')!r} is not in tools"
+    previous: dict = {}
+    for i, m in enumerate(msgs):
+        uses, results = _blocks(m, "tool_use"), _blocks(m, "tool_result")
+        if (uses or results) and not names:
+            return "Requests which include `tool_use` or `tool_result` blocks must define tools."
+        if any(not isinstance(u.get("input"), dict) for u in uses):
+            return f"messages.{i}: a tool_use block's input must be an object"
+        asked = {u.get("id") for u in _blocks(previous, "tool_use")}
+        for r in results:
+            if r.get("tool_use_id") not in asked:
+                return (f"messages.{i}: unexpected `tool_use_id` found in `tool_result` blocks: {r.get('tool_use_id')}. "
+                        "Each `tool_result` block must have a corresponding `tool_use` block in the previous message.")
+        previous = m
+    return None
+
+
 def _sse(event: str, data: dict) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
 
 
 def _model_info(name: str) -> dict:
     return {"type": "model", "id": name, "display_name": name, "created_at": CREATED_AT, "lifecycle": "active"}
+
+
+def _tool_use_reply(request: Request, state: State, body: dict, mid: str, model: str, call) -> Response:
+    tid = "toolu_" + hashlib.sha256(f"{call.name}:{call.arguments}".encode()).hexdigest()[:24]
+    usage = {"input_tokens": call.prompt_tokens, "output_tokens": call.completion_tokens,
+             "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
+    headers = {"request-id": _request_id()}
+    if not body.get("stream"):
+        return JSONResponse({"id": mid, "type": "message", "role": "assistant", "model": model,
+                             "content": [{"type": "tool_use", "id": tid, "name": call.name, "input": json.loads(call.arguments)}],
+                             "stop_reason": "tool_use", "stop_sequence": None, "usage": usage}, headers=headers)
+    start = {"id": mid, "type": "message", "role": "assistant", "model": model, "content": [],
+             "stop_reason": None, "stop_sequence": None, "usage": {**usage, "output_tokens": 1}}
+    preamble = [_sse("message_start", {"type": "message_start", "message": start}),
+                _sse("content_block_start", {"type": "content_block_start", "index": 0,
+                                             "content_block": {"type": "tool_use", "id": tid, "name": call.name, "input": {}}}),
+                _sse("ping", {"type": "ping"})]
+    deltas = [_sse("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                           "delta": {"type": "input_json_delta", "partial_json": p}}) for p in call.pieces]
+    epilogue = [_sse("content_block_stop", {"type": "content_block_stop", "index": 0}),
+                _sse("message_delta", {"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": None},
+                                       "usage": {"output_tokens": call.completion_tokens}}),
+                _sse("message_stop", {"type": "message_stop"})]
+    fault, connection = take_stream_fault(request)
+    return StreamingResponse(paced_stream(preamble, deltas, epilogue, fault=fault, token_delay=state.token_delay,
+                                          connection=connection),
+                             media_type="text/event-stream", headers={"Cache-Control": "no-cache", **headers})
 
 
 def routes(state: State) -> list[Route]:
@@ -142,12 +217,23 @@ def routes(state: State) -> list[Route]:
             return error_response(400, "stop_sequences: Input should be a valid list of strings")
         if not state.has_model(model):
             return error_response(404, f"model: {model}")
-        texts = [_text_of(body.get("system")), *(_text_of(m.get("content")) for m in msgs)]
+        problem = _check_tools(body, msgs)
+        if problem:
+            return error_response(400, problem)
+        results = _blocks(msgs[-1], "tool_result")
+        texts = [_text_of(body.get("system")), *(_text_of(m.get("content")) for m in msgs), *map(_result_text, results)]
         users = [_text_of(m.get("content")) for m in msgs if m.get("role") == "user"]
-        r = reply(users[-1] if users else texts[-1], prompt_tokens=count_tokens(*texts), max_words=max_tokens,
+        mid = f"msg_standin{next(_ids):06d}"
+        choice = body.get("tool_choice") or {}
+        if not results and choice.get("type") != "none":
+            tools = [(t["name"], t["input_schema"]) for t in body.get("tools") or []]
+            call = tool_call(tools, choice.get("name"), users[-1] if users else texts[-1], count_tokens(*texts))
+            if call is not None:
+                return _tool_use_reply(request, state, body, mid, model, call)
+        source = " ".join(map(_result_text, results)) if results else users[-1] if users else texts[-1]
+        r = reply(source, prompt_tokens=count_tokens(*texts), max_words=max_tokens,
                   stop=stops, natural=state.reply_words)
         stop_reason = "stop_sequence" if r.stop_sequence is not None else STOP_REASONS[r.finish]
-        mid = f"msg_standin{next(_ids):06d}"
         usage = {"input_tokens": r.prompt_tokens, "output_tokens": r.completion_tokens,
                  "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
         headers = {"request-id": _request_id()}

@@ -9,6 +9,12 @@ and ``options.stop`` are honoured. Errors are {"error": "..."}.
 Model names carry a tag as in Ollama: "m" is listed and matched as "m:latest". /api/ps lists
 the models that have answered a request and have not been unloaded (``keep_alive: 0``).
 With ``--api-key``, ``Authorization: Bearer <key>`` is required (401 otherwise).
+
+Tool calling as Ollama's /api/chat does it: given ``tools``, a chat whose last message is
+not a ``tool`` result is answered with one call (text.tool_call) in ``message.tool_calls``
+(arguments an object, no id, as Ollama before 0.12 sends them), the whole call in one
+streamed line before the ``done`` line, whose done_reason stays ``stop``. A ``tool``
+message's content is what the next reply echoes.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from starlette.routing import Route
 
 from .app import State, json_body, take_stream_fault
 from .faults import paced_stream
-from .text import EMBEDDING_DIMS, as_stop_list, count_tokens, embedding, reply
+from .text import EMBEDDING_DIMS, as_stop_list, count_tokens, embedding, reply, tool_call
 
 API_BASE = ""
 VERSION = "0.9.0"
@@ -188,8 +194,23 @@ def routes(state: State) -> list[Route]:
         limit, stop = _options(body)
         texts = [m.get("content") if isinstance(m.get("content"), str) else "" for m in messages]
         users = [t for m, t in zip(messages, texts) if m.get("role") == "user"]
-        r = reply(users[-1] if users else texts[-1], prompt_tokens=count_tokens(*texts), max_words=limit, stop=stop,
-                  natural=state.reply_words)
+        tools = [(t["function"]["name"], t["function"].get("parameters")) for t in body.get("tools") or []
+                 if isinstance(t, dict) and isinstance(t.get("function"), dict) and isinstance(t["function"].get("name"), str)]
+        call = None if messages[-1].get("role") == "tool" else tool_call(tools, None, users[-1] if users else texts[-1],
+                                                                           count_tokens(*texts))
+        if call is not None:
+            calls = [{"function": {"name": call.name, "arguments": json.loads(call.arguments)}}]
+            final = {"model": name, "created_at": _now(), "message": {"role": "assistant", "content": ""},
+                     "done_reason": "stop", "done": True, **_durations(call.prompt_tokens, 1)}
+            line = {"model": name, "created_at": _now(), "message": {"role": "assistant", "content": "", "tool_calls": calls},
+                    "done": False}
+            streamed = stream_or_json(request, body, [line], final)
+            if streamed is not None:
+                return streamed
+            final["message"]["tool_calls"] = calls
+            return JSONResponse(final)
+        source = texts[-1] if messages[-1].get("role") == "tool" else users[-1] if users else texts[-1]
+        r = reply(source, prompt_tokens=count_tokens(*texts), max_words=limit, stop=stop, natural=state.reply_words)
         final = {"model": name, "created_at": _now(), "message": {"role": "assistant", "content": ""},
                  "done_reason": r.finish, "done": True, **_durations(r.prompt_tokens, r.completion_tokens)}
         lines = [{"model": name, "created_at": _now(), "message": {"role": "assistant", "content": c}, "done": False}

@@ -4,6 +4,12 @@
 legacy completions, embeddings in float or base64 encoding; errors as
 {"error": {"message", "type", "param", "code"}}).
 
+Tool calling as OpenAI's API does it: given ``tools`` (and ``tool_choice`` not "none"), a
+chat whose last message is not a ``tool`` result is answered with one call (text.tool_call)
+and finish_reason ``tool_calls``; streamed, the first chunk carries the call's index, id,
+type and name with empty arguments, the next ones pieces of its arguments. A ``tool``
+message must answer a call of an earlier assistant message (400 otherwise), as OpenAI checks.
+
 With ``--api-key`` every protocol route wants ``Authorization: Bearer <key>`` (401 otherwise).
 """
 
@@ -11,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import itertools
 import json
 import struct
@@ -23,7 +30,7 @@ from starlette.routing import Route
 
 from .app import State, json_body, take_stream_fault
 from .faults import paced_stream
-from .text import as_stop_list, count_tokens, embedding, reply
+from .text import as_stop_list, count_tokens, embedding, reply, tool_call
 
 API_BASE = "/v1"
 WORK_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
@@ -104,6 +111,62 @@ def _usage(prompt: int, completion: int) -> dict:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
+def _declared(tools: Any) -> list[tuple[str, dict | None]]:
+    return [(t["function"]["name"], t["function"].get("parameters")) for t in tools or []
+            if isinstance(t, dict) and isinstance(t.get("function"), dict) and isinstance(t["function"].get("name"), str)]
+
+
+def _check_tool_messages(messages: list[dict]) -> Response | None:
+    made: set[str] = set()
+    for m in messages:
+        for call in m.get("tool_calls") or []:
+            if isinstance(call, dict) and isinstance(call.get("id"), str):
+                made.add(call["id"])
+        if m.get("role") == "tool" and m.get("tool_call_id") not in made:
+            return error_response(400, "Invalid parameter: messages with role 'tool' must be a response to a preceeding "
+                                  "message with 'tool_calls'.", param="messages", code="invalid_parameter")
+    return None
+
+
+def call_id(name: str, arguments: str) -> str:
+    return "call_" + hashlib.sha256(f"{name}:{arguments}".encode()).hexdigest()[:24]
+
+
+def _tool_call_reply(request: Request, state: State, body: dict, cid: str, model: str, call: Any) -> Response:
+    tid = call_id(call.name, call.arguments)
+    usage = _usage(call.prompt_tokens, call.completion_tokens)
+    if not body.get("stream"):
+        return JSONResponse({
+            "id": cid, "object": "chat.completion", "created": int(time.time()), "model": model, "system_fingerprint": "standin",
+            "choices": [{"index": 0, "logprobs": None, "finish_reason": "tool_calls",
+                         "message": {"role": "assistant", "content": None, "refusal": None, "tool_calls": [
+                             {"id": tid, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}]}}],
+            "usage": usage,
+        })
+    include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+    created = int(time.time())
+
+    def chunk(delta: dict, finish: str | None, **extra: Any) -> bytes:
+        payload: dict = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+                         "system_fingerprint": "standin",
+                         "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}], **extra}
+        if include_usage and "usage" not in extra:
+            payload["usage"] = None
+        return _sse(payload)
+
+    head = chunk({"role": "assistant", "content": None, "tool_calls": [
+        {"index": 0, "id": tid, "type": "function", "function": {"name": call.name, "arguments": ""}}]}, None)
+    pieces = [head] + [chunk({"tool_calls": [{"index": 0, "function": {"arguments": p}}]}, None) for p in call.pieces]
+    epilogue = [chunk({}, "tool_calls")]
+    if include_usage:
+        epilogue.append(_sse({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+                              "system_fingerprint": "standin", "choices": [], "usage": usage}))
+    epilogue.append(_sse(b"[DONE]"))
+    fault, connection = take_stream_fault(request)
+    return StreamingResponse(paced_stream([], pieces, epilogue, fault=fault, token_delay=state.token_delay, connection=connection),
+                             media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
 def routes(state: State) -> list[Route]:
     async def list_models(request: Request) -> Response:
         return JSONResponse({"object": "list", "data": [_model_card(m) for m in state.models]})
@@ -127,9 +190,19 @@ def routes(state: State) -> list[Route]:
             return bad
         texts = [_text_of(m.get("content")) for m in messages]
         users = [_text_of(m.get("content")) for m in messages if m.get("role") == "user"]
-        r = reply(users[-1] if users else texts[-1], prompt_tokens=count_tokens(*texts), max_words=limit,
-                  stop=as_stop_list(body.get("stop")), natural=state.reply_words)
+        bad = _check_tool_messages(messages)
+        if bad:
+            return bad
         cid, model = f"chatcmpl-standin{next(_ids)}", body["model"]
+        if messages[-1].get("role") != "tool" and body.get("tool_choice") != "none":
+            choice = body.get("tool_choice")
+            named = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
+            call = tool_call(_declared(body.get("tools")), named, users[-1] if users else texts[-1], count_tokens(*texts))
+            if call is not None:
+                return _tool_call_reply(request, state, body, cid, model, call)
+        source = texts[-1] if messages[-1].get("role") == "tool" else users[-1] if users else texts[-1]
+        r = reply(source, prompt_tokens=count_tokens(*texts), max_words=limit,
+                  stop=as_stop_list(body.get("stop")), natural=state.reply_words)
         if not body.get("stream"):
             if state.token_delay:
                 await asyncio.sleep(state.token_delay * r.completion_tokens)

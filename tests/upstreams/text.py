@@ -13,11 +13,19 @@ bare, the next ones with a leading space), so the protocols' token limits
 * otherwise the reply has its natural length: finish ``stop``.
 
 An empty prompt echoes the word "ok".
+
+Tools. Given tools (and a tool choice other than none), a stand-in whose last message is
+not a tool's result calls one tool, deterministically (`tool_call`): the one the choice
+names, else the first; its arguments fill each property of the tool's schema from the
+prompt (a string property gets the prompt's words, a number their count, a boolean
+true), and stream as `ARGUMENT_PIECES` pieces. After a tool result the reply echoes
+that result's words: the model "read" it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import struct
 from dataclasses import dataclass, field
@@ -96,3 +104,38 @@ def embedding(text: str, dims: int = EMBEDDING_DIMS) -> list[float]:
     values = [u / 0xFFFFFFFF * 2 - 1 for u in struct.unpack(f"<{dims}I", raw[: 4 * dims])]
     norm = sum(v * v for v in values) ** 0.5 or 1.0
     return [round(v / norm, 6) for v in values]
+
+
+ARGUMENT_PIECES = 3  # how many pieces a streamed tool call's arguments come in
+
+
+@dataclass
+class Call:
+    """The one tool call a stand-in makes: the tool, its arguments as JSON text, and the
+    arguments split as they stream."""
+
+    name: str
+    arguments: str
+    pieces: list[str]
+    prompt_tokens: int = 0
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.pieces)
+
+
+def tool_call(tools: Sequence[tuple[str, dict | None]], named: str | None, prompt: str, prompt_tokens: int = 0) -> Call | None:
+    """The call made given `tools` ((name, JSON schema) pairs) and the tool the choice
+    names (None: any); None when there are no tools."""
+    if not tools:
+        return None
+    name, schema = next((t for t in tools if t[0] == named), tools[0])
+    words = " ".join(words_of(prompt)) or "ok"
+    arguments = {}
+    for key, spec in ((schema or {}).get("properties") or {}).items():
+        kind = spec.get("type") if isinstance(spec, dict) else None
+        arguments[key] = (len(words.split()) if kind in ("integer", "number") else True if kind == "boolean"
+                          else None if kind in ("object", "array", "null") else words)
+    text = json.dumps(arguments)
+    step = max(1, -(-len(text) // ARGUMENT_PIECES))
+    return Call(name, text, [text[i:i + step] for i in range(0, len(text), step)], prompt_tokens)

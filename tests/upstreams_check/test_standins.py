@@ -440,3 +440,67 @@ def test_llama_cpp_server_answers_a_chat_completion(llama_cpp_server):
                                            max_tokens=8, temperature=0)
     assert reply.choices[0].message.role == "assistant"
     assert reply.usage.prompt_tokens > 0 and 0 < reply.usage.completion_tokens <= 8
+
+
+# ------------------------------------------------------------------ tool calling, official clients
+WEATHER = {"name": "get_weather", "description": "The weather in a city",
+           "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}}}}
+ARGS = {"city": "weather in paris", "days": 3}
+ASK = [{"role": "user", "content": "Weather in Paris?"}]
+
+
+def test_openai_tool_calls_and_their_stream(oa):
+    client = openai_client(oa)
+    tools = [{"type": "function", "function": WEATHER}]
+    reply = client.chat.completions.create(model="gpt-standin", messages=ASK, tools=tools)
+    [call] = reply.choices[0].message.tool_calls
+    assert reply.choices[0].finish_reason == "tool_calls" and reply.choices[0].message.content is None
+    assert call.function.name == "get_weather" and json.loads(call.function.arguments) == ARGS
+    with client.chat.completions.stream(model="gpt-standin", messages=ASK, tools=tools) as stream:
+        final = stream.get_final_completion()  # the SDK's own accumulation of the deltas
+    streamed = final.choices[0].message.tool_calls[0]
+    assert (streamed.id, streamed.function.name, streamed.function.arguments) == (call.id, "get_weather", call.function.arguments)
+    chunks = list(client.chat.completions.create(model="gpt-standin", messages=ASK, tools=tools, stream=True))
+    first = chunks[0].choices[0].delta.tool_calls[0]
+    assert (first.index, first.id, first.function.name, first.function.arguments) == (0, call.id, "get_weather", "")
+    assert all(c.choices[0].delta.tool_calls[0].id is None for c in chunks[1:-1])
+    back = ASK + [reply.choices[0].message.model_dump(exclude_none=True), {"role": "tool", "tool_call_id": call.id, "content": "sunny and warm"}]
+    answer = client.chat.completions.create(model="gpt-standin", messages=back, tools=tools)
+    assert answer.choices[0].finish_reason == "stop" and answer.choices[0].message.content.startswith("sunny and warm")
+    assert client.chat.completions.create(model="gpt-standin", messages=ASK, tools=tools, tool_choice="none").choices[0].message.content
+    with pytest.raises(openai.BadRequestError, match="role 'tool'"):
+        client.chat.completions.create(model="gpt-standin", messages=ASK + [{"role": "tool", "tool_call_id": "x", "content": "r"}])
+
+
+def test_anthropic_tool_use_and_its_stream(an):
+    client = anthropic_client(an)
+    tools = [{"name": WEATHER["name"], "description": WEATHER["description"], "input_schema": WEATHER["parameters"]}]
+    msg = client.messages.create(model="claude-standin", max_tokens=50, messages=ASK, tools=tools)
+    [use] = msg.content
+    assert msg.stop_reason == "tool_use" and use.type == "tool_use" and use.name == "get_weather" and use.input == ARGS
+    with client.messages.stream(model="claude-standin", max_tokens=50, messages=ASK, tools=tools) as stream:
+        final = stream.get_final_message()  # the SDK parses the input_json_delta pieces
+    assert final.content[0].input == ARGS and final.content[0].id == use.id and final.stop_reason == "tool_use"
+    back = ASK + [{"role": "assistant", "content": [use.model_dump()]},
+                  {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "sunny and warm"}]}]
+    answer = client.messages.create(model="claude-standin", max_tokens=50, messages=back, tools=tools)
+    assert answer.stop_reason == "end_turn" and answer.content[0].text.startswith("sunny and warm")
+    with pytest.raises(anthropic.BadRequestError, match="corresponding `tool_use`"):
+        client.messages.create(model="claude-standin", max_tokens=50, tools=tools, messages=ASK + [
+            {"role": "assistant", "content": "ok"},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_x", "content": "r"}]}])
+    with pytest.raises(anthropic.BadRequestError, match="must define tools"):
+        client.messages.create(model="claude-standin", max_tokens=50, messages=back)
+
+
+def test_ollama_tool_calls(ol):
+    client = ollama.Client(host=ol.url)
+    tools = [{"type": "function", "function": WEATHER}]
+    chat = client.chat(model="llama-standin", messages=ASK, tools=tools)
+    [call] = chat.message.tool_calls
+    assert call.function.name == "get_weather" and dict(call.function.arguments) == ARGS and chat.done_reason == "stop"
+    parts = list(client.chat(model="llama-standin", messages=ASK, tools=tools, stream=True))
+    assert [bool(p.message.tool_calls) for p in parts] == [True, False] and parts[-1].done
+    back = ASK + [{"role": "assistant", "content": "", "tool_calls": [call.model_dump()]},
+                  {"role": "tool", "content": "sunny and warm", "tool_name": "get_weather"}]
+    assert client.chat(model="llama-standin", messages=back, tools=tools).message.content.startswith("sunny and warm")
