@@ -229,10 +229,12 @@ def _buffers_per_replica(info: GGUFInfo, n_ctx: int, embedding: bool, parallel: 
     llama.cpp's own "compute buffer size" and the RSS of real workers (msting-tiny,
     stories260K and 50,000-token test vocabularies; generate and embed):
 
-    * attention: the scores of every head for every (token, cell) pair, f32, plus
-      the mask: ``n_kv * n_ubatch * 4 * (head_count + 1)``;
-    * the CPU work buffer, where ggml converts those scores to f16 for the product
-      with V: ``n_kv * n_ubatch * head_count * 2``;
+    * attention: the worker lets llama.cpp use flash attention (its ``auto``, which a
+      CPU always supports), so no scores of every head for every (token, cell) pair
+      are kept: only the f16 mask, ``n_kv * n_ubatch * 2`` (without flash attention
+      the scores and their f16 copy in the CPU work buffer would add
+      ``n_kv * n_ubatch * (4 * (head_count + 1) + 2 * head_count)``: several times
+      more for an embeddings worker, whose micro-batch is its whole context);
     * logits: one row of ``n_vocab`` floats for generation; for embeddings from a
       model without pooling (an LLM), every token of the micro-batch gets a row, both
       in the compute buffer and in the output buffer: ``2 * n_ubatch * n_vocab * 4``;
@@ -252,8 +254,7 @@ def _buffers_per_replica(info: GGUFInfo, n_ctx: int, embedding: bool, parallel: 
 
     n_ub = n_ctx if embedding else min(n_ctx, GENERATE_UBATCH)
     n_kv = n_ub if (embedding and _is_non_causal(info)) else padded_ctx(n_ctx)
-    attention = n_kv * n_ub * _F32 * (heads + 1)
-    work = n_kv * n_ub * heads * _F16
+    attention = n_kv * n_ub * _F16  # the mask (flash attention: no scores matrix)
     if embedding and (_pools(info) or _is_non_causal(info)):
         logits = output = 0
     elif embedding:
@@ -263,7 +264,7 @@ def _buffers_per_replica(info: GGUFInfo, n_ctx: int, embedding: bool, parallel: 
         logits = parallel * vocab * _F32
         output = parallel * (vocab + embd) * _F32
     activations = n_ub * _F32 * (8 * embd + 2 * n_ff)
-    return max(attention, logits) + work + output + activations + vocab * VOCAB_BYTES_PER_TOKEN, notes
+    return max(attention, logits) + output + activations + vocab * VOCAB_BYTES_PER_TOKEN, notes
 
 
 def estimate_model(
