@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect, unix_connect
 
 pytestmark = pytest.mark.e2e
@@ -57,3 +58,27 @@ def test_bad_messages_get_errors_and_the_connection_survives(daemon_home):
             assert msg["type"] == "error" and msg["error"]["code"] == code, (raw, msg)
         ws.send(json.dumps({"type": "generate", "id": "ok", "prompt": "Hi", "max_tokens": 3}))
         assert _until(ws, lambda m: m["type"] in ("done", "error"))[-1]["type"] == "done"
+
+
+def test_stop_closes_open_websockets_with_going_away(daemon_home):
+    """An open connection (a status subscription and a generation running on it) gets
+    close code 1001 on `msting llm stop`, after its generation ended as an HTTP stream's
+    does (the worker finishes the request in its slot), and does not hold the stop for
+    the HTTP server's graceful-shutdown timeout."""
+    graceful = 30
+    daemon_home.write_config({"llm_service": {"stop_timeout_sec": graceful, "drain_grace_sec": 1}})
+    daemon_home.start()
+    with connect(f"ws://127.0.0.1:{daemon_home.port}/v1/ws") as ws:
+        ws.send(json.dumps({"type": "subscribe", "topics": ["status"]}))
+        ws.send(json.dumps({"type": "generate", "id": "long", "prompt": "Once", "max_tokens": 100000}))
+        _until(ws, lambda m: m["type"] == "status" and m["models"][0]["in_flight"] == 1)
+        stop = daemon_home.cli("llm", "stop", "--timeout", str(graceful * 2), timeout=graceful * 3)
+        assert stop.returncode == 0, stop.stderr
+        assert stop.wall_sec < graceful / 2, (stop.wall_sec, daemon_home.log_tail())
+        seen = []
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                seen.append(json.loads(ws.recv(timeout=10)))
+    ended = [m for m in seen if m.get("id") == "long" and m["type"] in ("done", "error")]
+    assert len(ended) == 1 and ended[0]["type"] == "done" and ended[0]["finish_reason"] == "length", seen[-3:]
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001, (closed.value, stop.wall_sec)

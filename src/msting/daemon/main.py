@@ -7,7 +7,8 @@ and the TCP port → pidfile → serve → load the always-ready models.
 
 Shutdown: signal handlers only enqueue the signal. The first SIGTERM/SIGINT makes
 readiness 503 and refuses new requests, lets queued and in-flight requests finish
-within `drain_grace_sec`, stops the workers (shutdown, SIGTERM, SIGKILL) and exits 0.
+within `drain_grace_sec`, stops the workers (shutdown, SIGTERM, SIGKILL), closes the
+open WebSocket connections (code 1001, going away) and exits 0.
 A second signal kills the workers and exits at once.
 
 Under systemd (``$NOTIFY_SOCKET``, msting.daemon.notify) each milestone is a ``STATUS=``
@@ -195,6 +196,7 @@ async def _serve(config: Config, paths: Paths, sockets: list[socket.socket], sec
     from msting.config.profiles import load_named_profile
     from msting.http.app import build_app
     from msting.http.security import SecurityPolicy
+    from msting.http.ws import close_websockets
     from msting.policy.pipeline import PolicyPipeline
     from msting.providers.local import LocalProvider
     from msting.providers.remote.provider import RemoteProvider
@@ -307,7 +309,10 @@ async def _serve(config: Config, paths: Paths, sockets: list[socket.socket], sec
         second.cancel()
     watchdog_task.cancel()
     if not forced:
-        notifier.status("stopping: workers stopped, closing the HTTP server")
+        notifier.status("stopping: workers stopped, closing the WebSocket connections and the HTTP server")
+        # Before uvicorn's shutdown, which would wait for each open connection up to
+        # stop_timeout_sec: every /v1/ws client is told the daemon is going away (1001).
+        await close_websockets(app, config.llm_service.stop_timeout_sec)
     server.should_exit = True
     try:
         await asyncio.wait_for(serve_task, timeout=config.llm_service.stop_timeout_sec + 5)

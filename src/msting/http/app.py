@@ -43,4 +43,5 @@ def build_app(router: Router, control: Control, *, security: SecurityPolicy) -> 
     )
     app.state.router = router
     app.state.control = control
+    app.state.websockets = ws.Sessions()  # the open /v1/ws connections, closed at the daemon's stop
     return app

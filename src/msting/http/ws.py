@@ -16,6 +16,12 @@ daemon → client
 Generations on one connection run concurrently; one task sends everything, in order.
 Closing the connection cancels whatever it still had running.
 
+When the daemon stops, the local generations drain as HTTP streams do (within
+`drain_grace_sec`, then an `error` with code `shutting_down`); then `close_websockets`
+ends what still runs on each connection (the same `shutting_down` error), sends what
+is queued and closes it with code 1001 (going away), so that no open connection holds
+the HTTP server's graceful shutdown.
+
 Text and binary messages are parsed alike by the strict body parser
 (msting.http.body: size, UTF-8, finite numbers, depth), so a message gets the same
 answer as the same bytes posted to an HTTP route, as an `error` message; a bad message,
@@ -32,7 +38,7 @@ from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
 
 from msting.api import limits
-from msting.api.errors import InvalidRequest, MstingError
+from msting.api.errors import InvalidRequest, MstingError, Unavailable
 from msting.api.events import Done, Failed, Token
 from msting.api.tools import ToolCallDelta
 from msting.http.body import parse_object
@@ -44,6 +50,24 @@ from msting.providers.router import Router
 
 GENERATE_KEYS = {"type", "id", "model", "prompt", "messages", "max_tokens", "temperature", "top_p", "stop", "seed"} | TOOL_KEYS
 STATUS_POLL_SEC = 0.25
+GOING_AWAY = 1001  # the WebSocket close code: the server is going down
+
+
+class Sessions:
+    """The open connections of one app (`app.state.websockets`), for the daemon's stop."""
+
+    def __init__(self) -> None:
+        self.open: set[Session] = set()
+
+    async def close_all(self, timeout: float) -> None:
+        """End every open connection (see the module's doc); gives up after `timeout` s."""
+        sessions = list(self.open)
+        if sessions:
+            await asyncio.wait([asyncio.create_task(s.go_away()) for s in sessions], timeout=timeout)
+
+
+async def close_websockets(app, timeout: float) -> None:
+    await app.state.websockets.close_all(timeout)
 
 
 class Session:
@@ -54,10 +78,13 @@ class Session:
         self.outbox: asyncio.Queue[dict] = asyncio.Queue()
         self.running: dict[str, asyncio.Task] = {}
         self.status_task: asyncio.Task | None = None
+        self.sender: asyncio.Task | None = None
+        self.closing = False  # the daemon stops: no new generation, running ones end with shutting_down
 
-    async def run(self) -> None:
+    async def run(self, sessions: Sessions) -> None:
         await self.ws.accept()
-        sender = asyncio.create_task(self._send_loop())
+        sender = self.sender = asyncio.create_task(self._send_loop())
+        sessions.open.add(self)
         try:
             while True:
                 message = await self.ws.receive()
@@ -71,9 +98,25 @@ class Session:
                 except Exception as exc:  # a bug must not end the connection
                     self._error(None, internal_error(exc, "WEBSOCKET /v1/ws message"))
         finally:
+            sessions.open.discard(self)
             for task in [*self.running.values(), self.status_task, sender]:
                 if task is not None:
                     task.cancel()
+
+    async def go_away(self) -> None:
+        """End the running generations (an error `shutting_down` each), send what is
+        queued, then close with 1001."""
+        self.closing = True
+        if self.status_task is not None:
+            self.status_task.cancel()
+        running = list(self.running.values())
+        for task in running:
+            task.cancel()
+        if running:
+            await asyncio.wait(running)
+        self.outbox.put_nowait(None)  # the sender closes the connection after the last message
+        if self.sender is not None:
+            await asyncio.wait([self.sender])
 
     def _handle(self, data: str | bytes) -> None:
         try:
@@ -82,6 +125,8 @@ class Session:
             return self._error(None, err)
         kind, rid = msg.get("type"), msg.get("id")
         if kind == "generate":
+            if self.closing:
+                return self._error(rid, Unavailable("shutting_down", "the daemon is shutting down", retry_after=5))
             if not isinstance(rid, str) or not rid or len(rid) > limits.MAX_NAME_CHARS or rid in self.running:
                 return self._error(rid if isinstance(rid, str) else None,
                                    InvalidRequest("invalid_body", f"'id' must be a string of 1 to {limits.MAX_NAME_CHARS} characters "
@@ -116,7 +161,10 @@ class Session:
                     elif isinstance(event, Failed):
                         self._error(rid, event.error)
         except asyncio.CancelledError:
-            self.outbox.put_nowait({"type": "done", "id": rid, "model": stream.model, "finish_reason": "cancelled"})
+            if self.closing:  # as the daemon fails the local jobs its drain left unfinished
+                self._error(rid, Unavailable("shutting_down", "the daemon shut down before this generation finished", retry_after=5))
+            else:
+                self.outbox.put_nowait({"type": "done", "id": rid, "model": stream.model, "finish_reason": "cancelled"})
         except MstingError as err:  # failed before its first event (every service tried)
             self._error(rid, err)
         except Exception as exc:  # the client gets an answer, whatever went wrong
@@ -142,6 +190,9 @@ class Session:
     async def _send_loop(self) -> None:
         while True:
             message = await self.outbox.get()
+            if message is None:
+                await self.ws.close(GOING_AWAY, "the daemon is shutting down")
+                return
             try:
                 text = json.dumps(message, separators=(",", ":"))
             except (TypeError, ValueError) as exc:
@@ -151,7 +202,7 @@ class Session:
 
 
 async def websocket_endpoint(ws: WebSocket) -> None:
-    await Session(ws, ws.app.state.router, ws.app.state.control).run()
+    await Session(ws, ws.app.state.router, ws.app.state.control).run(ws.app.state.websockets)
 
 
 routes = [WebSocketRoute("/v1/ws", websocket_endpoint)]
