@@ -243,6 +243,7 @@ def model_object(info: ModelInfo) -> dict:
 
 
 async def list_models(request: Request) -> Response:
+    await router_of(request).refresh_details()  # the GGUF headers, in a thread
     return JSONResponse({"object": "list", "data": [model_object(info) for info in router_of(request).models()]})
 
 
@@ -256,6 +257,7 @@ def path_name(request: Request, key: str) -> str:
 
 
 async def get_model(request: Request) -> Response:
+    await router_of(request).refresh_details()
     return JSONResponse(model_object(router_of(request).model(path_name(request, "model_id"))))
 
 

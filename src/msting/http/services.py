@@ -38,12 +38,14 @@ async def service(request: Request) -> Response:
 async def service_models(request: Request) -> Response:
     router = router_of(request)
     provider = _service(request)
+    await provider.refresh_details()
     return JSONResponse({"object": "list", "data": [model_object(router.public(i)) for i in provider.models()]})
 
 
 async def service_model(request: Request) -> Response:
     router = router_of(request)
     provider = _service(request)
+    await provider.refresh_details()
     return JSONResponse(model_object(router.public(provider.model(path_name(request, "model")))))
 
 
@@ -59,10 +61,12 @@ async def capabilities(request: Request) -> Response:
 
 
 async def models(request: Request) -> Response:
+    await router_of(request).refresh_details()  # the GGUF headers, in a thread
     return JSONResponse({"object": "list", "data": [model_object(i) for i in router_of(request).models()]})
 
 
 async def model(request: Request) -> Response:
+    await router_of(request).refresh_details()
     return JSONResponse(model_object(router_of(request).model(path_name(request, "name"))))
 
 

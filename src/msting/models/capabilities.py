@@ -246,7 +246,11 @@ def _mlx_templates(info: Any) -> dict[str, str]:
 class CapabilitiesCache:
     """:func:`capabilities_of` per path, read again only when the file or its folder
     changed (size and mtime of the file, mtime of the folder: a projector added beside
-    it). An unreadable file gives None, and is tried again on the next call."""
+    it). An unreadable file gives None, and is tried again on the next call.
+
+    `get` and `refresh` touch the files (a stat, and a header read when it changed):
+    the daemon calls `refresh` in a thread, never on its event loop; `cached` only looks
+    at what the last `get` or `refresh` found."""
 
     def __init__(self) -> None:
         self._seen: dict[str, tuple[tuple[int, int, int], dict[str, Any]]] = {}
@@ -269,6 +273,17 @@ class CapabilitiesCache:
             return None
         self._seen[key] = (stamp, caps)
         return caps
+
+    def refresh(self, paths: list[str]) -> None:
+        """`get` each of `paths` (the ones unchanged since cost a stat each)."""
+        for path in paths:
+            self.get(path)
+
+    def cached(self, path: str | os.PathLike[str]) -> dict[str, Any] | None:
+        """What the last `get` or `refresh` of `path` found; None if none has run. No
+        file is touched."""
+        entry = self._seen.get(str(path))
+        return entry[1] if entry is not None else None
 
 
 def _name_tokens(stem: str) -> list[str]:

@@ -83,6 +83,11 @@ class Provider(Protocol):
 
     def model(self, name: str | None) -> ModelInfo: ...
 
+    async def refresh_details(self) -> None:
+        """Bring the models' `details` up to date, off the event loop where that reads
+        files; `models()` and `model()` then only look them up."""
+        ...
+
     def health(self) -> ProviderHealth: ...
 
     def status(self) -> dict:

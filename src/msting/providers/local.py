@@ -9,6 +9,7 @@ stopped in its worker within a token or two.
 
 from __future__ import annotations
 
+import asyncio
 from typing import AsyncIterator
 
 from msting.api.errors import ServerError
@@ -76,7 +77,7 @@ class LocalProvider:
         from msting.models.capabilities import CapabilitiesCache
 
         self.service = service
-        self._details = CapabilitiesCache()  # each model file's header, read once
+        self._details = CapabilitiesCache()  # each model file's header, read once (in a thread)
 
     async def _answer(self, job: LocalJob) -> Done | Embeddings:
         try:
@@ -107,7 +108,13 @@ class LocalProvider:
         routing = self.service.routing
         return ModelInfo(id=model.name, service=self.name, state=model.state.value, type=model.spec.type,
                          context_length=model.spec.n_ctx, is_default=model.name == routing.default_model,
-                         created=int(self.service.started_at), details=self._details.get(model.spec.path))
+                         created=int(self.service.started_at), details=self._details.cached(model.spec.path))
+
+    async def refresh_details(self) -> None:
+        """Read the headers of the routing's model files not read yet, or changed since,
+        in a thread: a large file list, or a slow disk, never stalls the event loop."""
+        paths = [m.spec.path for m in self.service.routing.models.values()]
+        await asyncio.to_thread(self._details.refresh, paths)
 
     def models(self) -> list[ModelInfo]:
         return [self._info(m) for m in self.service.routing.models.values()]

@@ -322,6 +322,11 @@ class Router:
         shown = [p for p in self.providers.values() if p.name != STUB or STUB in self.fallback_chain or self.default == STUB]
         return [self.public(info) for provider in shown for info in provider.models()]
 
+    async def refresh_details(self) -> None:
+        """Each service's `refresh_details` (the local models' GGUF headers, read in a
+        thread): the model routes call it before `models()` / `model()`."""
+        await asyncio.gather(*(provider.refresh_details() for provider in self.providers.values()))
+
     def public(self, info: ModelInfo) -> ModelInfo:
         return replace(info, id=self.public_name(info.service, info.id), upstream=info.upstream or info.id)
 

@@ -111,6 +111,9 @@ class StubProvider:
     def model(self, name: str | None) -> ModelInfo:
         return self._info(name or MODEL)  # any name: the stub answers for every model
 
+    async def refresh_details(self) -> None:
+        """No file behind the stub: nothing to read."""
+
     def health(self) -> ProviderHealth:
         return ProviderHealth("ready", None)
 

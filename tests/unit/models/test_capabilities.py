@@ -284,3 +284,29 @@ def test_the_cache_reads_a_file_again_only_when_it_or_its_folder_changed(tmp_pat
     assert cache.get(model) is None  # unreadable: None, tried again next time
     model.unlink()
     assert cache.get(model) is None
+
+
+def test_cached_touches_no_file_and_refresh_reads_only_what_changed(tmp_path: Path):
+    """The daemon's event loop only calls `cached`; `refresh` (in a thread) does the reads,
+    keyed by the file's size and mtime."""
+    import os
+
+    from msting.models.capabilities import CapabilitiesCache
+
+    cache = CapabilitiesCache()
+    model = write_gguf(tmp_path / "model-Q4_K_M.gguf", setup=lambda w: w.add_file_type(15))
+    assert cache.cached(model) is None  # nothing read yet, and cached() reads nothing
+    cache.refresh([str(model)])
+    first = cache.cached(model)
+    assert first is not None and first["quantization"] == "Q4_K_M"
+    cache.refresh([str(model)])
+    assert cache.cached(model) is first  # unchanged: not read again
+    stat = model.stat()
+    write_gguf(model, setup=lambda w: w.add_file_type(7))  # replaced: another size or mtime
+    os.utime(model, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert cache.cached(model) is first  # still the last read: cached() does not look at the file
+    cache.refresh([str(model)])
+    assert cache.cached(model)["quantization"] == "Q8_0"
+    model.unlink()
+    cache.refresh([str(model)])
+    assert cache.cached(model) is None

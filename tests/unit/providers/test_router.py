@@ -862,6 +862,18 @@ def test_the_local_provider_lists_its_models(service: LocalService) -> None:
         ("story", "local", "llm", "stopped", True), ("vec", "local", "embeddings", "stopped", False)]
 
 
+def test_the_local_models_details_are_read_by_refresh_details_not_by_models(service: LocalService,
+                                                                           stories_model_path: Path) -> None:
+    from msting.models.capabilities import capabilities_of
+
+    router = Router([LocalProvider(service)])
+    assert [m.details for m in router.models()] == [None, None]  # models() reads no file
+    asyncio.run(router.refresh_details())  # the headers, read in a thread
+    expected = capabilities_of(stories_model_path)
+    assert [m.details for m in router.models()] == [expected, expected]
+    assert router.model("vec").details == expected
+
+
 def test_a_generate_through_the_router_is_served_by_a_real_local_worker(service: LocalService) -> None:
     """Router → LocalProvider → Admission → the model's queue → a real worker process."""
     request = CompletionRequest("Once upon a time", "local~story")

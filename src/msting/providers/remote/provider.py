@@ -226,6 +226,9 @@ class RemoteProvider:
     def models(self) -> list[ModelInfo]:
         return self.catalog.infos(self._model_state())
 
+    async def refresh_details(self) -> None:
+        """A service's details come with its discovery (its own task): nothing to do here."""
+
     def model(self, name: str | None) -> ModelInfo:
         """A model this service lists (configured or discovered); NotFound otherwise. (A
         request may still name an unlisted one: it is passed through to the upstream.)"""
