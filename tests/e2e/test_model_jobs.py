@@ -146,7 +146,9 @@ def test_bad_requests_are_400_naming_the_field_and_unknown_models_404(home) -> N
 
 def test_kill_9_mid_download_then_start_again_resumes_the_same_job(home, hub: Registries) -> None:
     """On the 8 MiB file, so that what the kernel's socket buffers held when the daemon
-    died (sent, never read) stays small beside 10 % of the file on a loaded machine."""
+    died (sent, never read) stays small beside 10 % of the file on a loaded machine. The
+    resume asks for exactly what the part does not hold: no byte that reached the file is
+    fetched again, whatever the timing."""
     hub.rate_bps = 2_000_000  # ~4 s for the file
     blob = hub.hf["tiny-org/padded"][PADDED]
     home.start()
@@ -156,12 +158,15 @@ def test_kill_9_mid_download_then_start_again_resumes_the_same_job(home, hub: Re
     os.kill(home.daemon_pid(), signal.SIGKILL)
     served_before = hub.served_of(blob)
     assert served_before < blob.size
+    [part] = (_models_dir(home) / ".downloads").glob("*.part")
+    kept = part.stat().st_size  # every byte a write() handed to the kernel before the kill
+    assert 0 < json.loads(part.with_suffix(".json").read_text())["verified"] <= kept  # the state never claims more
     hub.rate_bps = None
     home.start()
     done = _wait(home, job["id"])
     assert done["state"] == "succeeded" and done["id"] == job["id"], done
     again = [r for r in hub.requests if r["path"].startswith("/cdn/")][1:]
-    assert again and again[-1]["range"] is not None  # a Range request, not from zero
+    assert again and again[-1]["range"] == f"bytes={kept}-"  # from the part's last byte, not from zero or a checkpoint
     refetched = hub.served_of(blob) - blob.size
     assert refetched < blob.size * 0.10, f"{refetched} bytes fetched twice; sent {served_before} before the kill; {hub.requests}"
     assert done["result"]["sha256"] == blob.sha256

@@ -346,6 +346,12 @@ class ModelJobs:
         if job.state.terminal:
             raise _Halted()
         self.jobs.begin(job, "downloading", resolved.url)
+        key = self._key(resolved)
+        while (old := self._shared.get(key)) is not None and old.transfer.stop.is_set():
+            # a halted transfer still making its part durable: a new one goes on from that part
+            await asyncio.wait([old.task])
+            if self._shared.get(key) is old:
+                self._shared.pop(key)
         shared = self._join(job, resolved)
         try:
             fetched = await self._wait_transfer(job, shared)

@@ -5,6 +5,7 @@ describe them, and a transfer resumes, retries, restarts a stall, and verifies."
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ from registries.server import Registries
 
 from msting.daemon.downloads import transfer as transfer_module
 from msting.daemon.downloads.sources import SourceError, resolve
-from msting.daemon.downloads.transfer import Stopped, Transfer, TransferFailed, Want, checkpoint_every
+from msting.daemon.downloads.transfer import Stopped, Transfer, TransferFailed, Want, boot_id, checkpoint_every
 
 registries = plugin.registries  # the stand-in's fixture
 
@@ -114,10 +115,10 @@ def test_a_wrong_digest_keeps_nothing(hub: Registries, tmp_path: Path) -> None:
     assert failed.value.code == "checksum_mismatch" and list(tmp_path.iterdir()) == []
 
 
-def test_a_halted_transfer_keeps_its_part_and_a_new_one_resumes_it(hub: Registries, tmp_path: Path) -> None:
-    want, sha = _want(hub)
+def _halted_halfway(hub: Registries, want: Want, folder: Path) -> None:
+    """A transfer halted (a cancel) once half the file arrived: its part and state stay."""
     hub.rate_bps = 400_000
-    first = Transfer(want, tmp_path, "k")
+    first = Transfer(want, folder, "k")
     errors: list[BaseException] = []
 
     def run() -> None:
@@ -134,12 +135,35 @@ def test_a_halted_transfer_keeps_its_part_and_a_new_one_resumes_it(hub: Registri
     first.halt()
     thread.join(10)
     assert len(errors) == 1 and isinstance(errors[0], Stopped)
-    assert (tmp_path / "k.part").exists() and (tmp_path / "k.json").exists()
+    assert (folder / "k.part").exists() and (folder / "k.json").exists()
     hub.rate_bps = None
+
+
+def test_a_halted_transfer_keeps_its_part_and_a_new_one_resumes_it(hub: Registries, tmp_path: Path) -> None:
+    want, sha = _want(hub)
+    _halted_halfway(hub, want, tmp_path)
+    kept = (tmp_path / "k.part").stat().st_size
+    state = json.loads((tmp_path / "k.json").read_text())
+    assert state["verified"] == kept and state["boot"] == boot_id()  # the part's end on the disk, in this boot
     got = Transfer(want, tmp_path, "k").run()
+    assert [r["range"] for r in hub.requests if r["path"].startswith("/cdn/")][-1] == f"bytes={kept}-"
     assert got.sha256 == sha and got.resumed_from > 0
     assert hub.served_of(hub.hf[REPO]["stories260K-F32.gguf"]) < want.size * 1.1
     assert hashlib.sha256(got.part.read_bytes()).hexdigest() == sha
+
+
+def test_after_a_reboot_a_resume_goes_on_from_the_last_chunk_on_the_disk(hub: Registries, tmp_path: Path) -> None:
+    """A state written in another boot (its boot id differs, as after a power loss): the
+    part's bytes past `verified` may not have reached the disk, so they are fetched again."""
+    want, sha = _want(hub)
+    _halted_halfway(hub, want, tmp_path)
+    kept = (tmp_path / "k.part").stat().st_size
+    state = json.loads((tmp_path / "k.json").read_text())
+    state.update(boot="another-boot", verified=kept // 2)
+    (tmp_path / "k.json").write_text(json.dumps(state))
+    got = Transfer(want, tmp_path, "k").run()
+    assert got.sha256 == sha and got.resumed_from == kept // 2
+    assert [r["range"] for r in hub.requests if r["path"].startswith("/cdn/")][-1] == f"bytes={kept // 2}-"
 
 
 def test_not_enough_free_space_fails_before_the_first_byte(hub: Registries, tmp_path: Path, monkeypatch) -> None:

@@ -1,15 +1,23 @@
 """One file's download, resumable: bytes go to `<key>.part` beside a small state file
-`<key>.json` (URL, expected size and sha256, the server's validator, and `verified`:
-the bytes of the part at the last checkpoint). A part is only ever appended to, by
-write()s the kernel took whole, so a kill -9, a dropped connection, a stall or a cancel
-resumes with a Range request from the part's last byte: what is fetched twice is only
-what the socket's buffers held when the process died. The state ties the part to its
-URL, sha256 and ETag (`If-Range`), and is written at each checkpoint.
+`<key>.json` (URL, expected size and sha256, the server's validator, the boot it was
+written in, and `verified`: the bytes of the part known to be on the disk). The part is
+kept in chunks (`checkpoint_every`: 8 MiB, or a second's bytes): at each chunk's end the
+part is fdatasync'ed and then the state says so, in a thread of its own so the receive
+loop does not wait for the disk. The part is only ever appended to, by write()s the
+kernel took whole, so after a kill -9 (the same boot: the kernel still has every byte
+written) a resume goes on from the part's last byte; after a reboot, from `verified`,
+the last chunk the disk had. What is fetched twice after a kill is only what was in
+transit: one read's bytes not yet written, the kernel's receive buffer (held to
+`RECEIVE_BUFFER` on a short link, `http.Reply.cap_receive_buffer`) and what the server
+had queued. The state ties the part to its URL, sha256 and ETag (`If-Range`).
 
-The sha256 is computed as the bytes arrive (the part is hashed again on a resume) and compared before the caller moves the file into place; a mismatch
-removes the part and its state. Free space is checked before the first byte; ENOSPC
-while writing is a clear failure. Transient failures (a dropped connection, a 5xx, a
-read stalled for `stall_sec`) are retried with exponential backoff and jitter.
+Reads go into one reused buffer (`readinto1`: what has arrived, up to `BUFFER`), which
+is written and hashed without a copy. The sha256 is computed as the bytes arrive (the
+part is hashed again on a resume) and compared before the caller moves the file into
+place; a mismatch removes the part and its state. Free space is checked before the
+first byte; ENOSPC while writing is a clear failure. Transient failures (a dropped
+connection, a 5xx, a read stalled for `stall_sec`) are retried with exponential backoff
+and jitter.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import hashlib
 import http.client
 import json
 import os
+import queue
 import random
 import shutil
 import threading
@@ -29,8 +38,10 @@ from typing import Any, Callable
 
 from msting.daemon.downloads.http import FetchError, Reply, request
 
-BUFFER = 1 << 20  # bytes read from the socket at a time
-MAX_CHECKPOINT = 8 << 20  # a checkpoint at least every 8 MiB ...
+BUFFER = 1 << 20  # bytes read from the socket at a time, at most
+HASH_BUFFERS = 4  # buffers of BUFFER bytes: reads go on while the sha256 of earlier ones runs
+RECEIVE_BUFFER = 1 << 20  # the kernel's receive buffer on a short link (it holds about twice this)
+MAX_CHECKPOINT = 8 << 20  # a chunk (checkpoint) at least every 8 MiB ...
 MIN_CHECKPOINT = 64 << 10  # ... and at most every 64 KiB: small files lose little on a kill
 CHECKPOINT_SEC = 1.0  # ... and at least once a second while bytes arrive
 PROGRESS_SEC = 0.1  # how often progress is reported
@@ -95,6 +106,7 @@ class Transfer:
         self.etag: str | None = None
         self.size: int | None = want.size
         self.digest: Any = hashlib.sha256()
+        self.boot = boot_id()
 
     def halt(self) -> None:
         """Stop at once (from another thread): the part and state stay for a resume."""
@@ -118,9 +130,13 @@ class Transfer:
         return state if same and isinstance(state.get("verified"), int) else {}
 
     def _write_state(self, verified: int, etag: str | None, size: int | None) -> None:
+        """The state, replaced whole and on the disk before it names the new `verified`."""
         tmp = self.state_file.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps({"url": self.want.url, "sha256": self.want.sha256, "size": size, "etag": etag,
-                                   "verified": verified, "at": time.time()}))
+        with open(tmp, "w") as f:
+            f.write(json.dumps({"url": self.want.url, "sha256": self.want.sha256, "size": size, "etag": etag,
+                                "verified": verified, "boot": self.boot, "at": time.time()}))
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, self.state_file)
 
     def _resume_point(self) -> tuple[int, str | None, Any]:
@@ -130,21 +146,24 @@ class Transfer:
         if not state or not self.part.exists():
             self.part.unlink(missing_ok=True)
             return 0, None, digest
-        # Every byte the part holds was handed to the kernel by a write() that returned (a
-        # killed process loses none of them), so the part's length is where to go on; the
-        # state's `verified` (the last checkpoint) is at most that. A power loss that kept
-        # less than the length said is caught by the sha256 at the end.
-        verified = self.part.stat().st_size
-        with open(self.part, "r+b") as f:
-            f.truncate(verified)
-            left = verified
+        # In the boot that wrote the state, every byte the part holds was handed to the
+        # kernel by a write() that returned (a killed process loses none of them): go on
+        # from the part's length. After a reboot only `verified` was surely on the disk.
+        # Either way the sha256 at the end catches a part the disk did not keep.
+        kept = self.part.stat().st_size
+        if self.boot is None or state.get("boot") != self.boot:
+            kept = min(kept, state["verified"])
+        with open(self.part, "r+b", buffering=0) as f:
+            f.truncate(kept)
+            view = memoryview(bytearray(BUFFER * 4))
+            left = kept
             while left:
-                chunk = f.read(min(BUFFER * 4, left))
-                if not chunk:
+                n = f.readinto(view[:min(len(view), left)])
+                if not n:
                     break
-                digest.update(chunk)
-                left -= len(chunk)
-        return verified, state.get("etag"), digest
+                digest.update(view[:n])
+                left -= n
+        return kept - left, state.get("etag"), digest
 
     # ---- running ---------------------------------------------------------------------
 
@@ -230,47 +249,61 @@ class Transfer:
     def _receive(self, reply: Reply) -> None:
         size, etag = self.size, self.etag
         every = checkpoint_every(size)
+        read = body_reader(reply)
+        reply.cap_receive_buffer(RECEIVE_BUFFER)
         last_report = last_check = time.monotonic()
-        with open(self.part, "r+b" if self.offset else "wb") as f:
+        with open(self.part, "r+b" if self.offset else "wb", buffering=0) as f:
             f.seek(self.offset)
             f.truncate(self.offset)
+            syncer = _Syncer(f.fileno(), lambda verified: self._write_state(verified, etag, size))
+            hasher = _Hasher(self.digest, HASH_BUFFERS, BUFFER)
             checked = self.offset
             self.on_progress(self.offset, size)
             try:
                 while True:
                     if self.stop.is_set():
                         raise Stopped()
+                    buffer = hasher.buffer()
                     try:
-                        # read1: what has arrived, up to BUFFER (readinto would wait for a full
-                        # buffer and lose what came before a stall)
-                        chunk = reply.response.read1(BUFFER)
+                        n = read(buffer)
                     except (OSError, http.client.HTTPException) as exc:  # a timeout is a stall: another attempt
                         if self.stop.is_set():
                             raise Stopped() from None
                         what = "stalled" if isinstance(exc, TimeoutError) else (str(exc) or type(exc).__name__)
                         raise FetchError(f"GET {reply.url}: {what} at byte {self.offset}", transient=True) from None
-                    n = len(chunk)
                     if not n:
                         break
                     try:
-                        f.write(chunk)
+                        rest = buffer[:n]
+                        while rest:  # a raw write may take less than all of it
+                            rest = rest[f.write(rest):]
                     except OSError as exc:
+                        syncer.close()
                         self._no_space(exc, f)
                         raise
-                    self.digest.update(chunk)
+                    hasher.add(buffer, n)
                     self.offset += n
                     self.fetched += n
                     now = time.monotonic()
                     if self.offset - checked >= every or now - last_check >= CHECKPOINT_SEC:
-                        self._checkpoint(f, etag, size)
+                        self._failed_sync(syncer, f)
+                        syncer.mark(self.offset)
                         checked, last_check = self.offset, now
                     if now - last_report >= PROGRESS_SEC:
                         self.on_progress(self.offset, size)
                         last_report = now
             finally:
+                hasher.close()
+                syncer.mark(self.offset)
+                syncer.close()
                 if not f.closed:
-                    self._checkpoint(f, etag, size, durable=size is not None and self.offset >= size)
+                    self._failed_sync(syncer, f)
         self.on_progress(self.offset, size)
+
+    def _failed_sync(self, syncer: "_Syncer", f) -> None:
+        if syncer.error is not None:
+            self._no_space(syncer.error, f)
+            raise syncer.error
 
     def _no_space(self, exc: OSError, f) -> None:
         """ENOSPC (or a quota): a clear failure, and the partial file removed."""
@@ -281,19 +314,115 @@ class Transfer:
             raise TransferFailed("no_space", f"the disk holding {self.folder} filled up after {self.offset} of {total} bytes "
                                  f"({os.strerror(exc.errno)}); the partial file was removed: free some space and install again") from None
 
-    def _checkpoint(self, f, etag: str | None, size: int | None, *, durable: bool = False) -> None:
-        """The part's bytes so far handed to the kernel, then the state saying so. A
-        process that dies (kill -9) loses nothing the kernel has; `durable` (the end of
-        the file) also waits for the disk. After a power loss the sha256 check catches a
-        part the disk had not kept."""
-        try:
-            f.flush()
-            if durable:
-                os.fdatasync(f.fileno())
-        except OSError as exc:
-            self._no_space(exc, f)
-            raise
-        self._write_state(self.offset, etag, size)
+
+class _Syncer:
+    """A chunk's end made durable off the receive loop: `mark(offset)` asks for the part
+    to be fdatasync'ed and then `save(offset)` (the state naming it `verified`); marks
+    that come while the disk is busy are merged into the latest. A failure is kept in
+    `error` for the loop to raise."""
+
+    def __init__(self, fd: int, save: Callable[[int], None]):
+        self._fd, self._save = fd, save
+        self._cond = threading.Condition()
+        self._wanted: int | None = None
+        self._closing = False
+        self.error: OSError | None = None
+        self._thread = threading.Thread(target=self._run, name="download-sync", daemon=True)
+        self._thread.start()
+
+    def mark(self, offset: int) -> None:
+        with self._cond:
+            self._wanted = offset
+            self._cond.notify()
+
+    def close(self) -> None:
+        """Wait for the last mark to be on the disk."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._wanted is None and not self._closing:
+                    self._cond.wait()
+                offset, self._wanted = self._wanted, None
+            if offset is None:
+                return
+            try:
+                os.fdatasync(self._fd)
+                self._save(offset)
+            except OSError as exc:
+                self.error = exc
+                return
+
+
+def body_reader(reply: Reply) -> Callable[[memoryview], int]:
+    """A function reading the next bytes of the body that have arrived (`readinto1`: one
+    read, straight into the buffer given, up to its size); 0 at the end."""
+    response = reply.response
+    if response.chunked:  # http.client takes the chunks apart
+
+        def read_chunked(into: memoryview) -> int:
+            data = response.read1(len(into))
+            into[:len(data)] = data
+            return len(data)
+
+        return read_chunked
+    left = [response.length]  # None: until the server closes
+    fp = response.fp
+
+    def read(into: memoryview) -> int:
+        if left[0] is not None:
+            into = into[:left[0]]
+        n = fp.readinto1(into) if len(into) else 0
+        if left[0] is not None:
+            left[0] -= n
+        return n
+
+    return read
+
+
+class _Hasher:
+    """The sha256 of the bytes received, in a thread of its own over a ring of buffers:
+    the receive loop takes a free buffer (`buffer`), reads into it, writes it and hands it
+    over (`add`); hashlib releases the GIL, so hashing one buffer overlaps receiving the
+    next. `close` waits until every buffer handed over is in `digest`."""
+
+    def __init__(self, digest: Any, count: int, size: int):
+        self.digest = digest
+        self._free: queue.SimpleQueue = queue.SimpleQueue()
+        self._full: queue.SimpleQueue = queue.SimpleQueue()
+        for _ in range(count):
+            self._free.put(memoryview(bytearray(size)))
+        self._thread = threading.Thread(target=self._run, name="download-hash", daemon=True)
+        self._thread.start()
+
+    def buffer(self) -> memoryview:
+        return self._free.get()
+
+    def add(self, buffer: memoryview, n: int) -> None:
+        self._full.put((buffer, n))
+
+    def close(self) -> None:
+        self._full.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while (item := self._full.get()) is not None:
+            buffer, n = item
+            self.digest.update(buffer[:n])
+            self._free.put(buffer)
+
+
+def boot_id() -> str | None:
+    """This boot's id (Linux): a state written in another boot had a page cache since lost."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
 
 
 def _range_total(content_range: str | None) -> int | None:
