@@ -264,7 +264,8 @@ def bench_resume(p: dict) -> dict:
         refetched = reg.served_of(blob) - blob.size
         ranges = [q["range"] for q in reg.requests if q["path"] == "/files/bench.gguf" and q["method"] == "GET"]
         chunk = checkpoint_every(blob.size)
-        return {"state": done["state"], "sent_before_kill": sent_before, "kept": kept, "verified": verified,
+        server_queue = int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])  # a Linux server's send buffer, at most
+        return {"state": done["state"], "bound": BUFFER + 2 * RECEIVE_BUFFER + server_queue, "server_queue_max": server_queue, "sent_before_kill": sent_before, "kept": kept, "verified": verified,
                 "in_transit": sent_before - kept, "resume_range": ranges[-1], **queues, "refetched": refetched, "chunk": chunk,
                 "size": blob.size, "met": done["state"] == "succeeded" and refetched <= chunk}
 
@@ -297,7 +298,7 @@ def summary_rows(res: dict) -> list[list[str]]:
         rows.append(["↳ curl (no hash) on the same file, the same unit", f"{rt['curl_cpu_per_100mbps']:.1f} %", "", ""])
     rs = res.get("resume")
     if rs:
-        rows.append(["bytes fetched twice after a kill -9 halfway, ÷ one checkpoint", f"{_mb(rs['refetched'])} of {_mb(rs['chunk'])}",
+        rows.append(["bytes the server sent twice after a kill -9 halfway, ÷ one chunk", f"{_mb(rs['refetched'])} of {_mb(rs['chunk'])}",
                      "<= 1 chunk", r.yes(rs["met"])])
     return rows
 
@@ -325,7 +326,10 @@ def blocks(res: dict) -> list:
                               f"{_mb(rs['kept'])} (its state's `verified`, the last chunk on the disk: {_mb(rs['verified'])}) and the "
                               f"resume asked for `{rs['resume_range']}`, so the {_mb(rs['in_transit'])} in transit are what came twice; "
                               f"just before the kill the daemon's socket held {_mb(rs['client_recv_q'])} unread and the server's "
-                              f"{_mb(rs['server_send_q'])} unacknowledged."]))
+                              f"{_mb(rs['server_send_q'])} unacknowledged. By design at most {_mb(rs['bound'])} can come twice "
+                              f"here: one read not yet written ({_mb(BUFFER)}), the daemon's receive buffer (held to "
+                              f"{_mb(2 * RECEIVE_BUFFER)} on a link this short) and the server's send buffer (at most "
+                              f"{_mb(rs['server_queue_max'])}, net.ipv4.tcp_wmem)."]))
     return out + [r.notes(r.common_notes(res))]
 
 

@@ -11,13 +11,13 @@ transit: one read's bytes not yet written, the kernel's receive buffer (held to
 `RECEIVE_BUFFER` on a short link, `http.Reply.cap_receive_buffer`) and what the server
 had queued. The state ties the part to its URL, sha256 and ETag (`If-Range`).
 
-Reads go into one reused buffer (`readinto1`: what has arrived, up to `BUFFER`), which
-is written and hashed without a copy. The sha256 is computed as the bytes arrive (the
-part is hashed again on a resume) and compared before the caller moves the file into
-place; a mismatch removes the part and its state. Free space is checked before the
-first byte; ENOSPC while writing is a clear failure. Transient failures (a dropped
-connection, a 5xx, a read stalled for `stall_sec`) are retried with exponential backoff
-and jitter.
+Reads go into a ring of reused buffers (`readinto1`: what has arrived, up to `BUFFER`);
+each is written raw and then hashed, without a copy, by a thread of its own while the
+next one fills (`_Hasher`). The sha256 is so computed as the bytes arrive (the part is
+hashed again on a resume) and compared before the caller moves the file into place; a
+mismatch removes the part and its state. Free space is checked before the first byte;
+ENOSPC while writing is a clear failure. Transient failures (a dropped connection, a
+5xx, a read stalled for `stall_sec`) are retried with exponential backoff and jitter.
 """
 
 from __future__ import annotations
