@@ -200,3 +200,35 @@ def test_the_plist_runs_the_daemon_until_ready(daemon_home, tmp_path):
         assert daemon_home.status()["pid"] == proc.pid
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
+
+
+def test_llm_status_says_whether_a_unit_is_installed(daemon_home, tmp_path):
+    """`msting llm status` (text and --json), with and without a daemon, shows the user
+    unit under $XDG_CONFIG_HOME once it is there, and says when none is installed."""
+    config_home = tmp_path / "xdg-config"
+    daemon_home.env.update(HOME=str(tmp_path / "home"), XDG_CONFIG_HOME=str(config_home), COLUMNS="300")
+    unit = config_home / "systemd" / "user" / "msting.service"
+
+    def status() -> tuple[str, dict]:
+        text = daemon_home.cli("llm", "status", timeout=60).stdout
+        return " ".join(text.translate({ord(c): " " for c in "│╭╮╰╯─"}).split()), daemon_home.status()["init_service"]
+
+    text, body = status()
+    assert body["installed"] is False and body["init_system"] == "systemd" and body["path"] == str(unit), body
+    assert f"init service: no systemd unit installed (`msting llm service install` installs one at {unit})" in text, text
+
+    content = json.loads(daemon_home.cli("llm", "service", "install", "--dry-run", "--json", check=True).stdout)["content"]
+    unit.parent.mkdir(parents=True)
+    unit.write_text(content)  # what a live install writes (systemctl is not run here)
+    for running in (False, True):
+        if running:
+            daemon_home.start()
+        text, body = status()
+        assert body["installed"] is True and body["path"] == str(unit) and body["scope"] == "user", body
+        assert body["up_to_date"] is True, body
+        for key in ("enabled", "active"):  # systemd's answer, or "unknown: why"; never missing
+            assert isinstance(body[key], str) and body[key], body
+            if not Path("/run/systemd/system").is_dir():
+                assert body[key] == "unknown: systemd is not running on this machine", body
+        label = "init service" if running else "init service:"  # a row of the daemon's panel, or a line
+        assert f"{label} systemd unit (user) {unit}: enabled {body['enabled']}, active {body['active']}" in text, text

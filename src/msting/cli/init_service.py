@@ -40,6 +40,8 @@ InitOpt = Annotated[
 ]
 #: systemctl answers in milliseconds, except `start`, which waits for READY=1.
 QUERY_TIMEOUT = 15.0
+#: `msting llm status` asks the init system too, and must stay quick: past this, "unknown".
+STATUS_QUERY_TIMEOUT = 2.0
 
 
 @dataclass
@@ -347,28 +349,51 @@ def _run_all(term: Terminal, commands: list[list[str]], target: Target, *, check
     return ran
 
 
-def _query(cmd: list[str]) -> tuple[int, str] | None:
+def _ask(cmd: list[str], timeout: float) -> tuple[subprocess.CompletedProcess | None, str]:
+    """The finished command; (None, why) when it could not run or did not answer in time."""
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=QUERY_TIMEOUT, stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL), ""
+    except subprocess.TimeoutExpired:
+        return None, f"`{' '.join(cmd)}` did not answer within {timeout:g} s"
+    except OSError as exc:
+        return None, f"`{cmd[0]}` could not run: {exc.strerror or exc}"
+
+
+def _query(cmd: list[str], timeout: float = QUERY_TIMEOUT) -> tuple[int | None, str]:
+    """(exit code, what it printed); (None, why) when it could not run or did not answer."""
+    proc, why = _ask(cmd, timeout)
+    if proc is None:
+        return None, why
     return proc.returncode, (proc.stdout.strip() or proc.stderr.strip())
+
+
+def _answer(cmd: list[str], timeout: float) -> str:
+    """The first line a query printed on stdout (systemctl's is-enabled and is-active
+    print the state there, whatever their exit code); else "unknown: " and why."""
+    proc, why = _ask(cmd, timeout)
+    if proc is None:
+        return f"unknown: {why}"
+    said = proc.stdout.strip().splitlines()
+    if said:
+        return said[0]
+    errors = proc.stderr.strip().splitlines()
+    return f"unknown: `{' '.join(cmd)}` exited {proc.returncode}" + (f": {errors[0]}" if errors else "")
 
 
 def _loaded(target: Target) -> bool:
     from msting.cli.unit_files import LAUNCHD_LABEL, SYSTEMD_UNIT
 
     if target.init is InitSystem.SYSTEMD:
-        answer = _query(_systemctl(target, "is-enabled", SYSTEMD_UNIT))
-        return answer is not None and answer[0] == 0
-    answer = _query(["launchctl", "print", f"{_launchd_domain(target)}/{LAUNCHD_LABEL}"])
-    return answer is not None and answer[0] == 0
+        return _query(_systemctl(target, "is-enabled", SYSTEMD_UNIT))[0] == 0
+    return _query(["launchctl", "print", f"{_launchd_domain(target)}/{LAUNCHD_LABEL}"])[0] == 0
 
 
 # -------------------------------------------------------------------------- status
 
 
-def _status(target: Target, env: Any) -> dict[str, Any]:
+def _status(target: Target, env: Any, timeout: float = QUERY_TIMEOUT) -> dict[str, Any]:
+    """The file, whether it is what `install` would write, and the init system's
+    enabled/active answers (each "unknown: why" when it cannot be asked within `timeout`)."""
     from msting.cli.unit_files import LAUNCHD_LABEL, SYSTEMD_UNIT
 
     installed = target.path.is_file()
@@ -386,16 +411,45 @@ def _status(target: Target, env: Any) -> dict[str, Any]:
     if target.live and target.init is InitSystem.SYSTEMD:
         if Path("/run/systemd/system").is_dir():
             for key, verb in (("enabled", "is-enabled"), ("active", "is-active")):
-                answer = _query(_systemctl(target, verb, SYSTEMD_UNIT))
-                result[key] = answer[1].splitlines()[0] if answer and answer[1] else None
+                result[key] = _answer(_systemctl(target, verb, SYSTEMD_UNIT), timeout)
         else:
             result["enabled"] = result["active"] = "unknown: systemd is not running on this machine"
     elif target.live:
-        answer = _query(["launchctl", "print", f"{_launchd_domain(target)}/{LAUNCHD_LABEL}"])
-        result["active"] = None if answer is None else ("loaded" if answer[0] == 0 else "not loaded")
+        code, said = _query(["launchctl", "print", f"{_launchd_domain(target)}/{LAUNCHD_LABEL}"], timeout)
+        result["active"] = f"unknown: {said}" if code is None else ("loaded" if code == 0 else "not loaded")
     pid = env.running_pid() if env.is_running() else None
     result["daemon"] = {"running": pid is not None, "pid": pid}
     return result
+
+
+def summary(env: Any) -> dict[str, Any]:
+    """The init-system part of `msting llm status`: the user's service file, or else the
+    system one, and what the init system says of it (STATUS_QUERY_TIMEOUT per question);
+    `installed` false, with the user file's path, when neither exists."""
+    native = this_init_system()
+    if native is None:
+        return {"installed": False, "init_system": None, "scope": None, "path": None, "up_to_date": None,
+                "enabled": None, "active": None, "reason": f"no supported init system on {sys.platform}"}
+    targets = [_target(native, system, None, dry_run=False) for system in (False, True)]
+    target = next((t for t in targets if t.path.is_file()), targets[0])
+    if not target.path.is_file():
+        return {"installed": False, **target.as_dict(), "up_to_date": None, "enabled": None, "active": None}
+    r = _status(target, env, STATUS_QUERY_TIMEOUT)
+    keys = ("installed", "init_system", "scope", "path", "up_to_date", "up_to_date_error", "enabled", "active")
+    return {k: r[k] for k in keys if k in r}
+
+
+def describe_summary(s: dict[str, Any]) -> str:
+    """`summary` as one line of `msting llm status`."""
+    if s.get("init_system") is None:
+        return f"none ({s.get('reason')})"
+    kind = "systemd unit" if s["init_system"] == str(InitSystem.SYSTEMD) else "launchd agent"
+    if not s["installed"]:
+        return f"no {kind} installed (`msting llm service install` installs one at {s['path']})"
+    said = [f"{key} {s[key]}" for key in ("enabled", "active") if s.get(key) is not None]
+    if s.get("up_to_date") is False:
+        said.append("out of date (run `msting llm service install` again)")
+    return f"{kind} ({s['scope']}) {s['path']}" + (f": {', '.join(said)}" if said else "")
 
 
 def _print_status(term: Terminal, target: Target, r: dict[str, Any]) -> None:

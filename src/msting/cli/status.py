@@ -1,5 +1,7 @@
 """``msting llm status``: the daemon, its readiness, its profile and memory, every
-model's workers, and the services behind the router (remote ones with each URL's state).
+model's workers, the services behind the router (remote ones with each URL's state), and
+whether an init system runs msting (msting.cli.init_service's `summary`, also shown when
+no daemon runs).
 
 Also the helpers the other commands that talk to a running daemon share (``profiles``,
 ``switch-profile``, ``models``, ``load``, ``unload``): :func:`connect`, :func:`daemon_errors`
@@ -41,15 +43,34 @@ def status(json_: Annotated[bool, typer.Option("--json", help="Print one JSON ob
 
         env = load_env()
         info = collect_status(env, routing=not json_)
+        info["init_service"] = init_service(env)
     if json_:
         term.emit_json(info)
     elif not info["running"]:
         term.info(NOT_RUNNING)
         for stale in info.get("stale", []):
             term.dim(f"stale file left by a dead daemon: {stale} (`msting llm stop` removes it)")
+        term.info(f"init service: {describe_init_service(info['init_service'])}")
     else:
         print_status(term, info)
     raise typer.Exit(ExitCode.OK if info.get("ready") else ExitCode.FAILED)
+
+
+def init_service(env: Any) -> dict[str, Any]:
+    """Whether a systemd unit or launchd agent for msting is installed, enabled, active
+    (the same inspection as `msting llm service status`, with short timeouts)."""
+    from msting.cli import init_service as service
+
+    try:
+        return service.summary(env)
+    except (CommandError, OSError) as exc:  # a status must show the rest whatever this says
+        return {"installed": None, "init_system": None, "reason": f"cannot tell: {getattr(exc, 'message', exc)}"}
+
+
+def describe_init_service(summary: dict[str, Any]) -> str:
+    from msting.cli.init_service import describe_summary
+
+    return describe_summary(summary)
 
 
 def collect_status(env: Any, routing: bool = False) -> dict[str, Any]:
@@ -315,6 +336,7 @@ def print_status(term: Terminal, info: dict[str, Any]) -> None:
         ("warm spare", fmt_spare(info["spare"]) if isinstance(info.get("spare"), dict) else None),
         ("config", info.get("config_file")),
         ("log", info.get("log_file")),
+        ("init service", describe_init_service(info["init_service"]) if isinstance(info.get("init_service"), dict) else None),
     ]
     for label, value in rows:
         if value is not None:
