@@ -58,9 +58,11 @@ class Sessions:
 
     def __init__(self) -> None:
         self.open: set[Session] = set()
+        self.closing = False  # a connection accepted from now on is closed at once
 
     async def close_all(self, timeout: float) -> None:
         """End every open connection (see the module's doc); gives up after `timeout` s."""
+        self.closing = True
         sessions = list(self.open)
         if sessions:
             await asyncio.wait([asyncio.create_task(s.go_away()) for s in sessions], timeout=timeout)
@@ -83,6 +85,9 @@ class Session:
 
     async def run(self, sessions: Sessions) -> None:
         await self.ws.accept()
+        if sessions.closing:
+            await self.ws.close(GOING_AWAY, "the daemon is shutting down")
+            return
         sender = self.sender = asyncio.create_task(self._send_loop())
         sessions.open.add(self)
         try:
