@@ -82,3 +82,33 @@ def test_stop_closes_open_websockets_with_going_away(daemon_home):
     ended = [m for m in seen if m.get("id") == "long" and m["type"] in ("done", "error")]
     assert len(ended) == 1 and ended[0]["type"] == "done" and ended[0]["finish_reason"] == "length", seen[-3:]
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001, (closed.value, stop.wall_sec)
+
+
+def test_stop_ends_a_remote_generation_with_shutting_down_then_closes_with_going_away(daemon_home):
+    """A generation on a remote service (a stand-in streaming a token a second) is not
+    drained by the local workers' stop: the daemon ends it with an `error` shutting_down,
+    then closes the connection with 1001, well within the graceful-shutdown timeout."""
+    from central_service_kit import service
+    from upstreams.fixtures import StandIn
+
+    graceful = 30
+    slow = StandIn.start("openai", models=["m"], token_delay=1.0)
+    try:
+        daemon_home.write_config({"llm_service": {"stop_timeout_sec": graceful, "drain_grace_sec": 1},
+                                  "llm": {"services": {"far": service("openai", [slow.url], default_model="m")}}})
+        daemon_home.start()
+        with unix_connect(str(daemon_home.socket), uri="ws://localhost/v1/ws") as ws:
+            ws.send(json.dumps({"type": "generate", "id": "far", "model": "far~m", "prompt": "Once", "max_tokens": 500}))
+            _until(ws, lambda m: m["type"] == "token" and m["id"] == "far")
+            stop = daemon_home.cli("llm", "stop", "--timeout", str(graceful * 2), timeout=graceful * 3)
+            assert stop.returncode == 0, stop.stderr
+            assert stop.wall_sec < graceful / 2, (stop.wall_sec, daemon_home.log_tail())
+            seen = []
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    seen.append(json.loads(ws.recv(timeout=10)))
+    finally:
+        slow.close()
+    ended = [m for m in seen if m["type"] in ("done", "error")]
+    assert len(ended) == 1 and ended[0]["type"] == "error" and ended[0]["error"]["code"] == "shutting_down", seen[-3:]
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001, closed.value
