@@ -40,6 +40,7 @@ from msting.daemon.downloads.http import FetchError, Reply, request
 
 BUFFER = 1 << 20  # bytes read from the socket at a time, at most
 HASH_BUFFERS = 4  # buffers of BUFFER bytes: reads go on while the sha256 of earlier ones runs
+MIN_READ = BUFFER // 4  # a buffer with less room than this goes to be hashed
 RECEIVE_BUFFER = 1 << 20  # the kernel's receive buffer on a short link (it holds about twice this)
 MAX_CHECKPOINT = 8 << 20  # a chunk (checkpoint) at least every 8 MiB ...
 MIN_CHECKPOINT = 64 << 10  # ... and at most every 64 KiB: small files lose little on a kill
@@ -257,15 +258,18 @@ class Transfer:
             f.truncate(self.offset)
             syncer = _Syncer(f.fileno(), lambda verified: self._write_state(verified, etag, size))
             hasher = _Hasher(self.digest, HASH_BUFFERS, BUFFER)
+            buffer, used = hasher.buffer(), 0  # the part of the buffer read (and written) so far
             checked = self.offset
             self.on_progress(self.offset, size)
             try:
                 while True:
                     if self.stop.is_set():
                         raise Stopped()
-                    buffer = hasher.buffer()
+                    if len(buffer) - used < MIN_READ:  # to be hashed: small reads (TLS records) fill a buffer first
+                        hasher.add(buffer, used)
+                        buffer, used = hasher.buffer(), 0
                     try:
-                        n = read(buffer)
+                        n = read(buffer[used:])
                     except (OSError, http.client.HTTPException) as exc:  # a timeout is a stall: another attempt
                         if self.stop.is_set():
                             raise Stopped() from None
@@ -274,14 +278,14 @@ class Transfer:
                     if not n:
                         break
                     try:
-                        rest = buffer[:n]
+                        rest = buffer[used:used + n]
                         while rest:  # a raw write may take less than all of it
                             rest = rest[f.write(rest):]
                     except OSError as exc:
                         syncer.close()
                         self._no_space(exc, f)
                         raise
-                    hasher.add(buffer, n)
+                    used += n
                     self.offset += n
                     self.fetched += n
                     now = time.monotonic()
@@ -293,6 +297,7 @@ class Transfer:
                         self.on_progress(self.offset, size)
                         last_report = now
             finally:
+                hasher.add(buffer, used)
                 hasher.close()
                 syncer.mark(self.offset)
                 syncer.close()
