@@ -60,6 +60,19 @@ def test_bad_messages_get_errors_and_the_connection_survives(daemon_home):
         assert _until(ws, lambda m: m["type"] in ("done", "error"))[-1]["type"] == "done"
 
 
+def _stop_and_read_until_closed(daemon_home, ws, graceful: float) -> tuple[list[dict], int | None]:
+    """`msting llm stop`, which must finish in less than half the graceful-shutdown
+    timeout; then the messages the connection still got, and the close code it got."""
+    stop = daemon_home.cli("llm", "stop", "--timeout", str(graceful * 2), timeout=graceful * 3)
+    assert stop.returncode == 0, stop.stderr
+    assert stop.wall_sec < graceful / 2, (stop.wall_sec, daemon_home.log_tail())
+    seen = []
+    with pytest.raises(ConnectionClosed) as closed:
+        while True:
+            seen.append(json.loads(ws.recv(timeout=10)))
+    return seen, closed.value.rcvd.code if closed.value.rcvd is not None else None
+
+
 def test_stop_closes_open_websockets_with_going_away(daemon_home):
     """An open connection (a status subscription and a generation running on it) gets
     close code 1001 on `msting llm stop`, after its generation ended as an HTTP stream's
@@ -72,16 +85,10 @@ def test_stop_closes_open_websockets_with_going_away(daemon_home):
         ws.send(json.dumps({"type": "subscribe", "topics": ["status"]}))
         ws.send(json.dumps({"type": "generate", "id": "long", "prompt": "Once", "max_tokens": 100000}))
         _until(ws, lambda m: m["type"] == "status" and m["models"][0]["in_flight"] == 1)
-        stop = daemon_home.cli("llm", "stop", "--timeout", str(graceful * 2), timeout=graceful * 3)
-        assert stop.returncode == 0, stop.stderr
-        assert stop.wall_sec < graceful / 2, (stop.wall_sec, daemon_home.log_tail())
-        seen = []
-        with pytest.raises(ConnectionClosed) as closed:
-            while True:
-                seen.append(json.loads(ws.recv(timeout=10)))
+        seen, code = _stop_and_read_until_closed(daemon_home, ws, graceful)
     ended = [m for m in seen if m.get("id") == "long" and m["type"] in ("done", "error")]
     assert len(ended) == 1 and ended[0]["type"] == "done" and ended[0]["finish_reason"] == "length", seen[-3:]
-    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001, (closed.value, stop.wall_sec)
+    assert code == 1001
 
 
 def test_stop_ends_a_remote_generation_with_shutting_down_then_closes_with_going_away(daemon_home):
@@ -100,15 +107,9 @@ def test_stop_ends_a_remote_generation_with_shutting_down_then_closes_with_going
         with unix_connect(str(daemon_home.socket), uri="ws://localhost/v1/ws") as ws:
             ws.send(json.dumps({"type": "generate", "id": "far", "model": "far~m", "prompt": "Once", "max_tokens": 500}))
             _until(ws, lambda m: m["type"] == "token" and m["id"] == "far")
-            stop = daemon_home.cli("llm", "stop", "--timeout", str(graceful * 2), timeout=graceful * 3)
-            assert stop.returncode == 0, stop.stderr
-            assert stop.wall_sec < graceful / 2, (stop.wall_sec, daemon_home.log_tail())
-            seen = []
-            with pytest.raises(ConnectionClosed) as closed:
-                while True:
-                    seen.append(json.loads(ws.recv(timeout=10)))
+            seen, code = _stop_and_read_until_closed(daemon_home, ws, graceful)
     finally:
         slow.close()
     ended = [m for m in seen if m["type"] in ("done", "error")]
     assert len(ended) == 1 and ended[0]["type"] == "error" and ended[0]["error"]["code"] == "shutting_down", seen[-3:]
-    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001, closed.value
+    assert code == 1001
