@@ -312,11 +312,16 @@ class DecodeLoop:
             slot = free[0]
             slot.job, slot.since = job, self._admitted
             return
-        # the longest common prefix worth keeping; else an empty slot, else the one
-        # used least recently (its cache is the least likely to be asked for again)
+        # the longest common prefix worth keeping; else the slot that keeps the busy
+        # sequence ids in the fewest runs of consecutive ids (llama.cpp decodes each run
+        # of a non-unified cache in a pass of its own: a gap costs every step a pass),
+        # then an empty slot, then the one used least recently (its cache is the least
+        # likely to be asked for again)
         shared = {s.index: _common_prefix(s.tokens, job.prompt) for s in free}
+        busy = {s.index for s in self._slots if s.job is not None}
         slot = max(free, key=lambda s: (
-            shared[s.index] if shared[s.index] >= CACHE_MIN_TOKENS else 0, not s.tokens, -s.since, -s.index,
+            shared[s.index] if shared[s.index] >= CACHE_MIN_TOKENS else 0, -_runs(busy | {s.index}),
+            not s.tokens, -s.since, -s.index,
         ))
         keep = min(shared[slot.index], len(job.prompt) - 1)
         if keep < len(slot.tokens) and not self._forget(slot, keep):
@@ -361,13 +366,29 @@ class DecodeLoop:
     # ---- generation --------------------------------------------------------------
 
     def _generate_step(self) -> None:
-        lib, batch = self._lib, self._batch
         active = [s for s in self._slots if isinstance(s.job, GenJob)]
         if not active:
             return
+        joining = [s for s in active if s.job.next_token is None]
+        if len(joining) == len(active):
+            self._decode(active, PREFILL_ALONE)
+            return
+        if joining and all(len(s.job.prompt) - s.job.fed > 1 for s in joining):
+            # llama.cpp splits a batch of a non-unified cache into micro-batches with as
+            # many tokens of every sequence: prompt tokens beside one-token sequences cost
+            # a pass of their own whatever the order. Decoded first, a prompt that ends
+            # here has its first token now and generates in this step's second pass.
+            self._decode(joining, PREFILL_SHARED)
+            active = [s for s in self._slots if isinstance(s.job, GenJob)]
+            self._decode(active, 0)
+            return
+        self._decode(active, PREFILL_SHARED)
+
+    def _decode(self, active: list[Slot], budget: int) -> None:
+        """One llama_decode: the next token of every generating sequence in *active*,
+        then up to *budget* prompt tokens of the others; then each output sampled."""
+        lib, batch = self._lib, self._batch
         token, pos, n_seq, seq_id, logits = batch.token, batch.pos, batch.n_seq_id, batch.seq_id, batch.logits
-        generating = any(s.job.next_token is not None for s in active)
-        budget = PREFILL_SHARED if generating else PREFILL_ALONE
         budget = min(budget, self._n_batch - sum(1 for s in active if s.job.next_token is not None))
         n = 0
         outputs: list[tuple[int, Slot]] = []
@@ -567,6 +588,11 @@ class DecodeLoop:
         if on != self._embeddings_on:
             self._lib.llama_set_embeddings(self._ctx, on)
             self._embeddings_on = on
+
+
+def _runs(ids: set[int]) -> int:
+    """How many runs of consecutive integers *ids* make ({0, 1, 3}: 2)."""
+    return sum(1 for i in ids if i - 1 not in ids)
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
