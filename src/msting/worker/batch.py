@@ -6,7 +6,9 @@ them, a bounded chunk of pending prompt prefill: at most :data:`PREFILL_ALONE` p
 tokens when no sequence is generating, and :data:`PREFILL_SHARED` while others are
 (so a long prompt delays their next token by at most one such chunk). Then each
 sequence that got its logits samples its next token with its own sampler chain
-(:mod:`msting.worker.sampling`) and its text goes out through its job's sink.
+(:mod:`msting.worker.sampling`) and its text goes out through its job's sink. When
+prompts of more than one token join generating sequences, the step is two decodes,
+the prompts first (see :meth:`DecodeLoop._generate_step`).
 
 Slots: the context has ``n_seq_max`` = slots and, with a non-unified KV cache, a
 separate KV stream of ``n_ctx`` cells per slot; a slot's index is its llama.cpp
@@ -14,8 +16,9 @@ sequence id. A new job joins at the next step in a free slot: the free slot whos
 kept tokens (the previous sequence's prompt and reply, still in its KV) share the
 longest prefix with the job's prompt, so only the rest of the prompt is decoded
 (``cached_tokens``). A prefix shorter than :data:`CACHE_MIN_TOKENS` (a BOS and a
-space) saves nothing: such a job takes an empty slot, else the one used least
-recently, rather than destroy a cache another prompt may want. A job that finishes, fails or is cancelled (checked at the start
+space) saves nothing: such a job takes the slot that keeps the busy sequence ids
+consecutive, then an empty slot, else the one used least recently, rather than destroy
+a cache another prompt may want. A job that finishes, fails or is cancelled (checked at the start
 of every step) leaves its slot at once.
 
 Embedding jobs run in the same loop, one decode per step (embeddings switched on for
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
@@ -191,27 +195,20 @@ class DecodeLoop:
         calling thread (OpenMP's), and a second team idle beside the first makes
         OpenMP count more threads than cores and stop spinning at its barriers, which
         costs about a quarter of the decode speed on 2 cores."""
-        done = threading.Event()
-        outcome: dict[str, Any] = {}
+        prepared: Future = Future()
 
         def run() -> None:
             set_time_slice(JOB_SLICE_US)
             try:
-                outcome["result"] = prepare() if prepare is not None else None
-            except BaseException as exc:  # handed to start()'s caller
-                outcome["error"] = exc
+                prepared.set_result(prepare() if prepare is not None else None)
+            except BaseException as exc:  # handed to start()'s caller; the thread ends
+                prepared.set_exception(exc)
                 return
-            finally:
-                done.set()
             self._run()
 
         self._thread = threading.Thread(target=run, name="decode", daemon=True)
         self._thread.start()
-        done.wait()
-        if "error" in outcome:
-            self._thread.join()
-            raise outcome["error"]
-        return outcome["result"]
+        return prepared.result()
 
     def submit(self, job: GenJob | EmbedJob) -> None:
         with self._cond:
