@@ -66,11 +66,12 @@ def load_env(step: str | None = None) -> Env:
     """Resolve the paths and load the config; a bad config is a CommandError (exit 2)
     listing every problem."""
     from msting.config.errors import ConfigError
-    from msting.config.paths import resolve_paths
+    from msting.config.paths import check_home, resolve_paths
     from msting.config.schema import load_config
 
     paths = resolve_paths()
     try:
+        check_home()
         config = load_config(paths)
     except ConfigError as exc:
         raise config_error(exc, step) from None

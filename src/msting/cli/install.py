@@ -244,9 +244,13 @@ def _write_config(model: str | None) -> tuple[Any, str]:
     from msting.cli.common import Env, config_error
     from msting.config.editor import write_user_config
     from msting.config.errors import ConfigError
-    from msting.config.paths import resolve_paths
+    from msting.config.paths import check_home, resolve_paths
     from msting.config.schema import load_config
 
+    try:
+        check_home()
+    except ConfigError as exc:
+        raise config_error(exc) from None
     paths = resolve_paths()
     value = None
     if model is not None:

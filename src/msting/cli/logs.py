@@ -22,7 +22,8 @@ def logs(
 ) -> None:
     """Print the last lines of the daemon's log file."""
     term = Terminal()
-    path = _log_path(term)
+    with term.failures():
+        path = _log_path(term)
     out = sys.stdout.buffer
     try:
         fh = _open(path)
@@ -49,8 +50,16 @@ def _log_path(term: Terminal) -> Path:
     except CommandError as exc:
         from msting.config.paths import resolve_paths
 
+        from msting.config.errors import ConfigError
+        from msting.config.paths import check_home
+
+        try:
+            check_home()
+        except ConfigError:  # MSTING_HOME itself is wrong: there is no default log either
+            raise exc from None
+        default = resolve_paths().daemon_log
         term.warn(exc.message.splitlines()[0] + "; showing the default log file")
-        return resolve_paths().daemon_log
+        return default
 
 
 def _open(path: Path) -> BinaryIO | None:

@@ -115,6 +115,17 @@ def resolve_paths(env: Mapping[str, str] | None = None) -> Paths:
     )
 
 
+def check_home(env: Mapping[str, str] | None = None) -> None:
+    """A ConfigError when ``MSTING_HOME`` names something that is not a folder (every
+    path under it would fail); a missing one is fine: it is created."""
+    home = (os.environ if env is None else env).get(HOME_ENV_VAR, "")
+    root = Path(home).expanduser().absolute() if home else None
+    if root is not None and root.exists() and not root.is_dir():
+        from msting.config.errors import ConfigError, ConfigProblem
+
+        raise ConfigError([ConfigProblem(HOME_ENV_VAR, f"{root} is not a directory: point it at a folder (a missing one is created)")])
+
+
 def _runtime_dir(platformdirs: Any) -> Path | None:
     """platformdirs' runtime dir, or None when there is no proper one.
 

@@ -251,3 +251,16 @@ def test_import_path_is_lean(home, args):
     }
     assert imported, "no -X importtime output"
     assert not imported & set(HEAVY_MODULES), sorted(imported & set(HEAVY_MODULES))
+
+
+@pytest.mark.parametrize("args", [("llm", "status"), ("llm", "status", "--json"), ("llm", "start"), ("llm", "stop"),
+                                  ("llm", "install"), ("llm", "logs")])
+def test_msting_home_that_is_a_file_is_a_usage_error_not_a_traceback(home, args):
+    not_a_folder = home / "file"
+    not_a_folder.write_text("x")
+    proc = run(not_a_folder, *args)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    out = proc.stdout + proc.stderr
+    assert "Traceback" not in out, out
+    assert "MSTING_HOME" in out and "is not a directory" in out, out
+    assert not (not_a_folder.is_dir()), "nothing was created in its place"
