@@ -123,7 +123,7 @@ def check_home(env: Mapping[str, str] | None = None) -> None:
     if root is not None and root.exists() and not root.is_dir():
         from msting.config.errors import ConfigError, ConfigProblem
 
-        raise ConfigError([ConfigProblem(HOME_ENV_VAR, f"{root} is not a directory: point it at a folder (a missing one is created)")])
+        raise ConfigError([ConfigProblem(HOME_ENV_VAR, f"is not a directory ({root}): point it at a folder (a missing one is created)")])
 
 
 def _runtime_dir(platformdirs: Any) -> Path | None:
