@@ -32,7 +32,7 @@ from msting.providers.base import ModelInfo, ProviderHealth
 from msting.providers.remote.catalog import Catalog
 from msting.providers.remote.formats import wire_for
 from msting.providers.remote.pool import UrlPool, UrlState
-from msting.providers.remote.retry import AttemptsFailed, RetryPolicy, attempt_loop
+from msting.providers.remote.retry import AttemptsFailed, RetryPolicy, attempt_loop, hedge_after
 from msting.providers.remote.upstream import AttemptFailed, Deadline, LineStream, Timeouts, Upstream, transport_failure
 from msting.providers.remote.wire import StreamDecoder
 
@@ -154,25 +154,38 @@ class RemoteProvider:
             return events
         return decoder.feed(line)
 
-    async def _attempts(self, attempt, deadline: Deadline, attempts: list[Attempt]):
+    async def _attempts(self, attempt, deadline: Deadline, attempts: list[Attempt], **generation):
         try:
-            return await attempt_loop(self.name, self.pool, self.policy, deadline, attempt, attempts, self._rng)
+            return await attempt_loop(self.name, self.pool, self.policy, deadline, attempt, attempts, self._rng,
+                                      **generation)
         except AttemptsFailed as exc:
             raise failed_with(exc) from None
+
+    def _generation(self, request: GenerationRequest, model: str, deadline: Deadline) -> dict[str, Any]:
+        """What the retry loop needs for a generation: its attempt (up to the first
+        content, hedged on another URL shortly before the first-token timeout) and how to
+        close an opened stream the race did not use."""
+        async def open_(url: UrlState) -> Opened:
+            return await self._open(url, request, model, deadline)
+
+        async def discard(opened: Opened) -> None:
+            await opened.lines.aclose()
+
+        return {"attempt": open_, "hedge_after": hedge_after(self.settings.first_token_timeout_sec), "discard": discard}
 
     async def generate(self, request: GenerationRequest) -> Done:
         request, model = self._prepared(request)
         deadline = Deadline.after(self.settings.long_timeout_sec)
         attempts: list[Attempt] = []
 
-        async def whole(url: UrlState) -> Done:
-            opened = await self._open(url, request, model, deadline)
+        async def rest(opened: Opened) -> Done:
             try:
                 return await self._collect(opened, deadline)
             finally:
                 await opened.lines.aclose()
 
-        done, url = await self._attempts(whole, deadline, attempts)
+        done, url = await self._attempts(deadline=deadline, attempts=attempts, finish=rest,
+                                         **self._generation(request, model, deadline))
         self.pool.release(url)
         return replace(done, attempts=tuple(attempts))
 
@@ -337,10 +350,8 @@ class RemoteStream:
         p = self.provider
         deadline = Deadline.after(p.settings.long_timeout_sec)
 
-        async def open_(url: UrlState) -> Opened:
-            return await p._open(url, self.request, self.model, deadline)
-
-        self._opened, self._url = await p._attempts(open_, deadline, self.attempts)
+        self._opened, self._url = await p._attempts(deadline=deadline, attempts=self.attempts,
+                                                    **p._generation(self.request, self.model, deadline))
         opened = self._opened
         try:
             events = opened.first

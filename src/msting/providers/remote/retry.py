@@ -12,6 +12,10 @@ retried, up to `max_attempts`, within the request's deadline:
   whose health check failed are down: not waited for, so a dead service hands its
   requests to the fallback chain at once.
 A failure that says the request itself is wrong (400, 404, 413) ends the loop at once.
+
+A generation's attempt is hedged: one that has produced nothing by `hedge_after`
+(shortly before its first-token timeout) is raced by an attempt on another URL, and
+the first to open its reply wins (`_Race`).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import asyncio
 import random
 import time
 from dataclasses import dataclass
-from typing import Awaitable, Callable, TypeVar
+from typing import Any, Awaitable, Callable, TypeVar
 
 from msting.api.errors import MstingError, Unavailable
 from msting.api.events import Attempt
@@ -28,7 +32,16 @@ from msting.providers.remote.pool import UrlPool, UrlState
 from msting.providers.remote.upstream import AttemptFailed, Deadline
 
 T = TypeVar("T")
+R = TypeVar("R")
 PROBE_POLL_SEC = 0.02  # while another request's probe is out: how often to look again
+HEDGE_LEAD_SEC = 0.05  # a generation with no first content this long before its first-token timeout asks another URL too
+HEDGE_LEAD_SHARE = 0.1  # (at most this share of the timeout)
+
+
+def hedge_after(first_token_timeout_sec: float) -> float:
+    """When a generation's attempt is raced by one on another URL: shortly before its
+    first-token timeout, so failing over from a URL that hangs costs less than one timeout."""
+    return first_token_timeout_sec - min(HEDGE_LEAD_SEC, first_token_timeout_sec * HEDGE_LEAD_SHARE)
 
 
 @dataclass(frozen=True)
@@ -56,11 +69,21 @@ class AttemptsFailed(Exception):
 
 async def attempt_loop(service: str, pool: UrlPool, policy: RetryPolicy, deadline: Deadline,
                        attempt: Callable[[UrlState], Awaitable[T]], attempts: list[Attempt],
-                       rng: random.Random) -> tuple[T, UrlState]:
+                       rng: random.Random, *, hedge_after: float | None = None,
+                       finish: Callable[[T], Awaitable[R]] | None = None,
+                       discard: Callable[[T], Awaitable[None]] | None = None) -> tuple[Any, UrlState]:
     """The result of the first attempt that succeeds, and its URL, still counted in
     flight: the caller releases it (`pool.release`) once it is done with the reply (a
     stream holds it until it ends). Each attempt is appended to `attempts`. Raises
-    AttemptsFailed when none succeeds."""
+    AttemptsFailed when none succeeds.
+
+    An attempt is `attempt(url)` (for a generation: up to its first content), then
+    `finish(result)` when given (the rest of the reply; a failure there is the
+    attempt's). With `hedge_after`, an attempt that has not returned that many seconds
+    after it began is raced by one on another URL, if one is available and attempts are
+    left: the first to return wins and the other is cancelled (a result it returned
+    meanwhile goes to `discard`). So a failover costs no more than `hedge_after` plus
+    the other URL's own time, never a whole timeout plus the switch."""
     last: UrlState | None = None
     failure: AttemptFailed | None = None
     tries = 0
@@ -91,34 +114,150 @@ async def attempt_loop(service: str, pool: UrlPool, policy: RetryPolicy, deadlin
             await asyncio.sleep(pause)
             if not url.breaker.available(time.monotonic()):
                 continue  # it opened meanwhile (a health check): choose again
+        race = _Race(service, pool, attempt, attempts, discard)
         tries += 1
-        started = time.monotonic()
-        pool.take(url, started)
+        race.start(url)
         try:
-            result = await attempt(url)
-        except AttemptFailed as exc:
-            pool.release(url)
-            now = time.monotonic()
-            url.failed += 1
-            url.record_error(exc.error.message)
-            if exc.retryable:
-                url.breaker.failed(now, retry_after=exc.retry_after)
+            hedge_at = None if hedge_after is None else race.tries[0].started + hedge_after
+            while race.tries:
+                if hedge_at is not None and (tries >= policy.max_attempts or time.monotonic() >= deadline.at):
+                    hedge_at = None
+                if not await race.wait(hedge_at):
+                    hedge_at = None
+                    other = pool.choose(time.monotonic(), avoid=url)
+                    if other is not None and other is not url:
+                        tries += 1
+                        race.start(other)
+                    continue
+                ended = race.ended()
+                if ended.failure is None:
+                    break
+                failure, last = ended.failure, ended.url
+                if not failure.retryable:
+                    await race.cancel()
+                    raise _give_up(service, failure, attempts, deadline=deadline) from None
             else:
-                url.breaker.succeeded()  # it answered, sanely: the request was the problem
-            attempts.append(Attempt(service, url.url, exc.error.message, (now - started) * 1000))
-            failure = exc
-            if not exc.retryable or tries >= policy.max_attempts or now >= deadline.at:
-                raise _give_up(service, failure, attempts, deadline=deadline) from None
-            last = url
-            continue
-        except BaseException:  # cancelled (the client left): not the URL's failure, but a probe it held is free again
-            pool.release(url)
-            url.breaker.probing = False
+                if tries >= policy.max_attempts or time.monotonic() >= deadline.at:
+                    raise _give_up(service, failure, attempts, deadline=deadline) from None
+                continue
+            await race.supersede(ended)
+        except BaseException:  # cancelled (the client left): not the URLs' failure, but a probe they held is free again
+            await race.cancel()
             raise
-        url.served += 1
-        url.breaker.succeeded()
-        attempts.append(Attempt(service, url.url, None, (time.monotonic() - started) * 1000))
-        return result, url
+        won, result = ended.url, ended.result
+        if finish is not None:
+            try:
+                result = await finish(result)
+            except AttemptFailed as exc:
+                failure, last = race.failed(ended, exc), won
+                if not exc.retryable or tries >= policy.max_attempts or time.monotonic() >= deadline.at:
+                    raise _give_up(service, failure, attempts, deadline=deadline) from None
+                continue
+            except BaseException:
+                race.abandoned(ended)
+                raise
+        won.served += 1
+        won.breaker.succeeded()
+        attempts.append(Attempt(service, won.url, None, (time.monotonic() - ended.started) * 1000))
+        return result, won
+
+
+@dataclass
+class _Try:
+    url: UrlState
+    started: float
+    task: asyncio.Task
+    failure: AttemptFailed | None = None
+    result: Any = None
+
+
+class _Race:
+    """The attempts in flight for one turn of the loop: one, or two once hedged."""
+
+    def __init__(self, service: str, pool: UrlPool, attempt: Callable[[UrlState], Awaitable[Any]],
+                 attempts: list[Attempt], discard: Callable[[Any], Awaitable[None]] | None):
+        self.service, self.pool, self.attempt, self.attempts, self.discard = service, pool, attempt, attempts, discard
+        self.tries: list[_Try] = []
+        self._done: list[_Try] = []
+
+    def start(self, url: UrlState) -> None:
+        started = time.monotonic()
+        self.pool.take(url, started)
+        self.tries.append(_Try(url, started, asyncio.ensure_future(self.attempt(url))))
+
+    async def wait(self, until: float | None) -> bool:
+        """Wait for a try to end (True), or until *until* (False)."""
+        if not self._done:
+            timeout = None if until is None else max(0.0, until - time.monotonic())
+            done, _ = await asyncio.wait([t.task for t in self.tries], timeout=timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if not done:
+                return False
+            self._done = [t for t in self.tries if t.task.done()]  # in the order they started
+        return True
+
+    def ended(self) -> _Try:
+        """The next try that ended, out of the race: its result, or its failure accounted."""
+        t = self._done.pop(0)
+        self.tries.remove(t)
+        try:
+            t.result = t.task.result()
+        except AttemptFailed as exc:
+            t.failure = self.failed(t, exc)
+        except BaseException:
+            self.abandoned(t)
+            raise
+        return t
+
+    def failed(self, t: _Try, exc: AttemptFailed) -> AttemptFailed:
+        self.pool.release(t.url)
+        now = time.monotonic()
+        t.url.failed += 1
+        t.url.record_error(exc.error.message)
+        if exc.retryable:
+            t.url.breaker.failed(now, retry_after=exc.retry_after)
+        else:
+            t.url.breaker.succeeded()  # it answered, sanely: the request was the problem
+        self.attempts.append(Attempt(self.service, t.url.url, exc.error.message, (now - t.started) * 1000))
+        return exc
+
+    def abandoned(self, t: _Try) -> None:
+        self.pool.release(t.url)
+        t.url.breaker.probing = False
+
+    async def supersede(self, winner: _Try) -> None:
+        """The other try lost: an earlier one (past the hedge point with nothing) counts as
+        failed, a hedge that was not needed is only cancelled."""
+        for t in list(self.tries):
+            self.tries.remove(t)
+            t.task.cancel()
+            outcome = (await asyncio.gather(t.task, return_exceptions=True))[0]
+            if not isinstance(outcome, BaseException) and self.discard is not None:
+                await self.discard(outcome)
+            if t.started < winner.started:
+                ms = (time.monotonic() - t.started) * 1000
+                message = (f"{self.service} ({t.url.url}) did not answer in time: no first token after {ms:.0f} ms, "
+                           f"when {winner.url.url}, asked shortly before the first-token timeout, answered")
+                self.pool.release(t.url)
+                t.url.failed += 1
+                t.url.record_error(message)
+                t.url.breaker.failed(time.monotonic())
+                self.attempts.append(Attempt(self.service, t.url.url, message, ms))
+            else:
+                self.abandoned(t)
+                self.attempts.append(Attempt(self.service, t.url.url, f"cancelled: {winner.url.url}, asked first, answered "
+                                             "(this URL was asked too, shortly before its first-token timeout)",
+                                             (time.monotonic() - t.started) * 1000))
+
+    async def cancel(self) -> None:
+        for t in self.tries:
+            t.task.cancel()
+        outcomes = await asyncio.gather(*(t.task for t in self.tries), return_exceptions=True)
+        for t, outcome in zip(self.tries, outcomes):
+            if not isinstance(outcome, BaseException) and self.discard is not None:
+                await self.discard(outcome)
+            self.abandoned(t)
+        self.tries, self._done = [], []
 
 
 def _give_up(service: str, failure: AttemptFailed | None, attempts: list[Attempt], *, deadline: Deadline,

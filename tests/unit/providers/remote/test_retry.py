@@ -39,7 +39,7 @@ def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
         calls.append(seconds)
         await real(seconds)
 
-    monkeypatch.setattr(retry, "asyncio", SimpleNamespace(sleep=sleep))
+    monkeypatch.setattr(retry, "asyncio", SimpleNamespace(**{**vars(asyncio), "sleep": sleep}))
     return calls
 
 
@@ -421,3 +421,151 @@ def test_a_cancelled_probe_frees_its_half_open_circuit_for_the_next_request() ->
     asyncio.run(main())
     assert url.in_flight == 0 and not url.breaker.probing
     assert pool.choose(time.monotonic()) is url  # the next request may probe it
+
+
+# ---- hedging: a slow attempt raced on another URL ---------------------------------------
+
+HEDGE = 0.05  # seconds: the tests' hedge point
+
+
+def race(pool: UrlPool, script: Any, *, policy: RetryPolicy = POLICY, hedge_after: float | None = HEDGE,
+         finish: Any = None, discarded: list | None = None) -> tuple[Any, list]:
+    attempts: list = []
+
+    async def discard(result: Any) -> None:
+        if discarded is not None:
+            discarded.append(result)
+
+    async def main() -> Any:
+        return await attempt_loop(SERVICE, pool, policy, Deadline.after(5), script, attempts, random.Random(SEED),
+                                  hedge_after=hedge_after, finish=finish, discard=discard)
+
+    try:
+        return asyncio.run(main()), attempts
+    except AttemptsFailed as exc:
+        return exc, attempts
+
+
+def answers_after(seconds: float, value: str) -> Any:
+    async def attempt(url: UrlState) -> str:
+        await asyncio.sleep(seconds)
+        return value
+    return attempt
+
+
+def test_an_attempt_with_nothing_by_the_hedge_point_is_raced_on_the_other_url_which_wins() -> None:
+    pool = make_pool(A, B)
+    script = Script(answers_after(10, "a"), "b")
+    (result, url), attempts = race(pool, script)
+    assert (result, url.url) == ("b", B)
+    assert script.urls == [A, B]
+    assert script.calls[1][1] - script.calls[0][1] >= HEDGE  # not before the hedge point
+    assert [a.url for a in attempts] == [A, B] and attempts[1].error is None
+    assert attempts[0].error.startswith(f"{SERVICE} ({A}) did not answer in time: no first token after")
+    a, b = pool.urls
+    assert (a.in_flight, b.in_flight) == (0, 1)  # the loser released, the winner held for its caller
+    assert a.failed == 1 and b.served == 1
+
+
+def test_the_first_attempt_answering_after_the_hedge_started_wins_and_the_hedge_is_only_cancelled() -> None:
+    pool = make_pool(A, B, failures=1)
+    script = Script(answers_after(HEDGE * 2, "a"), answers_after(10, "b"))
+    (result, url), attempts = race(pool, script)
+    assert (result, url.url) == ("a", A)
+    assert script.urls == [A, B]
+    assert [(x.url, x.error is None) for x in attempts] == [(B, False), (A, True)]
+    assert attempts[0].error.startswith(f"cancelled: {A}, asked first, answered")
+    a, b = pool.urls
+    assert (a.in_flight, b.in_flight) == (1, 0)
+    assert b.failed == 0 and b.breaker.state is Circuit.CLOSED  # not needed is not failed
+
+
+def test_a_result_the_loser_returned_meanwhile_is_discarded() -> None:
+    """A and the hedge on B end at about the same moment, in either order: every result
+    an attempt returned is the one the loop returns or was handed to discard (an opened
+    upstream stream is never left open)."""
+    for _ in range(5):
+        pool = make_pool(A, B)
+        discarded: list = []
+        returned: list = []
+
+        async def both_end_together(url: UrlState) -> str:
+            await asyncio.sleep(HEDGE * 1.5 if url.url == A else HEDGE * 0.5)
+            returned.append(url.url)
+            return url.url
+
+        (result, url), attempts = race(pool, both_end_together, discarded=discarded)
+        assert result == url.url
+        assert sorted(returned) == sorted([result] + discarded)
+        assert sum(u.in_flight for u in pool.urls) == 1
+
+
+def test_no_hedge_without_another_url_or_without_attempts_left() -> None:
+    for pool, policy in ((make_pool(A), POLICY), (make_pool(A, B), RetryPolicy(1, 0.01, 0.04, 1.0))):
+        script = Script(answers_after(HEDGE * 3, "a"), "other")
+        (result, url), _ = race(pool, script, policy=policy)
+        assert (result, url.url) == ("a", A) and script.urls == [A]
+
+
+def test_a_hedge_that_fails_leaves_the_first_attempt_running() -> None:
+    pool = make_pool(A, B)
+    script = Script(answers_after(HEDGE * 3, "a"), refused(1))
+    (result, url), attempts = race(pool, script)
+    assert (result, url.url) == ("a", A)
+    assert [(x.url, x.error) for x in attempts] == [(B, "refused #1"), (A, None)]
+    assert [u.in_flight for u in pool.urls] == [1, 0]
+
+
+def test_when_both_fail_the_loop_goes_on_with_its_attempts_counted() -> None:
+    pool = make_pool(A, B)
+
+    async def slow_refusal(url: UrlState) -> str:
+        await asyncio.sleep(HEDGE * 2)
+        raise refused(0)
+
+    script = Script(slow_refusal, refused(1), "third")
+    (result, url), attempts = race(pool, script)
+    assert result == "third"
+    assert [x.error for x in attempts] == ["refused #1", "refused #0", None]  # in the order they ended
+    exc, attempts = race(make_pool(A, B), Script(slow_refusal, refused(1), "never"),
+                         policy=RetryPolicy(2, 0.01, 0.04, 1.0))
+    assert isinstance(exc, AttemptsFailed) and len(attempts) == 2  # the hedge was the second of two attempts
+
+
+def test_a_failure_in_finish_is_the_attempts_and_is_retried() -> None:
+    pool = make_pool(A, B)
+    finished: list = []
+
+    async def finish(opened: str) -> str:
+        finished.append(opened)
+        if len(finished) == 1:
+            raise refused(9)
+        return opened + " whole"
+
+    (result, url), attempts = race(pool, Script("a", "b"), finish=finish)
+    assert result == "b whole" and url.url == B
+    assert [(x.url, x.error) for x in attempts] == [(A, "refused #9"), (B, None)]
+    assert [u.in_flight for u in pool.urls] == [0, 1]
+
+
+def test_a_non_retryable_failure_during_a_race_ends_it_and_cancels_the_other() -> None:
+    pool = make_pool(A, B)
+    bad = AttemptFailed(InvalidRequest("bad", "the request is wrong"), retryable=False)
+    script = Script(answers_after(10, "a"), bad)
+    exc, attempts = race(pool, script)
+    assert isinstance(exc, AttemptsFailed) and exc.error.message == "the request is wrong"
+    assert [u.in_flight for u in pool.urls] == [0, 0]
+
+
+def test_a_cancelled_race_releases_both_urls() -> None:
+    pool = make_pool(A, B)
+
+    async def main() -> None:
+        loop = attempt_loop(SERVICE, pool, POLICY, Deadline.after(5), Script(answers_after(10, "x")), [],
+                            random.Random(SEED), hedge_after=HEDGE)
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(loop, HEDGE * 3)
+
+    asyncio.run(main())
+    assert [u.in_flight for u in pool.urls] == [0, 0]
+    assert not any(u.breaker.probing for u in pool.urls)
