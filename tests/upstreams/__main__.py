@@ -17,7 +17,7 @@ from pathlib import Path
 
 import uvicorn
 
-from .app import StandInApp, State
+from .app import API_KEY_ENV, StandInApp, State
 from .text import DEFAULT_REPLY_WORDS
 
 APIS = {"openai": "openai_api", "ollama": "ollama_api", "anthropic": "anthropic_api"}
@@ -32,7 +32,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--models", default=DEFAULT_MODELS, help=f"comma-separated model names (default {DEFAULT_MODELS!r})")
     p.add_argument("--token-delay", type=float, default=0.0, help="seconds before each streamed word (a reply that "
                    "is not streamed waits words x delay)")
-    p.add_argument("--api-key", default=None, help="the credential the protocol routes require")
+    p.add_argument("--api-key", default=os.environ.get(API_KEY_ENV),
+                   help=f"the credential the protocol routes require (default: ${API_KEY_ENV})")
     p.add_argument("--reply-words", type=int, default=DEFAULT_REPLY_WORDS, help="the natural length of a reply, in words")
     return p.parse_args(argv)
 

@@ -34,6 +34,8 @@ from .text import DEFAULT_REPLY_WORDS
 SECRET_HEADERS = {"authorization", "x-api-key", "proxy-authorization", "cookie", "api-key"}
 HOLDER = "upstreams"  # the scope key of the per-request dict: fault, connection
 
+API_KEY_ENV = "UPSTREAMS_API_KEY"  # the credential, by the environment (a command line shows in ps)
+
 
 @dataclass
 class State:

@@ -29,6 +29,8 @@ from typing import Any, Iterable, Sequence
 import httpx
 from child_env import child_env
 
+from .app import API_KEY_ENV
+
 TESTS_DIR = Path(__file__).resolve().parent.parent
 # Where tests/conftest.py finds it (its `stories_model_path` fixture checks the sha256).
 STORIES_PATH = TESTS_DIR.parent.parent / "shared" / "models" / "stories260K.gguf"
@@ -86,11 +88,11 @@ class _Process:
     def log_tail(self, lines: int = 40) -> str:
         return _tail(self.log_file, lines)
 
-    def _popen(self, argv: Sequence[str]) -> None:
+    def _popen(self, argv: Sequence[str], env: dict[str, str] | None = None) -> None:
         with open(self.log_file, "ab") as log:
             log.write(f"--- {' '.join(argv)}\n".encode())
             log.flush()
-            self.proc = subprocess.Popen(list(argv), env=_python_env(), stdin=subprocess.DEVNULL, stdout=log,
+            self.proc = subprocess.Popen(list(argv), env={**_python_env(), **(env or {})}, stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=subprocess.STDOUT, cwd=self.workdir, start_new_session=True)
 
     def _fail(self, what: str) -> UpstreamError:
@@ -168,11 +170,10 @@ class StandIn(_Process):
                 "--token-delay", str(self.token_delay)]
         if self.initial_models is not None:
             argv += ["--models", ",".join(self.initial_models)]
-        if self.api_key is not None:
-            argv += ["--api-key", self.api_key]
         if self.reply_words is not None:
             argv += ["--reply-words", str(self.reply_words)]
-        self._popen(argv)
+        # the credential goes in the environment, as a real one would: never on a command line `ps` shows
+        self._popen(argv, env=None if self.api_key is None else {API_KEY_ENV: self.api_key})
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if port_file.exists():
