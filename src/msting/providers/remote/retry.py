@@ -179,6 +179,7 @@ class _Race:
         self.service, self.pool, self.attempt, self.attempts, self.discard = service, pool, attempt, attempts, discard
         self.tries: list[_Try] = []
         self._done: list[_Try] = []
+        self._winner: _Try | None = None
 
     def start(self, url: UrlState) -> None:
         started = time.monotonic()
@@ -228,12 +229,13 @@ class _Race:
     async def supersede(self, winner: _Try) -> None:
         """The other try lost: an earlier one (past the hedge point with nothing) counts as
         failed, a hedge that was not needed is only cancelled."""
+        self._winner = winner  # until the others are settled: a cancel meanwhile closes it too
         for t in list(self.tries):
-            self.tries.remove(t)
             t.task.cancel()
             outcome = (await asyncio.gather(t.task, return_exceptions=True))[0]
             if not isinstance(outcome, BaseException) and self.discard is not None:
                 await self.discard(outcome)
+            self.tries.remove(t)
             if t.started < winner.started:
                 ms = (time.monotonic() - t.started) * 1000
                 message = (f"{self.service} ({t.url.url}) did not answer in time: no first token after {ms:.0f} ms, "
@@ -248,6 +250,7 @@ class _Race:
                 self.attempts.append(Attempt(self.service, t.url.url, f"cancelled: {winner.url.url}, asked first, answered "
                                              "(this URL was asked too, shortly before its first-token timeout)",
                                              (time.monotonic() - t.started) * 1000))
+        self._winner = None
 
     async def cancel(self) -> None:
         for t in self.tries:
@@ -258,6 +261,11 @@ class _Race:
                 await self.discard(outcome)
             self.abandoned(t)
         self.tries, self._done = [], []
+        if self._winner is not None:
+            winner, self._winner = self._winner, None
+            if self.discard is not None:
+                await self.discard(winner.result)
+            self.abandoned(winner)
 
 
 def _give_up(service: str, failure: AttemptFailed | None, attempts: list[Attempt], *, deadline: Deadline,

@@ -569,3 +569,33 @@ def test_a_cancelled_race_releases_both_urls() -> None:
     asyncio.run(main())
     assert [u.in_flight for u in pool.urls] == [0, 0]
     assert not any(u.breaker.probing for u in pool.urls)
+
+
+def test_a_request_cancelled_while_the_loser_winds_down_closes_the_winner_too() -> None:
+    """The client leaves while the losing attempt is still being cancelled: the winner's
+    opened result is discarded and both URLs are free, nothing is left open or counted."""
+    pool = make_pool(A, B)
+    discarded: list = []
+
+    async def attempt(url: UrlState) -> str:
+        if url.url == B:
+            return "b"
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.2)  # slow to wind down (a connection being closed)
+            raise
+        return "a"
+
+    async def discard(result: Any) -> None:
+        discarded.append(result)
+
+    async def main() -> None:
+        loop = attempt_loop(SERVICE, pool, POLICY, Deadline.after(5), attempt, [], random.Random(SEED),
+                            hedge_after=HEDGE, discard=discard)
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(loop, HEDGE + 0.1)  # during the loser's wind-down
+
+    asyncio.run(main())
+    assert discarded == ["b"]
+    assert [u.in_flight for u in pool.urls] == [0, 0]
