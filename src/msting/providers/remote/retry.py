@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, TypeVar
 
-from msting.api.errors import MstingError, Unavailable
+from msting.api.errors import MstingError, Timeout, Unavailable
 from msting.api.events import Attempt
 from msting.providers.remote.pool import UrlPool, UrlState
 from msting.providers.remote.upstream import AttemptFailed, Deadline
@@ -133,16 +133,15 @@ async def attempt_loop(service: str, pool: UrlPool, policy: RetryPolicy, deadlin
                 if ended.failure is None:
                     break
                 failure, last = ended.failure, ended.url
-                if not failure.retryable:
-                    await race.cancel()
+                if not failure.retryable:  # the other try is cancelled below
                     raise _give_up(service, failure, attempts, deadline=deadline) from None
             else:
                 if tries >= policy.max_attempts or time.monotonic() >= deadline.at:
                     raise _give_up(service, failure, attempts, deadline=deadline) from None
                 continue
             await race.supersede(ended)
-        except BaseException:  # cancelled (the client left): not the URLs' failure, but a probe they held is free again
-            await race.cancel()
+        except BaseException:  # given up, or cancelled (the client left): the tries still out are cancelled, not failed,
+            await race.cancel()  # and a probe they held is free again
             raise
         won, result = ended.url, ended.result
         if finish is not None:
@@ -238,13 +237,9 @@ class _Race:
             self.tries.remove(t)
             if t.started < winner.started:
                 ms = (time.monotonic() - t.started) * 1000
-                message = (f"{self.service} ({t.url.url}) did not answer in time: no first token after {ms:.0f} ms, "
-                           f"when {winner.url.url}, asked shortly before the first-token timeout, answered")
-                self.pool.release(t.url)
-                t.url.failed += 1
-                t.url.record_error(message)
-                t.url.breaker.failed(time.monotonic())
-                self.attempts.append(Attempt(self.service, t.url.url, message, ms))
+                self.failed(t, AttemptFailed(Timeout("upstream_timeout", (
+                    f"{self.service} ({t.url.url}) did not answer in time: no first token after {ms:.0f} ms, "
+                    f"when {winner.url.url}, asked shortly before the first-token timeout, answered")), retryable=True))
             else:
                 self.abandoned(t)
                 self.attempts.append(Attempt(self.service, t.url.url, f"cancelled: {winner.url.url}, asked first, answered "
