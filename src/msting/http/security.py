@@ -296,9 +296,12 @@ def with_peer_check(base: type) -> type:
 
 
 def http_protocol_class() -> type:
-    """uvicorn's HTTP/1.1 protocol (httptools when importable, else h11) with the peer check."""
+    """uvicorn's HTTP/1.1 protocol (httptools when importable, else h11) with the peer
+    check, writing a response's head and body start as one (msting.http.transport)."""
+    from msting.http.transport import with_head_held
+
     try:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as base
     except ImportError:  # httptools is a dependency; h11 is the fallback uvicorn always has
         from uvicorn.protocols.http.h11_impl import H11Protocol as base
-    return with_peer_check(base)
+    return with_peer_check(with_head_held(base))
