@@ -143,16 +143,21 @@ class RemoteProvider:
             raise
 
     async def _next_events(self, lines: LineStream, decoder: StreamDecoder, deadline: Deadline) -> list[Event]:
+        """The events of the lines that came in the next network read (none for lines
+        that make no event: a blank line, a comment)."""
         if deadline.left() <= 0:
             raise transport_failure(self.name, lines.url, asyncio.TimeoutError())
-        line = await lines.next_line()
-        if line is None:
+        batch = await lines.next_lines()
+        if batch is None:
             events = decoder.finish()
             if not any(isinstance(e, (Done, Failed)) for e in events):
                 raise AttemptFailed(UpstreamError("upstream_stream_cut", f"{self.name} ({lines.url}) ended the reply "
                                                   "before it was complete"), retryable=True)
             return events
-        return decoder.feed(line)
+        events = []
+        for line in batch:
+            events += decoder.feed(line)
+        return events
 
     async def _attempts(self, attempt, deadline: Deadline, attempts: list[Attempt], **generation):
         try:
@@ -367,13 +372,7 @@ class RemoteStream:
                     if isinstance(event, Failed):
                         return
                 try:
-                    events = await p._next_events(opened.lines, opened.decoder, deadline)
-                    ended = any(isinstance(e, (Done, Failed)) for e in events)
-                    while opened.lines.buffered and not ended:  # no wait: these lines are read already
-                        more = await p._next_events(opened.lines, opened.decoder, deadline)
-                        ended = any(isinstance(e, (Done, Failed)) for e in more)
-                        events += more
-                    events = coalesced(events)
+                    events = coalesced(await p._next_events(opened.lines, opened.decoder, deadline))
                 except AttemptFailed as exc:
                     error = exc.error
                     error.details["incomplete"] = True

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import msgspec
+
 from msting.api.errors import MstingError, Unavailable, UpstreamError
 from msting.api.events import Failed
 
@@ -55,12 +57,20 @@ class SseParser:
         return None
 
 
+_decode = msgspec.json.Decoder().decode
+
+
 def json_object(text: str) -> dict[str, Any] | None:
-    """`text` parsed as a JSON object, or None when it is not one."""
+    """`text` parsed as a JSON object, or None when it is not one. msgspec parses it (in
+    C, on the token path); what it refuses and Python's json reads (NaN, a number out of
+    range, a lone surrogate) is read as json reads it."""
     try:
-        value = json.loads(text)
-    except ValueError:
-        return None
+        value = _decode(text)
+    except ValueError:  # msgspec.DecodeError
+        try:
+            value = json.loads(text)
+        except ValueError:
+            return None
     return value if isinstance(value, dict) else None
 
 

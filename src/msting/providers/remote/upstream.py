@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections import deque
 import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -137,6 +136,11 @@ def transport_failure(service: str, url: str, exc: BaseException) -> AttemptFail
 TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, ValueError)  # ValueError: a line past READ_BUFFER
 
 
+async def _read_to_end(content: aiohttp.StreamReader) -> None:
+    while await content.readany():
+        pass
+
+
 @dataclass(frozen=True)
 class Timeouts:
     connect: float  # getting a connection
@@ -212,7 +216,7 @@ class LineStream:
         self.url = url
         self.request = request
         self._response: aiohttp.ClientResponse | None = None
-        self._lines: deque[bytes] = deque()  # complete lines already read
+        self._lines: list[bytes] = []  # complete lines already read
         self._partial = b""  # the start of a line whose end has not come yet
 
     async def open(self, timeouts: Timeouts) -> None:
@@ -234,11 +238,12 @@ class LineStream:
             raise status_failure(self.upstream.wire, self.upstream.service, response.status, body, response.headers,
                                  self.upstream.secret)
 
-    async def next_line(self) -> str | None:
-        """The next line, None at the end; AttemptFailed on a stall (no bytes within the
-        read timeout) or a broken connection."""
-        # Whatever arrived is split at once: one read per network chunk, not one per
-        # line (an SSE event is two lines, and each await costs on the token path).
+    async def next_lines(self) -> list[str] | None:
+        """The lines read and not yet taken, waiting for at least one; None at the end.
+        AttemptFailed on a stall (no bytes within the read timeout) or a broken connection."""
+        # Whatever arrived is split at once and handed over whole: one await per network
+        # read, not one per line (an SSE event is two lines, and each await costs on the
+        # token path).
         while not self._lines:
             assert self._response is not None
             try:
@@ -256,23 +261,23 @@ class LineStream:
                                                   f"longer than {READ_BUFFER} bytes"), retryable=True)
             pieces = (self._partial + data).split(b"\n")
             self._partial = pieces.pop()
-            self._lines.extend(pieces)
-        return self._lines.popleft().decode("utf-8", "replace").rstrip("\r")
-
-    @property
-    def buffered(self) -> bool:
-        """Lines already read and not yet taken."""
-        return bool(self._lines)
+            self._lines = pieces
+        lines, self._lines = self._lines, []
+        return [line.decode("utf-8", "replace").rstrip("\r") for line in lines]
 
     async def drain(self) -> None:
         """Read what is left after the reply's end marker (the chunked terminator), so
         that the connection goes back to the pool: closing a reply with unread bytes
         closes its connection, and every next request would pay a new connect."""
         response = self._response
-        if response is None:
+        if response is None or response.content.at_eof():
             return
         try:
-            await asyncio.wait_for(response.read(), DRAIN_TIMEOUT)
+            if hasattr(asyncio, "timeout"):  # Python 3.11+: no task of its own, as asyncio.wait_for makes
+                async with asyncio.timeout(DRAIN_TIMEOUT):
+                    await _read_to_end(response.content)
+            else:
+                await asyncio.wait_for(_read_to_end(response.content), DRAIN_TIMEOUT)
         except TRANSPORT_ERRORS:
             response.close()  # an upstream that talks on after its end: the connection goes
 
