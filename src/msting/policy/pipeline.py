@@ -315,17 +315,24 @@ class PolicyStream:
             return
         texts: list[str] = []
         calls = ToolCallBuilder()
+        assert self._lookup is not None
+        keep = self._lookup.write and self._lookup.key is not None and self.active.cache is not None  # for the cache
+        first = True
         async for event in self._inner:
             if isinstance(event, Token):
-                texts.append(event.text)
+                if keep:
+                    texts.append(event.text)
             elif isinstance(event, ToolCallDelta):
-                calls.add(event)
+                if keep:
+                    calls.add(event)
             elif isinstance(event, Done):
                 self.model, self.attempts = event.model, event.attempts
-                assert self._lookup is not None
-                self.pipeline._store(self.active, self._lookup, event, "".join(texts), calls.calls())
-            self.model = getattr(self._inner, "model", self.model)
-            self.attempts = tuple(getattr(self._inner, "attempts", self.attempts))
+                if keep:
+                    self.pipeline._store(self.active, self._lookup, event, "".join(texts), calls.calls())
+            if first or isinstance(event, Done):  # who answers: the inner stream knows from its first event on
+                first = False
+                self.model = getattr(self._inner, "model", self.model)
+                self.attempts = tuple(getattr(self._inner, "attempts", self.attempts))
             yield event
 
     async def aclose(self) -> None:
