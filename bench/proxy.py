@@ -105,6 +105,19 @@ class Engine(h.LlamaServer):
         return [*super().command(model, n_ctx, n_threads), "--interrupt_requests", "False", "--model_alias", self.ALIAS]
 
 
+class FloorProxy(h.LlamaServer):
+    """bench/floor_proxy.py in front of `upstream`: the least a proxy built on msting's own
+    stack (uvicorn, Starlette, aiohttp) adds, measured in the same rounds as msting."""
+
+    name = "floor proxy"
+
+    def __init__(self, upstream: str):
+        super().__init__(upstream)
+
+    def command(self, model: str, n_ctx: int, n_threads: int) -> list[str]:
+        return [sys.executable, str(Path(__file__).with_name("floor_proxy.py")), model, str(self.port)]
+
+
 def service(urls: list[str], model: str, **upstream: Any) -> dict:
     return {SERVICE: {"api_format": "openai", "urls": urls, "models": [model], "default_model": model, "upstream": upstream}}
 
@@ -147,14 +160,20 @@ def bench_overhead(p: dict) -> dict:
     """Non-streamed chat completions to a stand-in with no token delay, directly and through
     msting (TCP), interleaved round by round with the same keep-alive httpx client. A third
     request per round, the streamed request msting itself sends upstream (msting always streams
-    from the upstream), read to its end directly: the upstream's own cost of streaming."""
+    from the upstream), read to its end directly: the upstream's own cost of streaming. And the
+    floor: the same request through bench/floor_proxy.py (the least a proxy on msting's stack
+    does), once streamed from the upstream and collected as msting does, once passed through."""
     up = StandIn()
     dh, pid = proxy_daemon("overhead", service([up.url], STANDIN_MODEL))
+    floor = FloorProxy(up.url)
     n = p["max_tokens"]
+    proxied = chat_body(f"{SERVICE}~{STANDIN_MODEL}", n)
     variants: dict[str, tuple[str, dict, bool]] = {
         "direct": (up.url, chat_body(STANDIN_MODEL, n), False),
-        "proxied": (dh.url, chat_body(f"{SERVICE}~{STANDIN_MODEL}", n), False),
+        "proxied": (dh.url, proxied, False),
         "direct_stream": (up.url, chat_body(STANDIN_MODEL, n, stream=True), True),
+        "floor_stream": (floor.url, proxied, False),
+        "floor_pass": (floor.url + "/pass", proxied, False),
     }
     times: dict[str, list[float]] = {k: [] for k in variants}
     texts: dict[str, set[str]] = {k: set() for k in variants}
@@ -187,8 +206,9 @@ def bench_overhead(p: dict) -> dict:
         up.si.clear_requests()
         sent.clear()
         cpu0, t0 = cpu_of(pid), time.perf_counter()
+        order = list(variants)
         for i in range(p["overhead_rounds"]):
-            for key in (("direct", "proxied") if i % 2 == 0 else ("proxied", "direct")) + ("direct_stream",):
+            for key in order[i % len(order):] + order[:i % len(order)]:  # each variant first in turn
                 times[key].append(one(key))
         cpu1, wall = cpu_of(pid), time.perf_counter() - t0
     out: dict[str, Any] = {"max_tokens": n, "rounds": p["overhead_rounds"], "warmup_rounds": p["overhead_warmup"],
@@ -200,6 +220,8 @@ def bench_overhead(p: dict) -> dict:
     for q in ("p50", "p99"):
         out[f"added_{q}_ms"] = round(lat["proxied"][q] - lat["direct"][q], 3)
         out[f"added_over_stream_{q}_ms"] = round(lat["proxied"][q] - lat["direct_stream"][q], 3)
+        for f in ("floor_stream", "floor_pass"):
+            out[f"{f}_added_{q}_ms"] = round(lat[f][q] - lat["direct"][q], 3)
     paired = [b - a for a, b in zip(times["direct"], times["proxied"])]
     out["paired_added_ms"] = {"p50": round(h.percentile(paired, 50), 3), "p99": round(h.percentile(paired, 99), 3)}
     out["legs"] = legs(sent, [x for x in up.si.requests("/v1/chat/completions") if x["method"] == "POST"])
@@ -207,8 +229,11 @@ def bench_overhead(p: dict) -> dict:
     out["met_p99"] = out["added_p99_ms"] <= TARGET_ADDED_P99_MS
     print(f"  overhead: direct p50 {lat['direct']['p50']:.2f} / p99 {lat['direct']['p99']:.2f} ms, proxied p50 "
           f"{lat['proxied']['p50']:.2f} / p99 {lat['proxied']['p99']:.2f} ms: added {out['added_p50_ms']:+.2f} / "
-          f"{out['added_p99_ms']:+.2f} ms; daemon CPU {out['daemon_cpu_ms_per_request']:.2f} ms per request", flush=True)
+          f"{out['added_p99_ms']:+.2f} ms; daemon CPU {out['daemon_cpu_ms_per_request']:.2f} ms per request; the floor proxy adds "
+          f"{out['floor_stream_added_p50_ms']:+.2f} streaming from the upstream, {out['floor_pass_added_p50_ms']:+.2f} passing "
+          "through (p50)", flush=True)
     dh.cleanup(h.KEEP)
+    floor.stop(h.KEEP)
     up.stop(h.KEEP)
     return out
 
@@ -301,8 +326,11 @@ def throughput_of(key: str, p: dict) -> dict:
         model = Engine.ALIAS
     # 8 streams queue at a one-slot engine: the last one's first token comes after 7 whole replies
     dh, pid = proxy_daemon(f"tps-{key}", service([up.url], model, first_token_timeout_sec=120, long_timeout_sec=600))
+    floor = FloorProxy(up.url)
     paths = {"direct": (up.url + "/v1/chat/completions", chat_body(model, n, stream=True)),
-             "proxied": (dh.url + "/v1/chat/completions", chat_body(f"{SERVICE}~{model}", n, stream=True))}
+             "proxied": (dh.url + "/v1/chat/completions", chat_body(f"{SERVICE}~{model}", n, stream=True)),
+             "floor": (floor.url + "/v1/chat/completions", chat_body(f"{SERVICE}~{model}", n, stream=True))}
+    middle = {"direct": None, "proxied": pid, "floor": floor.pid}  # the process between client and upstream
     cells: dict[str, list[dict]] = {k: [] for k in paths}
     cpu: dict[str, list[float]] = {k: [] for k in paths}
     up_pid = up.pid
@@ -312,21 +340,24 @@ def throughput_of(key: str, p: dict) -> dict:
         async with httpx.AsyncClient(timeout=httpx.Timeout(600), limits=limits, trust_env=False) as client:
             for name, (url, body) in paths.items():  # warm-up: connections, the engine's first run; not counted
                 await _cell(client, url, body, 2)
+            order = list(paths)
             for i in range(p["tps_rounds"]):
-                for name in ("direct", "proxied") if i % 2 == 0 else ("proxied", "direct"):
+                for name in order[i % len(order):] + order[:i % len(order)]:  # each path first in turn
                     url, body = paths[name]
-                    c0 = (cpu_of(pid), cpu_of(up_pid), time.process_time())
+                    mid = middle[name]
+                    c0 = (cpu_of(mid) if mid else 0.0, cpu_of(up_pid), time.process_time())
                     cells[name].append(await _cell(client, url, body, streams))
-                    c1 = (cpu_of(pid), cpu_of(up_pid), time.process_time())
+                    c1 = (cpu_of(mid) if mid else 0.0, cpu_of(up_pid), time.process_time())
                     cpu[name].append([b - a for a, b in zip(c0, c1)])
                 count_tokens(cells)
                 print(f"  [{key}] round {i + 1}/{p['tps_rounds']}: direct {cells['direct'][-1]['agg_tps']:.1f}, proxied "
-                      f"{cells['proxied'][-1]['agg_tps']:.1f} tok/s", flush=True)
+                      f"{cells['proxied'][-1]['agg_tps']:.1f}, floor proxy {cells['floor'][-1]['agg_tps']:.1f} tok/s", flush=True)
 
     try:
         asyncio.run(run())
     finally:
         dh.cleanup(h.KEEP)
+        floor.stop(h.KEEP)
         up.stop(h.KEEP)
     res: dict[str, Any] = {"label": ENGINES[key], "max_tokens": n, "model": model, "tokens_from": count_tokens(cells)}
     if key == "standin":
@@ -338,17 +369,20 @@ def throughput_of(key: str, p: dict) -> dict:
                      "ttft_ms_last_stream": h.spread([x["ttft_ms"][-1] for x in runs if x["ttft_ms"]], 1),
                      "cpu_sec_per_cell": {w: round(sum(c[j] for c in cpu[name]) / len(cpu[name]), 3)
                                           for j, w in enumerate(("daemon", "upstream", "client"))}}
-    tokens = sum(x["tokens"] for x in cells["proxied"])
-    if tokens:
-        res["daemon_cpu_us_per_token"] = round(sum(c[0] for c in cpu["proxied"]) * 1e6 / tokens, 1)
+    for name, field in (("proxied", "daemon_cpu_us_per_token"), ("floor", "floor_cpu_us_per_token")):
+        tokens = sum(x["tokens"] for x in cells[name])
+        if tokens:
+            res[field] = round(sum(c[0] for c in cpu[name]) * 1e6 / tokens, 1)
     d, px = res["direct"]["agg_tps"]["median"], res["proxied"]["agg_tps"]["median"]
     res["ratio"] = round(px / d, 4) if d else None
+    res["floor_ratio"] = round(res["floor"]["agg_tps"]["median"] / d, 4) if d else None
     paired = [b["agg_tps"] / a["agg_tps"] for a, b in zip(cells["direct"], cells["proxied"])]
     res["paired_ratio"] = h.spread(paired, 3)
     texts = {x["text"] for runs in cells.values() for cell in runs for x in cell["streams"]}
     res["same_text"] = len(texts) == 1
     res["met"] = res["ratio"] is not None and res["ratio"] >= TARGET_TPS_RATIO
-    print(f"  [{key}] aggregate tok/s at {streams} streams: direct {d:.1f}, proxied {px:.1f}: ratio {res['ratio']:.3f}", flush=True)
+    print(f"  [{key}] aggregate tok/s at {streams} streams: direct {d:.1f}, proxied {px:.1f}: ratio {res['ratio']:.3f} (the floor "
+          f"proxy's: {res['floor_ratio']:.3f})", flush=True)
     return res
 
 
@@ -539,11 +573,12 @@ def summary_rows(res: dict) -> list[list[str]]:
     ov = res.get("overhead")
     if ov:
         lat = ov["latency_ms"]
-        rows.append(["proxy overhead, non-streamed chat, added p50 (proxied − direct)",
-                     f"{ov['added_p50_ms']:+.2f} ms ({lat['proxied']['p50']:.2f} vs {lat['direct']['p50']:.2f} ms)",
-                     f"<= +{TARGET_ADDED_P50_MS:g} ms", r.yes(ov["met_p50"])])
-        rows.append(["proxy overhead, non-streamed chat, added p99", f"{ov['added_p99_ms']:+.2f} ms ({lat['proxied']['p99']:.2f} vs "
-                     f"{lat['direct']['p99']:.2f} ms)", f"<= +{TARGET_ADDED_P99_MS:g} ms", r.yes(ov["met_p99"])])
+        for q, target, met in (("p50", TARGET_ADDED_P50_MS, ov["met_p50"]), ("p99", TARGET_ADDED_P99_MS, ov["met_p99"])):
+            floor = (f"; the floor proxy streaming from the upstream: {ov['floor_stream_added_' + q + '_ms']:+.2f}, passing through: "
+                     f"{ov['floor_pass_added_' + q + '_ms']:+.2f}" if "floor_stream_added_" + q + "_ms" in ov else "")
+            rows.append([f"proxy overhead, non-streamed chat, added {q}" + (" (proxied − direct)" if q == "p50" else ""),
+                         f"{ov['added_' + q + '_ms']:+.2f} ms ({lat['proxied'][q]:.2f} vs {lat['direct'][q]:.2f} ms{floor})",
+                         f"<= +{target:g} ms", r.yes(met)])
     for key, e in ((res.get("throughput") or {}).get("engines") or {}).items():
         if e.get("missing"):
             continue
@@ -573,7 +608,9 @@ def blocks(res: dict) -> list:
     if ov:
         lat = ov["latency_ms"]
         names = {"direct": "direct to the stand-in, not streamed", "proxied": f"through msting (`{SERVICE}~{STANDIN_MODEL}`), not streamed",
-                 "direct_stream": "direct, streamed (the request msting sends upstream), read to the end"}
+                 "direct_stream": "direct, streamed (the request msting sends upstream), read to the end",
+                 "floor_stream": "through the floor proxy, streamed from the upstream and collected (as msting does)",
+                 "floor_pass": "through the floor proxy, passed through (not streamed)"}
         out += [f"**Overhead** ({ov['rounds']} interleaved rounds after {ov['warmup_rounds']} uncounted, max_tokens {ov['max_tokens']}; ms):",
                 r.Table(["path", "n", "p50", "p99", "mean", "max"],
                         [[names[k], x["n"], num(x["p50"]), num(x["p99"]), num(x["mean"]), num(x["max"])] for k, x in lat.items()]),
@@ -582,6 +619,7 @@ def blocks(res: dict) -> list:
                            f"{ov['paired_added_ms']['p99']:+.2f} ms). Against the direct streamed request (what the upstream itself "
                            f"spends streaming the reply taken out): p50 {ov['added_over_stream_p50_ms']:+.2f}, p99 "
                            f"{ov['added_over_stream_p99_ms']:+.2f} ms.",
+                           floor_line(ov),
                            f"The daemon's CPU time per proxied request (its CPU over the timed rounds ÷ the proxied requests): "
                            f"{ov['daemon_cpu_ms_per_request']:.2f} ms.",
                            legs_line(ov.get("legs")),
@@ -594,19 +632,23 @@ def blocks(res: dict) -> list:
             if e.get("missing"):
                 rows.append([ENGINES[key], "(model file not found)", *[""] * 7])
                 continue
-            for name in ("direct", "proxied"):
+            for name in ("direct", "proxied", "floor"):
+                if name not in e:
+                    continue
                 x = e[name]
                 a = x["agg_tps"]
                 cpu = x["cpu_sec_per_cell"]
                 rows.append([f"{e['label']} ({e['max_tokens']} tok)", name, num(a["median"], 1), num(a["min"], 1), num(a["max"], 1),
-                             num(x["ttft_ms_last_stream"]["median"], 0), f"{cpu['upstream']:.2f}", f"{cpu['daemon']:.2f}" if name == "proxied" else "",
+                             num(x["ttft_ms_last_stream"]["median"], 0), f"{cpu['upstream']:.2f}", f"{cpu['daemon']:.2f}" if name != "direct" else "",
                              f"{cpu['client']:.2f}"])
         out += [f"**Throughput** ({tp['streams']} concurrent streamed chat requests per cell, {tp['rounds']} interleaved rounds, "
                 "aggregate tokens/s = the completion tokens of all streams ÷ the cell's wall time; CPU seconds per cell):",
                 r.Table(["upstream", "path", "agg tok/s median", "min", "max", "last stream's TTFT ms", "upstream CPU s/cell",
-                         "daemon CPU s/cell", "client CPU s/cell"], rows, "llr"),
+                         "proxy CPU s/cell (msting or the floor)", "client CPU s/cell"], rows, "llr"),
                 r.bullets([f"{e['label']}" + (f" ({e['token_delay_sec'] * 1000:g} ms per token)" if "token_delay_sec" in e else "")
-                           + f": ratio of medians {e['ratio']:.3f}; the daemon's CPU per token {e.get('daemon_cpu_us_per_token', 0):.0f} µs; "
+                           + f": ratio of medians {e['ratio']:.3f}; the daemon's CPU per token {e.get('daemon_cpu_us_per_token', 0):.0f} µs"
+                           + (f" (the floor proxy: ratio {e['floor_ratio']:.3f}, {e.get('floor_cpu_us_per_token', 0):.0f} µs per token); "
+                              if e.get("floor_ratio") is not None else "; ")
                            + ("every stream of both paths gave the same text" if e["same_text"] else "**the texts differed between streams or paths**")
                            + f"; tokens per cell {e['direct']['tokens_per_cell']} direct, {e['proxied']['tokens_per_cell']} proxied "
                            f"(counted from: {e['tokens_from']})."
@@ -629,6 +671,17 @@ def blocks(res: dict) -> list:
                 r.Table(["A's fault", "measured", "hits", "normal p50", "hit A p50", "hit A max", "extra median", "extra max",
                          "extra max − timeout", "A read → B read, − timeout (median / max)", "trials where no request hit A"], rows, "llr")]
     return out + [r.notes(notes(res) + r.common_notes(res))]
+
+
+def floor_line(ov: dict) -> str:
+    if "floor_stream_added_p50_ms" not in ov:
+        return ""
+    return (f"The floor (`bench/floor_proxy.py`: uvicorn, Starlette and one aiohttp session, as msting, and nothing else: no "
+            f"validation, routing, retries or accounting), in the same rounds: streaming from the upstream and collecting the reply "
+            f"as msting does, it adds p50 {ov['floor_stream_added_p50_ms']:+.2f} ms, p99 {ov['floor_stream_added_p99_ms']:+.2f} ms; "
+            f"passing the request through unstreamed, p50 {ov['floor_pass_added_p50_ms']:+.2f} ms, p99 "
+            f"{ov['floor_pass_added_p99_ms']:+.2f} ms. msting over the streaming floor: p50 "
+            f"{ov['added_p50_ms'] - ov['floor_stream_added_p50_ms']:+.2f} ms.")
 
 
 def legs_line(lg: dict | None) -> str:
@@ -844,22 +897,22 @@ async def traced_generate(self, request):
 Router.generate = traced_generate
 
 from msting.providers.remote.upstream import LineStream
-open_, next_line, drain = LineStream.open, LineStream.next_line, LineStream.drain
+open_, next_lines, drain = LineStream.open, LineStream.next_lines, LineStream.drain
 async def traced_open(self, timeouts):
     mark("open")
     await open_(self, timeouts)
     mark("headers")
-async def traced_next_line(self):
-    line = await next_line(self)
+async def traced_next_lines(self):
+    lines = await next_lines(self)
     if not getattr(self, "_bench_first", False):
         self._bench_first = True
         mark("first_line")
-    return line
+    return lines
 async def traced_drain(self):
     mark("done")
     await drain(self)
     mark("drained")
-LineStream.open, LineStream.next_line, LineStream.drain = traced_open, traced_next_line, traced_drain
+LineStream.open, LineStream.next_lines, LineStream.drain = traced_open, traced_next_lines, traced_drain
 
 atexit.register(lambda: json.dump(records, open(out_path, "w")))
 sys.argv = ["msting.daemon"]
@@ -876,7 +929,7 @@ TRACE_STEPS = [  # (from, to, what happens in between)
     ("done", "drained", "drain: waiting for the chunked terminator after [DONE] (keeps the connection reusable)"),
     ("drained", "generated", "release, the attempts list, back through the router"),
     ("generated", "response", "the OpenAI JSON reply built (Starlette JSONResponse)"),
-    ("response", "sent", "uvicorn writes the headers and the body (two writes)"),
+    ("response", "sent", "uvicorn writes the headers and the body (one write: msting.http.transport)"),
     ("sent", "client_end", "the client reads and parses the reply"),
 ]
 
