@@ -10,8 +10,13 @@ SCHED_OTHER, no privilege needed, clamped to 0.1–100 ms); its share of the CPU
 the same, only when it runs changes.
 
 - The daemon's event loop does little per request (a /health answer is ~0.3 ms of CPU)
-  but shares the cores with workers: it asks for the shortest slice (`SLICE_US`), so
-  it is picked soon after it wakes.
+  but shares the cores with workers: while any of its local workers is up it asks for
+  the shortest slice (`SLICE_US`), so it is picked soon after it wakes (`LoopSlice`).
+  While none is, it keeps the kernel's default: then the programs it would preempt are
+  someone else's, such as an engine on the same machine that it fronts as a remote
+  service, whose tokens it forwards (measured in docs/benchmarks.md: 8 streams through
+  the daemon from llama_cpp.server on two cores, 0.97 of direct with the shortest slice,
+  1.02 with the default).
 - A worker's job thread computes for as long as a generation lasts. It asks for a long
   slice (`JOB_SLICE_US`), longer than the default one every other program runs with
   (0.7–2.8 ms, by core count). A thread with a shorter slice that wakes up on its core,
@@ -40,6 +45,7 @@ import platform
 import struct
 import sys
 from pathlib import Path
+from typing import Callable
 
 SLICE_US = 100  # the kernel's minimum: the daemon's event loop
 JOB_SLICE_US = 10_000  # a worker's job thread: longer than any default slice (at most 2.8 ms)
@@ -105,3 +111,19 @@ def current_slice_ns(pid: int | None = None, tid: int | None = None) -> int | No
         if line.startswith("se.slice"):
             return int(line.split(":")[1])
     return None
+
+
+class LoopSlice:
+    """The event loop thread's slice, following how many local worker processes are
+    up (`serving`, called on the loop's own thread): the shortest while any is, the
+    kernel's default while none is. `report` hears each change, in set_time_slice's words."""
+
+    def __init__(self, report: Callable[[str], None]):
+        self.report = report
+        self.short = False
+
+    def serving(self, workers: int) -> None:
+        short = workers > 0
+        if short != self.short:
+            self.short = short
+            self.report(set_time_slice(SLICE_US if short else None))

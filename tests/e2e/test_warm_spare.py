@@ -132,3 +132,45 @@ def test_the_event_loop_has_a_short_time_slice_and_job_threads_a_long_one(daemon
             lambda: (p := c.get("/v1/status").json()["spare"]["pid"]) and p != spare_pid and p,
             interval=0.002, what="a replacement spare")
         assert set(slices(new_spare).values()) == {default}
+
+
+def test_the_event_loop_keeps_the_default_slice_while_no_local_worker_is_up(daemon_home):
+    """The short slice is for competing with the daemon's own workers: a daemon with none
+    up (a remote-only setup, or every local model unloaded) keeps the kernel's default, so
+    it does not preempt an engine on the same machine whose tokens it forwards. A load
+    gives the loop the short slice; the unload gives the default back."""
+    import threading
+
+    from msting.timeslice import SLICE_US, current_slice_ns, set_time_slice
+
+    probe: dict = {}
+
+    def _probe() -> None:
+        probe["default"] = current_slice_ns()
+        probe["outcome"] = set_time_slice()
+
+    thread = threading.Thread(target=_probe)
+    thread.start()
+    thread.join()
+
+    daemon_home.write_config({"llm_service": {"always_ready": False, "warm_spare": False}})
+    daemon_home.start()
+    pid = daemon_home.daemon_pid()
+    assert daemon_home.worker_pids() == []
+    if not probe["outcome"].startswith(f"{SLICE_US} µs time slice"):
+        return  # not Linux >= 6.12: nothing is ever changed (the other slice test says so)
+    if os.getpriority(os.PRIO_PROCESS, 0) < 0:
+        pytest.skip(f"at a negative nice value the short slice is inherited ({probe['outcome']})")
+    assert current_slice_ns(pid) == probe["default"]
+    with daemon_home.client() as c:
+        assert c.post("/models/load", json={"model": "default"}).status_code == 200
+        assert daemon_home.worker_pids()
+        assert current_slice_ns(pid) == SLICE_US * 1000
+        name = c.get("/v1/status").json()["models"][0]["name"]
+        r = c.post("/models/unload", json={"model": name})
+        assert r.status_code == 200, r.text
+    daemon_home.wait_for(lambda: not daemon_home.worker_pids(), what="the worker gone")
+    daemon_home.wait_for(lambda: current_slice_ns(pid) == probe["default"], what="the default slice back")
+    log = daemon_home.log_file.read_text()
+    assert "event loop thread: 100 µs time slice, for this thread only (local workers up: yes)" in log
+    assert "event loop thread: default time slice" in log and "(local workers up: none)" in log

@@ -205,10 +205,12 @@ async def _serve(config: Config, paths: Paths, sockets: list[socket.socket], sec
     from msting.providers.router import Observers, Router
     from msting.providers.stub import StubProvider
 
-    from msting.timeslice import set_time_slice
+    from msting.timeslice import LoopSlice
 
     notifier = notifier or Notifier(None)
-    log.info("event loop thread: %s", set_time_slice())
+    loop_slice = LoopSlice(lambda outcome: log.info("event loop thread: %s (local workers up: %s)", outcome,
+                                                    "yes" if loop_slice.short else "none"))
+    log.info("event loop thread: the kernel's default time slice until a local worker is up (msting.timeslice)")
     loop = asyncio.get_running_loop()
     signals: asyncio.Queue[int] = asyncio.Queue()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -225,7 +227,7 @@ async def _serve(config: Config, paths: Paths, sockets: list[socket.socket], sec
         notifier.status(f"not started (exit 78): {message}")
         return DaemonExit.CONFIG
     try:
-        launcher = WorkerLauncher(enabled=config.llm_service.warm_spare)
+        launcher = WorkerLauncher(enabled=config.llm_service.warm_spare, on_serving=loop_slice.serving)
         routing = await asyncio.to_thread(restore_routing, config, paths, store, launcher)
     except ConfigError as exc:
         log.error("the default profile is invalid:\n%s", exc)

@@ -99,3 +99,18 @@ def test_cancelled_start_leaves_no_orphan() -> None:
             break
         time.sleep(0.1)
     assert alive == []
+
+
+def test_on_exit_calls_back_once_the_process_has_exited_and_at_once_after(exit_watch) -> None:
+    async def main():
+        seen: list[str] = []
+        child = await ChildProcess.start([PY, "-c", "import time; time.sleep(0.2)"])
+        child.on_exit(lambda: seen.append(f"first {child.returncode}"))
+        assert seen == []
+        await asyncio.wait_for(child.wait(), 30)
+        await asyncio.sleep(0)
+        child.on_exit(lambda: seen.append("late"))  # registered after the exit: called soon all the same
+        await asyncio.sleep(0)
+        return seen
+
+    assert asyncio.run(main()) == ["first 0", "late"]

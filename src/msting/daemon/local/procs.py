@@ -53,6 +53,10 @@ class ChildProcess:
     async def wait(self) -> int:
         return await asyncio.shield(self._exited)
 
+    def on_exit(self, callback) -> None:
+        """Call `callback()` on the event loop once the process has exited (soon, if it has)."""
+        self._exited.add_done_callback(lambda _: callback())
+
     def send_signal(self, sig: int) -> None:
         if not self._exited.done():
             self._popen.send_signal(sig)  # not reaped yet, so the pid is still ours

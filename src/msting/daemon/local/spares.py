@@ -61,12 +61,17 @@ class WorkerLauncher:
     """Starts worker processes, from the warm spare when there is one.
 
     `settled` tells whether no worker is starting or loading right now; a new spare
-    is only started when it has been true for `SETTLE_SEC`.
+    is only started when it has been true for `SETTLE_SEC`. `on_serving(n)` hears how
+    many of the processes it handed out (spares waiting not counted) are alive, each
+    time that changes.
     """
 
-    def __init__(self, enabled: bool, settled: Callable[[], bool] = lambda: True):
+    def __init__(self, enabled: bool, settled: Callable[[], bool] = lambda: True,
+                 on_serving: Callable[[int], None] | None = None):
         self.enabled = enabled
         self.settled = settled
+        self.on_serving = on_serving
+        self.serving = 0  # processes handed out to serve a model, still alive
         self.handed_out = 0  # worker starts served by a spare
         self._spare: Launched | None = None
         self._spare_since: float | None = None
@@ -79,10 +84,15 @@ class WorkerLauncher:
 
     async def launch(self, spec_json: str) -> Launched:
         """A worker process for the spec: the spare if one is alive, else a new one."""
-        spare = self._take()
-        if spare is not None:
-            return spare
-        return await _spawn(["--spec", spec_json])
+        launched = self._take() or await _spawn(["--spec", spec_json])
+        self._serving_changed(+1)
+        launched.proc.on_exit(lambda: self._serving_changed(-1))
+        return launched
+
+    def _serving_changed(self, by: int) -> None:
+        self.serving += by
+        if self.on_serving is not None:
+            self.on_serving(self.serving)
 
     def _take(self) -> Launched | None:
         spare, self._spare = self._spare, None
