@@ -179,8 +179,14 @@ class PolicyPipeline:
         return answer
 
     @staticmethod
+    def _stores(active: _Active, lookup: _Lookup) -> bool:
+        """Whether the answer to this lookup goes into the cache (if it finishes as CACHED_FINISH)."""
+        return lookup.write and lookup.key is not None and active.cache is not None
+
+    @staticmethod
     def _store(active: _Active, lookup: _Lookup, done: Done, text: str, tool_calls: tuple = ()) -> None:
-        if lookup.write and lookup.key is not None and active.cache is not None and done.finish_reason in CACHED_FINISH:
+        if PolicyPipeline._stores(active, lookup) and done.finish_reason in CACHED_FINISH:
+            assert active.cache is not None and lookup.key is not None
             active.cache.put(lookup.key, CachedAnswer(done.model, text, done.finish_reason, done.usage, tuple(tool_calls)))
 
     # ---- calls ----------------------------------------------------------------------
@@ -316,7 +322,7 @@ class PolicyStream:
         texts: list[str] = []
         calls = ToolCallBuilder()
         assert self._lookup is not None
-        keep = self._lookup.write and self._lookup.key is not None and self.active.cache is not None  # for the cache
+        keep = self.pipeline._stores(self.active, self._lookup)  # the text, for the cache
         first = True
         async for event in self._inner:
             if isinstance(event, Token):
